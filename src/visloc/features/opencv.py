@@ -1,0 +1,108 @@
+"""Classical extractors through OpenCV: SIFT, RootSIFT and ORB."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+
+from visloc.features.base import EXTRACTORS, Extractor
+
+
+@dataclass(frozen=True)
+class SIFTConf:
+    """OpenCV SIFT; ``rootsift`` applies Hellinger normalisation (Arandjelovic & Zisserman 2012)."""
+
+    max_num_keypoints: int = 4096
+    contrast_threshold: float = 0.04
+    edge_threshold: float = 10.0
+    n_octave_layers: int = 3
+    rootsift: bool = False
+    resize_max: int | None = 1024
+
+
+@dataclass(frozen=True)
+class ORBConf:
+    """OpenCV ORB; binary descriptors as +-1/sqrt(256), so inner product = 1 - 2 * Hamming / 256."""
+
+    max_num_keypoints: int = 4096
+    scale_factor: float = 1.2
+    n_levels: int = 8
+    fast_threshold: int = 20
+    score_type: Literal["harris", "fast"] = "harris"
+    resize_max: int | None = 1024
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image[0, 0].detach().cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+
+
+def _pack(kps: list[cv2.KeyPoint], desc: np.ndarray | None, dim: int, dtype: torch.dtype
+          ) -> dict[str, torch.Tensor]:
+    if not kps or desc is None:
+        return {"keypoints": torch.zeros(1, 0, 2), "scores": torch.zeros(1, 0),
+                "descriptors": torch.zeros(1, 0, dim)}
+    xy = np.array([k.pt for k in kps], dtype=np.float32)
+    resp = np.array([k.response for k in kps], dtype=np.float32)
+    return {"keypoints": torch.from_numpy(xy)[None], "scores": torch.from_numpy(resp)[None],
+            "descriptors": torch.from_numpy(desc).to(dtype)[None]}
+
+
+class SIFT(Extractor):
+    """SIFT or RootSIFT keypoints (OpenCV), descriptors L2-normalised ``[1, N, 128]``."""
+
+    input_channels = 1
+
+    def __init__(self, conf: SIFTConf) -> None:
+        super().__init__(conf)
+        self._sift = cv2.SIFT_create(nfeatures=conf.max_num_keypoints, nOctaveLayers=conf.n_octave_layers,
+                                     contrastThreshold=conf.contrast_threshold,
+                                     edgeThreshold=conf.edge_threshold)
+
+    @property
+    def descriptor_dim(self) -> int:
+        """128."""
+        return 128
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Detect and describe; see the module contract."""
+        kps, desc = self._sift.detectAndCompute(_to_uint8(self.check_image(image)), None)
+        if desc is not None:
+            desc = desc.astype(np.float32)
+            if self.conf.rootsift:
+                desc = np.sqrt(desc / np.maximum(desc.sum(1, keepdims=True), 1e-8))
+            desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-8)
+        return _pack(list(kps), desc, 128, torch.float32)
+
+
+class ORB(Extractor):
+    """ORB keypoints (OpenCV); 256 bits as an L2-normalised +-1 vector ``[1, N, 256]``."""
+
+    input_channels = 1
+
+    def __init__(self, conf: ORBConf) -> None:
+        super().__init__(conf)
+        score = cv2.ORB_HARRIS_SCORE if conf.score_type == "harris" else cv2.ORB_FAST_SCORE
+        self._orb = cv2.ORB_create(nfeatures=conf.max_num_keypoints, scaleFactor=conf.scale_factor,
+                                   nlevels=conf.n_levels, fastThreshold=conf.fast_threshold, scoreType=score)
+
+    @property
+    def descriptor_dim(self) -> int:
+        """256."""
+        return 256
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Detect and describe; see the module contract."""
+        kps, desc = self._orb.detectAndCompute(_to_uint8(self.check_image(image)), None)
+        if desc is not None:
+            bits = np.unpackbits(desc, axis=1).astype(np.float32)
+            desc = (2.0 * bits - 1.0) / 16.0  # sqrt(256) = 16
+        return _pack(list(kps), desc, 256, torch.float32)
+
+
+EXTRACTORS.register("sift", SIFTConf(), SIFT, "SIFT (OpenCV), 128-d")
+EXTRACTORS.register("rootsift", SIFTConf(rootsift=True), SIFT, "RootSIFT (OpenCV SIFT + Hellinger), 128-d")
+EXTRACTORS.register("orb", ORBConf(), ORB, "ORB (OpenCV), 256 bits as +-1 vector")

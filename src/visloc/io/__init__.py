@@ -1,0 +1,1 @@
+"""Reading and writing: images, feature and match stores, pair lists."""

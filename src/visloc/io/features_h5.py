@@ -1,0 +1,110 @@
+"""Local and global features in HDF5, in hloc's layout (hloc reads visloc's files and vice versa).
+
+One group per image, named by its path relative to the image root (``/`` nests groups). Datasets:
+``keypoints`` ``(N, 2)`` float32 ``(x, y)`` pixels in the original image, pixel-centre-at-0;
+``scores`` ``(N,)``; ``descriptors`` ``(D, N)`` (note: transposed, as hloc); ``global_descriptor``
+``(G,)``; ``image_size`` ``(2,)`` as ``(W, H)``. In memory visloc uses ``descriptors [N, D]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from visloc.io import parts
+
+LOCAL_KEYS = ("keypoints", "scores", "descriptors")
+
+
+class FeatureStoreError(ValueError):
+    """A feature file that is missing, corrupt or lacks an image."""
+
+
+def _write_group(fd: h5py.File, name: str, arrays: dict[str, np.ndarray]) -> None:
+    if name in fd:
+        del fd[name]
+    grp = fd.create_group(name)
+    for key, value in arrays.items():
+        grp.create_dataset(key, data=value)
+
+
+def to_storage(feats: dict[str, np.ndarray], as_half: bool = False) -> dict[str, np.ndarray]:
+    """In-memory features (``descriptors [N, D]``) -> arrays in hloc's on-disk layout."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in feats.items():
+        value = np.asarray(value)
+        if key == "descriptors":
+            value = value.T
+        if as_half and value.dtype == np.float32 and key in ("descriptors", "global_descriptor", "scores"):
+            value = value.astype(np.float16)
+        if key == "keypoints":
+            value = value.astype(np.float32)
+        out[key] = value
+    return out
+
+
+def stage_features(path: str | Path, name: str, feats: dict[str, np.ndarray], as_half: bool = False) -> None:
+    """Stage one image's features crash-safely; ``commit_features`` merges them into ``path``."""
+    parts.write_part(Path(path), name, to_storage(feats, as_half))
+
+
+def commit_features(path: str | Path) -> int:
+    """Merge staged features into ``path`` atomically; return how many images were added."""
+    return parts.merge_parts(Path(path), _write_group)
+
+
+def write_features(path: str | Path, features: dict[str, dict[str, np.ndarray]], as_half: bool = False) -> None:
+    """Write several images' features at once (stage + commit)."""
+    for name, feats in features.items():
+        stage_features(path, name, feats, as_half)
+    commit_features(path)
+
+
+def list_feature_names(path: str | Path) -> list[str]:
+    """Names of the images that have features in ``path`` (groups holding ``keypoints`` or a global)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    names: list[str] = []
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Group) and ("keypoints" in obj or "global_descriptor" in obj):
+            names.append(name)
+
+    with _open(path) as fd:
+        fd.visititems(visit)
+    return sorted(names)
+
+
+def done_names(path: str | Path) -> set[str]:
+    """Images already finished: in the file or staged by an interrupted run."""
+    return set(list_feature_names(path)) | parts.staged_names(Path(path))
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r", libver="latest")
+    except FileNotFoundError:
+        raise FeatureStoreError(f"{path}: feature file not found") from None
+    except OSError as e:
+        raise FeatureStoreError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0][:80]})") from None
+
+
+def read_features(path: str | Path, name: str) -> dict[str, np.ndarray]:
+    """One image's features with ``descriptors [N, D]`` float32 (whatever the stored dtype)."""
+    path = Path(path)
+    with _open(path) as fd:
+        if name not in fd or not isinstance(fd[name], h5py.Group):
+            raise FeatureStoreError(f"{path}: no features for image {name!r}")
+        grp = fd[name]
+        out = {key: grp[key][()] for key in grp.keys() if isinstance(grp[key], h5py.Dataset)}
+    if "descriptors" in out:
+        out["descriptors"] = np.ascontiguousarray(out["descriptors"].T, dtype=np.float32)
+    for key in ("scores", "global_descriptor"):
+        if key in out:
+            out[key] = out[key].astype(np.float32)
+    if "keypoints" in out:
+        out["keypoints"] = out["keypoints"].astype(np.float32)
+    return out

@@ -1,0 +1,106 @@
+"""Matches in HDF5, in hloc's layout.
+
+One group per pair, keyed by ``names_to_pair(name0, name1)``: ``name0/name1`` with each name's
+``/`` replaced by ``-`` (hloc's convention; its older ``name0_name1`` keys are read too). Datasets:
+``matches0`` ``(N0,)`` int32, the index in image 1 of each keypoint of image 0 or -1;
+``matching_scores0`` ``(N0,)`` float16. Indices are int32: hloc's int16 overflows past 32,767.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from visloc.io import parts
+
+
+class MatchStoreError(ValueError):
+    """A match file that is missing, corrupt or lacks a pair."""
+
+
+def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
+    """hloc's pair key."""
+    return separator.join((name0.replace("/", "-"), name1.replace("/", "-")))
+
+
+def names_to_pair_old(name0: str, name1: str) -> str:
+    """hloc's legacy pair key."""
+    return names_to_pair(name0, name1, separator="_")
+
+
+def _write_group(fd: h5py.File, key: str, arrays: dict[str, np.ndarray]) -> None:
+    if key in fd:
+        del fd[key]
+    grp = fd.create_group(key)
+    grp.create_dataset("matches0", data=arrays["matches0"].astype(np.int32))
+    grp.create_dataset("matching_scores0", data=arrays["matching_scores0"].astype(np.float16))
+
+
+def stage_matches(path: str | Path, name0: str, name1: str, matches0: np.ndarray, scores0: np.ndarray) -> None:
+    """Stage one pair's matches crash-safely; ``commit_matches`` merges them into ``path``."""
+    parts.write_part(Path(path), names_to_pair(name0, name1),
+                     {"matches0": np.asarray(matches0, np.int32), "matching_scores0": np.asarray(scores0)})
+
+
+def commit_matches(path: str | Path) -> int:
+    """Merge staged pairs into ``path`` atomically; return how many were added."""
+    return parts.merge_parts(Path(path), _write_group)
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r", libver="latest")
+    except FileNotFoundError:
+        raise MatchStoreError(f"{path}: match file not found") from None
+    except OSError as e:
+        raise MatchStoreError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0][:80]})") from None
+
+
+def _find(fd: h5py.File, name0: str, name1: str) -> tuple[str, bool] | None:
+    for key, reverse in ((names_to_pair(name0, name1), False), (names_to_pair(name1, name0), True),
+                         (names_to_pair_old(name0, name1), False), (names_to_pair_old(name1, name0), True)):
+        if key in fd and isinstance(fd[key], h5py.Group) and "matches0" in fd[key]:
+            return key, reverse
+    return None
+
+
+def has_pair(path: str | Path, name0: str, name1: str) -> bool:
+    """Whether ``path`` holds the pair in either order (or it is staged)."""
+    path = Path(path)
+    key = names_to_pair(name0, name1)
+    if key in parts.staged_names(path):
+        return True
+    if not path.exists():
+        return False
+    with _open(path) as fd:
+        return _find(fd, name0, name1) is not None
+
+
+def done_pairs(path: str | Path) -> set[str]:
+    """Pair keys already in ``path`` or staged."""
+    path = Path(path)
+    keys = set(parts.staged_names(path))
+    if path.exists():
+        with _open(path) as fd:
+            fd.visititems(lambda k, o: keys.add(k) if isinstance(o, h5py.Group) and "matches0" in o else None)
+    return keys
+
+
+def read_matches(path: str | Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """Matched index pairs ``[M, 2]`` (int64, image 0 then image 1) and their scores ``[M]``."""
+    path = Path(path)
+    with _open(path) as fd:
+        found = _find(fd, name0, name1)
+        if found is None:
+            raise MatchStoreError(f"{path}: no matches for pair ({name0}, {name1})")
+        key, reverse = found
+        m0 = fd[key]["matches0"][()].astype(np.int64)
+        s0 = fd[key]["matching_scores0"][()].astype(np.float32)
+    idx = np.where(m0 != -1)[0]
+    matches = np.stack([idx, m0[idx]], -1)
+    scores = s0[idx]
+    if reverse:
+        matches = np.flip(matches, -1).copy()
+    return matches, scores

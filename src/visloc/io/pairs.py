@@ -1,0 +1,64 @@
+"""Image pairs: text files (``name0 name1`` per line) and generators."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from visloc.io.atomic import atomic_write_text
+
+Pair = tuple[str, str]
+
+
+class PairsError(ValueError):
+    """A pairs file that cannot be parsed."""
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """Read ``name0 name1`` lines; blank lines and ``#`` comments are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise PairsError(f"{path}: pairs file not found")
+    pairs: list[Pair] = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) < 2:
+            raise PairsError(f"{path}:{i}: expected 'name0 name1', got {line!r}")
+        pairs.append((fields[0], fields[1]))
+    return pairs
+
+
+def write_pairs(path: str | Path, pairs: Sequence[Pair]) -> Path:
+    """Write pairs atomically, one ``name0 name1`` per line."""
+    return atomic_write_text(path, "".join(f"{a} {b}\n" for a, b in pairs))
+
+
+def exhaustive_pairs(names: Sequence[str]) -> list[Pair]:
+    """Every unordered pair ``(names[i], names[j])`` with ``i < j``."""
+    names = list(names)
+    return [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+
+
+def sequential_pairs(names: Sequence[str], window: int = 5, loop: bool = False) -> list[Pair]:
+    """Each image with its next ``window`` images in order (``loop`` wraps around the end)."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    names = list(names)
+    n = len(names)
+    pairs: list[Pair] = []
+    seen: set[frozenset[int]] = set()
+    for i in range(n):
+        for k in range(1, window + 1):
+            j = i + k
+            if j >= n:
+                if not loop:
+                    break
+                j -= n
+            key = frozenset((i, j))
+            if i != j and key not in seen:
+                seen.add(key)
+                pairs.append((names[i], names[j]))
+    return pairs
