@@ -57,7 +57,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, str, bool) and not isinstance(value, tp):
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ConfError(f"{where}: expected {tp.__name__}, got {value!r}")
     if tp is int and isinstance(value, bool):
         raise ConfError(f"{where}: expected int, got {value!r}")

@@ -50,9 +50,18 @@ def stage_features(path: str | Path, name: str, feats: dict[str, np.ndarray], as
     parts.write_part(Path(path), name, to_storage(feats, as_half))
 
 
-def commit_features(path: str | Path) -> int:
-    """Merge staged features into ``path`` atomically; return how many images were added."""
-    return parts.merge_parts(Path(path), _write_group)
+def commit_features(path: str | Path, attrs: dict[str, str] | None = None) -> int:
+    """Merge staged features into ``path`` atomically (root ``attrs`` set); return how many were added."""
+    return parts.merge_parts(Path(path), _write_group, attrs)
+
+
+def read_attrs(path: str | Path) -> dict[str, str]:
+    """Root attributes of a feature or match file (visloc writes the resolved conf there)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with _open(path) as fd:
+        return {k: str(v) for k, v in fd.attrs.items()}
 
 
 def write_features(path: str | Path, features: dict[str, dict[str, np.ndarray]], as_half: bool = False) -> None:

@@ -34,10 +34,10 @@ def _to_float_array(img: Image.Image, path: Path) -> np.ndarray:
         mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
-    if mode == "I":  # 32-bit container, used by PIL for 16-bit PNGs
+    if mode == "I":  # 32-bit container PIL uses for 16-bit data (PGM rescaled to 0..65535, older PNGs)
+        # Always the 16-bit scale: guessing it from the maximum made dark 16-bit images 257x too bright.
         arr = np.asarray(img, dtype=np.int64)
-        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return np.clip(arr.astype(np.float32) / peak, 0.0, 1.0)
+        return np.clip(arr.astype(np.float32) / 65535.0, 0.0, 1.0)
     if mode == "F":
         arr = np.asarray(img, dtype=np.float32)
         if not np.isfinite(arr).all():

@@ -44,9 +44,9 @@ def stage_matches(path: str | Path, name0: str, name1: str, matches0: np.ndarray
                      {"matches0": np.asarray(matches0, np.int32), "matching_scores0": np.asarray(scores0)})
 
 
-def commit_matches(path: str | Path) -> int:
-    """Merge staged pairs into ``path`` atomically; return how many were added."""
-    return parts.merge_parts(Path(path), _write_group)
+def commit_matches(path: str | Path, attrs: dict[str, str] | None = None) -> int:
+    """Merge staged pairs into ``path`` atomically (root ``attrs`` set); return how many were added."""
+    return parts.merge_parts(Path(path), _write_group, attrs)
 
 
 def _open(path: Path) -> h5py.File:
@@ -69,8 +69,7 @@ def _find(fd: h5py.File, name0: str, name1: str) -> tuple[str, bool] | None:
 def has_pair(path: str | Path, name0: str, name1: str) -> bool:
     """Whether ``path`` holds the pair in either order (or it is staged)."""
     path = Path(path)
-    key = names_to_pair(name0, name1)
-    if key in parts.staged_names(path):
+    if {names_to_pair(name0, name1), names_to_pair(name1, name0)} & parts.staged_names(path):
         return True
     if not path.exists():
         return False

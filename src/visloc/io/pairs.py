@@ -56,7 +56,7 @@ def sequential_pairs(names: Sequence[str], window: int = 5, loop: bool = False) 
             if j >= n:
                 if not loop:
                     break
-                j -= n
+                j %= n
             key = frozenset((i, j))
             if i != j and key not in seen:
                 seen.add(key)

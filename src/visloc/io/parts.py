@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def staged_parts(out: Path) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError):
+        except (OSError, ValueError, EOFError):  # e.g. cut short by a full disk
             continue
         yield str(arrays.pop(NAME_KEY)), arrays
 
@@ -58,16 +59,19 @@ def staged_names(out: Path) -> set[str]:
     return {name for name, _ in staged_parts(out)}
 
 
-def merge_parts(out: Path, write: Callable[[h5py.File, str, dict[str, np.ndarray]], None]) -> int:
-    """Merge the staged parts into ``out`` atomically; return how many were merged."""
+def merge_parts(out: Path, write: Callable[[h5py.File, str, dict[str, np.ndarray]], None],
+                attrs: dict[str, str] | None = None) -> int:
+    """Merge the staged parts into ``out`` atomically, setting root ``attrs``; return how many were merged."""
     parts = list(staged_parts(out))
-    if not parts:
+    if not parts and not (attrs and not out.exists()):
         shutil.rmtree(parts_dir(out), ignore_errors=True)
         return 0
     with atomic_path(out) as tmp:
         if out.exists():
             shutil.copyfile(out, tmp)
         with h5py.File(tmp, "a", libver="latest") as fd:
+            for key, value in (attrs or {}).items():
+                fd.attrs[key] = value
             for name, arrays in parts:
                 write(fd, name, arrays)
     shutil.rmtree(parts_dir(out), ignore_errors=True)

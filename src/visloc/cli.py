@@ -1,0 +1,159 @@
+"""The ``visloc`` command: a thin layer over the Python API (same defaults, same names).
+
+Errors that a user can fix (bad file, unknown name, bad conf) print one line and exit with code 2.
+"""
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from visloc.cli_common import DeviceOpt, SetOpt, fail, run
+from visloc.cli_eval import eval_app
+
+app = typer.Typer(help="visloc: learned visual localization. Extract, match, estimate, evaluate, benchmark.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+pairs_app = typer.Typer(help="Make pair lists for matching.", no_args_is_help=True)
+app.add_typer(pairs_app, name="pairs")
+app.add_typer(eval_app, name="eval")
+
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False) -> None:
+    """Configure logging for the command line only (the library attaches no handlers)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+@app.command("list")
+def list_parts() -> None:
+    """Show every registered extractor, matcher and estimator with its default conf."""
+    from visloc.conf import conf_to_dict
+    from visloc.features import EXTRACTORS
+    from visloc.geometry import ESTIMATORS
+    from visloc.matching import MATCHERS
+
+    for reg in (EXTRACTORS, MATCHERS, ESTIMATORS):
+        typer.echo(f"{reg.kind}s:")
+        for name in reg.names():
+            entry = reg.entry(name)
+            typer.echo(f"  {name:<14} {entry.description}")
+            typer.echo(f"  {'':<14} {json.dumps(conf_to_dict(entry.conf))}")
+
+
+@app.command()
+def extract(images: Annotated[Path, typer.Argument(help="Image folder (searched recursively).")],
+            out: Annotated[Path, typer.Option(help="HDF5 feature file (hloc layout).")],
+            conf: Annotated[str, typer.Option(help="Registered extractor name (see `visloc list`).")] = "aliked-n16",
+            set_: SetOpt = None,
+            image_list: Annotated[Optional[Path], typer.Option(help="Text file of image names to extract.")] = None,
+            as_half: Annotated[bool, typer.Option(help="Store descriptors as float16.")] = False,
+            overwrite: Annotated[bool, typer.Option(help="Discard an existing output.")] = False,
+            device: DeviceOpt = None) -> None:
+    """Extract local features of every image below IMAGES into --out; resumes, skips bad images."""
+    from visloc.pipelines.extract import extract_features
+
+    names = None
+    if image_list is not None:
+        if not image_list.is_file():
+            fail(f"{image_list}: image list not found")
+        names = [ln.strip() for ln in image_list.read_text().splitlines() if ln.strip()]
+    summary = run(extract_features, images, out, conf, set_ or (), names, as_half, overwrite, device)
+    for line in summary.lines("extract"):
+        typer.echo(line)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@pairs_app.command("exhaustive")
+def pairs_exhaustive(out: Annotated[Path, typer.Option(help="Pairs file to write.")],
+                     images: Annotated[Optional[Path], typer.Option(help="Image folder.")] = None,
+                     features: Annotated[Optional[Path], typer.Option(help="Or a feature file.")] = None) -> None:
+    """All unordered pairs of the images of a folder or of a feature file."""
+    from visloc.io.pairs import exhaustive_pairs, write_pairs
+
+    pairs = exhaustive_pairs(_names(images, features))
+    write_pairs(out, pairs)
+    typer.echo(f"{len(pairs)} pairs -> {out}")
+
+
+@pairs_app.command("sequential")
+def pairs_sequential(out: Annotated[Path, typer.Option(help="Pairs file to write.")],
+                     images: Annotated[Optional[Path], typer.Option(help="Image folder.")] = None,
+                     features: Annotated[Optional[Path], typer.Option(help="Or a feature file.")] = None,
+                     window: Annotated[int, typer.Option(help="Pair each image with its next N.")] = 5,
+                     loop: Annotated[bool, typer.Option(help="Wrap around the end of the sequence.")] = False) -> None:
+    """Each image with its next --window images, in name order (video sequences)."""
+    from visloc.io.pairs import sequential_pairs, write_pairs
+
+    pairs = run(sequential_pairs, _names(images, features), window, loop)
+    write_pairs(out, pairs)
+    typer.echo(f"{len(pairs)} pairs -> {out}")
+
+
+def _names(images: Optional[Path], features: Optional[Path]) -> list[str]:
+    from visloc.io.features_h5 import list_feature_names
+    from visloc.io.images import list_images
+
+    if (images is None) == (features is None):
+        fail("give exactly one of --images or --features")
+    return run(list_images, images) if images is not None else run(list_feature_names, features)
+
+
+@app.command("match-features")
+def match_features_cmd(pairs: Annotated[Path, typer.Option(help="Pairs file, 'name0 name1' per line.")],
+                       features: Annotated[Path, typer.Option(help="Feature file (hloc layout).")],
+                       out: Annotated[Path, typer.Option(help="HDF5 match file (hloc layout).")],
+                       conf: Annotated[str, typer.Option(help="Registered matcher name.")] = "lightglue",
+                       set_: SetOpt = None,
+                       features1: Annotated[Optional[Path], typer.Option(help="Features of the second images.")] = None,
+                       device: DeviceOpt = None) -> None:
+    """Match the features of every pair into --out; resumes."""
+    from visloc.pipelines.match_features import match_features
+
+    summary = run(match_features, pairs, features, out, conf, set_ or (), features1, device)
+    for line in summary.lines("match"):
+        typer.echo(line)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def match(image0: Annotated[Path, typer.Argument(help="First image.")],
+          image1: Annotated[Path, typer.Argument(help="Second image.")],
+          extractor: Annotated[str, typer.Option(help="Registered extractor.")] = "aliked-n16",
+          matcher: Annotated[str, typer.Option(help="Registered matcher.")] = "lightglue",
+          model: Annotated[str, typer.Option(help="homography, fundamental, essential or affine.")] = "homography",
+          set_extractor: Annotated[Optional[list[str]], typer.Option(help="Extractor override key=value.")] = None,
+          set_matcher: Annotated[Optional[list[str]], typer.Option(help="Matcher override key=value.")] = None,
+          set_estimator: Annotated[Optional[list[str]], typer.Option(help="Estimator override key=value.")] = None,
+          intrinsics: Annotated[Optional[str], typer.Option(help="fx,fy,cx,cy for both images (essential).")] = None,
+          out: Annotated[Optional[Path], typer.Option(help="Picture of inliers (green) and outliers (red).")] = None,
+          device: DeviceOpt = None) -> None:
+    """Match two images, estimate a model, print counts and the model, draw the matches."""
+    from visloc.pipelines.match_pair import match_images
+
+    K = None
+    if intrinsics is not None:
+        try:
+            fx, fy, cx, cy = (float(v) for v in intrinsics.split(","))
+        except ValueError:
+            fail(f"--intrinsics: expected fx,fy,cx,cy, got {intrinsics!r}")
+        K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
+    if model == "essential" and K is None:
+        fail("--model essential needs --intrinsics fx,fy,cx,cy")
+    res = run(match_images, image0, image1, extractor, matcher, model, set_extractor or (), set_matcher or (),
+               set_estimator or (), K, K, out, device)
+    typer.echo(f"keypoints: {len(res.keypoints0)} / {len(res.keypoints1)}")
+    typer.echo(f"matches: {len(res.matches)}, {model} inliers: {res.estimate.num_inliers}")
+    if res.estimate.model is None:
+        typer.echo(f"{model}: estimation failed")
+    else:
+        typer.echo(f"{model}:\n{np.array2string(res.estimate.model, precision=6, suppress_small=True)}")
+        if res.estimate.R is not None:
+            typer.echo(f"R:\n{np.array2string(res.estimate.R, precision=6)}\nt: {res.estimate.t}")
+    if out is not None:
+        typer.echo(f"picture -> {out}")

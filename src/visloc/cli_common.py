@@ -1,0 +1,37 @@
+"""The CLI's error boundary: user-fixable errors print one line and exit with code 2."""
+
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Conf override key=value (repeatable).")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, or automatic when unset.")]
+
+
+def fail(message: str) -> None:
+    """Print ``error: message`` and exit with code 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that carry a one-line message for the user."""
+    from visloc.conf import ConfError
+    from visloc.data.errors import DatasetError
+    from visloc.features.weights import WeightsError
+    from visloc.io.features_h5 import FeatureStoreError
+    from visloc.io.images import ImageError
+    from visloc.io.matches_h5 import MatchStoreError
+    from visloc.io.pairs import PairsError
+
+    return (ConfError, DatasetError, WeightsError, FeatureStoreError, ImageError, MatchStoreError, PairsError,
+            KeyError, ValueError, FileNotFoundError)
+
+
+def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; a user-fixable error becomes one line on stderr and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except user_errors() as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        fail(str(msg).splitlines()[0] if msg else type(e).__name__)

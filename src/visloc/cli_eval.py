@@ -1,0 +1,79 @@
+"""``visloc eval ...`` and ``visloc bench``: commands of the evaluation and benchmark pipelines."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from visloc.cli_common import run
+
+eval_app = typer.Typer(help="Evaluate a pipeline on real ground truth (two stages: cache, then metrics).",
+                       no_args_is_help=True)
+
+
+def _method(extractor: str, matcher: str, set_extractor: Optional[list[str]], set_matcher: Optional[list[str]],
+            resize_max: int):  # noqa: ANN202
+    from visloc.eval.predictions import Method
+
+    return Method(extractor, matcher, tuple(set_extractor or ()), tuple(set_matcher or ()),
+                  resize_max if resize_max > 0 else None)
+
+
+Extr = Annotated[str, typer.Option(help="Registered extractor.")]
+Match = Annotated[str, typer.Option(help="Registered matcher.")]
+SetE = Annotated[Optional[list[str]], typer.Option(help="Extractor override key=value.")]
+SetM = Annotated[Optional[list[str]], typer.Option(help="Matcher override key=value.")]
+Resize = Annotated[int, typer.Option(help="Longest image edge for extraction (0: original size).")]
+Out = Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")]
+Cache = Annotated[Optional[Path], typer.Option(help="Prediction cache (default $VISLOC_CACHE or ~/.cache/visloc).")]
+Thr = Annotated[Optional[float], typer.Option(help="RANSAC inlier threshold in pixels.")]
+
+
+def _finish(report, columns, out: Optional[Path]) -> None:  # noqa: ANN001
+    """Print the table and write the JSON report."""
+    from visloc.pipelines.evaluate import format_table
+
+    typer.echo(f"{report.protocol} on {report.dataset} ({report.summary['num_pairs']} pairs)")
+    typer.echo(format_table([report], columns))
+    if out is not None:
+        report.write(out)
+        typer.echo(f"report -> {out}")
+
+@eval_app.command("homography")
+def eval_homography(dataset: Annotated[str, typer.Option(help="synthetic (built in) or graf (opencv-doc).")]
+                    = "synthetic", extractor: Extr = "aliked-n16", matcher: Match = "lightglue",
+                    set_extractor: SetE = None, set_matcher: SetM = None, resize_max: Resize = 640,
+                    threshold: Thr = None, seed: Annotated[int, typer.Option(help="Synthetic pairs seed.")] = 0,
+                    cache: Cache = None, out: Out = None) -> None:
+    """Homography accuracy: corner-error AUC at 1/3/5 px, precision at 3 px."""
+    from visloc.pipelines.evaluate import HOMOGRAPHY_COLUMNS, evaluate_homography
+
+    if dataset not in ("synthetic", "graf"):
+        typer.echo(f"error: --dataset: {dataset!r} is not one of synthetic, graf", err=True)
+        raise typer.Exit(2)
+    method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
+    report = run(evaluate_homography, method, dataset, threshold if threshold is not None else 3.0,
+                  cache, seed=seed)
+    _finish(report, HOMOGRAPHY_COLUMNS, out)
+
+@eval_app.command("pose")
+def eval_pose(extractor: Extr = "aliked-n16", matcher: Match = "lightglue", set_extractor: SetE = None,
+              set_matcher: SetM = None, resize_max: Resize = 640,
+              step: Annotated[int, typer.Option(help="Frames between the two images of a pair.")] = 5,
+              threshold: Thr = None, cache: Cache = None, out: Out = None) -> None:
+    """Relative pose on ViSP Castle-simu: AUC at 5/10/20 degrees (visp-images-data)."""
+    from visloc.pipelines.evaluate import POSE_COLUMNS, evaluate_pose
+
+    method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
+    report = run(evaluate_pose, method, "castle", step, threshold if threshold is not None else 1.0, cache)
+    _finish(report, POSE_COLUMNS, out)
+
+@eval_app.command("stereo")
+def eval_stereo(extractor: Extr = "aliked-n16", matcher: Match = "lightglue", set_extractor: SetE = None,
+                set_matcher: SetM = None, resize_max: Resize = 640, cache: Cache = None,
+                out: Out = None) -> None:
+    """Stereo end-point error on skimage's Middlebury motorcycle pair."""
+    from visloc.pipelines.evaluate import STEREO_COLUMNS, evaluate_stereo
+
+    method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
+    _finish(run(evaluate_stereo, method, cache), STEREO_COLUMNS, out)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics of matches, homographies and relative poses, and their benchmark recipes."""

@@ -1,0 +1,119 @@
+"""Stage 1 of an evaluation: run an extractor + matcher on pairs and cache the predictions.
+
+The cache is an HDF5 file per (dataset, extractor conf, matcher conf), one group per pair with
+``keypoints0 [N0, 2]``, ``keypoints1 [N1, 2]`` (original pixels), ``matches [M, 2]`` int32,
+``scores [M]`` and the timings ``time_extract`` (seconds per image, mean of the two) and
+``time_match``. A re-run reads finished pairs from the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from visloc.features import EXTRACTORS
+from visloc.features.api import extract_array
+from visloc.io import parts
+from visloc.matching import MATCHERS
+from visloc.pipelines.common import conf_record
+from visloc.pipelines.match_features import infer_matcher_overrides
+
+
+@dataclass(frozen=True)
+class Method:
+    """An extractor + matcher with their resolved confs."""
+
+    extractor: str
+    matcher: str
+    extractor_overrides: tuple[str, ...] = ()
+    matcher_overrides: tuple[str, ...] = ()
+    resize_max: int | None = 640
+
+    def records(self) -> tuple[str, str]:
+        """JSON records of both resolved confs."""
+        resize = "null" if self.resize_max is None else str(self.resize_max)
+        econf = EXTRACTORS.conf(self.extractor, (*self.extractor_overrides, f"resize_max={resize}"))
+        mconf = MATCHERS.conf(self.matcher, infer_matcher_overrides(self.matcher, self.matcher_overrides,
+                                                                     self.extractor))
+        return conf_record(self.extractor, econf), conf_record(self.matcher, mconf)
+
+    @property
+    def label(self) -> str:
+        """Short name for tables, e.g. ``aliked-n16+lightglue``."""
+        return f"{self.extractor}+{self.matcher}"
+
+    def key(self) -> str:
+        """Hash of everything that changes predictions."""
+        e, m = self.records()
+        return hashlib.sha1(f"{e}|{m}|{self.resize_max}".encode()).hexdigest()[:10]
+
+
+PairLoader = Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+def default_cache_dir() -> Path:
+    """``$VISLOC_CACHE`` or ``~/.cache/visloc``."""
+    return Path(os.environ.get("VISLOC_CACHE", Path.home() / ".cache" / "visloc"))
+
+
+def cache_path(cache_dir: Path, dataset: str, method: Method) -> Path:
+    """Where the predictions of ``method`` on ``dataset`` are cached."""
+    return Path(cache_dir) / "predictions" / dataset / f"{method.label}-{method.key()}.h5"
+
+
+def _write_group(fd: h5py.File, key: str, arrays: dict[str, np.ndarray]) -> None:
+    if key in fd:
+        del fd[key]
+    grp = fd.create_group(key)
+    for k, v in arrays.items():
+        grp.create_dataset(k, data=v)
+
+
+def read_predictions(path: Path, key: str) -> dict[str, np.ndarray]:
+    """One pair's cached predictions."""
+    with h5py.File(path, "r") as fd:
+        return {k: v[()] for k, v in fd[key].items()}
+
+
+def predict(pairs: Sequence[tuple[str, PairLoader]], method: Method, path: Path, device: str = "cpu",
+            progress: bool = True) -> Path:
+    """Run ``method`` on every ``(key, loader)`` not yet cached in ``path``; return ``path``."""
+    done: set[str] = set(parts.staged_names(path))
+    if path.exists():
+        with h5py.File(path, "r") as fd:
+            fd.visititems(lambda k, o: done.add(k) if isinstance(o, h5py.Group) and "matches" in o else None)
+    todo = [(k, load) for k, load in pairs if k not in done]
+    if not todo:
+        return path
+    extractor = EXTRACTORS.build(method.extractor, method.extractor_overrides).to(device)
+    matcher = MATCHERS.build(method.matcher, infer_matcher_overrides(method.matcher, method.matcher_overrides,
+                                                                     method.extractor)).to(device)
+    try:
+        for key, load in tqdm(todo, desc=f"predict {method.label}", disable=not progress, unit="pair"):
+            image0, image1 = load()
+            t0 = time.perf_counter()
+            f0 = extract_array(extractor, image0, method.resize_max, device)
+            f1 = extract_array(extractor, image1, method.resize_max, device)
+            t1 = time.perf_counter()
+            keep = ("keypoints", "descriptors", "scores", "image_size")
+            pred = matcher({k: torch.from_numpy(f0[k]).to(device) for k in keep},
+                           {k: torch.from_numpy(f1[k]).to(device) for k in keep})
+            t2 = time.perf_counter()
+            parts.write_part(path, key, {
+                "keypoints0": f0["keypoints"], "keypoints1": f1["keypoints"],
+                "matches": pred["matches"].cpu().numpy().astype(np.int32),
+                "scores": pred["scores"].cpu().numpy().astype(np.float32),
+                "time_extract": np.float64((t1 - t0) / 2), "time_match": np.float64(t2 - t1)})
+    finally:
+        parts.merge_parts(path, _write_group, {"method": "|".join(method.records()),
+                                               "resize_max": str(method.resize_max)})
+    return path

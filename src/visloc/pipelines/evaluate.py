@@ -1,0 +1,140 @@
+"""Evaluate an extractor + matcher on real ground truth: homography, relative pose and stereo.
+
+Two stages: predictions are cached per method (``visloc.eval.predictions``), then metrics are
+computed from the cache (``visloc.eval.protocols``) and written as JSON with the resolved confs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from visloc.conf import conf_to_dict
+from visloc.eval import protocols
+from visloc.eval.predictions import Method, cache_path, default_cache_dir, predict
+from visloc.io.atomic import atomic_write_text
+from visloc.io.images import read_image
+
+HomographyDataset = Literal["synthetic", "graf"]
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Summary metrics, per-pair metrics and what produced them."""
+
+    protocol: str
+    dataset: str
+    method: Method
+    estimator: dict[str, Any]
+    summary: dict[str, Any]
+    pairs: list[protocols.PairResult]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (the resolved confs included)."""
+        econf, mconf = self.method.records()
+        return {"protocol": self.protocol, "dataset": self.dataset, "method": self.method.label,
+                "extractor": json.loads(econf), "matcher": json.loads(mconf),
+                "resize_max": self.method.resize_max, "estimator": self.estimator, "summary": self.summary,
+                "pairs": {p.key: p.values for p in self.pairs}}
+
+    def write(self, path: str | Path) -> Path:
+        """Write the JSON report atomically."""
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=1, allow_nan=True))
+
+
+def evaluate_homography(method: Method, dataset: HomographyDataset = "synthetic", threshold: float = 3.0,
+                        cache_dir: Path | None = None, device: str = "cpu", progress: bool = True,
+                        seed: int = 0) -> EvalReport:
+    """Homography protocol on the built-in synthetic pairs or on OpenCV's graf pair."""
+    from visloc.data.homography import load_graf, synthetic_pairs
+
+    data = synthetic_pairs(seed=seed) if dataset == "synthetic" else load_graf()
+    by_key = {p.key: p for p in data}
+    ds_name = f"{dataset}-seed{seed}" if dataset == "synthetic" else dataset
+    cache = cache_path(cache_dir or default_cache_dir(), ds_name, method)
+    predict([(p.key, lambda p=p: (p.image0, p.image1)) for p in data], method, cache, device, progress)
+    est = protocols.default_estimator("homography", threshold)
+
+    def per_pair(key: str, pred: dict[str, np.ndarray]) -> dict[str, float]:
+        p = by_key[key]
+        return protocols.eval_homography_pair(pred, p.H_0to1, (p.image0.shape[1], p.image0.shape[0]), est)
+
+    results = protocols.run_protocol(cache, list(by_key), per_pair)
+    summary = protocols.aggregate(results, "corner_error", (1.0, 3.0, 5.0))
+    return EvalReport("homography", dataset, method, conf_to_dict(est.conf), summary, results)
+
+
+def evaluate_pose(method: Method, dataset: Literal["castle"] = "castle", step: int = 5, threshold: float = 1.0,
+                  cache_dir: Path | None = None, device: str = "cpu", progress: bool = True) -> EvalReport:
+    """Relative-pose protocol on ViSP's Castle-simu, pairs ``step`` frames apart."""
+    from visloc.data import castle
+
+    frames = castle.load_castle()
+    index_pairs = castle.castle_pairs(frames, step=step)
+    keys = {f"{frames[i].name.replace('/', '-')}/{frames[j].name.replace('/', '-')}": (i, j)
+            for i, j in index_pairs}
+    cache = cache_path(cache_dir or default_cache_dir(), f"castle-step{step}", method)
+    predict([(k, lambda i=i, j=j: (read_image(frames[i].image_path), read_image(frames[j].image_path)))
+             for k, (i, j) in keys.items()], method, cache, device, progress)
+    est = protocols.default_estimator("essential", threshold)
+
+    def per_pair(key: str, pred: dict[str, np.ndarray]) -> dict[str, float]:
+        f0, f1 = frames[keys[key][0]], frames[keys[key][1]]
+        k0, k1 = protocols._matched(pred)
+        errors = castle.depth_match_error(f0, f1, k0, k1) if len(k0) else np.zeros(0)
+        R, t = castle.relative_pose(f0, f1)
+        return protocols.eval_pose_pair(pred, f0.K, f1.K, R, t, est, errors)
+
+    results = protocols.run_protocol(cache, list(keys), per_pair)
+    summary = protocols.aggregate(results, "pose_error", (5.0, 10.0, 20.0))
+    return EvalReport("pose", f"castle-step{step}", method, conf_to_dict(est.conf), summary, results)
+
+
+def evaluate_stereo(method: Method, cache_dir: Path | None = None, device: str = "cpu",
+                    progress: bool = True) -> EvalReport:
+    """Stereo protocol on skimage's Middlebury motorcycle pair: end-point error of matches."""
+    from visloc.data.motorcycle import load_motorcycle, stereo_match_epe
+
+    pair = load_motorcycle()
+    key = f"{pair.name0}/{pair.name1}" if hasattr(pair, "name0") else "motorcycle_left.png/motorcycle_right.png"
+    cache = cache_path(cache_dir or default_cache_dir(), "motorcycle", method)
+    predict([(key, lambda: (pair.left, pair.right))], method, cache, device, progress)
+
+    def per_pair(key: str, pred: dict[str, np.ndarray]) -> dict[str, float]:
+        k0, k1 = protocols._matched(pred)
+        epe = stereo_match_epe(pair.disparity, k0, k1) if len(k0) else np.zeros(0)
+        out = protocols._common(pred, epe)
+        finite = epe[np.isfinite(epe)]
+        out["epe_median"] = float(np.median(finite)) if len(finite) else float("nan")
+        out["epe_mean"] = float(np.mean(finite)) if len(finite) else float("nan")
+        return out
+
+    results = protocols.run_protocol(cache, [key], per_pair)
+    return EvalReport("stereo", "motorcycle", method, {}, protocols.aggregate(results, None, ()), results)
+
+
+def format_table(reports: Sequence[EvalReport], columns: Sequence[str]) -> str:
+    """A Markdown table: one row per report, one column per summary key."""
+    head = "| method | " + " | ".join(columns) + " |"
+    sep = "|---|" + "---|" * len(columns)
+    rows = []
+    for r in reports:
+        vals = []
+        for c in columns:
+            v = r.summary.get(c, float("nan"))
+            vals.append(f"{v:.3f}" if isinstance(v, float) and abs(v) < 100 else f"{v:.1f}"
+                        if isinstance(v, float) else str(v))
+        rows.append(f"| {r.method.label} | " + " | ".join(vals) + " |")
+    return "\n".join([head, sep, *rows])
+
+
+HOMOGRAPHY_COLUMNS = ("auc@1.0", "auc@3.0", "auc@5.0", "median_corner_error", "mean_precision@3px",
+                      "mean_num_matches", "mean_num_inliers")
+POSE_COLUMNS = ("auc@5.0", "auc@10.0", "auc@20.0", "median_pose_error", "mean_precision@3px",
+                "mean_num_matches", "mean_num_inliers")
+STEREO_COLUMNS = ("mean_epe_median", "mean_epe_mean", "mean_precision@3px", "mean_num_matches")

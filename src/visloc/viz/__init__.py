@@ -1,0 +1,1 @@
+"""Pictures: matches side by side."""
