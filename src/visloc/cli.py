@@ -12,13 +12,14 @@ import numpy as np
 import typer
 
 from visloc.cli_common import DeviceOpt, SetOpt, fail, run
-from visloc.cli_eval import eval_app
+from visloc.cli_eval import bench, eval_app
 
 app = typer.Typer(help="visloc: learned visual localization. Extract, match, estimate, evaluate, benchmark.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 pairs_app = typer.Typer(help="Make pair lists for matching.", no_args_is_help=True)
 app.add_typer(pairs_app, name="pairs")
 app.add_typer(eval_app, name="eval")
+app.command()(bench)
 
 
 

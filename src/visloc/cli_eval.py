@@ -77,3 +77,36 @@ def eval_stereo(extractor: Extr = "aliked-n16", matcher: Match = "lightglue", se
 
     method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
     _finish(run(evaluate_stereo, method, cache), STEREO_COLUMNS, out)
+
+def bench(extractors: Annotated[Optional[list[str]], typer.Option("--extractor", help="Extractors to time.")] = None,
+          matchers: Annotated[Optional[list[str]], typer.Option("--matcher", help="name:extractor to time, "
+                                                                 "e.g. lightglue:aliked-n16.")] = None,
+          threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+          runs: Annotated[int, typer.Option(help="Timed runs (median reported).")] = 10,
+          warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 2,
+          width: Annotated[int, typer.Option(help="Image width.")] = 640,
+          height: Annotated[int, typer.Option(help="Image height.")] = 480,
+          out: Out = None) -> None:
+    """Time extraction per image and matching per pair (median of N after warm-up), peak memory."""
+    import json
+
+    from visloc.io.atomic import atomic_write_text
+    from visloc.pipelines.bench import format_results, machine_line, results_json, run_one
+
+    extractors = extractors or ["sift", "orb", "aliked-n16", "disk"]
+    matchers = matchers or ["nn-ratio:sift", "nn-mutual:orb", "lightglue:aliked-n16", "lightglue:disk"]
+    results = []
+    for name in extractors:
+        results.append(run(run_one, "extract", name, name, (), (width, height), threads, warmup, runs))
+        typer.echo(f"extract {name}: {results[-1].median_ms:.1f} ms")
+    for spec in matchers:
+        name, _, extractor = spec.partition(":")
+        results.append(run(run_one, "match", name, extractor or "aliked-n16", (), (width, height), threads, warmup,
+                           runs))
+        typer.echo(f"match {spec}: {results[-1].median_ms:.1f} ms")
+    typer.echo(machine_line(threads))
+    typer.echo(format_results(results))
+    if out is not None:
+        atomic_write_text(out, json.dumps({"machine": machine_line(threads), "results": results_json(results)},
+                                          indent=1))
+        typer.echo(f"results -> {out}")

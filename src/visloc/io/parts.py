@@ -49,7 +49,7 @@ def staged_parts(out: Path) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError):  # e.g. cut short by a full disk
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # e.g. cut short by a full disk
             continue
         yield str(arrays.pop(NAME_KEY)), arrays
 

@@ -1,0 +1,114 @@
+"""Speed and memory of extractors and matchers on this machine (numbers for the docs, not tests).
+
+Each configuration runs in a fresh process (so peak memory is its own): it builds the part, warms
+up, then times ``runs`` calls and reports the median. Extraction runs on a real photo resized to
+``size``; matching runs on the features of a real homography pair at that size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One timed configuration."""
+
+    kind: str  # "extract" or "match"
+    name: str
+    median_ms: float
+    p90_ms: float
+    peak_rss_mb: float
+    num_keypoints: float
+    num_matches: float
+    threads: int
+    size: tuple[int, int]
+
+
+def _bench_image(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    from visloc.data.homography import synthetic_pairs
+
+    pair = synthetic_pairs(seed=0, pairs_per_photo=1, size=size, photos=("astronaut",))[0]
+    return pair.image0, pair.image1
+
+
+def _time(fn, warmup: int, runs: int) -> list[float]:  # noqa: ANN001
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def _worker(kind: str, name: str, extractor: str, overrides: Sequence[str], size: tuple[int, int],
+            threads: int, warmup: int, runs: int, queue: mp.Queue) -> None:
+    torch.set_num_threads(threads)
+    from visloc.features import EXTRACTORS
+    from visloc.features.api import extract_array
+    from visloc.matching import MATCHERS
+    from visloc.pipelines.match_features import infer_matcher_overrides
+
+    img0, img1 = _bench_image(size)
+    ex = EXTRACTORS.build(extractor, overrides if kind == "extract" else ())
+    f0, f1 = extract_array(ex, img0, None), extract_array(ex, img1, None)
+    n_kp = (len(f0["keypoints"]) + len(f1["keypoints"])) / 2
+    n_m = float("nan")
+    if kind == "extract":
+        times = _time(lambda: extract_array(ex, img0, None), warmup, runs)
+    else:
+        ma = MATCHERS.build(name, infer_matcher_overrides(name, overrides, extractor))
+        keep = ("keypoints", "descriptors", "scores", "image_size")
+        t0 = {k: torch.from_numpy(f0[k]) for k in keep}
+        t1 = {k: torch.from_numpy(f1[k]) for k in keep}
+        n_m = float(len(ma(t0, t1)["matches"]))
+        times = _time(lambda: ma(t0, t1), warmup, runs)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    label = name if kind == "extract" else f"{name} ({extractor})"
+    queue.put(BenchResult(kind, label, statistics.median(times), float(np.percentile(times, 90)), peak, n_kp, n_m,
+                          threads, size))
+
+
+def run_one(kind: str, name: str, extractor: str, overrides: Sequence[str] = (), size: tuple[int, int] = (640, 480),
+            threads: int = 2, warmup: int = 2, runs: int = 10) -> BenchResult:
+    """Benchmark one extractor (``kind="extract"``) or matcher (``"match"``) in a fresh process."""
+    ctx = mp.get_context("spawn")
+    queue: mp.Queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(kind, name, extractor, tuple(overrides), size, threads, warmup, runs,
+                                             queue))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0 or queue.empty():
+        raise RuntimeError(f"benchmark of {kind} {name!r} failed (exit code {proc.exitcode})")
+    return queue.get()
+
+
+def machine_line(threads: int) -> str:
+    """What the numbers were measured on."""
+    return (f"{platform.processor() or platform.machine()}, {mp.cpu_count()} cores, torch {torch.__version__}, "
+            f"{threads} threads")
+
+
+def format_results(results: Sequence[BenchResult]) -> str:
+    """Markdown table of results."""
+    lines = ["| kind | name | median ms | p90 ms | peak RSS MB | keypoints | matches |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.kind} | {r.name} | {r.median_ms:.1f} | {r.p90_ms:.1f} | {r.peak_rss_mb:.0f} | "
+                     f"{r.num_keypoints:.0f} | {'' if np.isnan(r.num_matches) else f'{r.num_matches:.0f}'} |")
+    return "\n".join(lines)
+
+
+def results_json(results: Sequence[BenchResult]) -> list[dict]:
+    """JSON-ready results."""
+    return [asdict(r) for r in results]
