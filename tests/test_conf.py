@@ -78,7 +78,6 @@ def test_load_conf_coerces_int_to_float():
         ("flag", "yes"),
         ("flag", 1),
         ("thresh", "abc"),
-        ("thresh", "1e-3"),  # YAML 1.1 reads 1e-3 as a string: must not slip through as a float
         ("thresh", True),
         ("thresh", None),
         ("sizes", 640),
@@ -291,3 +290,14 @@ def test_registry_names_and_contains():
     assert reg.names() == ["aliked", "brisk", "disk"]
     assert "disk" in reg
     assert "sift" not in reg
+
+
+def test_float_field_parses_scientific_strings():
+    # YAML 1.1 reads "1e-3" as a string; a float field accepts it as the number it spells.
+    from visloc.conf import apply_overrides
+
+    @dataclasses.dataclass(frozen=True)
+    class C:
+        thresh: float = 0.5
+
+    assert apply_overrides(C(), ["thresh=1e-3"]).thresh == 0.001

@@ -1,0 +1,66 @@
+"""Evaluate every extractor x matcher on every ground-truth suite; writes JSON reports + Markdown tables.
+
+Usage: python benchmarks/eval_all.py --out outputs/results [--quick]
+The README's results tables are this script's output (``results.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from visloc.eval.predictions import Method
+from visloc.pipelines.evaluate import (
+    HOMOGRAPHY_COLUMNS,
+    POSE_COLUMNS,
+    STEREO_COLUMNS,
+    evaluate_homography,
+    evaluate_pose,
+    evaluate_stereo,
+    format_table,
+)
+
+METHODS = [
+    Method("aliked-n16", "lightglue"),
+    Method("disk", "lightglue"),
+    Method("sift", "nn-ratio"),
+    Method("rootsift", "nn-ratio"),
+    Method("aliked-n16", "nn-mutual"),
+    Method("aliked-n32", "lightglue"),
+    Method("aliked-n16rot", "lightglue"),
+    Method("aliked-t16", "nn-mutual"),
+    Method("disk", "nn-mutual"),
+    Method("orb", "nn-mutual"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("outputs/results"))
+    parser.add_argument("--quick", action="store_true", help="only the first four methods")
+    parser.add_argument("--cache", type=Path, default=None)
+    args = parser.parse_args()
+    methods = METHODS[:4] if args.quick else METHODS
+    suites = {
+        "graf": (lambda m: evaluate_homography(m, "graf", cache_dir=args.cache, progress=False), HOMOGRAPHY_COLUMNS),
+        "synthetic": (lambda m: evaluate_homography(m, "synthetic", cache_dir=args.cache, progress=False),
+                      HOMOGRAPHY_COLUMNS),
+        "castle-step5": (lambda m: evaluate_pose(m, step=5, cache_dir=args.cache, progress=False), POSE_COLUMNS),
+        "motorcycle": (lambda m: evaluate_stereo(m, cache_dir=args.cache, progress=False), STEREO_COLUMNS),
+    }
+    tables = []
+    for suite, (fn, columns) in suites.items():
+        reports = []
+        for m in methods:
+            report = fn(m)
+            report.write(args.out / suite / f"{m.label}.json")
+            reports.append(report)
+            print(suite, m.label, json.dumps({c: report.summary.get(c) for c in columns}), flush=True)
+        tables.append(f"### {suite}\n\n{format_table(reports, columns)}\n")
+    (args.out / "results.md").write_text("\n".join(tables))
+    print("\n".join(tables))
+
+
+if __name__ == "__main__":
+    main()
