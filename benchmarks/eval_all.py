@@ -43,11 +43,11 @@ def main() -> None:
     args = parser.parse_args()
     methods = METHODS[:4] if args.quick else METHODS
     suites = {
+        "castle-step5": (lambda m: evaluate_pose(m, step=5, cache_dir=args.cache, progress=False), POSE_COLUMNS),
+        "motorcycle": (lambda m: evaluate_stereo(m, cache_dir=args.cache, progress=False), STEREO_COLUMNS),
         "graf": (lambda m: evaluate_homography(m, "graf", cache_dir=args.cache, progress=False), HOMOGRAPHY_COLUMNS),
         "synthetic": (lambda m: evaluate_homography(m, "synthetic", cache_dir=args.cache, progress=False),
                       HOMOGRAPHY_COLUMNS),
-        "castle-step5": (lambda m: evaluate_pose(m, step=5, cache_dir=args.cache, progress=False), POSE_COLUMNS),
-        "motorcycle": (lambda m: evaluate_stereo(m, cache_dir=args.cache, progress=False), STEREO_COLUMNS),
     }
     tables = []
     for suite, (fn, columns) in suites.items():

@@ -1,6 +1,7 @@
 """The CLI's error boundary: user-fixable errors print one line and exit with code 2."""
 
-from typing import Annotated, Any, Callable, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import typer
 

@@ -32,6 +32,22 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
+    """Check or convert a scalar leaf (``int``, ``float``, ``str``, ``bool``)."""
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfError(f"{where}: expected float, got {value!r}")
+    if tp in (int, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise ConfError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     tp, optional = _strip_optional(tp)
     if value is None:
@@ -55,18 +71,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in typing.get_args(tp):
             raise ConfError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfError(f"{where}: expected float, got {value!r}") from None
-    if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise ConfError(f"{where}: expected {tp.__name__}, got {value!r}")
-    if tp is int and isinstance(value, bool):
-        raise ConfError(f"{where}: expected int, got {value!r}")
-    return value
+    return _coerce_scalar(value, tp, where)
 
 
 def load_conf(cls: type[C], data: Mapping[str, Any] | None = None, where: str = "conf") -> C:

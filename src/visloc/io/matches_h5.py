@@ -21,12 +21,12 @@ class MatchStoreError(ValueError):
 
 
 def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
-    """hloc's pair key."""
+    """Hloc's pair key."""
     return separator.join((name0.replace("/", "-"), name1.replace("/", "-")))
 
 
 def names_to_pair_old(name0: str, name1: str) -> str:
-    """hloc's legacy pair key."""
+    """Hloc's legacy pair key."""
     return names_to_pair(name0, name1, separator="_")
 
 

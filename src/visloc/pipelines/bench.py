@@ -102,7 +102,8 @@ def machine_line(threads: int) -> str:
 
 def format_results(results: Sequence[BenchResult]) -> str:
     """Markdown table of results."""
-    lines = ["| kind | name | median ms | p90 ms | peak RSS MB | keypoints | matches |", "|---|---|---|---|---|---|---|"]
+    lines = ["| kind | name | median ms | p90 ms | peak RSS MB | keypoints | matches |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.kind} | {r.name} | {r.median_ms:.1f} | {r.p90_ms:.1f} | {r.peak_rss_mb:.0f} | "
                      f"{r.num_keypoints:.0f} | {'' if np.isnan(r.num_matches) else f'{r.num_matches:.0f}'} |")

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_array
 from visloc.io import features_h5
-from visloc.io.parts import parts_dir
 from visloc.io.images import ImageError, list_images, read_image
+from visloc.io.parts import parts_dir
 from visloc.pipelines.common import JobSummary, conf_record, pick_device
 
 logger = logging.getLogger(__name__)
