@@ -70,12 +70,17 @@ class SIFT(Extractor):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Detect and describe; see the module contract."""
         kps, desc = self._sift.detectAndCompute(_to_uint8(self.check_image(image)), None)
+        kps = list(kps)
+        n_max = self.conf.max_num_keypoints
+        if desc is not None and 0 < n_max < len(kps):  # OpenCV keeps every tie at the cut-off response
+            keep = np.sort(np.argsort([-k.response for k in kps], kind="stable")[:n_max])
+            kps, desc = [kps[i] for i in keep], desc[keep]
         if desc is not None:
             desc = desc.astype(np.float32)
             if self.conf.rootsift:
                 desc = np.sqrt(desc / np.maximum(desc.sum(1, keepdims=True), 1e-8))
             desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-8)
-        return _pack(list(kps), desc, 128, torch.float32)
+        return _pack(kps, desc, 128, torch.float32)
 
 
 class ORB(Extractor):

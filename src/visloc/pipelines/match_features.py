@@ -24,6 +24,17 @@ logger = logging.getLogger(__name__)
 ATTR = "visloc_matcher"
 
 
+class MatchError(ValueError):
+    """A matching job that cannot start (conflicting output)."""
+
+
+def _check_compatible(out: Path, record: str) -> None:
+    existing = features_h5.read_attrs(out).get(ATTR)
+    if existing is not None and json.loads(existing) != json.loads(record):
+        raise MatchError(f"{out}: holds matches of another matcher or conf "
+                         f"({json.loads(existing)['name']}); use another --out or delete it")
+
+
 def infer_matcher_overrides(matcher: str, overrides: Mapping[str, Any] | Sequence[str],
                             extractor: str | None) -> dict[str, Any]:
     """Fill LightGlue's ``features`` from the extractor unless the user set it."""
@@ -62,6 +73,7 @@ def match_features(pairs: str | Path, features: str | Path, out: str | Path, mat
     extractor = json.loads(features_h5.read_attrs(features).get(EXTRACTOR_ATTR, "null") or "null")
     conf = MATCHERS.conf(matcher, infer_matcher_overrides(matcher, overrides, extractor and extractor["name"]))
     record = conf_record(matcher, conf)
+    _check_compatible(out, record)  # else finished pairs of another conf would be skipped silently
     pair_list = read_pairs(pairs)
     done = matches_h5.done_pairs(out)
     todo = [p for p in pair_list if matches_h5.names_to_pair(*p) not in done
