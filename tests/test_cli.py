@@ -204,3 +204,33 @@ def test_eval_homography_graf_and_cache(graf_pair, tmp_path):
 def test_eval_homography_unknown_dataset():
     result = invoke("eval", "homography", "--dataset", "nope")
     assert result.exit_code == 2 and "--dataset" in result.stderr
+
+
+CONFIGS = sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    from visloc.conf import load_yaml
+
+    data = load_yaml(path)
+    registry = EXTRACTORS if data["name"] in EXTRACTORS else MATCHERS
+    conf = registry.conf(data["name"], data.get("conf") or {})
+    for key, value in (data.get("conf") or {}).items():
+        assert getattr(conf, key) == value
+
+
+def test_extract_conf_from_yaml_and_set_wins(photo_dir, tmp_path):
+    yaml_path = tmp_path / "sift.yaml"
+    yaml_path.write_text("name: rootsift\nconf:\n  max_num_keypoints: 80\n  resize_max: 512\n")
+    out = tmp_path / "f.h5"
+    result = invoke("extract", str(photo_dir), "--conf", str(yaml_path), "--set", "max_num_keypoints=30",
+                    "--out", str(out))
+    assert result.exit_code == 0, result.output
+    record = json.loads(features_h5.read_attrs(out)["visloc_extractor"])
+    assert record["name"] == "rootsift"
+    assert record["conf"]["max_num_keypoints"] == 30 and record["conf"]["resize_max"] == 512
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nme: sift\n")
+    result = invoke("extract", str(photo_dir), "--conf", str(bad), "--out", str(tmp_path / "g.h5"))
+    assert result.exit_code == 2 and "bad.yaml" in result.output

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from visloc.cli_common import DeviceOpt, SetOpt, fail, run
+from visloc.cli_common import DeviceOpt, SetOpt, fail, resolve_conf, run
 from visloc.cli_eval import bench, eval_app
 
 app = typer.Typer(help="visloc: learned visual localization. Extract, match, estimate, evaluate, benchmark.",
@@ -48,7 +48,7 @@ def list_parts() -> None:
 @app.command()
 def extract(images: Annotated[Path, typer.Argument(help="Image folder (searched recursively).")],
             out: Annotated[Path, typer.Option(help="HDF5 feature file (hloc layout).")],
-            conf: Annotated[str, typer.Option(help="Registered extractor name (see `visloc list`).")] = "aliked-n16",
+            conf: Annotated[str, typer.Option(help="Registered extractor name or YAML file.")] = "aliked-n16",
             set_: SetOpt = None,
             image_list: Annotated[Optional[Path], typer.Option(help="Text file of image names to extract.")] = None,
             as_half: Annotated[bool, typer.Option(help="Store descriptors as float16.")] = False,
@@ -62,7 +62,8 @@ def extract(images: Annotated[Path, typer.Argument(help="Image folder (searched 
         if not image_list.is_file():
             fail(f"{image_list}: image list not found")
         names = [ln.strip() for ln in image_list.read_text().splitlines() if ln.strip()]
-    summary = run(extract_features, images, out, conf, set_ or (), names, as_half, overwrite, device)
+    name, overrides = resolve_conf(conf, set_)
+    summary = run(extract_features, images, out, name, overrides, names, as_half, overwrite, device)
     for line in summary.lines("extract"):
         typer.echo(line)
     if not summary.ok:
@@ -108,14 +109,15 @@ def _names(images: Optional[Path], features: Optional[Path]) -> list[str]:
 def match_features_cmd(pairs: Annotated[Path, typer.Option(help="Pairs file, 'name0 name1' per line.")],
                        features: Annotated[Path, typer.Option(help="Feature file (hloc layout).")],
                        out: Annotated[Path, typer.Option(help="HDF5 match file (hloc layout).")],
-                       conf: Annotated[str, typer.Option(help="Registered matcher name.")] = "lightglue",
+                       conf: Annotated[str, typer.Option(help="Registered matcher name or YAML file.")] = "lightglue",
                        set_: SetOpt = None,
                        features1: Annotated[Optional[Path], typer.Option(help="Features of the second images.")] = None,
                        device: DeviceOpt = None) -> None:
     """Match the features of every pair into --out; resumes."""
     from visloc.pipelines.match_features import match_features
 
-    summary = run(match_features, pairs, features, out, conf, set_ or (), features1, device)
+    name, overrides = resolve_conf(conf, set_)
+    summary = run(match_features, pairs, features, out, name, overrides, features1, device)
     for line in summary.lines("match"):
         typer.echo(line)
     if not summary.ok:

@@ -36,3 +36,23 @@ def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except user_errors() as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         fail(str(msg).splitlines()[0] if msg else type(e).__name__)
+
+
+
+def resolve_conf(spec: str, overrides: Optional[list[str]]) -> tuple[str, dict[str, Any]]:
+    """``--conf`` is a registered name or a YAML file ``{name: ..., conf: {...}}``; ``--set`` wins over it."""
+    from pathlib import Path
+
+    from visloc.conf import load_yaml, merge, parse_overrides
+
+    sets = parse_overrides(list(overrides or ()))
+    if not spec.endswith((".yaml", ".yml")):
+        return spec, sets
+    data = run(load_yaml, Path(spec))
+    unknown = sorted(set(data) - {"name", "conf"})
+    if "name" not in data or unknown:
+        fail(f"{spec}: expected keys 'name' and optional 'conf'" + (f", got unknown {unknown}" if unknown else ""))
+    conf = data.get("conf") or {}
+    if not isinstance(conf, dict):
+        fail(f"{spec}: 'conf' must be a mapping")
+    return str(data["name"]), merge(conf, sets)
