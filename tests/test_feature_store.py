@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from visloc.io import features_h5, parts
+from visloc.io import parts
 from visloc.io.features_h5 import (
     FeatureStoreError,
     commit_features,
@@ -177,7 +177,7 @@ def test_interrupted_merge_keeps_original(tmp_path, monkeypatch):
     stage_features(path, "y.jpg", _feats(11, 8, seed=2))
     stage_features(path, "z.jpg", _feats(12, 8, seed=3))
 
-    original = features_h5._write_group
+    original = parts.write_group
     calls = []
 
     def failing_write(fd, name, arrays):
@@ -186,7 +186,7 @@ def test_interrupted_merge_keeps_original(tmp_path, monkeypatch):
             raise OSError("disk full")
         original(fd, name, arrays)
 
-    monkeypatch.setattr(features_h5, "_write_group", failing_write)
+    monkeypatch.setattr(parts, "write_group", failing_write)
     with pytest.raises(OSError, match="disk full"):
         commit_features(path)
     assert len(calls) == 2

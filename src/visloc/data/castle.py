@@ -40,6 +40,7 @@ import numpy as np
 from visloc.data.errors import DatasetError
 from visloc.geometry.transforms import relative_pose as _relative_pose
 from visloc.io.images import read_image
+from visloc.utils.checks import matched_keypoints
 
 CASTLE_ROOT = Path("/usr/share/visp-images-data/ViSP-images/mbt-depth/Castle-simu")
 DEPTH_SCALE = 0.000030518  # metres per depth unit, ViSP's depth_scale
@@ -234,12 +235,7 @@ def depth_match_error(f0: CastleFrame, f1: CastleFrame, kpts0: np.ndarray, kpts1
     outside image 0, its depth is unknown, or the point is behind camera 1. ``depth0`` is
     ``registered_depth(f0)``, computed when omitted; pass it to reuse it across calls.
     """
-    kpts0, kpts1 = np.asarray(kpts0, np.float64), np.asarray(kpts1, np.float64)
-    for name, k in (("kpts0", kpts0), ("kpts1", kpts1)):
-        if k.ndim != 2 or k.shape[1] != 2:
-            raise ValueError(f"{name} must have shape [N, 2], got {list(k.shape)}")
-    if len(kpts0) != len(kpts1):
-        raise ValueError(f"kpts0 and kpts1 must have the same length, got {len(kpts0)} and {len(kpts1)}")
+    kpts0, kpts1 = matched_keypoints(kpts0, kpts1)
     depth0 = registered_depth(f0) if depth0 is None else np.asarray(depth0)
     if depth0.ndim != 2:
         raise ValueError(f"depth0 must have shape [H, W], got {list(depth0.shape)}")

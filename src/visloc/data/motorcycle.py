@@ -20,6 +20,7 @@ import numpy as np
 from skimage import data as skdata
 
 from visloc.data.errors import DatasetError
+from visloc.utils.checks import matched_keypoints
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,7 @@ def stereo_match_epe(disparity: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray
     disparity = np.asarray(disparity)
     if disparity.ndim != 2:
         raise ValueError(f"disparity must have shape [H, W], got {list(disparity.shape)}")
-    kpts0, kpts1 = np.asarray(kpts0, np.float64), np.asarray(kpts1, np.float64)
-    for name, k in (("kpts0", kpts0), ("kpts1", kpts1)):
-        if k.ndim != 2 or k.shape[1] != 2:
-            raise ValueError(f"{name} must have shape [N, 2], got {list(k.shape)}")
-    if len(kpts0) != len(kpts1):
-        raise ValueError(f"kpts0 and kpts1 must have the same length, got {len(kpts0)} and {len(kpts1)}")
+    kpts0, kpts1 = matched_keypoints(kpts0, kpts1)
     h, w = disparity.shape
     finite = np.isfinite(kpts0).all(1)
     xi = np.round(np.where(finite, kpts0[:, 0], -1)).astype(np.int64)

@@ -70,14 +70,6 @@ def cache_path(cache_dir: Path, dataset: str, method: Method) -> Path:
     return Path(cache_dir) / "predictions" / dataset / f"{method.label}-{method.key()}.h5"
 
 
-def _write_group(fd: h5py.File, key: str, arrays: dict[str, np.ndarray]) -> None:
-    if key in fd:
-        del fd[key]
-    grp = fd.create_group(key)
-    for k, v in arrays.items():
-        grp.create_dataset(k, data=v)
-
-
 def read_predictions(path: Path, key: str) -> dict[str, np.ndarray]:
     """One pair's cached predictions."""
     with h5py.File(path, "r") as fd:
@@ -114,6 +106,6 @@ def predict(pairs: Sequence[tuple[str, PairLoader]], method: Method, path: Path,
                 "scores": pred["scores"].cpu().numpy().astype(np.float32),
                 "time_extract": np.float64((t1 - t0) / 2), "time_match": np.float64(t2 - t1)})
     finally:
-        parts.merge_parts(path, _write_group, {"method": "|".join(method.records()),
+        parts.merge_parts(path, parts.write_group, {"method": "|".join(method.records()),
                                                "resize_max": str(method.resize_max)})
     return path

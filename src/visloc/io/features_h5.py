@@ -22,14 +22,6 @@ class FeatureStoreError(ValueError):
     """A feature file that is missing, corrupt or lacks an image."""
 
 
-def _write_group(fd: h5py.File, name: str, arrays: dict[str, np.ndarray]) -> None:
-    if name in fd:
-        del fd[name]
-    grp = fd.create_group(name)
-    for key, value in arrays.items():
-        grp.create_dataset(key, data=value)
-
-
 def to_storage(feats: dict[str, np.ndarray], as_half: bool = False) -> dict[str, np.ndarray]:
     """In-memory features (``descriptors [N, D]``) -> arrays in hloc's on-disk layout."""
     out: dict[str, np.ndarray] = {}
@@ -52,7 +44,7 @@ def stage_features(path: str | Path, name: str, feats: dict[str, np.ndarray], as
 
 def commit_features(path: str | Path, attrs: dict[str, str] | None = None) -> int:
     """Merge staged features into ``path`` atomically (root ``attrs`` set); return how many were added."""
-    return parts.merge_parts(Path(path), _write_group, attrs)
+    return parts.merge_parts(Path(path), parts.write_group, attrs)
 
 
 def read_attrs(path: str | Path) -> dict[str, str]:

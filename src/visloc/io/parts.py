@@ -22,6 +22,15 @@ from visloc.io.atomic import atomic_path
 NAME_KEY = "__name__"
 
 
+def write_group(fd: h5py.File, key: str, arrays: dict[str, np.ndarray]) -> None:
+    """(Re)write group ``key`` of ``fd`` with one dataset per array."""
+    if key in fd:
+        del fd[key]
+    grp = fd.create_group(key)
+    for name, value in arrays.items():
+        grp.create_dataset(name, data=value)
+
+
 def parts_dir(out: Path) -> Path:
     """The staging folder of ``out``."""
     return out.with_name(out.name + ".parts")

@@ -34,6 +34,16 @@ class JobSummary:
         return out
 
 
+def conflicting_conf(out: Path, attr: str, record: str) -> str | None:
+    """Name of the part whose different conf ``out`` already records under ``attr``, else None."""
+    from visloc.io.features_h5 import read_attrs
+
+    existing = read_attrs(out).get(attr)
+    if existing is not None and json.loads(existing) != json.loads(record):
+        return str(json.loads(existing)["name"])
+    return None
+
+
 def pick_device(device: str | None) -> torch.device:
     """``None``/"auto" -> CUDA when available, else CPU; otherwise the named device."""
     if device in (None, "auto"):

@@ -6,7 +6,6 @@ are in the file or staged. A bad image is skipped with a one-line reason and lis
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ from visloc.features.api import extract_array
 from visloc.io import features_h5
 from visloc.io.images import ImageError, list_images, read_image
 from visloc.io.parts import parts_dir
-from visloc.pipelines.common import JobSummary, conf_record, pick_device
+from visloc.pipelines.common import JobSummary, conf_record, conflicting_conf, pick_device
 
 logger = logging.getLogger(__name__)
 ATTR = "visloc_extractor"
@@ -31,10 +30,10 @@ class ExtractError(ValueError):
 
 
 def _check_compatible(out: Path, record: str) -> None:
-    existing = features_h5.read_attrs(out).get(ATTR)
-    if existing is not None and json.loads(existing) != json.loads(record):
-        raise ExtractError(f"{out}: holds features of another extractor or conf "
-                           f"({json.loads(existing)['name']}); use another --out or --overwrite")
+    other = conflicting_conf(out, ATTR, record)
+    if other is not None:
+        raise ExtractError(f"{out}: holds features of another extractor or conf ({other}); "
+                           "use another --out or --overwrite")
 
 
 def extract_features(image_dir: str | Path, out: str | Path, extractor: str = "aliked-n16",

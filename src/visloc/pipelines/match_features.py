@@ -17,7 +17,7 @@ from visloc.features import EXTRACTORS
 from visloc.io import features_h5, matches_h5
 from visloc.io.pairs import read_pairs
 from visloc.matching import MATCHERS
-from visloc.pipelines.common import JobSummary, conf_record, pick_device
+from visloc.pipelines.common import JobSummary, conf_record, conflicting_conf, pick_device
 from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
 
 logger = logging.getLogger(__name__)
@@ -29,10 +29,10 @@ class MatchError(ValueError):
 
 
 def _check_compatible(out: Path, record: str) -> None:
-    existing = features_h5.read_attrs(out).get(ATTR)
-    if existing is not None and json.loads(existing) != json.loads(record):
-        raise MatchError(f"{out}: holds matches of another matcher or conf "
-                         f"({json.loads(existing)['name']}); use another --out or delete it")
+    other = conflicting_conf(out, ATTR, record)
+    if other is not None:
+        raise MatchError(f"{out}: holds matches of another matcher or conf ({other}); "
+                         "use another --out or delete it")
 
 
 def infer_matcher_overrides(matcher: str, overrides: Mapping[str, Any] | Sequence[str],
