@@ -78,7 +78,11 @@ def read_predictions(path: Path, key: str) -> dict[str, np.ndarray]:
 
 def predict(pairs: Sequence[tuple[str, PairLoader]], method: Method, path: Path, device: str = "cpu",
             progress: bool = True) -> Path:
-    """Run ``method`` on every ``(key, loader)`` not yet cached in ``path``; return ``path``."""
+    """Run ``method`` on every ``(key, loader)`` not yet cached in ``path``; return ``path``.
+
+    ``key`` is ``name0/name1`` (slashes inside names replaced); an image's features are computed once
+    per run and reused by the other pairs that name it.
+    """
     done: set[str] = set(parts.staged_names(path))
     if path.exists():
         with h5py.File(path, "r") as fd:
@@ -89,12 +93,21 @@ def predict(pairs: Sequence[tuple[str, PairLoader]], method: Method, path: Path,
     extractor = EXTRACTORS.build(method.extractor, method.extractor_overrides).to(device)
     matcher = MATCHERS.build(method.matcher, infer_matcher_overrides(method.matcher, method.matcher_overrides,
                                                                      method.extractor)).to(device)
+    memo: dict[str, tuple[dict[str, np.ndarray], float]] = {}  # image name -> (features, seconds)
+
+    def features(name: str, image: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+        if name not in memo:
+            if len(memo) >= 64:
+                memo.pop(next(iter(memo)))
+            t = time.perf_counter()
+            memo[name] = (extract_array(extractor, image, method.resize_max, device), time.perf_counter() - t)
+        return memo[name]
+
     try:
         for key, load in tqdm(todo, desc=f"predict {method.label}", disable=not progress, unit="pair"):
+            name0, name1 = key.split("/", 1)  # keys are "name0/name1" with "/" in names replaced
             image0, image1 = load()
-            t0 = time.perf_counter()
-            f0 = extract_array(extractor, image0, method.resize_max, device)
-            f1 = extract_array(extractor, image1, method.resize_max, device)
+            (f0, dt0), (f1, dt1) = features(name0, image0), features(name1, image1)
             t1 = time.perf_counter()
             keep = ("keypoints", "descriptors", "scores", "image_size")
             pred = matcher({k: torch.from_numpy(f0[k]).to(device) for k in keep},
@@ -104,7 +117,7 @@ def predict(pairs: Sequence[tuple[str, PairLoader]], method: Method, path: Path,
                 "keypoints0": f0["keypoints"], "keypoints1": f1["keypoints"],
                 "matches": pred["matches"].cpu().numpy().astype(np.int32),
                 "scores": pred["scores"].cpu().numpy().astype(np.float32),
-                "time_extract": np.float64((t1 - t0) / 2), "time_match": np.float64(t2 - t1)})
+                "time_extract": np.float64((dt0 + dt1) / 2), "time_match": np.float64(t2 - t1)})
     finally:
         parts.merge_parts(path, parts.write_group, {"method": "|".join(method.records()),
                                                "resize_max": str(method.resize_max)})

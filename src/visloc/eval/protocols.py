@@ -28,12 +28,14 @@ class PairResult:
     values: dict[str, float]
 
 
-def _matched(pred: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def matched_points(pred: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Matched keypoints ``[M, 2]`` of image 0 and image 1 (float64 pixels) from cached predictions."""
     m = pred["matches"].astype(np.int64).reshape(-1, 2)
     return pred["keypoints0"][m[:, 0]].astype(np.float64), pred["keypoints1"][m[:, 1]].astype(np.float64)
 
 
-def _common(pred: dict[str, np.ndarray], errors: np.ndarray) -> dict[str, float]:
+def common_metrics(pred: dict[str, np.ndarray], errors: np.ndarray) -> dict[str, float]:
+    """Counts, timings and precision@3px (from per-match ground-truth ``errors [M]``) of one pair."""
     return {"num_keypoints": float(np.mean([len(pred["keypoints0"]), len(pred["keypoints1"])])),
             "num_matches": float(len(pred["matches"])),
             "precision@3px": metrics.match_precision(errors, 3.0),
@@ -43,9 +45,9 @@ def _common(pred: dict[str, np.ndarray], errors: np.ndarray) -> dict[str, float]
 def eval_homography_pair(pred: dict[str, np.ndarray], H_gt: np.ndarray, size0: tuple[int, int],
                          estimator: Estimator) -> dict[str, float]:
     """Metrics of one homography pair; ``size0 = (W, H)`` of image 0."""
-    k0, k1 = _matched(pred)
+    k0, k1 = matched_points(pred)
     est = estimator(k0, k1)
-    out = _common(pred, metrics.homography_match_errors(k0, k1, H_gt) if len(k0) else np.zeros(0))
+    out = common_metrics(pred, metrics.homography_match_errors(k0, k1, H_gt) if len(k0) else np.zeros(0))
     out["corner_error"] = metrics.homography_corner_error(est.model, H_gt, size0[0], size0[1])
     out["num_inliers"] = float(est.num_inliers)
     return out
@@ -54,10 +56,10 @@ def eval_homography_pair(pred: dict[str, np.ndarray], H_gt: np.ndarray, size0: t
 def eval_pose_pair(pred: dict[str, np.ndarray], K0: np.ndarray, K1: np.ndarray, R_gt: np.ndarray,
                    t_gt: np.ndarray, estimator: Estimator, match_errors: np.ndarray) -> dict[str, float]:
     """Metrics of one calibrated pair; ``R_gt, t_gt`` is ``cam1_from_cam0``."""
-    k0, k1 = _matched(pred)
+    k0, k1 = matched_points(pred)
     est = estimator(k0, k1, K0, K1)
     err_R, err_t = metrics.relative_pose_error(est.R, est.t, R_gt, t_gt)
-    out = _common(pred, match_errors)
+    out = common_metrics(pred, match_errors)
     out.update({"rotation_error": err_R, "translation_error": err_t,
                 "pose_error": metrics.pose_error_max(err_R, err_t), "num_inliers": float(est.num_inliers)})
     return out

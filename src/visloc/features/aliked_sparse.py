@@ -25,15 +25,17 @@ from kornia.feature.aliked.aliked import InputPadder
 from torch import nn
 
 
-class SparseALIKED(nn.Module):
+class SparseALIKED:
     """Runs a (pretrained) kornia ``ALIKED``'s layers with the sparse aggregation above.
+
+    A plain callable, not a module: it holds a reference to ``net`` (which its owner registers), so
+    moving or saving the owner moves or saves the weights once.
 
     Args:
         net: kornia ALIKED (its SDDH without mask and with ``agg_weights``, as every released variant).
     """
 
     def __init__(self, net: KorniaALIKED) -> None:
-        super().__init__()
         if net.desc_head.mask or net.desc_head.conv2d:
             raise ValueError("SparseALIKED supports SDDH without mask and without conv2d aggregation")
         self.net = net
@@ -108,7 +110,7 @@ class SparseALIKED(nn.Module):
         descs = torch.einsum("ncp,pcd->nd", feats, sddh.agg_weights)
         return F.normalize(descs, p=2.0, dim=1)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``image [1, 3, H, W]`` -> keypoints ``[N, 2]`` (pixels), scores ``[N]``, descriptors ``[N, D]``."""
         if image.shape[0] != 1:
             raise ValueError(f"image: SparseALIKED takes one image, got B={image.shape[0]}")

@@ -85,7 +85,7 @@ def evaluate_pose(method: Method, dataset: Literal["castle"] = "castle", step: i
 
     def per_pair(key: str, pred: dict[str, np.ndarray]) -> dict[str, float]:
         f0, f1 = frames[keys[key][0]], frames[keys[key][1]]
-        k0, k1 = protocols._matched(pred)
+        k0, k1 = protocols.matched_points(pred)
         errors = castle.depth_match_error(f0, f1, k0, k1) if len(k0) else np.zeros(0)
         R, t = castle.relative_pose(f0, f1)
         return protocols.eval_pose_pair(pred, f0.K, f1.K, R, t, est, errors)
@@ -101,14 +101,14 @@ def evaluate_stereo(method: Method, cache_dir: Path | None = None, device: str =
     from visloc.data.motorcycle import load_motorcycle, stereo_match_epe
 
     pair = load_motorcycle()
-    key = f"{pair.name0}/{pair.name1}" if hasattr(pair, "name0") else "motorcycle_left.png/motorcycle_right.png"
+    key = f"{pair.name0}/{pair.name1}"
     cache = cache_path(cache_dir or default_cache_dir(), "motorcycle", method)
     predict([(key, lambda: (pair.left, pair.right))], method, cache, device, progress)
 
     def per_pair(key: str, pred: dict[str, np.ndarray]) -> dict[str, float]:
-        k0, k1 = protocols._matched(pred)
+        k0, k1 = protocols.matched_points(pred)
         epe = stereo_match_epe(pair.disparity, k0, k1) if len(k0) else np.zeros(0)
-        out = protocols._common(pred, epe)
+        out = protocols.common_metrics(pred, epe)
         finite = epe[np.isfinite(epe)]
         out["epe_median"] = float(np.median(finite)) if len(finite) else float("nan")
         out["epe_mean"] = float(np.mean(finite)) if len(finite) else float("nan")
