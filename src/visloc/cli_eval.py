@@ -110,3 +110,55 @@ def bench(extractors: Annotated[Optional[list[str]], typer.Option("--extractor",
         atomic_write_text(out, json.dumps({"machine": machine_line(threads), "results": results_json(results)},
                                           indent=1))
         typer.echo(f"results -> {out}")
+
+
+GndOpt = Annotated[Path, typer.Option(help="gnd_roxford5k.pkl / gnd_rparis6k.pkl (or original gnd_oxford5k.pkl).")]
+RanksOpt = Annotated[Optional[Path], typer.Option(help="ranks.npy (n_ranked, nq): database indices, best first, "
+                                                       "one column per query (revisitop layout).")]
+ScoresOpt = Annotated[Optional[Path], typer.Option(help="Or scores.npy (nq, db) similarities "
+                                                        "(ties: lower index first).")]
+ProtocolOpt = Annotated[str, typer.Option(help="revisited (Easy/Medium/Hard) or classic (good+ok vs junk).")]
+KappaOpt = Annotated[Optional[list[int]], typer.Option("--k", help="Cut-off of mP@k and mR@k (repeatable; "
+                                                                   "default 1 5 10).")]
+PredOpt = Annotated[Path, typer.Option(help="pred.npy (nq, K): predicted database indices, best first (-1: none).")]
+UtmOpt = Annotated[Optional[Path], typer.Option(help="UTM positions .npy (N, 2) (east, north in metres).")]
+NamesOpt = Annotated[Optional[Path], typer.Option(help="Or a text file of '@east@north@...' names, one per line.")]
+RadiusOpt = Annotated[float, typer.Option(help="Positives lie within this many metres.")]
+NOpt = Annotated[Optional[list[int]], typer.Option("--n", help="N of recall@N (repeatable; default 1 5 10 20).")]
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(gnd: GndOpt, ranks: RanksOpt = None, scores: ScoresOpt = None, protocol: ProtocolOpt = "revisited",
+                   k: KappaOpt = None, out: Out = None) -> None:
+    """Oxford / Paris retrieval: mAP, mP@k, mR@k as revisitop (Easy / Medium / Hard) or the classic protocol."""
+    from visloc.cli_common import fail
+    from visloc.eval.retrieval import KAPPAS
+    from visloc.pipelines.evaluate_retrieval import evaluate_retrieval
+
+    if (ranks is None) == (scores is None):
+        fail("give exactly one of --ranks or --scores")
+    if protocol not in ("revisited", "classic"):
+        fail(f"--protocol: {protocol!r} is not one of revisited, classic")
+    report = run(evaluate_retrieval, gnd, ranks, scores, protocol, tuple(k) if k else KAPPAS)
+    typer.echo(report.text())
+    if out is not None:
+        report.write(out)
+        typer.echo(f"report -> {out}")
+
+
+@eval_app.command("recall")
+def eval_recall(pred: PredOpt, db_utm: UtmOpt = None, query_utm: UtmOpt = None, db_names: NamesOpt = None,
+                query_names: NamesOpt = None, radius: RadiusOpt = 25.0, n: NOpt = None, out: Out = None) -> None:
+    """Place recognition recall@N, positives within --radius metres; queries without one are left out."""
+    from visloc.cli_common import fail
+    from visloc.eval.place_recognition import RECALL_NS
+    from visloc.pipelines.evaluate_retrieval import evaluate_recall
+
+    for side, utm, names in (("db", db_utm, db_names), ("query", query_utm, query_names)):
+        if (utm is None) == (names is None):
+            fail(f"give exactly one of --{side}-utm or --{side}-names")
+    report = run(evaluate_recall, pred, db_utm, query_utm, db_names, query_names, radius, tuple(n) if n else RECALL_NS)
+    typer.echo(report.text())
+    if out is not None:
+        report.write(out)
+        typer.echo(f"report -> {out}")

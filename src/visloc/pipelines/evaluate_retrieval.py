@@ -1,0 +1,160 @@
+"""Stage two of retrieval evaluation: cached rankings or predictions on disk -> metrics -> JSON.
+
+``evaluate_retrieval`` scores ``.npy`` rankings (or similarities) against the Oxford / Paris ground
+truth; ``evaluate_recall`` scores place recognition predictions against UTM positions. Every error
+about an input is one line that names its file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from visloc.data.errors import DatasetError
+from visloc.eval import place_recognition as pr
+from visloc.eval import retrieval
+from visloc.eval.oxford_paris import OxfordParisGnd, load_gnd
+from visloc.io.arrays import load_npy
+from visloc.io.atomic import atomic_write_text
+
+RetrievalProtocol = Literal["revisited", "classic"]
+
+
+@dataclass(frozen=True)
+class RetrievalReport:
+    """Oxford / Paris metrics of one ranking and the files they came from."""
+
+    protocol: str
+    gnd: Path
+    source: Path
+    num_queries: int
+    num_database: int
+    results: dict[str, retrieval.RetrievalResult]
+
+    def header(self) -> str:
+        """One line: protocol, ground truth and sizes."""
+        return (f"{self.protocol} protocol on {self.gnd.name} ({self.num_queries} queries, "
+                f"{self.num_database} database images), ranking {self.source.name}")
+
+    def text(self) -> str:
+        """The header and ``retrieval.format_report`` (percent)."""
+        return self.header() + "\n" + retrieval.format_report(self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (fractions, ``nan`` as ``None``)."""
+        return {"protocol": self.protocol, "gnd": str(self.gnd), "source": str(self.source),
+                "num_queries": self.num_queries, "num_database": self.num_database,
+                "results": retrieval.report_json(self.results)}
+
+    def write(self, path: str | Path) -> Path:
+        """Write the JSON report atomically."""
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=1))
+
+
+def _ranks(gt: OxfordParisGnd, ranks_path: Path | None, scores_path: Path | None) -> tuple[np.ndarray, Path]:
+    """Ranks ``[n_ranked, nq]`` from a ranks file, or from a scores file ``[nq, db]``."""
+    nq, db = len(gt.qimlist), len(gt.imlist)
+    if scores_path is not None:
+        scores = load_npy(scores_path, "scores")
+        if scores.shape != (nq, db) or scores.dtype.kind not in "iuf":
+            raise ValueError(f"{scores_path}: scores must be numbers of shape [nq={nq}, db={db}], got "
+                             f"{scores.dtype} {list(scores.shape)}")
+        try:
+            return retrieval.ranks_from_scores(scores), scores_path
+        except ValueError as e:
+            raise ValueError(f"{scores_path}: {e}") from e
+    ranks = load_npy(ranks_path, "ranks")
+    try:
+        return retrieval.check_ranks(ranks, nq, db), ranks_path
+    except ValueError as e:
+        raise ValueError(f"{ranks_path}: {e}") from e
+
+
+def evaluate_retrieval(gnd_path: str | Path, ranks_path: str | Path | None = None,
+                       scores_path: str | Path | None = None, protocol: RetrievalProtocol = "revisited",
+                       kappas: Sequence[int] = retrieval.KAPPAS) -> RetrievalReport:
+    """Oxford / Paris metrics of a ranking given as ranks or as similarity scores.
+
+    Args:
+        gnd_path: ``gnd_roxford5k.pkl``, ``gnd_rparis6k.pkl`` (or the original ``gnd_oxford5k.pkl``).
+        ranks_path: ``.npy`` database indices ``[n_ranked, nq]``, best first (revisitop layout).
+        scores_path: Or ``.npy`` similarities ``[nq, db]``; ties rank the lower index first.
+        protocol: ``revisited`` (Easy / Medium / Hard) or ``classic`` (good + ok vs junk).
+        kappas: Cut-offs of mP@k and mR@k.
+    """
+    if (ranks_path is None) == (scores_path is None):
+        raise ValueError("give exactly one of ranks or scores")
+    if protocol not in ("revisited", "classic"):
+        raise ValueError(f"protocol must be revisited or classic, got {protocol!r}")
+    gt = load_gnd(gnd_path)
+    ranks, source = _ranks(gt, None if ranks_path is None else Path(ranks_path),
+                           None if scores_path is None else Path(scores_path))
+    if protocol == "revisited" and not gt.is_revisited:
+        raise DatasetError(f"{gt.path}: no 'easy' / 'hard' / 'junk' annotation; use the classic protocol")
+    evaluate = retrieval.evaluate_revisited if protocol == "revisited" else retrieval.evaluate_classic
+    results = evaluate(ranks, gt.gnd, kappas, len(gt.imlist))
+    return RetrievalReport(protocol, gt.path, source, len(gt.qimlist), len(gt.imlist), results)
+
+
+@dataclass(frozen=True)
+class RecallReport:
+    """Place recognition recall@N and the files it came from."""
+
+    pred: Path
+    radius: float
+    num_database: int
+    result: pr.RecallResult
+
+    def text(self) -> str:
+        """Recall@N in percent and the count of queries without positives."""
+        res = self.result
+        recalls = "  ".join(f"R@{n}: {100 * v:.2f}" for n, v in res.recall.items())
+        return (f"{res.num_queries} queries ({len(res.without_positives)} without a positive within "
+                f"{self.radius:g} m, left out), {self.num_database} database images\n{recalls}")
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (fractions, ``nan`` as ``None``)."""
+        return {"pred": str(self.pred), "radius": self.radius, "num_database": self.num_database,
+                **self.result.to_json()}
+
+    def write(self, path: str | Path) -> Path:
+        """Write the JSON report atomically."""
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=1))
+
+
+def _positions(utm_path: str | Path | None, names_path: str | Path | None, side: str) -> np.ndarray:
+    """UTM ``[N, 2]`` of one side (``db`` or ``query``) from exactly one of its two files."""
+    if (utm_path is None) == (names_path is None):
+        raise ValueError(f"give exactly one of the {side} UTM array or the {side} names file")
+    if names_path is not None:
+        return pr.read_vg_names(names_path)
+    utm = load_npy(utm_path, f"{side} UTM positions")
+    try:
+        return pr.check_utm(utm, f"{side} UTM positions")
+    except ValueError as e:
+        raise ValueError(f"{utm_path}: {e}") from e
+
+
+def evaluate_recall(pred_path: str | Path, db_utm_path: str | Path | None = None,
+                    query_utm_path: str | Path | None = None, db_names_path: str | Path | None = None,
+                    query_names_path: str | Path | None = None, radius: float = 25.0,
+                    ns: Sequence[int] = pr.RECALL_NS) -> RecallReport:
+    """Recall@N of predictions ``[nq, K]`` (``.npy``) with positives within ``radius`` metres.
+
+    Each side's positions come from a ``.npy`` UTM array ``[N, 2]`` or from a text file of visual
+    geo-localization names (``@east@north@...``), one per line, in the order of the indices.
+    """
+    db = _positions(db_utm_path, db_names_path, "db")
+    queries = _positions(query_utm_path, query_names_path, "query")
+    pred = load_npy(pred_path, "predictions")
+    positives = pr.positives_within_radius(db, queries, radius)
+    try:
+        result = pr.recall_at_n(pred, positives, ns, len(db))
+    except ValueError as e:
+        raise ValueError(f"{pred_path}: {e}") from e
+    return RecallReport(Path(pred_path), float(radius), len(db), result)
