@@ -18,6 +18,8 @@ app = typer.Typer(help="visloc: learned visual localization. Extract, match, est
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 pairs_app = typer.Typer(help="Make pair lists for matching.", no_args_is_help=True)
 app.add_typer(pairs_app, name="pairs")
+index_app = typer.Typer(help="Build retrieval indexes of global descriptors.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 app.command()(bench)
 
@@ -103,6 +105,31 @@ def _names(images: Optional[Path], features: Optional[Path]) -> list[str]:
     if (images is None) == (features is None):
         fail("give exactly one of --images or --features")
     return run(list_images, images) if images is not None else run(list_feature_names, features)
+
+
+@index_app.command("build")
+def index_build(features: Annotated[Path, typer.Option(help="Feature file with a global_descriptor per image.")],
+                out: Annotated[Path, typer.Option(help="Index file (+ .names.txt and .json beside it).")],
+                set_: SetOpt = None) -> None:
+    """Index the global descriptors of every image of --features (faiss: flat, ivfpq or hnsw)."""
+    from visloc.pipelines.retrieve import build_index
+
+    summary = run(build_index, features, out, list(set_ or ()))
+    for line in summary.lines():
+        typer.echo(line)
+
+
+@app.command()
+def search(index: Annotated[Path, typer.Option(help="Index written by 'visloc index build'.")],
+           features: Annotated[Path, typer.Option(help="Query feature file with global descriptors.")],
+           out: Annotated[Path, typer.Option(help="Pairs file to write, 'query db' per line, best first.")],
+           k: Annotated[int, typer.Option("-k", "--top-k", help="Database images per query.")] = 50) -> None:
+    """Retrieve the -k most similar database images of each query (a query is never paired with itself)."""
+    from visloc.pipelines.retrieve import retrieve_pairs
+
+    summary = run(retrieve_pairs, index, features, out, k)
+    for line in summary.lines():
+        typer.echo(line)
 
 
 @app.command("match-features")

@@ -68,14 +68,18 @@ def list_feature_names(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         return []
+    with _open(path) as fd:
+        return _image_names(fd)
+
+
+def _image_names(fd: h5py.File) -> list[str]:
     names: list[str] = []
 
     def visit(name: str, obj: object) -> None:
         if isinstance(obj, h5py.Group) and ("keypoints" in obj or "global_descriptor" in obj):
             names.append(name)
 
-    with _open(path) as fd:
-        fd.visititems(visit)
+    fd.visititems(visit)
     return sorted(names)
 
 
@@ -109,3 +113,35 @@ def read_features(path: str | Path, name: str) -> dict[str, np.ndarray]:
     if "keypoints" in out:
         out["keypoints"] = out["keypoints"].astype(np.float32)
     return out
+
+
+def read_global_descriptors(path: str | Path, names: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """The ``global_descriptor`` of each image, read in one pass over the file.
+
+    Args:
+        path: feature file.
+        names: images to read, in this order; None reads every image of the file (sorted names).
+
+    Returns:
+        ``(names, descriptors [N, G] float32)``. A missing image, an image without a global
+        descriptor, or descriptors of different sizes raise ``FeatureStoreError`` naming the file and image.
+    """
+    path = Path(path)
+    rows: list[np.ndarray] = []
+    with _open(path) as fd:
+        names = _image_names(fd) if names is None else list(names)
+        for name in names:
+            grp = fd.get(name)
+            if not isinstance(grp, h5py.Group):
+                raise FeatureStoreError(f"{path}: no features for image {name!r}")
+            if not isinstance(grp.get("global_descriptor"), h5py.Dataset):
+                raise FeatureStoreError(f"{path}: image {name!r} has no global_descriptor")
+            row = grp["global_descriptor"][()]
+            if row.ndim != 1 or (rows and row.shape != rows[0].shape):
+                expected = f"({len(rows[0])},)" if rows else "(G,)"
+                raise FeatureStoreError(f"{path}: global_descriptor of {name!r} has shape {row.shape}, "
+                                        f"expected {expected}")
+            rows.append(row)
+    if not rows:
+        raise FeatureStoreError(f"{path}: no images to read global descriptors from")
+    return names, np.stack(rows).astype(np.float32, copy=False)
