@@ -174,3 +174,24 @@ def test_sha256_mismatch(monkeypatch):
         resolve_weights("aliked-n16")
     with pytest.raises(WeightsError, match=r"sha256"):
         ALIKED(ALIKEDConf())
+
+
+def test_resize_to_fixed_size_maps_keypoints_back():
+    # An anisotropic fixed-size resize: keypoints of the resized run, mapped back per axis, land on
+    # the keypoints found at full resolution on a plain corner pattern.
+    import numpy as np
+
+    from visloc.features import EXTRACTORS
+    from visloc.features.api import extract_array
+
+    img = np.zeros((240, 320), np.float32)
+    for y in range(20, 220, 40):
+        for x in range(20, 300, 40):
+            img[y:y + 20, x:x + 20] = 1.0
+    full = extract_array(EXTRACTORS.build("sift", ["resize_max=null"]), img)
+    small = extract_array(EXTRACTORS.build("sift", ["resize_to=[480, 180]"]), img)
+    assert tuple(small["image_size"]) == (320, 240)
+    d = np.linalg.norm(small["keypoints"][:, None] - full["keypoints"][None], axis=-1).min(1)
+    assert len(small["keypoints"]) > 20 and np.median(d) < 1.5
+    with pytest.raises(ValueError, match="resize_to"):
+        extract_array(EXTRACTORS.build("sift", ["resize_to=[4, 4]"]), img)

