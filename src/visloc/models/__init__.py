@@ -1,0 +1,1 @@
+"""Pure networks (``nn.Module`` only): backbones, heads and full models; no file or network access."""
