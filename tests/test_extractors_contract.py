@@ -19,6 +19,24 @@ from visloc.matching.lightglue import LightGlue, LightGlueConf
 NAMES = EXTRACTORS.names()
 
 
+@pytest.fixture(scope="module")
+def build_extractor(build_extractor, astronaut_320, tmp_path_factory):
+    """The session's builder, plus a small vocabulary for extractors that need one (``vlad-aliked``)."""
+    from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
+
+    descs = extract_array(build_extractor("aliked-n16"), astronaut_320)["descriptors"]
+    vocab = tmp_path_factory.mktemp("vocab") / "vocab.pt"
+
+    def build(name, overrides=()):
+        if not hasattr(EXTRACTORS.conf(name), "vocabulary"):
+            return build_extractor(name, overrides)
+        if not vocab.exists():
+            save_vocabulary(vocab, learn_vocabulary(descs, EXTRACTORS.conf(name).num_clusters), {}, {})
+        return build_extractor(name, [*overrides, f"vocabulary={vocab}"])
+
+    return build
+
+
 def _nn_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Distance from each point of ``a`` to its nearest point of ``b``."""
     return np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1)).min(1)
@@ -41,6 +59,9 @@ def test_forward_contract(name, build_extractor, astronaut_320):
     assert (kp[..., 1] >= -0.5).all() and (kp[..., 1] <= h - 0.5).all()
     norms = desc.norm(dim=-1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
+    if "global_descriptor" in out:  # global + local extractors: [1, G], unit norm
+        g = out["global_descriptor"]
+        assert g.ndim == 2 and g.shape[0] == 1 and abs(float(g.norm()) - 1) < 1e-4
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -123,11 +123,36 @@ def index_build(features: Annotated[Path, typer.Option(help="Feature file with a
 def search(index: Annotated[Path, typer.Option(help="Index written by 'visloc index build'.")],
            features: Annotated[Path, typer.Option(help="Query feature file with global descriptors.")],
            out: Annotated[Path, typer.Option(help="Pairs file to write, 'query db' per line, best first.")],
-           k: Annotated[int, typer.Option("-k", "--top-k", help="Database images per query.")] = 50) -> None:
+           k: Annotated[int, typer.Option("-k", "--top-k", help="Database images per query.")] = 50,
+           rerank: Annotated[int, typer.Option(help="Re-rank each query's top N by inliers (0: off).")] = 0,
+           db_features: Annotated[Optional[Path], typer.Option(help="Database feature file (to re-rank).")] = None,
+           rerank_model: Annotated[str, typer.Option(help="homography, fundamental or affine.")] = "homography",
+           rerank_threshold: Annotated[Optional[float], typer.Option(help="Inlier threshold in pixels "
+                                                                     "(default: the estimator's).")] = None,
+           rerank_matcher: Annotated[str, typer.Option(help="Registered matcher for re-ranking.")] = "nn-mutual",
+           ) -> None:
     """Retrieve the -k most similar database images of each query (a query is never paired with itself)."""
     from visloc.pipelines.retrieve import retrieve_pairs
 
-    summary = run(retrieve_pairs, index, features, out, k)
+    if rerank and db_features is None:
+        fail("--rerank needs --db-features (the database images' local features)")
+    summary = run(retrieve_pairs, index, features, out, k, rerank, db_features, rerank_model, rerank_threshold,
+                  rerank_matcher)
+    for line in summary.lines():
+        typer.echo(line)
+
+
+@app.command()
+def vocab(images: Annotated[Path, typer.Argument(help="Image folder (searched recursively).")],
+          out: Annotated[Path, typer.Option(help="Vocabulary file to write (vocab.pt).")],
+          clusters: Annotated[int, typer.Option(help="Number of k-means clusters K.")] = 64,
+          max_images: Annotated[Optional[int], typer.Option(help="Use at most N images (evenly spaced).")] = None,
+          set_: SetOpt = None,
+          device: DeviceOpt = None) -> None:
+    """Learn a VLAD vocabulary (ALIKED-n16 descriptors, k-means) for the vlad-aliked extractor."""
+    from visloc.pipelines.vocab import build_vocabulary
+
+    summary = run(build_vocabulary, images, out, clusters, max_images, list(set_ or ()), device=device)
     for line in summary.lines():
         typer.echo(line)
 

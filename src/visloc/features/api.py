@@ -34,7 +34,8 @@ def extract_array(extractor: Extractor, image: np.ndarray, resize_max: Any = "co
 
     Returns:
         ``keypoints [N, 2]`` in original pixels (pixel-centre-at-0), ``scores [N]``,
-        ``descriptors [N, D]`` float32 L2-normalised, ``image_size [2]`` as ``(W, H)``.
+        ``descriptors [N, D]`` float32 L2-normalised, ``image_size [2]`` as ``(W, H)``; and
+        ``global_descriptor [G]`` float32 when the extractor returns one (``[1, G]``).
     """
     if resize_max == "conf":
         resize_max = getattr(extractor.conf, "resize_max", None)
@@ -45,9 +46,12 @@ def extract_array(extractor: Extractor, image: np.ndarray, resize_max: Any = "co
     with torch.inference_mode():
         pred = extractor(image_to_tensor(resized.image, device))
     kpts = pred["keypoints"][0].detach().cpu().numpy().astype(np.float32)
-    return {
+    out = {
         "keypoints": scale_keypoints(kpts, resized.scale),
         "scores": pred["scores"][0].detach().cpu().numpy().astype(np.float32),
         "descriptors": pred["descriptors"][0].detach().cpu().numpy().astype(np.float32),
         "image_size": np.array(resized.original_size, dtype=np.int64),
     }
+    if "global_descriptor" in pred:
+        out["global_descriptor"] = pred["global_descriptor"][0].detach().cpu().numpy().astype(np.float32)
+    return out

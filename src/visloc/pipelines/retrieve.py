@@ -2,11 +2,14 @@
 
 ``build_index(features.h5, db.index)`` writes a faiss index (``retrieval.index``);
 ``retrieve_pairs(db.index, queries.h5, pairs.txt, k)`` writes each query's ``k`` most similar
-database images as ``query db`` lines, best first (hloc's pairs-from-retrieval), never a query with itself.
+database images as ``query db`` lines, best first (hloc's pairs-from-retrieval), never a query with itself;
+with ``rerank=K`` each query's first ``K`` results are re-ordered by geometric verification
+(``retrieval.rerank``) on the local features of the query and database feature files.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -15,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from visloc.conf import apply_overrides
+from visloc.io import features_h5
 from visloc.io.pairs import write_pairs
+from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
 from visloc.retrieval.index import IndexConf, RetrievalIndex, global_descriptors, pairs_from_retrieval
+from visloc.retrieval.rerank import RerankModel
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +51,17 @@ class RetrieveSummary:
     num_queries: int
     num_pairs: int
     seconds: float
+    rerank: int = 0
+    rerank_model: str = ""
+    rerank_seconds: float = 0.0
 
     def lines(self) -> list[str]:
         """Human-readable summary lines for the CLI."""
-        return [f"search: {self.num_queries} queries, {self.num_pairs} pairs in {self.seconds:.2f} s -> {self.out}"]
+        out = [f"search: {self.num_queries} queries, {self.num_pairs} pairs in {self.seconds:.2f} s -> {self.out}"]
+        if self.rerank:
+            out.append(f"  re-ranked the top {self.rerank} of each query by {self.rerank_model} inliers "
+                       f"in {self.rerank_seconds:.2f} s")
+        return out
 
 
 def build_index(features: str | Path, out: str | Path,
@@ -69,7 +82,10 @@ def build_index(features: str | Path, out: str | Path,
     return IndexSummary(Path(out), len(index), index.dim, index.conf, seconds)
 
 
-def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, k: int = 50) -> RetrieveSummary:
+def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, k: int = 50, rerank: int = 0,
+                   db_features: str | Path | None = None, rerank_model: RerankModel = "homography",
+                   rerank_threshold: float | None = None, rerank_matcher: str = "nn-mutual",
+                   rerank_overrides: Mapping[str, Any] | Sequence[str] = ()) -> RetrieveSummary:
     """Write the ``k`` best database images of each query image of ``features`` to the pairs file ``out``.
 
     Args:
@@ -77,6 +93,12 @@ def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, k: 
         features: query feature file; every image needs a global descriptor of the index's size.
         out: pairs file, ``query db`` per line, each query's results best first.
         k: database images per query; a query that is itself in the database is not paired with itself.
+        rerank: re-order each query's first ``rerank`` results by inliers (0: no re-ranking).
+        db_features: feature file of the database images (their local features); needed to re-rank.
+        rerank_model: ``homography``, ``fundamental`` or ``affine``.
+        rerank_threshold: inlier threshold in pixels; None: the registered estimator's default.
+        rerank_matcher: registered matcher; LightGlue's weights follow the features' extractor.
+        rerank_overrides: matcher conf overrides.
     """
     db = RetrievalIndex.load(index)
     names, vectors = global_descriptors(features)
@@ -86,6 +108,48 @@ def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, k: 
     start = time.perf_counter()
     pairs = pairs_from_retrieval(db, names, vectors, k)
     seconds = time.perf_counter() - start
+    rerank_seconds = 0.0
+    if rerank:
+        start = time.perf_counter()
+        pairs = rerank_pairs(pairs, features, db_features, rerank, rerank_model, rerank_threshold,
+                             rerank_matcher, rerank_overrides)
+        rerank_seconds = time.perf_counter() - start
     write_pairs(out, pairs)
     logger.info("retrieved %d pairs for %d queries in %.2f s", len(pairs), len(names), seconds)
-    return RetrieveSummary(Path(out), len(names), len(pairs), seconds)
+    return RetrieveSummary(Path(out), len(names), len(pairs), seconds, rerank, rerank_model, rerank_seconds)
+
+
+def rerank_pairs(pairs: Sequence[tuple[str, str]], features: str | Path, db_features: str | Path | None,
+                 top: int, model: RerankModel = "homography", threshold: float | None = None,
+                 matcher: str = "nn-mutual", overrides: Mapping[str, Any] | Sequence[str] = (),
+                 ) -> list[tuple[str, str]]:
+    """Re-rank the first ``top`` database images of each query of ``pairs`` (ranked, grouped by query).
+
+    Local features come from ``features`` (queries) and ``db_features`` (database images); see
+    ``retrieve_pairs`` for the other arguments.
+    """
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ValueError(f"rerank: expected an integer >= 1, got {top!r}")
+    if db_features is None:
+        raise ValueError("rerank: needs the database feature file (--db-features) for local features")
+    from visloc.matching import MATCHERS
+    from visloc.pipelines.match_features import infer_matcher_overrides
+    from visloc.retrieval.rerank import rerank
+
+    extractor = json.loads(features_h5.read_attrs(db_features).get(EXTRACTOR_ATTR, "null") or "null")
+    net = MATCHERS.build(matcher, infer_matcher_overrides(matcher, overrides, extractor and extractor["name"]))
+    if threshold is None:
+        from visloc.geometry import ESTIMATORS
+
+        threshold = ESTIMATORS.conf(model).threshold
+    ranked: dict[str, list[str]] = {}
+    for q, d in pairs:
+        ranked.setdefault(q, []).append(d)
+    out: list[tuple[str, str]] = []
+    for q, found in ranked.items():
+        head = found[:top]
+        res = rerank(features_h5.read_features(features, q), [features_h5.read_features(db_features, d) for d in head],
+                     head, model, threshold, net)
+        out += [(q, d) for d in res.names(head) + found[top:]]
+        logger.debug("rerank %s: inliers %s", q, dict(zip(head, res.inliers.tolist(), strict=True)))
+    return out

@@ -1,0 +1,67 @@
+"""``vlad-aliked``: ALIKED-n16 local features plus their VLAD as a global descriptor.
+
+The vocabulary is a file the user makes from their own images (``visloc vocab``); visloc ships
+none. Without one the extractor still builds (so that it can be listed and configured), and
+``forward`` raises a ``VocabularyError`` saying how to make one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from visloc.features.base import EXTRACTORS, Extractor
+from visloc.features.learned import ALIKED, ALIKEDConf
+from visloc.retrieval.vlad import VocabularyError, load_vocabulary, vlad
+
+
+@dataclass(frozen=True)
+class VLADALIKEDConf:
+    """ALIKED-n16 detection fields, and the VLAD vocabulary (path from ``visloc vocab``)."""
+
+    max_num_keypoints: int = 2048
+    detection_threshold: float = 0.2
+    resize_max: int | None = 1024
+    resize_to: tuple[int, ...] | None = None  # (W, H): exact size, overrides resize_max
+    vocabulary: str | None = None
+    num_clusters: int = 64  # checked against the vocabulary file
+    power_norm: bool = True  # signed square root after intra-normalisation
+
+
+class VLADALIKED(Extractor):
+    """ALIKED-n16 keypoints and 128-d descriptors, plus ``global_descriptor [1, K * 128]``."""
+
+    input_channels = 3
+    lightglue_features = "aliked"
+
+    def __init__(self, conf: VLADALIKEDConf) -> None:
+        super().__init__(conf)
+        self.aliked = ALIKED(ALIKEDConf(model_name="aliked-n16", max_num_keypoints=conf.max_num_keypoints,
+                                        detection_threshold=conf.detection_threshold))
+        centroids = torch.zeros(0, self.descriptor_dim)
+        if conf.vocabulary is not None:
+            vocab = load_vocabulary(conf.vocabulary, conf.num_clusters, self.descriptor_dim)
+            centroids = torch.from_numpy(vocab.centroids)
+        self.register_buffer("centroids", centroids)
+        self.eval()
+
+    @property
+    def descriptor_dim(self) -> int:
+        """128 (local); the global descriptor has ``num_clusters * 128``."""
+        return 128
+
+    @torch.inference_mode()
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Detect, describe, aggregate; see the module contract of ``features.base``."""
+        image = self.check_image(image)
+        if self.conf.vocabulary is None:
+            raise VocabularyError("vlad-aliked: no vocabulary; make one with 'visloc vocab IMAGES --out vocab.pt' "
+                                  "and pass --set vocabulary=vocab.pt")
+        pred = self.aliked(image)
+        g = vlad(pred["descriptors"][0].cpu().numpy(), self.centroids.cpu().numpy(), power_norm=self.conf.power_norm)
+        return {**pred, "global_descriptor": torch.from_numpy(g)[None].to(image.device)}
+
+
+EXTRACTORS.register("vlad-aliked", VLADALIKEDConf(), VLADALIKED,
+                    "ALIKED-n16 + VLAD global descriptor (vocabulary from 'visloc vocab')")

@@ -1,0 +1,86 @@
+"""Learn a VLAD vocabulary from the local descriptors of a folder of images (``visloc vocab``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from visloc.conf import conf_to_dict
+from visloc.features import EXTRACTORS
+from visloc.features.api import extract_array
+from visloc.io.images import ImageError, list_images, read_image
+from visloc.pipelines.common import pick_device
+from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
+
+logger = logging.getLogger(__name__)
+EXTRACTOR = "aliked-n16"  # the local features of vlad-aliked
+
+
+@dataclass
+class VocabSummary:
+    """What ``build_vocabulary`` did."""
+
+    out: Path
+    num_images: int
+    num_descriptors: int
+    num_clusters: int
+    dim: int
+    seconds: float
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines for the CLI."""
+        out = [f"vocab: {self.num_clusters} clusters x {self.dim}-d from {self.num_descriptors} descriptors of "
+               f"{self.num_images} images ({len(self.failed)} skipped) in {self.seconds:.1f} s -> {self.out}"]
+        return out + [f"  skipped {name}: {reason}" for name, reason in self.failed]
+
+
+def build_vocabulary(image_dir: str | Path, out: str | Path, num_clusters: int = 64, max_images: int | None = None,
+                     overrides: Mapping[str, Any] | Sequence[str] = (), seed: int = 0,
+                     max_descriptors: int = 200_000, device: str | None = None,
+                     progress: bool = True) -> VocabSummary:
+    """Extract ALIKED-n16 descriptors of the images below ``image_dir`` and write their k-means to ``out``.
+
+    Args:
+        image_dir: image root (searched recursively).
+        out: vocabulary file (``vocab.pt``), written atomically.
+        num_clusters: ``K``; the extractor's ``num_clusters`` must match it.
+        max_images: use at most this many images (evenly spaced in name order); None uses all.
+        overrides: ``aliked-n16`` conf overrides (``max_num_keypoints=1024``...).
+        seed: seeds the descriptor subsample and k-means.
+        max_descriptors: at most this many descriptors are clustered.
+        device: ``cpu``, ``cuda`` or None for automatic.
+        progress: show a progress bar.
+    """
+    image_dir, out = Path(image_dir), Path(out)
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be >= 1, got {max_images}")
+    names = list_images(image_dir)
+    if max_images is not None and len(names) > max_images:
+        names = [names[i] for i in np.linspace(0, len(names) - 1, max_images).round().astype(int)]
+    conf = EXTRACTORS.conf(EXTRACTOR, overrides)
+    dev = pick_device(device)
+    model = EXTRACTORS.entry(EXTRACTOR).builder(conf).to(dev)
+    start = time.perf_counter()
+    descs, failed = [], []
+    for name in tqdm(names, desc="vocab: extract", disable=not progress, unit="img"):
+        try:
+            descs.append(extract_array(model, read_image(image_dir / name, grayscale=False), device=dev)["descriptors"])
+        except ImageError as e:
+            failed.append((name, str(e).removeprefix(f"{image_dir / name}: ")))
+            logger.warning("%s", e)
+    if not descs:
+        raise ImageError(f"{image_dir}: no readable images to learn a vocabulary from")
+    x = np.concatenate(descs)
+    centroids = learn_vocabulary(x, num_clusters, seed, max_descriptors)
+    vocab_conf = {"num_clusters": num_clusters, "seed": seed, "max_descriptors": max_descriptors,
+                  "extractor_conf": conf_to_dict(conf)}
+    save_vocabulary(out, centroids, vocab_conf, {"extractor": EXTRACTOR, "images": len(descs)})
+    return VocabSummary(out, len(descs), len(x), num_clusters, x.shape[1], time.perf_counter() - start, failed)

@@ -1,0 +1,78 @@
+"""Spatial re-ranking: re-score retrieved database images by the inliers of a geometric model.
+
+For each of the top ``K`` database images of a query, local features are matched (any registered
+matcher) and a model (homography, fundamental or affine, ``geometry.estimators``) is fitted; the
+``K`` images are re-ordered by their inlier count, ties keeping the global order. Results after
+``K`` stay as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from visloc.geometry.estimators import ESTIMATORS
+from visloc.matching.base import Matcher
+
+RerankModel = Literal["homography", "fundamental", "affine"]
+MATCH_KEYS = ("keypoints", "descriptors", "scores", "image_size")
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """``order[i]`` is the input position of the image now at rank ``i``; ``inliers`` per input position."""
+
+    order: np.ndarray
+    inliers: np.ndarray
+
+    def names(self, db_names: Sequence[str]) -> list[str]:
+        """``db_names`` in the new order."""
+        return [db_names[i] for i in self.order]
+
+
+def _to_torch(feats: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.asarray(feats[k])) for k in MATCH_KEYS if k in feats}
+
+
+def count_inliers(query_feats: Mapping[str, np.ndarray], db_feats: Mapping[str, np.ndarray], matcher: Matcher,
+                  estimator: Callable[[np.ndarray, np.ndarray], object]) -> int:
+    """Inliers of ``estimator`` on the ``matcher``'s matches between two images' local features."""
+    with torch.inference_mode():
+        pred = matcher(_to_torch(query_feats), _to_torch(db_feats))
+    m = pred["matches"].cpu().numpy()
+    if len(m) == 0:
+        return 0
+    est = estimator(np.asarray(query_feats["keypoints"])[m[:, 0]], np.asarray(db_feats["keypoints"])[m[:, 1]])
+    return int(est.num_inliers)  # type: ignore[attr-defined]
+
+
+def rerank(query_feats: Mapping[str, np.ndarray], db_feats_list: Sequence[Mapping[str, np.ndarray]],
+           db_names: Sequence[str], model: RerankModel, threshold: float, matcher: Matcher) -> RerankResult:
+    """Re-order retrieved database images by the inliers of ``model`` with the query.
+
+    Args:
+        query_feats: the query's ``keypoints [N, 2]``, ``descriptors [N, D]`` (numpy, as
+            ``features_h5.read_features`` returns them), optionally ``scores`` and ``image_size``.
+        db_feats_list: the local features of the images to re-rank, in their global order.
+        db_names: their names (for error messages; same length).
+        model: ``homography``, ``fundamental`` or ``affine``.
+        threshold: inlier threshold in pixels.
+        matcher: a built matcher.
+
+    Returns:
+        The new order (stable: equal inlier counts keep the global order) and the inlier counts.
+    """
+    if len(db_feats_list) != len(db_names):
+        raise ValueError(f"db_names: expected {len(db_feats_list)} names (one per feature set), got {len(db_names)}")
+    if model not in ("homography", "fundamental", "affine"):
+        raise ValueError(f"model: expected homography, fundamental or affine, got {model!r}")
+    if not threshold > 0:
+        raise ValueError(f"threshold: expected > 0 pixels, got {threshold}")
+    estimator = ESTIMATORS.build(model, {"threshold": float(threshold)})
+    inliers = np.array([count_inliers(query_feats, f, matcher, estimator) for f in db_feats_list], np.int64)
+    order = np.argsort(-inliers, kind="stable")
+    return RerankResult(order, inliers)

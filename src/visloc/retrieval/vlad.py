@@ -1,0 +1,149 @@
+"""VLAD (Jégou et al. 2010) global descriptors from local ones, with a k-means vocabulary.
+
+Training-free apart from the vocabulary, which faiss k-means learns from local descriptors of the
+user's own images (``visloc vocab``). The aggregation follows Arandjelović & Zisserman, "All about
+VLAD" (2013): hard assignment to the nearest centroid, sum of residuals per cluster,
+intra-normalisation per cluster, optional signed square root, global L2 normalisation.
+
+A vocabulary file (``vocab.pt``) is ``torch.save({"centroids": [K, D] float32 tensor, "conf": dict,
+"source": {"extractor": name, "images": count}})``, read back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from visloc.io.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+#: k-means iterations of ``learn_vocabulary``
+KMEANS_ITERS = 25
+
+
+class VocabularyError(ValueError):
+    """A vocabulary file that is missing, corrupt or does not fit the extractor."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Centroids ``[K, D]`` float32 and the record they were saved with."""
+
+    centroids: np.ndarray
+    conf: dict[str, Any]
+    source: dict[str, Any]
+
+    @property
+    def num_clusters(self) -> int:
+        """``K``."""
+        return int(self.centroids.shape[0])
+
+
+def _check_matrix(x: object, what: str, dim: int | None = None) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 2 or (dim is not None and a.shape[1] != dim) or a.shape[1] < 1:
+        raise ValueError(f"{what}: expected [N, {dim or 'D'}], got {list(a.shape)}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{what}: expected floating point, got {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def learn_vocabulary(descriptors: np.ndarray, num_clusters: int = 64, seed: int = 0,
+                     max_descriptors: int = 200_000) -> np.ndarray:
+    """k-means centroids of local descriptors (faiss, seeded).
+
+    Args:
+        descriptors: ``[N, D]`` float32, ``N >= num_clusters``.
+        num_clusters: ``K``.
+        seed: seeds the subsample and the k-means initialisation.
+        max_descriptors: at most this many descriptors (a seeded random subsample) are clustered.
+
+    Returns:
+        ``[K, D]`` float32 centroids.
+    """
+    x = _check_matrix(descriptors, "descriptors")
+    if num_clusters < 1:
+        raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+    if len(x) < num_clusters:
+        raise ValueError(f"descriptors: {len(x)} descriptors are too few for {num_clusters} clusters")
+    if len(x) > max_descriptors:
+        rng = np.random.default_rng(seed)
+        x = x[np.sort(rng.choice(len(x), max_descriptors, replace=False))]
+    km = faiss.Kmeans(x.shape[1], num_clusters, niter=KMEANS_ITERS, seed=seed,
+                      max_points_per_centroid=max(256, -(-len(x) // num_clusters)))
+    km.train(x)
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def vlad(descriptors: np.ndarray, centroids: np.ndarray, power_norm: bool = False,
+         intra_norm: bool = True) -> np.ndarray:
+    """VLAD of one image.
+
+    Args:
+        descriptors: ``[N, D]`` local descriptors.
+        centroids: ``[K, D]`` vocabulary.
+        power_norm: apply the signed square root after intra-normalisation.
+        intra_norm: L2-normalise each cluster's residual sum.
+
+    Returns:
+        ``[K * D]`` float32, L2-normalised (cluster-major: ``out[k * D:(k + 1) * D]`` is cluster
+        ``k``); all zeros when there are no descriptors.
+    """
+    c = _check_matrix(centroids, "centroids")
+    x = _check_matrix(descriptors, "descriptors", c.shape[1])
+    k, d = c.shape
+    v = np.zeros((k, d), np.float64)
+    if len(x):
+        dist = (x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None]
+        assign = dist.argmin(1)
+        np.add.at(v, assign, x.astype(np.float64) - c[assign])
+    if intra_norm:
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    if power_norm:
+        v = np.sign(v) * np.sqrt(np.abs(v))
+    v = v.reshape(-1)
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+def save_vocabulary(path: str | Path, centroids: np.ndarray, conf: dict[str, Any],
+                    source: dict[str, Any]) -> Path:
+    """Write ``centroids [K, D]`` with its conf and source record to ``path`` atomically."""
+    c = _check_matrix(centroids, "centroids")
+    record = {"centroids": torch.from_numpy(c.copy()), "conf": dict(conf), "source": dict(source)}
+    with atomic_path(path) as tmp:
+        torch.save(record, tmp)
+    return Path(path)
+
+
+def load_vocabulary(path: str | Path, num_clusters: int | None = None, dim: int | None = None) -> Vocabulary:
+    """Read a vocabulary file; a missing, corrupt or mismatching file raises ``VocabularyError`` naming it.
+
+    Args:
+        path: file written by ``save_vocabulary`` (``visloc vocab``).
+        num_clusters: the ``K`` the caller expects, or None for any.
+        dim: the ``D`` the caller expects, or None for any.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VocabularyError(f"{path}: vocabulary file not found (make one with 'visloc vocab IMAGES --out {path}')")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt files
+        raise VocabularyError(f"{path}: cannot load vocabulary ({e.__class__.__name__}: {str(e)[:80]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("centroids"), torch.Tensor):
+        raise VocabularyError(f"{path}: not a visloc vocabulary (expected a dict with a 'centroids' tensor)")
+    c = data["centroids"]
+    if c.ndim != 2 or not c.is_floating_point() or not torch.isfinite(c).all():
+        raise VocabularyError(f"{path}: centroids must be a finite float [K, D] tensor, got {list(c.shape)}")
+    if num_clusters is not None and c.shape[0] != num_clusters:
+        raise VocabularyError(f"{path}: holds {c.shape[0]} clusters, but num_clusters={num_clusters}")
+    if dim is not None and c.shape[1] != dim:
+        raise VocabularyError(f"{path}: centroids of dimension {c.shape[1]}, but the descriptors have {dim}")
+    return Vocabulary(c.numpy().astype(np.float32), dict(data.get("conf") or {}), dict(data.get("source") or {}))

@@ -1,0 +1,105 @@
+"""Spatial re-ranking: the pure function on real photos, its edge cases, and ``visloc search --rerank``."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from visloc.cli import app
+from visloc.data.homography import synthetic_pairs
+from visloc.features.api import extract_array
+from visloc.io.pairs import read_pairs
+from visloc.matching.base import Matcher, to_output
+from visloc.pipelines.extract import extract_features
+from visloc.retrieval.rerank import rerank
+from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "camera")
+
+
+@pytest.fixture(scope="module")
+def photo_pairs():
+    return synthetic_pairs(seed=1, pairs_per_photo=1, size=(240, 180), photos=PHOTOS)
+
+
+@pytest.fixture(scope="module")
+def feats(photo_pairs, build_extractor):
+    """ALIKED features of the originals and of their warped copies, by name."""
+    ex = build_extractor("aliked-n16")
+    out = {}
+    for p in photo_pairs:
+        out[p.name0], out[p.name1] = extract_array(ex, p.image0), extract_array(ex, p.image1)
+    return out
+
+
+@pytest.mark.parametrize("model", ["homography", "fundamental", "affine"])
+def test_true_match_moves_from_rank_3_to_1(feats, photo_pairs, build_matcher, model):
+    nn = build_matcher("nn-mutual")
+    for i, p in enumerate(photo_pairs):
+        others = [q for j, q in enumerate(photo_pairs) if j != i]
+        db = [others[0].name0, others[1].name1, p.name1, others[2].name0]  # the true match at rank 3
+        res = rerank(feats[p.name0], [feats[n] for n in db], db, model, 3.0, nn)
+        assert res.names(db)[0] == p.name1, (model, dict(zip(db, res.inliers.tolist(), strict=True)))
+        assert res.inliers[2] > 2 * max(res.inliers[[0, 1, 3]])
+        assert sorted(res.order.tolist()) == [0, 1, 2, 3]
+
+
+class _NoMatches(Matcher):
+    def forward(self, f0, f1):
+        return to_output(torch.full((len(f0["keypoints"]),), -1), torch.zeros(len(f0["keypoints"])))
+
+
+def test_ties_keep_the_global_order_and_errors(feats):
+    names = list(feats)
+    res = rerank(feats[names[0]], [feats[n] for n in names], names, "homography", 3.0, _NoMatches(None))
+    assert res.order.tolist() == list(range(len(names))) and (res.inliers == 0).all()
+    with pytest.raises(ValueError, match=r"db_names: expected 8 names"):
+        rerank(feats[names[0]], [feats[n] for n in names], names[:2], "homography", 3.0, _NoMatches(None))
+    with pytest.raises(ValueError, match=r"model: expected homography, fundamental or affine"):
+        rerank(feats[names[0]], [], [], "essential", 3.0, _NoMatches(None))
+    with pytest.raises(ValueError, match=r"threshold: expected > 0"):
+        rerank(feats[names[0]], [], [], "homography", 0.0, _NoMatches(None))
+
+
+def _write(folder, name, image):
+    folder.mkdir(exist_ok=True)
+    cv2.imwrite(str(folder / name), cv2.cvtColor((image * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR))
+
+
+def test_search_rerank_cli(photo_pairs, feats, tmp_path, monkeypatch):
+    vocab = save_vocabulary(tmp_path / "vocab.pt", learn_vocabulary(
+        np.concatenate([feats[p.name0]["descriptors"] for p in photo_pairs]), 8), {}, {})
+    for p in photo_pairs:
+        _write(tmp_path / "db", p.name0, p.image0)
+        _write(tmp_path / "q", p.name1, p.image1)
+    sets = [f"vocabulary={vocab}", "num_clusters=8"]
+    for part in ("db", "q"):
+        extract_features(tmp_path / part, tmp_path / f"{part}.h5", "vlad-aliked", sets, progress=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["index", "build", "--features", str(tmp_path / "db.h5"),
+                                 "--out", str(tmp_path / "db.index")])
+    assert result.exit_code == 0, result.output
+    args = ["search", "--index", str(tmp_path / "db.index"), "--features", str(tmp_path / "q.h5"),
+            "--out", str(tmp_path / "pairs.txt"), "-k", "4", "--rerank", "3"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--rerank needs --db-features" in result.output
+    import visloc.retrieval.rerank as R
+
+    calls = []
+    monkeypatch.setattr(R, "rerank", lambda *a: calls.append(a[3:]) or rerank(*a))  # every flag reaches the code
+    result = runner.invoke(app, [*args, "--db-features", str(tmp_path / "db.h5"), "--rerank-model", "affine",
+                                 "--rerank-threshold", "4", "--rerank-matcher", "lightglue"])
+    assert result.exit_code == 0, result.output
+    assert "re-ranked the top 3 of each query by affine inliers" in result.output
+    assert len(calls) == 4 and all(c[:2] == ("affine", 4.0) and type(c[2]).__name__ == "LightGlue" for c in calls)
+    assert calls[0][2].conf.features == "aliked"  # inferred from the features' extractor
+    pairs = read_pairs(tmp_path / "pairs.txt")
+    assert len(pairs) == 16
+    for p in photo_pairs:
+        ranked = [d for q, d in pairs if q == p.name1]
+        assert ranked[0] == p.name0 and sorted(ranked) == sorted(q.name0 for q in photo_pairs)
+    result = runner.invoke(app, [*args, "--db-features", str(tmp_path / "db.h5"), "--rerank-model", "essential"])
+    assert result.exit_code == 2 and "model: expected homography, fundamental or affine" in result.output
