@@ -103,3 +103,23 @@ def test_search_rerank_cli(photo_pairs, feats, tmp_path, monkeypatch):
         assert ranked[0] == p.name0 and sorted(ranked) == sorted(q.name0 for q in photo_pairs)
     result = runner.invoke(app, [*args, "--db-features", str(tmp_path / "db.h5"), "--rerank-model", "essential"])
     assert result.exit_code == 2 and "model: expected homography, fundamental or affine" in result.output
+
+
+def test_min_inliers_keeps_unverified_images_in_global_order(monkeypatch):
+    # Counts per global position: only 40 and 20 reach the 15-inlier bar; 12, 7 and 3 are chance-level
+    # and must keep their global order behind the verified images instead of being shuffled by noise.
+    import numpy as np
+
+    import visloc.retrieval.rerank as rr
+
+    counts = iter([7, 3, 40, 12, 20] * 2)
+    monkeypatch.setattr(rr, "count_inliers", lambda *a, **k: next(counts))
+    names = ["a", "b", "c", "d", "e"]
+    feats = [{}] * 5
+    res = rr.rerank({}, feats, names, "homography", 3.0, matcher=None, min_inliers=15)
+    assert res.names(names) == ["c", "e", "a", "b", "d"]
+    np.testing.assert_array_equal(res.inliers, [7, 3, 40, 12, 20])
+    res = rr.rerank({}, feats, names, "homography", 3.0, matcher=None, min_inliers=0)
+    assert res.names(names) == ["c", "e", "d", "a", "b"]
+    with pytest.raises(ValueError, match="min_inliers"):
+        rr.rerank({}, feats, names, "homography", 3.0, matcher=None, min_inliers=-1)

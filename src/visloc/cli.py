@@ -130,6 +130,7 @@ def search(index: Annotated[Path, typer.Option(help="Index written by 'visloc in
            rerank_threshold: Annotated[Optional[float], typer.Option(help="Inlier threshold in pixels "
                                                                      "(default: the estimator's).")] = None,
            rerank_matcher: Annotated[str, typer.Option(help="Registered matcher for re-ranking.")] = "nn-mutual",
+           rerank_min_inliers: Annotated[int, typer.Option(help="Fewer inliers do not promote an image.")] = 15,
            ) -> None:
     """Retrieve the -k most similar database images of each query (a query is never paired with itself)."""
     from visloc.pipelines.retrieve import retrieve_pairs
@@ -137,7 +138,7 @@ def search(index: Annotated[Path, typer.Option(help="Index written by 'visloc in
     if rerank and db_features is None:
         fail("--rerank needs --db-features (the database images' local features)")
     summary = run(retrieve_pairs, index, features, out, k, rerank, db_features, rerank_model, rerank_threshold,
-                  rerank_matcher)
+                  rerank_matcher, (), rerank_min_inliers)
     for line in summary.lines():
         typer.echo(line)
 

@@ -127,19 +127,59 @@ RadiusOpt = Annotated[float, typer.Option(help="Positives lie within this many m
 NOpt = Annotated[Optional[list[int]], typer.Option("--n", help="N of recall@N (repeatable; default 1 5 10 20).")]
 
 
+IndexOpt = Annotated[Optional[Path], typer.Option(help="Or an index of the database images ('visloc index build'), "
+                                                       "searched with the queries of --features.")]
+QFeatOpt = Annotated[Optional[Path], typer.Option(help="With --index: feature file of the queries (global "
+                                                       "descriptors).")]
+RerankOpt = Annotated[int, typer.Option(help="With --index: re-rank each query's top N by inliers (0: off).")]
+DbFeatOpt = Annotated[Optional[Path], typer.Option(help="Database feature file (local features, to re-rank).")]
+RerankModelOpt = Annotated[str, typer.Option(help="homography, fundamental or affine.")]
+RerankMatcherOpt = Annotated[str, typer.Option(help="Registered matcher for re-ranking.")]
+RerankThrOpt = Annotated[Optional[float], typer.Option(help="Re-ranking inlier threshold in pixels "
+                                                            "(default: the model's).")]
+
+
+def _check_retrieval_sources(ranks: Optional[Path], scores: Optional[Path], index: Optional[Path],
+                             features: Optional[Path], rerank: int, db_features: Optional[Path]) -> None:
+    """Exactly one ranking source; the index options only with --index. Exit 2 with one line otherwise."""
+    from visloc.cli_common import fail
+
+    if sum(x is not None for x in (ranks, scores, index)) != 1:
+        fail("give exactly one of --ranks or --scores or --index (with --features)")
+    if (index is None) != (features is None):
+        fail("--index and --features go together (the queries' global descriptors search the index)")
+    if index is None and (rerank or db_features is not None):
+        fail("--rerank and --db-features need --index")
+    if rerank < 0:
+        fail(f"--rerank: expected >= 0, got {rerank}")
+    if rerank and db_features is None:
+        fail("--rerank needs --db-features (the database images' local features)")
+
+
 @eval_app.command("retrieval")
 def eval_retrieval(gnd: GndOpt, ranks: RanksOpt = None, scores: ScoresOpt = None, protocol: ProtocolOpt = "revisited",
-                   k: KappaOpt = None, out: Out = None) -> None:
-    """Oxford / Paris retrieval: mAP, mP@k, mR@k as revisitop (Easy / Medium / Hard) or the classic protocol."""
+                   k: KappaOpt = None, out: Out = None, index: IndexOpt = None, features: QFeatOpt = None,
+                   rerank: RerankOpt = 0, db_features: DbFeatOpt = None, rerank_model: RerankModelOpt = "homography",
+                   rerank_matcher: RerankMatcherOpt = "nn-mutual", rerank_threshold: RerankThrOpt = None,
+                   rerank_min_inliers: Annotated[int, typer.Option(help="Fewer inliers do not promote an image.")]
+                   = 15) -> None:
+    """Oxford / Paris retrieval: mAP, mP@k, mR@k as revisitop (Easy / Medium / Hard) or the classic protocol.
+
+    The ranking comes from --ranks, --scores, or a search of --index with the queries of --features.
+    """
     from visloc.cli_common import fail
     from visloc.eval.retrieval import KAPPAS
-    from visloc.pipelines.evaluate_retrieval import evaluate_retrieval
+    from visloc.pipelines.evaluate_retrieval import evaluate_index, evaluate_retrieval
 
-    if (ranks is None) == (scores is None):
-        fail("give exactly one of --ranks or --scores")
+    _check_retrieval_sources(ranks, scores, index, features, rerank, db_features)
     if protocol not in ("revisited", "classic"):
         fail(f"--protocol: {protocol!r} is not one of revisited, classic")
-    report = run(evaluate_retrieval, gnd, ranks, scores, protocol, tuple(k) if k else KAPPAS)
+    kappas = tuple(k) if k else KAPPAS
+    if index is not None:
+        report = run(evaluate_index, gnd, index, features, protocol, kappas, rerank, db_features, rerank_model,
+                     rerank_threshold, rerank_matcher, (), rerank_min_inliers)
+    else:
+        report = run(evaluate_retrieval, gnd, ranks, scores, protocol, kappas)
     typer.echo(report.text())
     if out is not None:
         report.write(out)

@@ -76,7 +76,11 @@ def _photo(name: str, size: tuple[int, int]) -> np.ndarray:
     img = getattr(skimage.data, name)()
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, 2)
-    img = img[..., :3].astype(np.float32) / 255.0
+    return fit_image(img[..., :3].astype(np.float32) / 255.0, size)
+
+
+def fit_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Scale ``img [H, W, C]`` to cover ``size`` (W, H), then crop its centre to exactly that size."""
     w, h = size
     s = max(w / img.shape[1], h / img.shape[0])
     img = cv2.resize(img, (max(w, round(img.shape[1] * s)), max(h, round(img.shape[0] * s))),

@@ -4,6 +4,7 @@ The files are ``gnd_roxford5k.pkl`` and ``gnd_rparis6k.pkl`` (revisited), or the
 ``gnd_oxford5k.pkl`` / ``gnd_paris6k.pkl``: a dict with ``imlist`` (database image names),
 ``qimlist`` (query image names) and ``gnd``, one dict per query with ``bbx`` (query box) and index
 vectors into ``imlist``: ``easy`` / ``hard`` / ``junk`` (revisited) or ``ok`` / ``junk`` (original).
+The same dict may come as JSON (``.json``, lists for the vectors), which needs no restricted loading.
 A plain ``pickle.load`` of a file can run arbitrary code, so these files are read with an unpickler
 that resolves only what such a file needs (numpy arrays, dtypes and scalars, sets, and the latin-1
 bytes encoding of old pickles) and refuses every other global before anything is called.
@@ -12,6 +13,7 @@ bytes encoding of old pickles) and refuses every other global before anything is
 from __future__ import annotations
 
 import importlib
+import json
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,8 +164,27 @@ def _entry(entry: object, num_database: int, where: str) -> dict[str, np.ndarray
     return out
 
 
+def _load_pickle(path: Path) -> Any:
+    try:
+        return restricted_load(path)
+    except _Refused as e:
+        raise DatasetError(f"{path}: {e}") from e
+    except Exception as e:  # any failure to parse a malformed pickle is a problem of the user's file
+        raise DatasetError(f"{path}: not a readable ground-truth pickle ({type(e).__name__}: {e})") from e
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: not a readable ground-truth JSON file ({type(e).__name__}: {e})") from e
+
+
 def load_gnd(path: str | Path) -> OxfordParisGnd:
-    """Read and validate a ``gnd_*.pkl`` file of Oxford / Paris (revisited or original).
+    """Read and validate a ``gnd_*.pkl`` file of Oxford / Paris (revisited or original), or its JSON form.
+
+    A ``.json`` file holds the same dict with lists for the index vectors (``visloc.data.landmarks``
+    writes one); other top-level keys are ignored there as in the pickles.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -173,12 +194,10 @@ def load_gnd(path: str | Path) -> OxfordParisGnd:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: ground-truth file not found")
-    try:
-        data = restricted_load(path)
-    except _Refused as e:
-        raise DatasetError(f"{path}: {e}") from e
-    except Exception as e:  # any failure to parse a malformed pickle is a problem of the user's file
-        raise DatasetError(f"{path}: not a readable ground-truth pickle ({type(e).__name__}: {e})") from e
+    if path.suffix.lower() == ".json":
+        data = _load_json(path)
+    else:
+        data = _load_pickle(path)
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a dict with 'imlist', 'qimlist', 'gnd', got {type(data).__name__}")
     imlist, qimlist = _names(data, "imlist", path), _names(data, "qimlist", path)

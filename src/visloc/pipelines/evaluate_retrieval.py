@@ -1,17 +1,19 @@
 """Stage two of retrieval evaluation: cached rankings or predictions on disk -> metrics -> JSON.
 
 ``evaluate_retrieval`` scores ``.npy`` rankings (or similarities) against the Oxford / Paris ground
-truth; ``evaluate_recall`` scores place recognition predictions against UTM positions. Every error
+truth; ``evaluate_index`` searches a saved index with the queries' global descriptors (optionally
+re-ranking the top ``K`` by geometric verification) and scores that ranking; ``evaluate_recall``
+scores place recognition predictions against UTM positions. Every error
 about an input is one line that names its file.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from visloc.eval import retrieval
 from visloc.eval.oxford_paris import OxfordParisGnd, load_gnd
 from visloc.io.arrays import load_npy
 from visloc.io.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from visloc.retrieval.rerank import RerankModel
 
 RetrievalProtocol = Literal["revisited", "classic"]
 
@@ -35,11 +40,13 @@ class RetrievalReport:
     num_queries: int
     num_database: int
     results: dict[str, retrieval.RetrievalResult]
+    rerank: int = 0
 
     def header(self) -> str:
         """One line: protocol, ground truth and sizes."""
+        rerank = f", top {self.rerank} re-ranked" if self.rerank else ""
         return (f"{self.protocol} protocol on {self.gnd.name} ({self.num_queries} queries, "
-                f"{self.num_database} database images), ranking {self.source.name}")
+                f"{self.num_database} database images), ranking {self.source.name}{rerank}")
 
     def text(self) -> str:
         """The header and ``retrieval.format_report`` (percent)."""
@@ -48,7 +55,7 @@ class RetrievalReport:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (fractions, ``nan`` as ``None``)."""
         return {"protocol": self.protocol, "gnd": str(self.gnd), "source": str(self.source),
-                "num_queries": self.num_queries, "num_database": self.num_database,
+                "num_queries": self.num_queries, "num_database": self.num_database, "rerank": self.rerank,
                 "results": retrieval.report_json(self.results)}
 
     def write(self, path: str | Path) -> Path:
@@ -99,6 +106,121 @@ def evaluate_retrieval(gnd_path: str | Path, ranks_path: str | Path | None = Non
     evaluate = retrieval.evaluate_revisited if protocol == "revisited" else retrieval.evaluate_classic
     results = evaluate(ranks, gt.gnd, kappas, len(gt.imlist))
     return RetrievalReport(protocol, gt.path, source, len(gt.qimlist), len(gt.imlist), results)
+
+
+def _name_lookup(names: Sequence[str]) -> Callable[[str], int | None]:
+    """Index of a file name in ``names``, matched exactly or by its path without the extension.
+
+    Revisitop's lists name images without extension (``all_souls_000013``) where feature files and
+    indexes name the files (``all_souls_000013.jpg``).
+    """
+    positions = {n: i for i, n in enumerate(names)}
+
+    def lookup(name: str) -> int | None:
+        found = positions.get(name)
+        if found is None and PurePosixPath(name).suffix:
+            found = positions.get(str(PurePosixPath(name).with_suffix("")))
+        return found
+
+    return lookup
+
+
+def ranks_from_pairs(pairs: Sequence[tuple[str, str]], qimlist: Sequence[str], imlist: Sequence[str]) -> np.ndarray:
+    """Revisitop ranks ``[n_ranked, nq]`` from ranked ``(query, db)`` name pairs, best first per query.
+
+    Column ``q`` lists, in the order of the pairs, the ``imlist`` indices of query ``qimlist[q]``'s
+    database images; names match exactly or without their extension. Every column is cut to the
+    shortest list (an approximate index may return fewer results for some queries); the pairs of a
+    query not in ``qimlist`` are ignored.
+
+    Raises:
+        ValueError: a query of ``qimlist`` without pairs, a database name not in ``imlist``, or a
+            database image listed twice for a query.
+    """
+    query_of, db_of = _name_lookup(qimlist), _name_lookup(imlist)
+    columns: list[list[int]] = [[] for _ in qimlist]
+    for q, d in pairs:
+        qi = query_of(q)
+        if qi is None:
+            continue
+        di = db_of(d)
+        if di is None:
+            raise ValueError(f"database image {d!r} (retrieved for {q!r}) is not in the ground truth's imlist")
+        columns[qi].append(di)
+    empty = [qimlist[i] for i, col in enumerate(columns) if not col]
+    if empty:
+        raise ValueError(f"query {empty[0]!r} has no retrieved database image")
+    n = min(len(col) for col in columns)
+    ranks = np.array([col[:n] for col in columns], dtype=np.int64).T
+    return retrieval.check_ranks(ranks, len(qimlist), len(imlist))
+
+
+def _query_descriptors(features: Path, qimlist: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The feature file's names and global descriptors of the ``qimlist`` queries, in its order."""
+    from visloc.io import features_h5
+    from visloc.retrieval.index import global_descriptors
+
+    lookup = _name_lookup(qimlist)
+    names = [n for n in features_h5.list_feature_names(features) if lookup(n) is not None]
+    found = {lookup(n) for n in names}
+    missing = [q for i, q in enumerate(qimlist) if i not in found]
+    if missing:
+        raise ValueError(f"{features}: no features for query {missing[0]!r} of the ground truth")
+    return global_descriptors(features, names)
+
+
+def evaluate_index(gnd_path: str | Path, index_path: str | Path, features: str | Path,
+                   protocol: RetrievalProtocol = "revisited", kappas: Sequence[int] = retrieval.KAPPAS,
+                   rerank: int = 0, db_features: str | Path | None = None, rerank_model: RerankModel = "homography",
+                   rerank_threshold: float | None = None, rerank_matcher: str = "nn-mutual",
+                   rerank_overrides: Mapping[str, Any] | Sequence[str] = (),
+                   rerank_min_inliers: int = 15) -> RetrievalReport:
+    """Search every database image of a saved index for the ground truth's queries and score the ranking.
+
+    Args:
+        gnd_path: ground truth (``gnd_*.pkl`` or the JSON of ``visloc.data.landmarks``).
+        index_path: index written by ``pipelines.retrieve.build_index`` over the database images.
+        features: feature file holding the global descriptors of every query of the ground truth.
+        protocol: ``revisited`` (Easy / Medium / Hard) or ``classic``.
+        kappas: Cut-offs of mP@k and mR@k.
+        rerank: re-order the first ``rerank`` results of each query by inliers (0: none).
+        db_features: the database images' feature file (local features); needed to re-rank.
+        rerank_model: ``homography``, ``fundamental`` or ``affine``.
+        rerank_threshold: inlier threshold in pixels; None: the registered estimator's default.
+        rerank_matcher: registered matcher (``nn-mutual``, ``lightglue``...).
+        rerank_overrides: matcher conf overrides.
+        rerank_min_inliers: fewer inliers than this do not promote an image (see ``retrieval.rerank``).
+
+    Index and query names match the ground truth's names exactly or without their extension; the
+    index must hold only database images of the ground truth.
+    """
+    from visloc.pipelines.retrieve import rerank_pairs
+    from visloc.retrieval.index import RetrievalIndex
+
+    if protocol not in ("revisited", "classic"):
+        raise ValueError(f"protocol must be revisited or classic, got {protocol!r}")
+    if rerank and db_features is None:
+        raise ValueError("rerank: needs the database feature file (--db-features) for local features")
+    gt = load_gnd(gnd_path)
+    if protocol == "revisited" and not gt.is_revisited:
+        raise DatasetError(f"{gt.path}: no 'easy' / 'hard' / 'junk' annotation; use the classic protocol")
+    index = RetrievalIndex.load(index_path)
+    names, vectors = _query_descriptors(Path(features), gt.qimlist)
+    if vectors.shape[1] != index.dim:
+        raise ValueError(f"{features}: global descriptors of size {vectors.shape[1]}, but {index_path} "
+                         f"holds size {index.dim}")
+    found, _ = index.search(vectors, len(index))
+    pairs = [(q, d) for q, ranked in zip(names, found, strict=True) for d in ranked]
+    if rerank:
+        pairs = rerank_pairs(pairs, features, db_features, rerank, rerank_model, rerank_threshold, rerank_matcher,
+                             rerank_overrides, rerank_min_inliers)
+    try:
+        ranks = ranks_from_pairs(pairs, gt.qimlist, gt.imlist)
+    except ValueError as e:
+        raise ValueError(f"{index_path}: {e}") from e
+    evaluate = retrieval.evaluate_revisited if protocol == "revisited" else retrieval.evaluate_classic
+    results = evaluate(ranks, gt.gnd, kappas, len(gt.imlist))
+    return RetrievalReport(protocol, gt.path, Path(index_path), len(gt.qimlist), len(gt.imlist), results, rerank)
 
 
 @dataclass(frozen=True)

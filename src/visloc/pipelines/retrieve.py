@@ -85,7 +85,8 @@ def build_index(features: str | Path, out: str | Path,
 def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, k: int = 50, rerank: int = 0,
                    db_features: str | Path | None = None, rerank_model: RerankModel = "homography",
                    rerank_threshold: float | None = None, rerank_matcher: str = "nn-mutual",
-                   rerank_overrides: Mapping[str, Any] | Sequence[str] = ()) -> RetrieveSummary:
+                   rerank_overrides: Mapping[str, Any] | Sequence[str] = (),
+                   rerank_min_inliers: int = 15) -> RetrieveSummary:
     """Write the ``k`` best database images of each query image of ``features`` to the pairs file ``out``.
 
     Args:
@@ -99,6 +100,7 @@ def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, k: 
         rerank_threshold: inlier threshold in pixels; None: the registered estimator's default.
         rerank_matcher: registered matcher; LightGlue's weights follow the features' extractor.
         rerank_overrides: matcher conf overrides.
+        rerank_min_inliers: fewer inliers than this do not promote an image (see ``retrieval.rerank``).
     """
     db = RetrievalIndex.load(index)
     names, vectors = global_descriptors(features)
@@ -112,7 +114,7 @@ def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, k: 
     if rerank:
         start = time.perf_counter()
         pairs = rerank_pairs(pairs, features, db_features, rerank, rerank_model, rerank_threshold,
-                             rerank_matcher, rerank_overrides)
+                             rerank_matcher, rerank_overrides, rerank_min_inliers)
         rerank_seconds = time.perf_counter() - start
     write_pairs(out, pairs)
     logger.info("retrieved %d pairs for %d queries in %.2f s", len(pairs), len(names), seconds)
@@ -122,7 +124,7 @@ def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, k: 
 def rerank_pairs(pairs: Sequence[tuple[str, str]], features: str | Path, db_features: str | Path | None,
                  top: int, model: RerankModel = "homography", threshold: float | None = None,
                  matcher: str = "nn-mutual", overrides: Mapping[str, Any] | Sequence[str] = (),
-                 ) -> list[tuple[str, str]]:
+                 min_inliers: int = 15) -> list[tuple[str, str]]:
     """Re-rank the first ``top`` database images of each query of ``pairs`` (ranked, grouped by query).
 
     Local features come from ``features`` (queries) and ``db_features`` (database images); see
@@ -149,7 +151,7 @@ def rerank_pairs(pairs: Sequence[tuple[str, str]], features: str | Path, db_feat
     for q, found in ranked.items():
         head = found[:top]
         res = rerank(features_h5.read_features(features, q), [features_h5.read_features(db_features, d) for d in head],
-                     head, model, threshold, net)
+                     head, model, threshold, net, min_inliers)
         out += [(q, d) for d in res.names(head) + found[top:]]
         logger.debug("rerank %s: inliers %s", q, dict(zip(head, res.inliers.tolist(), strict=True)))
     return out

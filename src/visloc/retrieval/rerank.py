@@ -51,7 +51,8 @@ def count_inliers(query_feats: Mapping[str, np.ndarray], db_feats: Mapping[str, 
 
 
 def rerank(query_feats: Mapping[str, np.ndarray], db_feats_list: Sequence[Mapping[str, np.ndarray]],
-           db_names: Sequence[str], model: RerankModel, threshold: float, matcher: Matcher) -> RerankResult:
+           db_names: Sequence[str], model: RerankModel, threshold: float, matcher: Matcher,
+           min_inliers: int = 15) -> RerankResult:
     """Re-order retrieved database images by the inliers of ``model`` with the query.
 
     Args:
@@ -62,6 +63,9 @@ def rerank(query_feats: Mapping[str, np.ndarray], db_feats_list: Sequence[Mappin
         model: ``homography``, ``fundamental`` or ``affine``.
         threshold: inlier threshold in pixels.
         matcher: a built matcher.
+        min_inliers: images verified by at least this many inliers move to the front, by inlier count;
+            the others keep their global order behind them. Unrelated images reach about 5-10
+            inliers by chance, so promoting on raw counts shuffles hard positives with noise.
 
     Returns:
         The new order (stable: equal inlier counts keep the global order) and the inlier counts.
@@ -72,7 +76,10 @@ def rerank(query_feats: Mapping[str, np.ndarray], db_feats_list: Sequence[Mappin
         raise ValueError(f"model: expected homography, fundamental or affine, got {model!r}")
     if not threshold > 0:
         raise ValueError(f"threshold: expected > 0 pixels, got {threshold}")
+    if min_inliers < 0:
+        raise ValueError(f"min_inliers: expected >= 0, got {min_inliers}")
     estimator = ESTIMATORS.build(model, {"threshold": float(threshold)})
     inliers = np.array([count_inliers(query_feats, f, matcher, estimator) for f in db_feats_list], np.int64)
-    order = np.argsort(-inliers, kind="stable")
+    verified = np.where(inliers >= min_inliers, inliers, 0)
+    order = np.argsort(-verified, kind="stable")
     return RerankResult(order, inliers)
