@@ -79,6 +79,32 @@ class NetVLAD(nn.Module):
         return self
 
     @torch.no_grad()
+    def load_assignment(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, centroids: torch.Tensor
+    ) -> NetVLAD:
+        """Set the assignment conv and the centroids independently (trained NetVLAD weights); returns ``self``.
+
+        A trained model's assignment conv is no longer ``2 alpha c`` / ``-alpha ||c||^2`` of its
+        centroids, so both are taken as given; ``alpha`` is left as it was.
+
+        Args:
+            weight: assignment filters ``[K, D]`` or ``[K, D, 1, 1]``.
+            bias: assignment biases ``[K]``, or None for a conv without bias (stored as zeros).
+            centroids: ``[K, D]``.
+        """
+        k, d = self.num_clusters, self.dim
+        if tuple(weight.shape) not in ((k, d), (k, d, 1, 1)):
+            raise ValueError(f"weight must be [{k}, {d}] or [{k}, {d}, 1, 1], got {tuple(weight.shape)}")
+        if bias is not None and tuple(bias.shape) != (k,):
+            raise ValueError(f"bias must be [{k}], got {tuple(bias.shape)}")
+        if tuple(centroids.shape) != (k, d):
+            raise ValueError(f"centroids must be [{k}, {d}], got {tuple(centroids.shape)}")
+        self.conv.weight.copy_(weight.reshape(k, d, 1, 1).to(self.conv.weight))
+        self.conv.bias.copy_(bias.to(self.conv.bias) if bias is not None else torch.zeros_like(self.conv.bias))
+        self.centroids.copy_(centroids.to(self.centroids))
+        return self
+
+    @torch.no_grad()
     def init_from_descriptors(self, desc: torch.Tensor | np.ndarray, seed: int = 0, niter: int = 25) -> NetVLAD:
         """Initialise centroids, ``alpha`` and the conv from local descriptors ``desc [N, D]``; returns ``self``.
 
