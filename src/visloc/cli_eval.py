@@ -202,3 +202,27 @@ def eval_recall(pred: PredOpt, db_utm: UtmOpt = None, query_utm: UtmOpt = None, 
     if out is not None:
         report.write(out)
         typer.echo(f"report -> {out}")
+
+
+GtPosesOpt = Annotated[Path, typer.Option("--gt", help="Ground-truth poses 'name qw qx qy qz tx ty tz' "
+                                                       "(cam_from_world, as COLMAP).")]
+PredPosesOpt = Annotated[Path, typer.Option("--pred", help="Localized poses, same format; failed queries absent.")]
+LocLogOpt = Annotated[Optional[Path], typer.Option("--log", help="The localizer's JSON-lines log: stage timings; "
+                                                                 "its 'success: false' queries count as failures.")]
+LocThrOpt = Annotated[Optional[str], typer.Option(help="Recall thresholds 'position,degrees;...' (position in map "
+                                                       "units; default 0.25,2;0.5,5;5,10).")]
+
+
+@eval_app.command("localization")
+def eval_localization(gt: GtPosesOpt, pred: PredPosesOpt, log: LocLogOpt = None, thresholds: LocThrOpt = None,
+                      out: Out = None) -> None:
+    """Localization accuracy: position / rotation errors, recall at thresholds, time per stage."""
+    from visloc.eval.localization import DEFAULT_THRESHOLDS, evaluate_localization, parse_thresholds
+
+    thr = run(parse_thresholds, thresholds) if thresholds is not None else DEFAULT_THRESHOLDS
+    report = run(evaluate_localization, gt, pred, log, thr)
+    typer.echo(f"localization of {pred.name} against {gt.name}")
+    typer.echo(report.markdown())
+    if out is not None:
+        report.write(out)
+        typer.echo(f"report -> {out}")
