@@ -13,6 +13,7 @@ import typer
 
 from visloc.cli_common import DeviceOpt, SetOpt, fail, resolve_conf, run
 from visloc.cli_eval import bench, eval_app
+from visloc.cli_loc import localize, map_app
 
 app = typer.Typer(help="visloc: learned visual localization. Extract, match, estimate, evaluate, benchmark.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -22,6 +23,8 @@ index_app = typer.Typer(help="Build retrieval indexes of global descriptors.", n
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 app.command()(bench)
+app.add_typer(map_app, name="map")
+app.command()(localize)
 
 
 

@@ -1,0 +1,84 @@
+"""``visloc map build`` and ``visloc localize``: hierarchical localization from the command line."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from visloc.cli_common import DeviceOpt, fail, resolve_conf, run
+
+map_app = typer.Typer(help="Build localization maps (features, matches, COLMAP model, retrieval index).",
+                      no_args_is_help=True)
+
+OptPath = Annotated[Optional[Path], typer.Option()]
+Sets = Optional[list[str]]
+SetExtractor = Annotated[Sets, typer.Option(help="Extractor override key=value (repeatable).")]
+SetMatcher = Annotated[Sets, typer.Option(help="Matcher override key=value (repeatable).")]
+SetRetrieval = Annotated[Sets, typer.Option(help="Retrieval extractor override key=value (repeatable).")]
+SetModel = Annotated[Sets, typer.Option(help="Triangulation (with --poses) or SfM conf override key=value.")]
+ImagesOpt = Annotated[Path, typer.Option(help="Database image folder (searched recursively).")]
+MapOut = Annotated[Path, typer.Option(help="Map folder to write (MAP_DIR).")]
+PosesOpt = Annotated[Optional[Path], typer.Option(help="Known poses, 'name qw qx qy qz tx ty tz' (world-to-camera).")]
+CamerasOpt = Annotated[Optional[Path], typer.Option(help="Cameras, 'name MODEL WIDTH HEIGHT params...' (COLMAP).")]
+ExtractorOpt = Annotated[Optional[str], typer.Option(help="Registered extractor or YAML file (default: the one "
+                                                          "recorded in --features, else vlad-aliked).")]
+MatcherOpt = Annotated[str, typer.Option(help="Registered matcher or YAML file.")]
+RetrievalOpt = Annotated[str, typer.Option(help="Global-descriptor extractor, used when the local one has none.")]
+FeaturesOpt = Annotated[Optional[Path], typer.Option(help="Existing local feature file to use (and extend).")]
+MatchesOpt = Annotated[Optional[Path], typer.Option(help="Existing match file to use (and extend).")]
+NumPairs = Annotated[int, typer.Option(help="Neighbours matched per image (by poses, or by retrieval).")]
+VerboseColmap = Annotated[bool, typer.Option(help="Show COLMAP's log.")]
+
+
+@map_app.command("build")
+def map_build(images: ImagesOpt, out: MapOut, poses: PosesOpt = None, cameras: CamerasOpt = None,
+              extractor: ExtractorOpt = None, set_extractor: SetExtractor = None, matcher: MatcherOpt = "lightglue",
+              set_matcher: SetMatcher = None, retrieval: RetrievalOpt = "vlad-aliked",
+              set_retrieval: SetRetrieval = None, features: FeaturesOpt = None, matches: MatchesOpt = None,
+              num_pairs: NumPairs = 10, set_model: SetModel = None, device: DeviceOpt = None,
+              verbose_colmap: VerboseColmap = False) -> None:
+    """Extract, pair, match and triangulate (with --poses --cameras) or run SfM; resumes."""
+    from visloc.conf import apply_overrides, parse_overrides
+    from visloc.localization.sfm import SfMConf
+    from visloc.localization.triangulation import TriangulationConf
+    from visloc.pipelines.map_build import build_map
+
+    ext_name, ext_ov = (None, run(parse_overrides, list(set_extractor or ()))) if extractor is None \
+        else resolve_conf(extractor, set_extractor)
+    match_name, match_ov = resolve_conf(matcher, set_matcher)
+    ret_name, ret_ov = resolve_conf(retrieval, set_retrieval)
+    tri = run(apply_overrides, TriangulationConf(), list(set_model or ())) if poses is not None else None
+    sfm = run(apply_overrides, SfMConf(), list(set_model or ())) if poses is None else None
+    summary = run(build_map, images, out, poses, cameras, ext_name, ext_ov, match_name, match_ov, ret_name, ret_ov,
+                  features, matches, num_pairs, tri, sfm, device, True, verbose_colmap)
+    for line in summary.lines():
+        typer.echo(line)
+
+
+MapOpt = Annotated[Path, typer.Option("--map", help="Map folder written by 'visloc map build'.")]
+QueriesOpt = Annotated[Path, typer.Option(help="Query image folder (searched recursively).")]
+PosesOut = Annotated[Path, typer.Option(help="Poses file to write, 'name qw qx qy qz tx ty tz'.")]
+QueryCameras = Annotated[Optional[Path], typer.Option(help="Query cameras, 'name MODEL WIDTH HEIGHT params...' "
+                                                            "(default: the map's camera, else estimate the focal).")]
+TopK = Annotated[int, typer.Option("--top-k", "-k", help="Database images retrieved per query.")]
+MaxPlaces = Annotated[int, typer.Option(help="Covisibility places tried per query.")]
+Covis = Annotated[bool, typer.Option(help="Cluster the retrieved images into places by covisibility.")]
+MinInliers = Annotated[int, typer.Option(help="Fewer pose inliers reject a place (then the query fails).")]
+MaxError = Annotated[float, typer.Option(help="RANSAC inlier threshold of the absolute pose, pixels.")]
+LogOpt = Annotated[Optional[Path], typer.Option(help="Per-query JSON-lines log (default: OUT with .log.jsonl).")]
+
+
+def localize(map_dir: MapOpt, queries: QueriesOpt, out: PosesOut, cameras: QueryCameras = None, top_k: TopK = 10,
+             max_places: MaxPlaces = 3, covisibility: Covis = True, min_inliers: MinInliers = 30,
+             max_error: MaxError = 12.0, log: LogOpt = None, device: DeviceOpt = None) -> None:
+    """Localize every query image against a map; failed queries get no pose and are listed with a reason."""
+    from visloc.localization.localize import LocalizerConf
+    from visloc.pipelines.localize import localize_queries
+
+    conf = run(LocalizerConf, num_retrieved=top_k, max_places=max_places, covisibility=covisibility,
+               min_inliers=min_inliers, max_error=max_error)
+    summary = run(localize_queries, map_dir, queries, out, cameras, conf, None, log, device)
+    for line in summary.lines():
+        typer.echo(line)
+    if not summary.results and summary.skipped:
+        fail("no query image could be read")

@@ -1,0 +1,300 @@
+"""Localization parts on constructed scenes: keypoint convention, triangulation, covisibility, pose, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from visloc.cli import app
+from visloc.io import features_h5, matches_h5
+from visloc.io.poses import Camera, CameraPose, read_poses
+from visloc.localization import colmap
+from visloc.localization.covisibility import covisibility_clusters, pairs_from_poses, reconstruction_observations
+from visloc.localization.localize import Localizer, LocalizerConf, QueryResult
+from visloc.localization.triangulation import TriangulationConf, sampson_distance, triangulate, verify_with_poses
+from visloc.pipelines.localize import read_map_record
+from visloc.pipelines.map_build import MapError
+from visloc.retrieval.index import RetrievalIndex
+
+K = np.array([[500.0, 0, 319.5], [0, 500.0, 239.5], [0, 0, 1]])  # OpenCV convention
+CAMERA = Camera.from_opencv(K, 640, 480)
+
+
+def test_keypoint_conversion_is_half_a_pixel_both_ways():
+    kpts = np.array([[0.0, 0.0], [639.0, 479.0], [10.25, 3.5]])
+    np.testing.assert_array_equal(colmap.to_colmap_keypoints(kpts), kpts + 0.5)
+    np.testing.assert_array_equal(colmap.from_colmap_keypoints(colmap.to_colmap_keypoints(kpts)), kpts)
+    with pytest.raises(ValueError, match=r"keypoints: expected \[N, 2\], got \[3\]"):
+        colmap.to_colmap_keypoints(np.zeros(3))
+
+
+def _pose(yaw_deg: float, tx: float) -> CameraPose:
+    R = pycolmap.Rotation3d(np.array([0.0, np.deg2rad(yaw_deg), 0.0])).matrix()
+    return CameraPose(R, np.array([tx, 0.0, 0.0]))
+
+
+def _project(pose: CameraPose, X: np.ndarray) -> np.ndarray:
+    x = pose.transform(X) @ K.T
+    return x[:, :2] / x[:, 2:]
+
+
+class Scene:
+    """300 points seen by 4 posed cameras, features and matches written in visloc's files."""
+
+    def __init__(self, tmp: Path, num_outliers: int = 40) -> None:
+        rng = np.random.default_rng(0)
+        self.X = rng.uniform([-1, -1, 4], [1, 1, 6], (300, 3))
+        self.names = [f"im{i}.png" for i in range(4)]
+        self.poses = {n: _pose(3.0 * i, -0.3 * i) for i, n in enumerate(self.names)}
+        self.features, self.matches = tmp / "feats.h5", tmp / "matches.h5"
+        desc = rng.standard_normal((300, 8)).astype(np.float32)
+        for n in self.names:
+            features_h5.stage_features(self.features, n, {
+                "keypoints": _project(self.poses[n], self.X).astype(np.float32), "descriptors": desc,
+                "scores": np.ones(300, np.float32), "image_size": np.array([640, 480])})
+        features_h5.commit_features(self.features)
+        self.pairs = [(a, b) for i, a in enumerate(self.names) for b in self.names[i + 1:]]
+        self.num_outliers = num_outliers
+        for a, b in self.pairs:
+            m0 = np.arange(300)
+            y = _project(self.poses[a], self.X)[:, 1]
+            wrong = rng.choice(300, num_outliers, replace=False)
+            m0[wrong] = np.argmax(np.abs(y[wrong, None] - y[None]), axis=1)  # far from the epipolar line
+            matches_h5.stage_matches(self.matches, a, b, m0, np.ones(300))
+        matches_h5.commit_matches(self.matches)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scene, pycolmap.Reconstruction]:
+    tmp = tmp_path_factory.mktemp("scene")
+    s = Scene(tmp)
+    cams = dict.fromkeys(s.names, CAMERA)
+    reference = colmap.reference_reconstruction(s.names, s.poses, cams)
+    ids = colmap.write_database(tmp / "db.db", reference, s.features)
+    raw = colmap.read_pair_matches(s.matches, s.pairs, ids)
+    verified = verify_with_poses(reference, s.features, raw, TriangulationConf())
+    s.verified = verified  # type: ignore[attr-defined]
+    colmap.write_matches(tmp / "db.db", raw, verified)
+    rec = triangulate(reference, tmp / "db.db", tmp, tmp / "sfm")
+    return s, rec
+
+
+def test_database_keypoints_are_in_colmap_convention(scene, tmp_path):
+    s, _ = scene
+    rec = colmap.reference_reconstruction(s.names, s.poses, dict.fromkeys(s.names, CAMERA))
+    ids = colmap.write_database(tmp_path / "db.db", rec, s.features)
+    with pycolmap.Database.open(tmp_path / "db.db") as db:
+        stored = db.read_keypoints(ids["im2.png"])[:, :2]
+    np.testing.assert_allclose(stored, _project(s.poses["im2.png"], s.X) + 0.5, atol=1e-4)
+    assert rec.num_cameras() == 1  # identical intrinsics share one camera
+
+
+def test_known_pose_verification_drops_exactly_the_wrong_matches(scene):
+    s, _ = scene
+    assert len(s.verified) == 6
+    for m in s.verified.values():
+        assert len(m) == 300 - s.num_outliers
+        np.testing.assert_array_equal(m[:, 0], m[:, 1])
+
+
+def test_sampson_distance_of_a_known_offset():
+    E = np.array([[0, 0, 0], [0, 0, -1], [0, 1, 0.0]])  # pure x translation: y0 == y1
+    d = sampson_distance(np.array([[0.1, 0.2]]), np.array([[0.3, 0.25]]), E)
+    np.testing.assert_allclose(d, [0.05 / np.sqrt(2)], rtol=1e-12)
+
+
+def test_triangulated_points_match_the_scene(scene):
+    s, rec = scene
+    assert rec.num_points3D() >= 290  # a few points keep only two-view tracks after verification (ignored)
+    xyz = np.array([p.xyz for p in rec.points3D.values()])
+    err = np.min(np.linalg.norm(xyz[:, None] - s.X[None], axis=-1), axis=1)
+    assert err.max() < 0.02  # metres at 4-6 m depth
+    for image in rec.images.values():  # poses stayed fixed
+        np.testing.assert_allclose(colmap.pose_from_rigid3d(image.cam_from_world()).t, s.poses[image.name].t,
+                                   atol=1e-9)
+
+
+def test_covisibility_clusters_constructed():
+    obs = {1: {1, 2}, 2: {2, 3}, 3: {10}, 4: {10, 11}, 5: {3}, 6: set()}
+    assert covisibility_clusters([3, 1, 6, 2, 4, 5], obs) == [[1, 2, 5], [3, 4], [6]]
+    assert covisibility_clusters([6, 3, 4], obs) == [[3, 4], [6]]
+    assert covisibility_clusters([1, 2, 5], obs, min_shared=2) == [[1], [2], [5]]
+    with pytest.raises(ValueError, match="min_shared must be >= 1"):
+        covisibility_clusters([1], obs, min_shared=0)
+
+
+def _constructed_reconstruction() -> pycolmap.Reconstruction:
+    """Images 1-2 see points of place A, images 3-5 of place B (5 through 4 only), image 6 nothing."""
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(CAMERA.to_pycolmap(camera_id=1))
+    for i in range(1, 7):
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=f"im{i}", keypoints=np.zeros((4, 2)), camera_id=1,
+                                                        image_id=i), pycolmap.Rigid3d())
+    for images in ((1, 2), (1, 2), (3, 4), (4, 5)):
+        track = pycolmap.Track()
+        for image_id in images:
+            used = sum(p.has_point3D() for p in rec.images[image_id].points2D)
+            track.add_element(image_id, used)
+        rec.add_point3D(np.zeros(3), track)
+    return rec
+
+
+def test_covisibility_on_a_constructed_reconstruction():
+    rec = _constructed_reconstruction()
+    obs = reconstruction_observations(rec, [1, 2, 3, 4, 5, 6])
+    assert obs[1] == obs[2] and len(obs[1]) == 2 and not obs[3] & obs[5] and obs[6] == frozenset()
+    assert covisibility_clusters([5, 1, 3, 6, 2, 4], obs) == [[5, 3, 4], [1, 2], [6]]
+    assert covisibility_clusters([5, 3, 1], obs) == [[5], [3], [1]]  # 4 (the link) was not retrieved
+    assert covisibility_clusters([1, 2, 3, 4], obs, min_shared=2) == [[1, 2], [3], [4]]
+
+
+def test_pairs_from_poses():
+    poses = {"a": _pose(0, 0.0), "b": _pose(0, -0.1), "c": _pose(0, -0.3), "d": _pose(120, 0.0)}
+    assert pairs_from_poses(poses, 1) == [("a", "b"), ("b", "c")]  # d looks away from everyone
+    assert pairs_from_poses(poses, 2) == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert pairs_from_poses(poses, 2, max_angle=180) == [("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"),
+                                                         ("b", "d")]
+
+
+def _identity_matcher(f0: dict, f1: dict) -> dict:
+    n = min(len(f0["keypoints"]), len(f1["keypoints"]))
+    idx = torch.arange(n)
+    return {"matches": torch.stack([idx, idx], 1), "scores": torch.ones(n)}
+
+
+def _localizer(s: Scene, rec: pycolmap.Reconstruction, conf: LocalizerConf | None = None) -> Localizer:
+    g = np.eye(4, dtype=np.float32)
+    index = RetrievalIndex.build(s.names, g)
+    return Localizer(rec, lambda n: features_h5.read_features(s.features, n), index, _identity_matcher, conf)
+
+
+def test_localizer_recovers_a_query_pose(scene):
+    s, rec = scene
+    truth = _pose(4.5, -0.45)
+    query = {"keypoints": _project(truth, s.X).astype(np.float32), "global_descriptor": np.eye(4, dtype=np.float32)[1]}
+    res = _localizer(s, rec).localize("q", query, CAMERA)
+    assert res.ok and res.reason == ""
+    assert res.retrieved[0] == "im1.png" and res.place == 0 and len(res.places) == 1
+    observed = sum(len(colmap.image_points3d(rec, i)[0]) for i in rec.images)  # 2D-3D from each image
+    assert res.num_inliers == res.num_matches == observed > 4 * 290
+    np.testing.assert_allclose(res.pose.R, truth.R, atol=1e-6)
+    np.testing.assert_allclose(res.pose.t, truth.t, atol=1e-5)
+    rec_json = res.record()
+    assert rec_json["success"] and set(rec_json["timings"]) == {"global", "matching", "pnp"}
+    assert json.loads(json.dumps(rec_json))["qvec"] == pytest.approx(truth.qvec.tolist(), abs=1e-6)
+
+
+def test_localizer_estimates_an_unknown_focal_length(scene):
+    s, rec = scene
+    truth = _pose(1.5, -0.15)
+    query = {"keypoints": _project(truth, s.X).astype(np.float32), "global_descriptor": np.eye(4, dtype=np.float32)[0]}
+    guess = colmap.default_camera(640, 480)  # focal 768 instead of 500
+    res = _localizer(s, rec).localize("q", query, guess, estimate_focal=True)
+    assert res.ok and res.camera.model == "SIMPLE_RADIAL"
+    assert res.camera.params[0] == pytest.approx(500.0, rel=1e-4)
+    np.testing.assert_allclose(res.pose.t, truth.t, atol=1e-4)
+
+
+def test_localizer_reports_failure_instead_of_a_wrong_pose(scene):
+    s, rec = scene
+    rng = np.random.default_rng(1)
+    query = {"keypoints": rng.uniform(0, 480, (300, 2)).astype(np.float32),
+             "global_descriptor": np.eye(4, dtype=np.float32)[0]}
+    res = _localizer(s, rec, LocalizerConf(num_retrieved=2, covisibility=False)).localize("noise", query, CAMERA)
+    assert not res.ok and res.pose is None
+    assert res.reason.startswith("no place gave an accepted pose (1 tried; best ")
+    assert res.num_inliers < 30 and "qvec" not in res.record()
+    assert _localizer(s, rec).localize("x", {"keypoints": query["keypoints"]}, CAMERA).reason == "no global descriptor"
+
+
+def test_map_record_errors(tmp_path):
+    with pytest.raises(MapError, match="map.json: not found; build the map with 'visloc map build'"):
+        read_map_record(tmp_path)
+    (tmp_path / "map.json").write_text('{"format": "other"}')
+    with pytest.raises(MapError, match="not a visloc map record"):
+        read_map_record(tmp_path)
+
+
+runner = CliRunner()
+
+
+def test_map_build_flags_reach_the_code(monkeypatch, tmp_path):
+    import visloc.pipelines.map_build as mb
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen["args"] = args
+        return mb.MapSummary(Path(args[1]), 3, 3, 10, 2, "triangulation", {"extraction": 1.0})
+
+    monkeypatch.setattr(mb, "build_map", fake)
+    res = runner.invoke(app, ["map", "build", "--images", "db", "--out", "m", "--poses", "p.txt", "--cameras", "c.txt",
+                              "--extractor", "sift", "--set-extractor", "max_num_keypoints=99", "--matcher",
+                              "nn-ratio", "--set-matcher", "ratio_threshold=0.7", "--retrieval", "vlad-aliked",
+                              "--set-retrieval", "num_clusters=8", "--features", "f.h5", "--matches", "m.h5",
+                              "--num-pairs", "3", "--set-model", "min_angle=2.5", "--device", "cpu",
+                              "--verbose-colmap"])
+    assert res.exit_code == 0, res.output
+    a = seen["args"]
+    assert a[:4] == (Path("db"), Path("m"), Path("p.txt"), Path("c.txt"))
+    assert a[4:10] == ("sift", {"max_num_keypoints": 99}, "nn-ratio", {"ratio_threshold": 0.7}, "vlad-aliked",
+                       {"num_clusters": 8})
+    assert a[10:13] == (Path("f.h5"), Path("m.h5"), 3)
+    assert a[13] == TriangulationConf(min_angle=2.5) and a[14] is None
+    assert a[15:] == ("cpu", True, True)
+    assert "map (triangulation): 3/3 images, 10 3D points" in res.output
+
+
+def test_map_build_without_poses_gets_sfm_conf(monkeypatch):
+    import visloc.pipelines.map_build as mb
+    from visloc.localization.sfm import SfMConf
+
+    seen = {}
+    monkeypatch.setattr(mb, "build_map", lambda *a: seen.setdefault("a", a) and mb.MapSummary(Path("m"), 2, 2, 1, 1,
+                                                                                               "sfm"))
+    res = runner.invoke(app, ["map", "build", "--images", "db", "--out", "m", "--set-model", "max_error=2",
+                              "--set-extractor", "max_num_keypoints=64"])
+    assert res.exit_code == 0, res.output
+    assert seen["a"][4:6] == (None, {"max_num_keypoints": 64})
+    assert seen["a"][13] is None and seen["a"][14] == SfMConf(max_error=2.0)
+    bad = runner.invoke(app, ["map", "build", "--images", "db", "--out", "m", "--set-model", "nope=1"])
+    assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_localize_flags_reach_the_code(monkeypatch):
+    import visloc.pipelines.localize as lp
+
+    seen = {}
+
+    def fake(*args):
+        seen["args"] = args
+        return lp.LocalizeSummary(Path(args[2]), Path("log"), [QueryResult("q", reason="why")])
+
+    monkeypatch.setattr(lp, "localize_queries", fake)
+    res = runner.invoke(app, ["localize", "--map", "M", "--queries", "Q", "--out", "o.txt", "--cameras", "c.txt",
+                              "-k", "7", "--max-places", "2", "--no-covisibility", "--min-inliers", "50",
+                              "--max-error", "6", "--log", "l.jsonl", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    a = seen["args"]
+    assert a[:4] == (Path("M"), Path("Q"), Path("o.txt"), Path("c.txt"))
+    assert a[4] == LocalizerConf(num_retrieved=7, max_places=2, covisibility=False, min_inliers=50, max_error=6.0)
+    assert a[5:] == (None, Path("l.jsonl"), "cpu")
+    assert "localize: 0/1 queries localized" in res.output and "failed q: why" in res.output
+    bad = runner.invoke(app, ["localize", "--map", "M", "--queries", "Q", "--out", "o.txt", "--min-inliers", "0"])
+    assert bad.exit_code == 2 and "min_inliers must be >= 1" in bad.output
+
+
+def test_pose_file_has_localized_queries_only(tmp_path, monkeypatch):
+    from visloc.io.poses import write_poses
+
+    results = [QueryResult("a", pose=_pose(1, 0.1)), QueryResult("b", reason="no")]
+    write_poses(tmp_path / "p.txt", {r.name: r.pose for r in results if r.pose is not None})
+    poses = read_poses(tmp_path / "p.txt")
+    assert list(poses) == ["a"]
+    np.testing.assert_allclose(poses["a"].R, results[0].pose.R, atol=1e-9)
