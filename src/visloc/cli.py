@@ -13,7 +13,7 @@ import typer
 
 from visloc.cli_common import DeviceOpt, SetOpt, fail, resolve_conf, run
 from visloc.cli_eval import bench, eval_app
-from visloc.cli_loc import localize, map_app
+from visloc.cli_loc import demo, localize, map_app
 
 app = typer.Typer(help="visloc: learned visual localization. Extract, match, estimate, evaluate, benchmark.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -25,6 +25,7 @@ app.add_typer(eval_app, name="eval")
 app.command()(bench)
 app.add_typer(map_app, name="map")
 app.command()(localize)
+app.command()(demo)
 
 
 

@@ -82,3 +82,37 @@ def localize(map_dir: MapOpt, queries: QueriesOpt, out: PosesOut, cameras: Query
         typer.echo(line)
     if not summary.results and summary.skipped:
         fail("no query image could be read")
+
+
+DemoOut = Annotated[Path, typer.Option(help="Output folder: scene/, map/, poses.txt, report.json, map.png.")]
+SceneConfOpt = Annotated[Optional[Path], typer.Option(help="Scene conf YAML (visloc.data.scene.SceneConf fields).")]
+SetScene = Annotated[Sets, typer.Option(help="Scene override key=value, e.g. seed=3 or num_queries=30 (repeatable).")]
+DemoExtractor = Annotated[Optional[str], typer.Option(help="Registered extractor or YAML file (default: the map's, "
+                                                           "vlad-aliked).")]
+Thresholds = Annotated[Optional[str], typer.Option(help="Recall thresholds 'metres,degrees;...' "
+                                                        "(default 0.25,2;0.5,5;5,10).")]
+
+
+def demo(out: DemoOut = Path("visloc-demo"), scene_conf: SceneConfOpt = None, set_scene: SetScene = None,
+         extractor: DemoExtractor = None, set_extractor: SetExtractor = None, matcher: MatcherOpt = "lightglue",
+         set_matcher: SetMatcher = None, top_k: TopK = 5, thresholds: Thresholds = None,
+         device: DeviceOpt = None) -> None:
+    """Render the built-in street scene, build its map, localize its day/night/blur queries, print recall."""
+    import dataclasses
+    import time
+
+    from visloc.data.scene.config import load_scene_conf
+    from visloc.eval.localization import DEFAULT_THRESHOLDS, parse_thresholds
+    from visloc.pipelines.demo import DEMO_LOCALIZER, run_demo
+
+    start = time.perf_counter()
+    scene = run(load_scene_conf, scene_conf, list(set_scene or ()))
+    ext_name, ext_ov = (None, list(set_extractor or ())) if extractor is None \
+        else resolve_conf(extractor, set_extractor)
+    match_name, match_ov = resolve_conf(matcher, set_matcher)
+    thr = run(parse_thresholds, thresholds) if thresholds is not None else DEFAULT_THRESHOLDS
+    localizer = run(dataclasses.replace, DEMO_LOCALIZER, num_retrieved=top_k)
+    summary = run(run_demo, out, scene, ext_name, ext_ov, match_name, match_ov, localizer, thr, device)
+    for line in summary.lines():
+        typer.echo(line)
+    typer.echo(f"demo finished in {time.perf_counter() - start:.0f} s")

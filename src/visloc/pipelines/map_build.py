@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 FORMAT, VERSION = "visloc-map", 1
 DEFAULT_EXTRACTOR, DEFAULT_MATCHER, DEFAULT_RETRIEVAL = "vlad-aliked", "lightglue", "vlad-aliked"
 Overrides = Mapping[str, Any] | Sequence[str]
+#: a vocabulary learned by ``build_map`` uses at most this many database images (evenly spaced)
+VOCAB_IMAGES = 100
 
 
 class MapError(ValueError):
@@ -118,8 +120,8 @@ def _with_vocabulary(name: str, overrides: dict[str, Any], files: MapFiles, imag
 
         aliked = {k: v for k, v in conf_to_dict(conf).items() if k in ("max_num_keypoints", "detection_threshold",
                                                                        "resize_max")}
-        summary = build_vocabulary(images, files.vocabulary, num_clusters=conf.num_clusters, max_images=200,
-                                   overrides=aliked, device=device, progress=progress)
+        summary = build_vocabulary(images, files.vocabulary, num_clusters=conf.num_clusters, max_images=VOCAB_IMAGES,
+                                   overrides=aliked, device=device, progress=progress, names=names)
         logger.info("%s", summary.lines()[0])
     return {**overrides, "vocabulary": str(files.vocabulary.resolve())}
 

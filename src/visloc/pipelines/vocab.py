@@ -45,7 +45,7 @@ class VocabSummary:
 def build_vocabulary(image_dir: str | Path, out: str | Path, num_clusters: int = 64, max_images: int | None = None,
                      overrides: Mapping[str, Any] | Sequence[str] = (), seed: int = 0,
                      max_descriptors: int = 200_000, device: str | None = None,
-                     progress: bool = True) -> VocabSummary:
+                     progress: bool = True, names: Sequence[str] | None = None) -> VocabSummary:
     """Extract ALIKED-n16 descriptors of the images below ``image_dir`` and write their k-means to ``out``.
 
     Args:
@@ -58,11 +58,12 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, num_clusters: int =
         max_descriptors: at most this many descriptors are clustered.
         device: ``cpu``, ``cuda`` or None for automatic.
         progress: show a progress bar.
+        names: learn from these images (relative to ``image_dir``) instead of every image below it.
     """
     image_dir, out = Path(image_dir), Path(out)
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1, got {max_images}")
-    names = list_images(image_dir)
+    names = list_images(image_dir) if names is None else list(names)
     if max_images is not None and len(names) > max_images:
         names = [names[i] for i in np.linspace(0, len(names) - 1, max_images).round().astype(int)]
     conf = EXTRACTORS.conf(EXTRACTOR, overrides)
