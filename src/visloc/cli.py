@@ -13,7 +13,9 @@ import typer
 
 from visloc.cli_common import DeviceOpt, SetOpt, fail, resolve_conf, run
 from visloc.cli_eval import bench, eval_app
+from visloc.cli_export import export_app
 from visloc.cli_loc import demo, localize, map_app
+from visloc.cli_train import data_app, train
 
 app = typer.Typer(help="visloc: learned visual localization. Extract, match, estimate, evaluate, benchmark.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -22,7 +24,10 @@ app.add_typer(pairs_app, name="pairs")
 index_app = typer.Typer(help="Build retrieval indexes of global descriptors.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
+app.add_typer(export_app, name="export")
 app.command()(bench)
+app.command()(train)
+app.add_typer(data_app, name="data")
 app.add_typer(map_app, name="map")
 app.command()(localize)
 app.command()(demo)

@@ -1,0 +1,56 @@
+"""``visloc train CONFIG [key=value ...]`` and ``visloc data bdd``: training and its data preparation."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from visloc.cli_common import run
+
+data_app = typer.Typer(help="Prepare training data from public datasets.", no_args_is_help=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Recipe YAML (e.g. configs/hfnet_distill.yaml).")]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Dot-overrides, e.g. train.max_steps=2000.")]
+LabelsOpt = Annotated[Path, typer.Option(help="BDD100K label JSON file, or a folder of per-image label files.")]
+ImagesOpt = Annotated[Path, typer.Option(help="Folder of the BDD100K frames (e.g. images/100k/train).")]
+OutOpt = Annotated[Path, typer.Option(help="Output folder of the VGA copies and images.txt.")]
+TimesOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--time", help="attributes.timeofday to keep (repeatable); default night and dawn/dusk."),
+]
+SizeOpt = Annotated[int, typer.Option(help="Longest side of the copies in pixels.")]
+DryOpt = Annotated[bool, typer.Option(help="Print the resolved config and the cache estimate, do not train.")]
+
+
+def train(config: ConfigArg, overrides: OverridesArg = None, dry_run: DryOpt = False) -> None:
+    """Distil HF-Net from online teachers (resumes from RUN_DIR/checkpoints/last.ckpt when present)."""
+    import yaml
+
+    from visloc.conf import conf_to_dict
+    from visloc.train.cache import bytes_report
+    from visloc.train.config import load_train_conf
+
+    conf = run(load_train_conf, config, list(overrides or ()))
+    size = (int(conf.data.size[0]), int(conf.data.size[1]))
+    model = conf.student.model
+    typer.echo(bytes_report(size, model.descriptor_dim, model.global_dim, conf.cache, conf.teacher.max_keypoints))
+    if dry_run:
+        typer.echo(yaml.safe_dump(conf_to_dict(conf), sort_keys=False).rstrip())
+        return
+    from visloc.train.recipe import train as run_train
+
+    result = run(run_train, conf)
+    resumed = f" (resumed from {result.resumed_from})" if result.resumed_from else ""
+    typer.echo(f"train: {result.global_step} steps{resumed} -> student {result.student_path}")
+
+
+@data_app.command("bdd")
+def data_bdd(labels: LabelsOpt, images: ImagesOpt, out: OutOpt, time: TimesOpt = None, size: SizeOpt = 640) -> None:
+    """Select BDD100K's night and dawn/dusk frames and write VGA copies (resumable)."""
+    from visloc.data.bdd import NIGHT_TIMES, select_bdd
+
+    summary = run(select_bdd, labels, images, out, tuple(time) if time else NIGHT_TIMES, size)
+    for line in summary.lines("bdd"):
+        typer.echo(line)
+    if not summary.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Training recipes (Lightning): HF-Net distillation from online teachers (``visloc train``)."""
