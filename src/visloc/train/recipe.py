@@ -183,7 +183,8 @@ def train(conf: TrainConf, progress: bool = True, callbacks: Sequence[L.Callback
     resumed = last if last.is_file() else None
     if resumed:
         logger.info("resuming from %s", resumed)
-    trainer.fit(module, loader, ckpt_path=str(resumed) if resumed else None)
+    # the Lightning checkpoint holds tensors and plain containers only: no pickled objects on resume
+    trainer.fit(module, loader, ckpt_path=str(resumed) if resumed else None, weights_only=True)
     trainer.save_checkpoint(last)
     student_path = run_dir / "student.pt"
     if trainer.is_global_zero:
