@@ -213,6 +213,16 @@ CONFIGS = sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").g
 def test_shipped_configs_are_valid(path):
     from visloc.conf import load_yaml
 
+    if path.name.startswith("hfnet_"):  # training recipes
+        from visloc.train.config import load_train_conf
+
+        assert load_train_conf(path).train.max_steps > 0
+        return
+    if path.name.startswith("scene_"):  # the built-in scene
+        from visloc.data.scene.config import SceneConf, load_scene_conf
+
+        assert load_scene_conf(path) == SceneConf()
+        return
     data = load_yaml(path)
     registry = EXTRACTORS if data["name"] in EXTRACTORS else MATCHERS
     conf = registry.conf(data["name"], data.get("conf") or {})
