@@ -35,18 +35,13 @@ METHODS = [
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("outputs/results"))
-    parser.add_argument("--quick", action="store_true", help="only the first four methods")
-    parser.add_argument("--cache", type=Path, default=None)
-    args = parser.parse_args()
-    methods = METHODS[:4] if args.quick else METHODS
+def run_suites(methods: list[Method], out: Path, cache: Path | None) -> str:
+    """Evaluate ``methods`` on every suite; write JSON reports under ``out`` and return the Markdown tables."""
     suites = {
-        "castle-step5": (lambda m: evaluate_pose(m, step=5, cache_dir=args.cache, progress=False), POSE_COLUMNS),
-        "motorcycle": (lambda m: evaluate_stereo(m, cache_dir=args.cache, progress=False), STEREO_COLUMNS),
-        "graf": (lambda m: evaluate_homography(m, "graf", cache_dir=args.cache, progress=False), HOMOGRAPHY_COLUMNS),
-        "synthetic": (lambda m: evaluate_homography(m, "synthetic", cache_dir=args.cache, progress=False),
+        "castle-step5": (lambda m: evaluate_pose(m, step=5, cache_dir=cache, progress=False), POSE_COLUMNS),
+        "motorcycle": (lambda m: evaluate_stereo(m, cache_dir=cache, progress=False), STEREO_COLUMNS),
+        "graf": (lambda m: evaluate_homography(m, "graf", cache_dir=cache, progress=False), HOMOGRAPHY_COLUMNS),
+        "synthetic": (lambda m: evaluate_homography(m, "synthetic", cache_dir=cache, progress=False),
                       HOMOGRAPHY_COLUMNS),
     }
     tables = []
@@ -54,12 +49,22 @@ def main() -> None:
         reports = []
         for m in methods:
             report = fn(m)
-            report.write(args.out / suite / f"{m.label}.json")
+            report.write(out / suite / f"{m.label}.json")
             reports.append(report)
             print(suite, m.label, json.dumps({c: report.summary.get(c) for c in columns}), flush=True)
         tables.append(f"### {suite}\n\n{format_table(reports, columns)}\n")
-    (args.out / "results.md").write_text("\n".join(tables))
-    print("\n".join(tables))
+    text = "\n".join(tables)
+    (out / "results.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("outputs/results"))
+    parser.add_argument("--quick", action="store_true", help="only the first four methods")
+    parser.add_argument("--cache", type=Path, default=None)
+    args = parser.parse_args()
+    print(run_suites(METHODS[:4] if args.quick else METHODS, args.out, args.cache))
 
 
 if __name__ == "__main__":

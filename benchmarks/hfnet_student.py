@@ -11,19 +11,11 @@ the teacher with LightGlue (visloc's best pipeline) for reference. Suites: Castl
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from eval_all import run_suites  # benchmarks/ is on sys.path when this script runs
+
 from visloc.eval.predictions import Method
-from visloc.pipelines.evaluate import (
-    HOMOGRAPHY_COLUMNS,
-    POSE_COLUMNS,
-    STEREO_COLUMNS,
-    evaluate_homography,
-    evaluate_pose,
-    evaluate_stereo,
-    format_table,
-)
 
 
 def methods(weights: str | None) -> list[Method]:
@@ -42,24 +34,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/hfnet_student"))
     parser.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args()
-    suites = {
-        "castle-step5": (lambda m: evaluate_pose(m, step=5, cache_dir=args.cache, progress=False), POSE_COLUMNS),
-        "graf": (lambda m: evaluate_homography(m, "graf", cache_dir=args.cache, progress=False), HOMOGRAPHY_COLUMNS),
-        "motorcycle": (lambda m: evaluate_stereo(m, cache_dir=args.cache, progress=False), STEREO_COLUMNS),
-        "synthetic": (lambda m: evaluate_homography(m, "synthetic", cache_dir=args.cache, progress=False),
-                      HOMOGRAPHY_COLUMNS),
-    }
-    tables = []
-    for suite, (fn, columns) in suites.items():
-        reports = []
-        for m in methods(args.weights):
-            report = fn(m)
-            report.write(args.out / suite / f"{m.label}.json")
-            reports.append(report)
-            print(suite, m.label, json.dumps({c: report.summary.get(c) for c in columns}), flush=True)
-        tables.append(f"### {suite}\n\n{format_table(reports, columns)}\n")
-    (args.out / "results.md").write_text("\n".join(tables))
-    print("\n".join(tables))
+    print(run_suites(methods(args.weights), args.out, args.cache))
 
 
 if __name__ == "__main__":
