@@ -185,7 +185,7 @@ def train(conf: TrainConf, progress: bool = True, callbacks: Sequence[L.Callback
         logger.info("resuming from %s", resumed)
     # the Lightning checkpoint holds tensors and plain containers only: no pickled objects on resume
     trainer.fit(module, loader, ckpt_path=str(resumed) if resumed else None, weights_only=True)
-    trainer.save_checkpoint(last)
+    trainer.save_checkpoint(last, weights_only=False)  # full state (optimizer, loops): resumable
     student_path = run_dir / "student.pt"
     if trainer.is_global_zero:
         save_hfnet(student_path, module.student)
