@@ -279,11 +279,12 @@ def test_localize_flags_reach_the_code(monkeypatch):
     monkeypatch.setattr(lp, "localize_queries", fake)
     res = runner.invoke(app, ["localize", "--map", "M", "--queries", "Q", "--out", "o.txt", "--cameras", "c.txt",
                               "-k", "7", "--max-places", "2", "--no-covisibility", "--min-inliers", "50",
-                              "--max-error", "6", "--log", "l.jsonl", "--device", "cpu"])
+                              "--max-error", "6", "--min-inlier-ratio", "0.3", "--log", "l.jsonl", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     a = seen["args"]
     assert a[:4] == (Path("M"), Path("Q"), Path("o.txt"), Path("c.txt"))
-    assert a[4] == LocalizerConf(num_retrieved=7, max_places=2, covisibility=False, min_inliers=50, max_error=6.0)
+    assert a[4] == LocalizerConf(num_retrieved=7, max_places=2, covisibility=False, min_inliers=50, max_error=6.0,
+                                 min_inlier_ratio=0.3)
     assert a[5:] == (None, Path("l.jsonl"), "cpu")
     assert "localize: 0/1 queries localized" in res.output and "failed q: why" in res.output
     bad = runner.invoke(app, ["localize", "--map", "M", "--queries", "Q", "--out", "o.txt", "--min-inliers", "0"])

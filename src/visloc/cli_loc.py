@@ -65,18 +65,20 @@ MaxPlaces = Annotated[int, typer.Option(help="Covisibility places tried per quer
 Covis = Annotated[bool, typer.Option(help="Cluster the retrieved images into places by covisibility.")]
 MinInliers = Annotated[int, typer.Option(help="Fewer pose inliers reject a place (then the query fails).")]
 MaxError = Annotated[float, typer.Option(help="RANSAC inlier threshold of the absolute pose, pixels.")]
+MinRatio = Annotated[float, typer.Option(help="A smaller ratio of pose inliers to 2D-3D matches rejects a place.")]
 LogOpt = Annotated[Optional[Path], typer.Option(help="Per-query JSON-lines log (default: OUT with .log.jsonl).")]
 
 
 def localize(map_dir: MapOpt, queries: QueriesOpt, out: PosesOut, cameras: QueryCameras = None, top_k: TopK = 10,
              max_places: MaxPlaces = 3, covisibility: Covis = True, min_inliers: MinInliers = 30,
-             max_error: MaxError = 12.0, log: LogOpt = None, device: DeviceOpt = None) -> None:
+             max_error: MaxError = 12.0, min_inlier_ratio: MinRatio = 0.2, log: LogOpt = None,
+             device: DeviceOpt = None) -> None:
     """Localize every query image against a map; failed queries get no pose and are listed with a reason."""
     from visloc.localization.localize import LocalizerConf
     from visloc.pipelines.localize import localize_queries
 
     conf = run(LocalizerConf, num_retrieved=top_k, max_places=max_places, covisibility=covisibility,
-               min_inliers=min_inliers, max_error=max_error)
+               min_inliers=min_inliers, max_error=max_error, min_inlier_ratio=min_inlier_ratio)
     summary = run(localize_queries, map_dir, queries, out, cameras, conf, None, log, device)
     for line in summary.lines():
         typer.echo(line)
