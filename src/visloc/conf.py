@@ -16,10 +16,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from visloc.errors import VislocError
+
 C = TypeVar("C")
 
 
-class ConfError(ValueError):
+
+class ConfError(VislocError, ValueError):
     """A configuration that does not fit its dataclass (unknown key, wrong type)."""
 
 

@@ -1,5 +1,7 @@
 """Dataset errors."""
 
+from visloc.errors import VislocError
 
-class DatasetError(ValueError):
+
+class DatasetError(VislocError, ValueError):
     """A dataset that is missing or malformed; the message names the file and the fix."""

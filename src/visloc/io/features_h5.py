@@ -13,12 +13,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from visloc.errors import VislocError
 from visloc.io import parts
 
 LOCAL_KEYS = ("keypoints", "scores", "descriptors")
 
 
-class FeatureStoreError(ValueError):
+
+class FeatureStoreError(VislocError, ValueError):
     """A feature file that is missing, corrupt or lacks an image."""
 
 

@@ -17,12 +17,15 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from visloc.errors import VislocError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pnm", ".tif", ".tiff", ".bmp", ".webp")
 MAX_PIXELS = 300_000_000  # larger than any real photo; larger files are corrupt headers or bombs
 MIN_SIDE = 8
 
 
-class ImageError(ValueError):
+
+class ImageError(VislocError, ValueError):
     """An image that cannot be used; the message names the file and the problem."""
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from visloc.errors import VislocError
 from visloc.io import parts
 
 
-class MatchStoreError(ValueError):
+class MatchStoreError(VislocError, ValueError):
     """A match file that is missing, corrupt or lacks a pair."""
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from visloc.errors import VislocError
 from visloc.io.atomic import atomic_write_text
 
 Pair = tuple[str, str]
 
 
-class PairsError(ValueError):
+
+class PairsError(VislocError, ValueError):
     """A pairs file that cannot be parsed."""
 
 

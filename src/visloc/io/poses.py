@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from visloc.errors import VislocError
 from visloc.io.atomic import atomic_write_text
 
 #: COLMAP camera models and their number of parameters
@@ -34,7 +35,8 @@ CAMERA_MODELS: dict[str, int] = {
 _ONE_FOCAL = {"SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "FOV"}
 
 
-class PoseFileError(ValueError):
+
+class PoseFileError(VislocError, ValueError):
     """A poses or cameras file that cannot be parsed."""
 
 

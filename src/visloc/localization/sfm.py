@@ -17,11 +17,12 @@ from pathlib import Path
 import pycolmap
 
 from visloc.conf import ConfError
+from visloc.errors import VislocError
 from visloc.io.pairs import write_pairs
 from visloc.localization.colmap import quiet_colmap
 
 
-class SfMError(ValueError):
+class SfMError(VislocError, ValueError):
     """Incremental mapping that registered no model."""
 
 

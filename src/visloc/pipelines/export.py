@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visloc.errors import VislocError
 from visloc.features.hfnet_onnx import INPUT_NAME, OUTPUT_NAMES, hfnet_to_onnx, onnx_session
 from visloc.features.hfnet_weights import resolve_hfnet
 from visloc.io.atomic import atomic_path
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 CHECK_SIZES = ((480, 640), (200, 328))
 
 
-class ExportError(ValueError):
+class ExportError(VislocError, ValueError):
     """An export whose ONNX model does not reproduce the PyTorch model."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from visloc.errors import VislocError
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_array
 from visloc.io import features_h5
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 ATTR = "visloc_extractor"
 
 
-class ExtractError(ValueError):
+class ExtractError(VislocError, ValueError):
     """An extraction job that cannot start (bad folder, conflicting output)."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from visloc.conf import conf_to_dict, merge, parse_overrides
+from visloc.errors import VislocError
 from visloc.features import EXTRACTORS
 from visloc.io import features_h5
 from visloc.io.atomic import atomic_write_text
@@ -56,7 +57,7 @@ Overrides = Mapping[str, Any] | Sequence[str]
 VOCAB_IMAGES = 100
 
 
-class MapError(ValueError):
+class MapError(VislocError, ValueError):
     """A map that cannot be built or read (bad inputs, missing files)."""
 
 

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from visloc.conf import parse_overrides
+from visloc.errors import VislocError
 from visloc.features import EXTRACTORS
 from visloc.io import features_h5, matches_h5
 from visloc.io.pairs import read_pairs
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 ATTR = "visloc_matcher"
 
 
-class MatchError(ValueError):
+class MatchError(VislocError, ValueError):
     """A matching job that cannot start (conflicting output)."""
 
 

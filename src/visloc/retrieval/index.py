@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 from visloc.conf import ConfError, conf_to_dict, load_conf
+from visloc.errors import VislocError
 from visloc.io.atomic import atomic_path, atomic_write_text
 from visloc.io.features_h5 import read_global_descriptors
 
@@ -40,7 +41,7 @@ FORMAT_VERSION = 1
 _CLASSES = {"flat": faiss.IndexFlat, "ivfpq": faiss.IndexIVFPQ, "hnsw": faiss.IndexHNSW}
 
 
-class RetrievalIndexError(ValueError):
+class RetrievalIndexError(VislocError, ValueError):
     """An index file that is missing, corrupt or inconsistent with its names or record."""
 
 

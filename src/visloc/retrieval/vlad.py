@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 import torch
 
+from visloc.errors import VislocError
 from visloc.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 KMEANS_ITERS = 25
 
 
-class VocabularyError(ValueError):
+class VocabularyError(VislocError, ValueError):
     """A vocabulary file that is missing, corrupt or does not fit the extractor."""
 
 
