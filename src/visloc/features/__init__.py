@@ -1,6 +1,9 @@
-"""Local feature extractors behind one contract (see ``base``), registered by name."""
+"""Feature extractors behind one contract (``features.base``), registered by name in ``EXTRACTORS``.
 
-from visloc.features import hfnet, hfnet_onnx, learned, opencv, vlad  # noqa: F401  (registration)
+Importing this package imports no extractor: ``EXTRACTORS.entry(name)`` imports the module that
+registers ``name`` (``visloc.registry_index``).
+"""
+
 from visloc.features.base import EXTRACTORS, Extractor
 
 __all__ = ["EXTRACTORS", "Extractor"]

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from visloc.registry import Registry
+from visloc.registry import EXTRACTORS
 
 
 class Extractor(nn.Module):
@@ -48,4 +48,4 @@ class Extractor(nn.Module):
         return image
 
 
-EXTRACTORS: Registry[Extractor] = Registry("extractor")
+__all__ = ["EXTRACTORS", "Extractor"]

@@ -28,6 +28,7 @@ from visloc.features.hfnet_weights import (
 )
 from visloc.models.backbones import fuse_batchnorm
 from visloc.models.hfnet import CELL, detect_keypoints, logits_to_heatmap, sample_descriptors
+from visloc.registry import Capabilities
 
 __all__ = ["DEFAULT_STUDENT_CONF", "DEFAULT_WEIGHTS", "HFNetExtractor", "HFNetExtractorConf", "hfnet_postprocess",
            "load_backbone_weights", "load_hfnet", "pad_to_cell", "save_hfnet"]
@@ -128,5 +129,9 @@ class HFNetExtractor(Extractor):
         return hfnet_postprocess(pred, (image.shape[-2], image.shape[-1]), self.conf)
 
 
-EXTRACTORS.register("hfnet", HFNetExtractorConf(), HFNetExtractor,
-                    "HF-Net (MobileNetV2-0.75): SuperPoint-style local features + NetVLAD global, one pass")
+def hfnet_capabilities(conf: HFNetExtractorConf) -> Capabilities:
+    """Local (``hfnet-<dim>``: its own family, no pretrained matcher) and global features."""
+    return Capabilities(frozenset({"local", "global"}), "hfnet", exportable=True)
+
+
+EXTRACTORS.register("hfnet", HFNetExtractorConf(), HFNetExtractor, capabilities=hfnet_capabilities)

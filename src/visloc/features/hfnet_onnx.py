@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from visloc.features.base import EXTRACTORS, Extractor
-from visloc.features.hfnet import HFNetExtractorConf, hfnet_postprocess, pad_to_cell
+from visloc.features.hfnet import HFNetExtractorConf, hfnet_capabilities, hfnet_postprocess, pad_to_cell
 from visloc.features.hfnet_weights import resolve_hfnet
 from visloc.features.weights import WeightsError
 from visloc.models.hfnet import HFNet
@@ -137,5 +137,4 @@ class HFNetOnnxExtractor(Extractor):
         return {k: v.to(image.device) for k, v in out.items()}
 
 
-EXTRACTORS.register("hfnet-onnx", HFNetOnnxConf(), HFNetOnnxExtractor,
-                    "HF-Net run by onnxruntime (same outputs as 'hfnet'; --set onnx=FILE or exported at build)")
+EXTRACTORS.register("hfnet-onnx", HFNetOnnxConf(), HFNetOnnxExtractor, capabilities=hfnet_capabilities)

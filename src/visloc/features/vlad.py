@@ -13,6 +13,7 @@ import torch
 
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.learned import ALIKED, ALIKEDConf
+from visloc.registry import Capabilities
 from visloc.retrieval.vlad import VocabularyError, load_vocabulary, vlad
 
 
@@ -63,5 +64,9 @@ class VLADALIKED(Extractor):
         return {**pred, "global_descriptor": torch.from_numpy(g)[None].to(image.device)}
 
 
-EXTRACTORS.register("vlad-aliked", VLADALIKEDConf(), VLADALIKED,
-                    "ALIKED-n16 + VLAD global descriptor (vocabulary from 'visloc vocab')")
+def _capabilities(conf: VLADALIKEDConf) -> Capabilities:
+    needs = frozenset({"vocabulary"}) if conf.vocabulary is None else frozenset()
+    return Capabilities(frozenset({"local", "global"}), "aliked-128", needs=needs)
+
+
+EXTRACTORS.register("vlad-aliked", VLADALIKEDConf(), VLADALIKED, capabilities=_capabilities)

@@ -13,7 +13,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from visloc.registry import Registry
+from visloc.registry import ESTIMATORS
 
 Method = Literal["magsac", "ransac", "lmeds", "poselib"]
 _CV_METHODS = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC, "lmeds": cv2.LMEDS}
@@ -144,10 +144,7 @@ class Estimator:
         return Estimate(skew(t) @ R, np.asarray(info["inliers"], bool), R, t / max(np.linalg.norm(t), 1e-12))
 
 
-ESTIMATORS: Registry[Estimator] = Registry("estimator")
-ESTIMATORS.register("homography", EstimatorConf("homography"), Estimator, "homography H_0to1, USAC MAGSAC++")
-ESTIMATORS.register("fundamental", EstimatorConf("fundamental", threshold=1.0), Estimator,
-                    "fundamental matrix, USAC MAGSAC++")
-ESTIMATORS.register("essential", EstimatorConf("essential", threshold=1.0), Estimator,
-                    "essential matrix + relative pose (needs intrinsics), USAC MAGSAC++")
-ESTIMATORS.register("affine", EstimatorConf("affine", method="ransac"), Estimator, "2D affine, RANSAC")
+ESTIMATORS.register("homography", EstimatorConf("homography"), Estimator)
+ESTIMATORS.register("fundamental", EstimatorConf("fundamental", threshold=1.0), Estimator)
+ESTIMATORS.register("essential", EstimatorConf("essential", threshold=1.0), Estimator)
+ESTIMATORS.register("affine", EstimatorConf("affine", method="ransac"), Estimator)

@@ -1,6 +1,9 @@
-"""Sparse matchers behind one contract (see ``base``), registered by name."""
+"""Matchers behind one contract (``matching.base``), registered by name in ``MATCHERS``.
 
-from visloc.matching import lightglue, nearest_neighbor  # noqa: F401  (registration)
+Importing this package imports no matcher: ``MATCHERS.entry(name)`` imports the module that
+registers ``name`` (``visloc.registry_index``).
+"""
+
 from visloc.matching.base import MATCHERS, Matcher
 
 __all__ = ["MATCHERS", "Matcher"]

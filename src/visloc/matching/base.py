@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from visloc.registry import Registry
+from visloc.registry import MATCHERS
 
 
 def check_features(feats: dict[str, torch.Tensor], which: str) -> None:
@@ -45,4 +45,5 @@ class Matcher(nn.Module):
         self.conf = conf
 
 
-MATCHERS: Registry[Matcher] = Registry("matcher")
+__all__ = ["MATCHERS", "Matcher", "check_features", "to_output"]
+

