@@ -14,9 +14,11 @@ eval_app = typer.Typer(help="Evaluate a pipeline on real ground truth (two stage
 def _method(extractor: str, matcher: str, set_extractor: Optional[list[str]], set_matcher: Optional[list[str]],
             resize_max: int):  # noqa: ANN202
     from visloc.eval.predictions import Method
+    from visloc.registry import MATCHERS
 
-    return Method(extractor, matcher, tuple(set_extractor or ()), tuple(set_matcher or ()),
-                  resize_max if resize_max > 0 else None)
+    image_matcher = run(MATCHERS.kind_of, matcher) == "image"  # takes images: no extractor slot
+    return Method(None if image_matcher else extractor, matcher, tuple(set_extractor or ()),
+                  tuple(set_matcher or ()), resize_max if resize_max > 0 else None)
 
 
 Extr = Annotated[str, typer.Option(help="Registered extractor.")]

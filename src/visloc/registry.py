@@ -44,16 +44,15 @@ class Capabilities:
             families it accepts in ``accepts``.
         accepts: descriptor families a feature matcher works with; empty means any.
         needs: resources the conf must point at before the part can run (``{"vocabulary"}``).
-        max_batch: the largest batch ``B`` the part takes (None: any).
-        exportable: the part's network exports to ONNX (``MODELS`` has an entry for it).
+        weights: the files whose content decides the part's outputs (weights, vocabularies), resolved
+            from the conf; evaluation caches are keyed on their digests.
     """
 
     outputs: frozenset[str] = frozenset()
     descriptor: str | None = None
     accepts: frozenset[str] = frozenset()
     needs: frozenset[str] = frozenset()
-    max_batch: int | None = None
-    exportable: bool = False
+    weights: tuple[str, ...] = ()
 
 
 def _no_capabilities(conf: Any) -> Capabilities:
@@ -70,6 +69,9 @@ class Entry(Generic[T]):
     builder: Callable[[Any], T]
     description: str
     capabilities_of: Callable[[Any], Capabilities] = _no_capabilities
+    #: ``adapt(conf, descriptor_family, user_keys) -> conf``: fit a matcher's conf to the features it
+    #: will match (LightGlue's weights), leaving the keys the user set alone; None: nothing to fit
+    adapt: Callable[[Any, str | None, frozenset[str]], Any] | None = None
 
     @property
     def conf_type(self) -> type:
@@ -107,7 +109,8 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str, conf: Any, builder: Callable[[Any], T], description: str | None = None, *,
-                 kind: str | None = None, capabilities: Callable[[Any], Capabilities] | None = None) -> None:
+                 kind: str | None = None, capabilities: Callable[[Any], Capabilities] | None = None,
+                 adapt: Callable[[Any, str | None, frozenset[str]], Any] | None = None) -> None:
         """Add ``name``; kind and description default to the index line. Registering twice is an error."""
         if name in self._entries:
             raise ValueError(f"{self.what} {name!r} is already registered")
@@ -120,7 +123,7 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.what} {name!r}: kind {kind!r} is not one of {self.kinds}")
         if line is not None and line.kind != kind:
             raise ValueError(f"{self.what} {name!r}: kind {kind!r} differs from registry_index's {line.kind!r}")
-        self._entries[name] = Entry(name, kind, conf, builder, description, capabilities or _no_capabilities)
+        self._entries[name] = Entry(name, kind, conf, builder, description, capabilities or _no_capabilities, adapt)
 
     def names(self, kind: str | None = None) -> list[str]:
         """Registered and indexed names (of ``kind`` when given), sorted; imports nothing."""

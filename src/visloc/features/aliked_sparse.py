@@ -110,14 +110,18 @@ class SparseALIKED:
         descs = torch.einsum("ncp,pcd->nd", feats, sddh.agg_weights)
         return F.normalize(descs, p=2.0, dim=1)
 
-    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``image [1, 3, H, W]`` -> keypoints ``[N, 2]`` (pixels), scores ``[N]``, descriptors ``[N, D]``."""
-        if image.shape[0] != 1:
-            raise ValueError(f"image: SparseALIKED takes one image, got B={image.shape[0]}")
+    def __call__(self, image: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``image [B, 3, H, W]`` -> per image: keypoints ``[N, 2]`` (pixels), scores ``[N]``, descriptors ``[N, D]``.
+
+        The network and the detection run on the whole batch; the descriptor head per image.
+        """
         h, w = image.shape[-2:]
         comps, padder = self._blocks(image)
         scores_map = self.score_map(comps, padder)
         kpts, kscores, _ = self.net.dkd(scores_map)
-        descs = self.descriptors(comps, padder, kpts[0], h, w)
         wh = torch.tensor([w - 1, h - 1], device=image.device, dtype=torch.float32)
-        return wh * (kpts[0] + 1) / 2.0, kscores[0], descs
+        out = []
+        for b in range(image.shape[0]):
+            descs = self.descriptors([c[b:b + 1] for c in comps], padder, kpts[b], h, w)
+            out.append((wh * (kpts[b] + 1) / 2.0, kscores[b], descs))
+        return out

@@ -1,18 +1,26 @@
-"""Run an extractor on one image array: resize, convert, extract, map keypoints back."""
+"""Run an extractor on image arrays: resize, convert, extract, map keypoints back to the original.
+
+``extract_image`` takes one image; ``extract_batch`` takes images already resized to one size (as
+``io.sources`` batches them) and runs the extractor once on the whole batch, in chunks of its
+``max_batch``. Both return ``types.Features`` in original-image pixels (pixel-centre-at-0).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from visloc.features.base import Extractor
-from visloc.io.images import resize_image, scale_keypoints
+from visloc.io.images import Resized, resize_image, scale_keypoints
+from visloc.types import Features
 
 
 def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``[H, W]`` or ``[H, W, 3]`` float32 in ``[0, 1]`` -> ``[1, C, H, W]``."""
+    """``[H, W]`` or ``[H, W, C]`` float32 in ``[0, 1]`` -> ``[1, C, H, W]``."""
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 3):
@@ -20,9 +28,30 @@ def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> to
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
 
 
-def extract_array(extractor: Extractor, image: np.ndarray, resize_max: Any = "conf",
-                  device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
-    """Extract local features from an RGB or gray float image.
+def resize_for(extractor: Extractor, image: np.ndarray, resize_max: Any = "conf") -> Resized:
+    """``image`` resized as the extractor's conf asks (``resize_to`` wins over ``resize_max``).
+
+    ``resize_max="conf"`` reads ``extractor.conf.resize_max``; an explicit value (or None: keep the
+    size) overrides it.
+    """
+    if resize_max == "conf":
+        resize_max = getattr(extractor.conf, "resize_max", None)
+    size = getattr(extractor.conf, "resize_to", None)
+    if size is not None and (len(size) != 2 or min(size) < 8):
+        raise ValueError(f"resize_to: expected (W, H) with sides >= 8, got {size}")
+    return resize_image(image, resize_max=resize_max, size=tuple(size) if size is not None else None)
+
+
+def to_original(feats: Features, resized: Resized) -> Features:
+    """Features of a resized image -> keypoints and ``image_size`` of the original image, on the CPU."""
+    feats = feats.to("cpu")
+    kpts = scale_keypoints(feats.keypoints.numpy(), resized.scale)
+    return replace(feats, keypoints=torch.from_numpy(kpts), image_size=resized.original_size)
+
+
+def extract_image(extractor: Extractor, image: np.ndarray, resize_max: Any = "conf",
+                  device: torch.device | str = "cpu") -> Features:
+    """Features of one RGB or gray float image.
 
     Args:
         extractor: a built extractor.
@@ -33,25 +62,34 @@ def extract_array(extractor: Extractor, image: np.ndarray, resize_max: Any = "co
         device: where the network runs.
 
     Returns:
-        ``keypoints [N, 2]`` in original pixels (pixel-centre-at-0), ``scores [N]``,
-        ``descriptors [N, D]`` float32 L2-normalised, ``image_size [2]`` as ``(W, H)``; and
-        ``global_descriptor [G]`` float32 when the extractor returns one (``[1, G]``).
+        ``Features`` on the CPU: keypoints in original pixels, ``image_size`` the original ``(W, H)``.
     """
-    if resize_max == "conf":
-        resize_max = getattr(extractor.conf, "resize_max", None)
-    size = getattr(extractor.conf, "resize_to", None)
-    if size is not None and (len(size) != 2 or min(size) < 8):
-        raise ValueError(f"resize_to: expected (W, H) with sides >= 8, got {size}")
-    resized = resize_image(image, resize_max=resize_max, size=tuple(size) if size is not None else None)
-    with torch.inference_mode():
-        pred = extractor(image_to_tensor(resized.image, device))
-    kpts = pred["keypoints"][0].detach().cpu().numpy().astype(np.float32)
-    out = {
-        "keypoints": scale_keypoints(kpts, resized.scale),
-        "scores": pred["scores"][0].detach().cpu().numpy().astype(np.float32),
-        "descriptors": pred["descriptors"][0].detach().cpu().numpy().astype(np.float32),
-        "image_size": np.array(resized.original_size, dtype=np.int64),
-    }
-    if "global_descriptor" in pred:
-        out["global_descriptor"] = pred["global_descriptor"][0].detach().cpu().numpy().astype(np.float32)
+    resized = resize_for(extractor, image, resize_max)
+    return extract_batch(extractor, [resized], device)[0]
+
+
+def extract_batch(extractor: Extractor, images: Sequence[Resized], device: torch.device | str = "cpu"
+                  ) -> list[Features]:
+    """Features of images resized to one size, in batches of up to ``extractor.max_batch``.
+
+    Args:
+        extractor: a built extractor.
+        images: resized images (``Resized``), all of the same shape.
+        device: where the network runs.
+    """
+    if not images:
+        return []
+    shapes = {r.image.shape for r in images}
+    if len(shapes) != 1:
+        raise ValueError(f"images: a batch needs images of one size, got {sorted(shapes)}")
+    step = extractor.max_batch or len(images)
+    out: list[Features] = []
+    for i in range(0, len(images), step):
+        chunk = images[i:i + step]
+        batch = torch.cat([image_to_tensor(r.image, device) for r in chunk])
+        with torch.inference_mode():
+            feats = extractor(batch)
+        if len(feats) != len(chunk):
+            raise RuntimeError(f"{type(extractor).__name__} returned {len(feats)} results for {len(chunk)} images")
+        out += [to_original(f, r) for f, r in zip(feats, chunk, strict=True)]
     return out

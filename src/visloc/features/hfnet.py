@@ -29,6 +29,7 @@ from visloc.features.hfnet_weights import (
 from visloc.models.backbones import fuse_batchnorm
 from visloc.models.hfnet import CELL, detect_keypoints, logits_to_heatmap, sample_descriptors
 from visloc.registry import Capabilities
+from visloc.types import IMAGE_GRAY, Features
 
 __all__ = ["DEFAULT_STUDENT_CONF", "DEFAULT_WEIGHTS", "HFNetExtractor", "HFNetExtractorConf", "hfnet_postprocess",
            "load_backbone_weights", "load_hfnet", "pad_to_cell", "save_hfnet"]
@@ -69,38 +70,35 @@ def pad_to_cell(image: torch.Tensor) -> torch.Tensor:
 
 
 def hfnet_postprocess(pred: dict[str, torch.Tensor], image_size: tuple[int, int],
-                      conf: HFNetExtractorConf) -> dict[str, torch.Tensor]:
-    """Network outputs of one padded image -> the extractor contract's keys.
+                      conf: HFNetExtractorConf) -> list[Features]:
+    """Network outputs of a padded batch -> one ``Features`` per image.
 
     Args:
-        pred: ``logits [1, 65, h, w]``, ``dense_descriptors [1, D, h, w]``, ``global_descriptor [1, G]``.
-        image_size: ``(H, W)`` of the image before padding (``H <= 8 h``, ``W <= 8 w``).
+        pred: ``logits [B, 65, h, w]``, ``dense_descriptors [B, D, h, w]``, ``global_descriptor [B, G]``.
+        image_size: ``(H, W)`` of the images before padding (``H <= 8 h``, ``W <= 8 w``).
         conf: detection settings.
 
     Returns:
-        ``keypoints [1, N, 2]`` ``(x, y)`` pixels, ``scores [1, N]``, ``descriptors [1, N, D]``
-        L2-normalised, ``global_descriptor [1, G]``.
+        Per image: ``keypoints [N, 2]`` ``(x, y)`` pixels, ``scores [N]``, ``descriptors [N, D]``
+        L2-normalised, ``global_descriptor [G]``; ``image_size`` is ``(W, H)`` before padding.
     """
     height, width = image_size
     heatmap = logits_to_heatmap(pred["logits"])[:, :height, :width]
     max_kp = conf.max_num_keypoints if conf.max_num_keypoints >= 0 else None
-    kpts, scores = detect_keypoints(heatmap, conf.nms_radius, conf.detection_threshold, max_kp,
-                                    conf.remove_borders)[0]
-    dense = pred["dense_descriptors"]
-    if len(kpts):
-        desc = sample_descriptors(dense, kpts[None])
-    else:
-        desc = dense.new_zeros(1, 0, dense.shape[1])
-    return {"keypoints": kpts[None].float(), "scores": scores[None].float(), "descriptors": desc.float(),
-            "global_descriptor": pred["global_descriptor"].float()}
+    detections = detect_keypoints(heatmap, conf.nms_radius, conf.detection_threshold, max_kp, conf.remove_borders)
+    out = []
+    for b, (kpts, scores) in enumerate(detections):
+        dense = pred["dense_descriptors"][b:b + 1]
+        desc = sample_descriptors(dense, kpts[None])[0] if len(kpts) else dense.new_zeros(0, dense.shape[1])
+        out.append(Features(kpts.float(), desc.float(), scores.float(), (width, height),
+                            pred["global_descriptor"][b].float()))
+    return out
 
 
 class HFNetExtractor(Extractor):
     """HF-Net keypoints, ``descriptor_dim``-d descriptors and ``global_descriptor [1, G]``, gray input."""
 
-    input_channels = 1
-    exportable = True
-    lightglue_features = None
+    input_spec = IMAGE_GRAY
 
     def __init__(self, conf: HFNetExtractorConf) -> None:
         super().__init__(conf)
@@ -122,8 +120,8 @@ class HFNetExtractor(Extractor):
         return self.net.global_dim
 
     @torch.inference_mode()
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Detect, describe and aggregate ``image [1, C, H, W]``; see the contract in ``features.base``."""
+    def forward(self, image: torch.Tensor) -> list[Features]:
+        """Detect, describe and aggregate ``image [B, C, H, W]``; see the contract in ``features.base``."""
         image = self.check_image(image)
         pred = self.net(pad_to_cell(image).contiguous(memory_format=torch.channels_last))
         return hfnet_postprocess(pred, (image.shape[-2], image.shape[-1]), self.conf)
@@ -131,7 +129,9 @@ class HFNetExtractor(Extractor):
 
 def hfnet_capabilities(conf: HFNetExtractorConf) -> Capabilities:
     """Local (``hfnet-<dim>``: its own family, no pretrained matcher) and global features."""
-    return Capabilities(frozenset({"local", "global"}), "hfnet", exportable=True)
+    files = [conf.weights] if conf.weights else [str(DEFAULT_WEIGHTS)] if DEFAULT_WEIGHTS.is_file() else []
+    onnx = getattr(conf, "onnx", None)
+    return Capabilities(frozenset({"local", "global"}), "hfnet", weights=tuple(files + ([onnx] if onnx else [])))
 
 
 EXTRACTORS.register("hfnet", HFNetExtractorConf(), HFNetExtractor, capabilities=hfnet_capabilities)

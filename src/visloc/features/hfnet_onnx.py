@@ -26,6 +26,7 @@ from visloc.features.hfnet import HFNetExtractorConf, hfnet_capabilities, hfnet_
 from visloc.features.hfnet_weights import resolve_hfnet
 from visloc.features.weights import WeightsError
 from visloc.models.hfnet import HFNet
+from visloc.types import IMAGE_GRAY, Features
 
 logger = logging.getLogger(__name__)
 INPUT_NAME = "image"
@@ -99,9 +100,7 @@ class HFNetOnnxConf(HFNetExtractorConf):
 class HFNetOnnxExtractor(Extractor):
     """``hfnet`` with onnxruntime running the network; same outputs, gray input."""
 
-    input_channels = 1
-    exportable = True
-    lightglue_features = None
+    input_spec = IMAGE_GRAY
 
     def __init__(self, conf: HFNetOnnxConf) -> None:
         super().__init__(conf)
@@ -127,14 +126,13 @@ class HFNetOnnxExtractor(Extractor):
         return self._global_dim
 
     @torch.inference_mode()
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Detect, describe and aggregate ``image [1, C, H, W]``; see the contract in ``features.base``."""
+    def forward(self, image: torch.Tensor) -> list[Features]:
+        """Detect, describe and aggregate ``image [B, C, H, W]``; see the contract in ``features.base``."""
         image = self.check_image(image)
         padded = pad_to_cell(image).detach().cpu().float().numpy()
         outs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(padded)})
         pred = {k: torch.from_numpy(v) for k, v in zip(OUTPUT_NAMES, outs, strict=True)}
-        out = hfnet_postprocess(pred, (image.shape[-2], image.shape[-1]), self.conf)
-        return {k: v.to(image.device) for k, v in out.items()}
+        return hfnet_postprocess(pred, (image.shape[-2], image.shape[-1]), self.conf)
 
 
 EXTRACTORS.register("hfnet-onnx", HFNetOnnxConf(), HFNetOnnxExtractor, capabilities=hfnet_capabilities)

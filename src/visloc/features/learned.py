@@ -14,9 +14,10 @@ import torch
 from kornia.feature.aliked.aliked import _ALIKED_CFGS
 
 from visloc.features.aliked_sparse import SparseALIKED
-from visloc.features.base import EXTRACTORS, Extractor
-from visloc.features.weights import WeightsError, load_state_dict
+from visloc.features.base import EXTRACTORS, Extractor, local_features
+from visloc.features.weights import WeightsError, load_state_dict, resolve_weights
 from visloc.registry import Capabilities
+from visloc.types import IMAGE_RGB, Features
 
 AlikedModel = Literal["aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"]
 
@@ -50,13 +51,10 @@ class DISKConf:
 class ALIKED(Extractor):
     """ALIKED keypoints and 128-d descriptors, RGB input."""
 
-    input_channels = 3
-    lightglue_features = "aliked"
+    input_spec = IMAGE_RGB
 
     def __init__(self, conf: ALIKEDConf) -> None:
         super().__init__(conf)
-        # LightGlue's ALIKED weights take 128-d descriptors; aliked-t16 gives 64-d.
-        self.lightglue_features = "aliked" if conf.model_name != "aliked-t16" else None
         self.net = KF.ALIKED(conf.model_name, max_num_keypoints=conf.max_num_keypoints,
                              detection_threshold=conf.detection_threshold, nms_radius=conf.nms_radius)
         result = self.net.load_state_dict(load_state_dict(conf.model_name, conf.weights), strict=False)
@@ -73,22 +71,18 @@ class ALIKED(Extractor):
         return int(_ALIKED_CFGS[self.conf.model_name][4])
 
     @torch.inference_mode()
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Detect and describe; see the module contract."""
+    def forward(self, image: torch.Tensor) -> list[Features]:
+        """Detect and describe a batch; see the contract in ``features.base``."""
         image = self.check_image(image)
         if self.sparse is not None:
-            kpts, scores, descs = self.sparse(image)
-        else:
-            f = self.net(image)[0]
-            kpts, scores, descs = f.keypoints, f.keypoint_scores, f.descriptors
-        return {"keypoints": kpts[None].float(), "scores": scores[None].float(), "descriptors": descs[None].float()}
+            return [local_features(k, s, d, image) for k, s, d in self.sparse(image)]
+        return [local_features(f.keypoints, f.keypoint_scores, f.descriptors, image) for f in self.net(image)]
 
 
 class DISK(Extractor):
     """DISK keypoints and 128-d descriptors, RGB input (padded to a multiple of 16 inside)."""
 
-    input_channels = 3
-    lightglue_features = "disk"
+    input_spec = IMAGE_RGB
 
     def __init__(self, conf: DISKConf) -> None:
         super().__init__(conf)
@@ -106,21 +100,27 @@ class DISK(Extractor):
         return 128
 
     @torch.inference_mode()
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Detect and describe; see the module contract."""
+    def forward(self, image: torch.Tensor) -> list[Features]:
+        """Detect and describe a batch; see the contract in ``features.base``."""
         c = self.conf
-        f = self.net(self.check_image(image), n=c.max_num_keypoints, window_size=c.nms_window,
-                     score_threshold=c.detection_threshold, pad_if_not_divisible=True)[0]
-        return {"keypoints": f.keypoints[None].float(), "scores": f.detection_scores[None].float(),
-                "descriptors": f.descriptors[None].float()}
+        image = self.check_image(image)
+        out = self.net(image, n=c.max_num_keypoints, window_size=c.nms_window,
+                       score_threshold=c.detection_threshold, pad_if_not_divisible=True)
+        return [local_features(f.keypoints, f.detection_scores, f.descriptors, image) for f in out]
 
 
 def aliked_capabilities(conf: ALIKEDConf) -> Capabilities:
     """Local features of the ``aliked-<dim>`` descriptor family (64 for t16, else 128)."""
-    return Capabilities(frozenset({"local"}), f"aliked-{_ALIKED_CFGS[conf.model_name][4]}")
+    return Capabilities(frozenset({"local"}), f"aliked-{_ALIKED_CFGS[conf.model_name][4]}",
+                        weights=(str(resolve_weights(conf.model_name, conf.weights)),))
 
 
 for _name in ("aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"):
     EXTRACTORS.register(_name, ALIKEDConf(model_name=_name), ALIKED,  # type: ignore[arg-type]
                         capabilities=aliked_capabilities)
-EXTRACTORS.register("disk", DISKConf(), DISK, capabilities=lambda c: Capabilities(frozenset({"local"}), "disk-128"))
+def disk_capabilities(conf: DISKConf) -> Capabilities:
+    """Local features of the ``disk-128`` family."""
+    return Capabilities(frozenset({"local"}), "disk-128", weights=(str(resolve_weights("disk-depth", conf.weights)),))
+
+
+EXTRACTORS.register("disk", DISKConf(), DISK, capabilities=disk_capabilities)

@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import torch
 
-from visloc.features.base import EXTRACTORS, Extractor
+from visloc.features.base import EXTRACTORS, Extractor, input_size
 from visloc.registry import Capabilities
+from visloc.types import IMAGE_GRAY, Features
 
 
 @dataclass(frozen=True)
@@ -43,21 +44,18 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image[0, 0].detach().cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
 
 
-def _pack(kps: list[cv2.KeyPoint], desc: np.ndarray | None, dim: int, dtype: torch.dtype
-          ) -> dict[str, torch.Tensor]:
+def _pack(kps: list[cv2.KeyPoint], desc: np.ndarray | None, dim: int, size: tuple[int, int]) -> Features:
     if not kps or desc is None:
-        return {"keypoints": torch.zeros(1, 0, 2), "scores": torch.zeros(1, 0),
-                "descriptors": torch.zeros(1, 0, dim)}
+        return Features(torch.zeros(0, 2), torch.zeros(0, dim), torch.zeros(0), size)
     xy = np.array([k.pt for k in kps], dtype=np.float32)
     resp = np.array([k.response for k in kps], dtype=np.float32)
-    return {"keypoints": torch.from_numpy(xy)[None], "scores": torch.from_numpy(resp)[None],
-            "descriptors": torch.from_numpy(desc).to(dtype)[None]}
+    return Features(torch.from_numpy(xy), torch.from_numpy(desc).float(), torch.from_numpy(resp), size)
 
 
 class SIFT(Extractor):
     """SIFT or RootSIFT keypoints (OpenCV), descriptors L2-normalised ``[1, N, 128]``."""
 
-    input_channels = 1
+    input_spec = IMAGE_GRAY
 
     def __init__(self, conf: SIFTConf) -> None:
         super().__init__(conf)
@@ -70,9 +68,13 @@ class SIFT(Extractor):
         """128."""
         return 128
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Detect and describe; see the module contract."""
-        kps, desc = self._sift.detectAndCompute(_to_uint8(self.check_image(image)), None)
+    def forward(self, image: torch.Tensor) -> list[Features]:
+        """Detect and describe each image of the batch; see the contract in ``features.base``."""
+        image = self.check_image(image)
+        return [self._one(image[b:b + 1]) for b in range(image.shape[0])]
+
+    def _one(self, image: torch.Tensor) -> Features:
+        kps, desc = self._sift.detectAndCompute(_to_uint8(image), None)
         kps = list(kps)
         n_max = self.conf.max_num_keypoints
         if desc is not None and 0 < n_max < len(kps):  # OpenCV keeps every tie at the cut-off response
@@ -83,13 +85,13 @@ class SIFT(Extractor):
             if self.conf.rootsift:
                 desc = np.sqrt(desc / np.maximum(desc.sum(1, keepdims=True), 1e-8))
             desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-8)
-        return _pack(kps, desc, 128, torch.float32)
+        return _pack(kps, desc, 128, input_size(image))
 
 
 class ORB(Extractor):
     """ORB keypoints (OpenCV); 256 bits as an L2-normalised +-1 vector ``[1, N, 256]``."""
 
-    input_channels = 1
+    input_spec = IMAGE_GRAY
 
     def __init__(self, conf: ORBConf) -> None:
         super().__init__(conf)
@@ -102,13 +104,17 @@ class ORB(Extractor):
         """256."""
         return 256
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Detect and describe; see the module contract."""
-        kps, desc = self._orb.detectAndCompute(_to_uint8(self.check_image(image)), None)
+    def forward(self, image: torch.Tensor) -> list[Features]:
+        """Detect and describe each image of the batch; see the contract in ``features.base``."""
+        image = self.check_image(image)
+        return [self._one(image[b:b + 1]) for b in range(image.shape[0])]
+
+    def _one(self, image: torch.Tensor) -> Features:
+        kps, desc = self._orb.detectAndCompute(_to_uint8(image), None)
         if desc is not None:
             bits = np.unpackbits(desc, axis=1).astype(np.float32)
             desc = (2.0 * bits - 1.0) / 16.0  # sqrt(256) = 16
-        return _pack(list(kps), desc, 256, torch.float32)
+        return _pack(list(kps), desc, 256, input_size(image))
 
 
 def _sift_capabilities(conf: SIFTConf) -> Capabilities:

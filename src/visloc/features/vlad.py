@@ -13,8 +13,10 @@ import torch
 
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.learned import ALIKED, ALIKEDConf
+from visloc.features.weights import resolve_weights
 from visloc.registry import Capabilities
 from visloc.retrieval.vlad import VocabularyError, load_vocabulary, vlad
+from visloc.types import IMAGE_RGB, Features
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,7 @@ class VLADALIKEDConf:
 class VLADALIKED(Extractor):
     """ALIKED-n16 keypoints and 128-d descriptors, plus ``global_descriptor [1, K * 128]``."""
 
-    input_channels = 3
-    lightglue_features = "aliked"
+    input_spec = IMAGE_RGB
 
     def __init__(self, conf: VLADALIKEDConf) -> None:
         super().__init__(conf)
@@ -53,20 +54,23 @@ class VLADALIKED(Extractor):
         return 128
 
     @torch.inference_mode()
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Detect, describe, aggregate; see the module contract of ``features.base``."""
+    def forward(self, image: torch.Tensor) -> list[Features]:
+        """Detect, describe, aggregate a batch; see the contract of ``features.base``."""
         image = self.check_image(image)
         if self.conf.vocabulary is None:
             raise VocabularyError("vlad-aliked: no vocabulary; make one with 'visloc vocab IMAGES --out vocab.pt' "
                                   "and pass --set vocabulary=vocab.pt")
-        pred = self.aliked(image)
-        g = vlad(pred["descriptors"][0].cpu().numpy(), self.centroids.cpu().numpy(), power_norm=self.conf.power_norm)
-        return {**pred, "global_descriptor": torch.from_numpy(g)[None].to(image.device)}
+        out = []
+        for f in self.aliked(image):
+            g = vlad(f.descriptors.cpu().numpy(), self.centroids.cpu().numpy(), power_norm=self.conf.power_norm)
+            out.append(f.with_global(torch.from_numpy(g).to(image.device)))
+        return out
 
 
 def _capabilities(conf: VLADALIKEDConf) -> Capabilities:
     needs = frozenset({"vocabulary"}) if conf.vocabulary is None else frozenset()
-    return Capabilities(frozenset({"local", "global"}), "aliked-128", needs=needs)
+    files = (str(resolve_weights("aliked-n16")),) + ((conf.vocabulary,) if conf.vocabulary else ())
+    return Capabilities(frozenset({"local", "global"}), "aliked-128", needs=needs, weights=files)
 
 
 EXTRACTORS.register("vlad-aliked", VLADALIKEDConf(), VLADALIKED, capabilities=_capabilities)

@@ -15,6 +15,7 @@ import numpy as np
 
 from visloc.errors import VislocError
 from visloc.io import parts
+from visloc.types import Features
 
 LOCAL_KEYS = ("keypoints", "scores", "descriptors")
 
@@ -147,3 +148,34 @@ def read_global_descriptors(path: str | Path, names: list[str] | None = None) ->
     if not rows:
         raise FeatureStoreError(f"{path}: no images to read global descriptors from")
     return names, np.stack(rows).astype(np.float32, copy=False)
+
+
+def load_features(path: str | Path, name: str) -> Features:
+    """One image's features as ``types.Features`` (``read_features`` gives the raw arrays)."""
+    try:
+        return Features.from_numpy(read_features(path, name))
+    except ValueError as e:
+        if isinstance(e, FeatureStoreError):
+            raise
+        raise FeatureStoreError(f"{path}: features of image {name!r} are malformed ({e})") from None
+
+
+def write_features_file(path: str | Path, features: dict[str, dict[str, np.ndarray]],
+                        attrs: dict[str, str] | None = None, as_half: bool = False) -> Path:
+    """Write a whole feature file at once, atomically (for outputs recomputed from scratch).
+
+    Args:
+        path: the file; replaced in one rename (a reader sees the old or the new file, never a mix).
+        features: image name -> in-memory arrays (``descriptors [N, D]``).
+        attrs: root attributes.
+        as_half: store descriptors and scores as float16.
+    """
+    from visloc.io.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as fd:
+        for key, value in (attrs or {}).items():
+            fd.attrs[key] = value
+        for name, arrays in features.items():
+            parts.write_group(fd, name, to_storage(arrays, as_half))
+    return path

@@ -104,3 +104,17 @@ def read_matches(path: str | Path, name0: str, name1: str) -> tuple[np.ndarray, 
     if reverse:
         matches = np.flip(matches, -1).copy()
     return matches, scores
+
+
+def write_matches_file(path: str | Path, matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+                       attrs: dict[str, str] | None = None) -> Path:
+    """Write a whole match file at once, atomically: ``(name0, name1) -> (matches0 [N0], scores0 [N0])``."""
+    from visloc.io.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as fd:
+        for key, value in (attrs or {}).items():
+            fd.attrs[key] = value
+        for (name0, name1), (m0, s0) in matches.items():
+            _write_group(fd, names_to_pair(name0, name1), {"matches0": m0, "matching_scores0": s0})
+    return path

@@ -21,16 +21,15 @@ from typing import Any
 
 import numpy as np
 import pycolmap
-import torch
 
 from visloc.conf import ConfError
 from visloc.io.poses import Camera, CameraPose
 from visloc.localization.colmap import image_points3d, pose_from_rigid3d, to_colmap_keypoints
 from visloc.localization.covisibility import covisibility_clusters, reconstruction_observations
+from visloc.localization.pair_matching import Query
 from visloc.retrieval.index import RetrievalIndex
 
 logger = logging.getLogger(__name__)
-Features = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -114,28 +113,25 @@ class QueryResult:
         return out
 
 
-Matcher = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-MATCH_KEYS = ("keypoints", "descriptors", "scores", "image_size")
+PairMatching = Callable[[Query, str], tuple[np.ndarray, np.ndarray]]
 
 
 class Localizer:
-    """Localizes queries against a map: a reconstruction, its database features and a retrieval index."""
+    """Localizes queries against a map: a reconstruction, a pair-matching strategy and a retrieval index."""
 
-    def __init__(self, rec: pycolmap.Reconstruction, db_features: Callable[[str], Features], index: RetrievalIndex,
-                 matcher: Matcher, conf: LocalizerConf | None = None, device: torch.device | str = "cpu") -> None:
+    def __init__(self, rec: pycolmap.Reconstruction, pairs: PairMatching, index: RetrievalIndex,
+                 conf: LocalizerConf | None = None) -> None:
         """Wrap the map's parts.
 
         Args:
             rec: the map's reconstruction (its images' keypoints are the feature file's, +0.5).
-            db_features: name -> local features of a database image (``features_h5.read_features``).
+            pairs: matches a query with a database image (``pair_matching.SparsePairs`` with stored
+                features and a feature matcher, or ``DensePairs`` with images and an image matcher).
             index: global descriptors of the database images.
-            matcher: a built matcher (``matching.base`` contract).
             conf: localization settings.
-            device: where the matcher runs.
         """
-        self.rec, self.db_features, self.index, self.matcher = rec, db_features, index, matcher
+        self.rec, self.pairs, self.index = rec, pairs, index
         self.conf = conf or LocalizerConf()
-        self.device = torch.device(device)
         self._ids = {image.name: image_id for image_id, image in rec.images.items() if image.has_pose}
         self._points: dict[int, np.ndarray] = {}
 
@@ -159,19 +155,18 @@ class Localizer:
             groups = covisibility_clusters(ids, reconstruction_observations(self.rec, ids), self.conf.min_shared)
         return [[self.rec.images[i].name for i in g] for g in groups[: self.conf.max_places]]
 
-    def correspondences(self, query: Features, place: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def correspondences(self, query: Query, place: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """2D-3D matches of the query with one place: ``(keypoints [M, 2] visloc convention, points [M, 3])``."""
-        q = {k: torch.from_numpy(np.asarray(query[k])).to(self.device) for k in MATCH_KEYS if k in query}
         kpts, xyz = [], []
         for name in place:
-            db = self.db_features(name)
-            pred = self.matcher(q, {k: torch.from_numpy(np.asarray(db[k])).to(self.device)
-                                    for k in MATCH_KEYS if k in db})
-            m = pred["matches"].cpu().numpy().astype(np.int64).reshape(-1, 2)
-            pids = self._point_lookup(self._ids[name])[m[:, 1]]
-            m, pids = m[pids >= 0], pids[pids >= 0]
-            kpts.append(query["keypoints"][m[:, 0]])
-            xyz += [self.rec.points3D[int(p)].xyz for p in pids]
+            kq, db_idx = self.pairs(query, name)
+            lookup = self._point_lookup(self._ids[name])
+            if len(db_idx) and int(db_idx.max()) >= len(lookup):
+                raise ValueError(f"{name}: matched keypoint {int(db_idx.max())} is not in the map "
+                                 f"({len(lookup)} keypoints): the features do not belong to this map")
+            pids = lookup[db_idx]
+            kpts.append(kq[pids >= 0])
+            xyz += [self.rec.points3D[int(p)].xyz for p in pids[pids >= 0]]
         points = np.asarray(xyz, np.float64).reshape(-1, 3)
         return np.concatenate(kpts).astype(np.float64) if kpts else np.zeros((0, 2)), points
 
@@ -200,22 +195,22 @@ class Localizer:
             camera = Camera(camera.model, camera.width, camera.height, tuple(cam.params))
         return pose_from_rigid3d(ret["cam_from_world"]), int(ret["num_inliers"]), camera
 
-    def localize(self, name: str, query: Features, camera: Camera, estimate_focal: bool = False) -> QueryResult:
+    def localize(self, query: Query, camera: Camera, estimate_focal: bool = False) -> QueryResult:
         """Localize one query.
 
         Args:
-            name: the query's name (for the record).
-            query: its features: ``keypoints [N, 2]`` (visloc convention), ``descriptors [N, D]``,
-                ``scores [N]``, ``image_size (W, H)``, ``global_descriptor [G]``.
+            query: its name, its features (with ``global_descriptor``; local ones for sparse matching)
+                and, for image matchers, its image.
             camera: its intrinsics (COLMAP convention).
             estimate_focal: the focal length is unknown: estimate it with the pose.
         """
-        res = QueryResult(name, camera=camera)
+        res = QueryResult(query.name, camera=camera)
         start = time.perf_counter()
-        if "global_descriptor" not in query:
+        g = query.features.global_descriptor
+        if g is None:
             res.reason = "no global descriptor"
             return res
-        found, _ = self.index.search(query["global_descriptor"][None], min(self.conf.num_retrieved, len(self.index)))
+        found, _ = self.index.search(g.numpy()[None], min(self.conf.num_retrieved, len(self.index)))
         res.retrieved = found[0]
         res.places = self.places(res.retrieved)
         res.timings = {"global": time.perf_counter() - start, "matching": 0.0, "pnp": 0.0}

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 import kornia.feature as KF
 import torch
 
-from visloc.features.weights import WeightsError, load_state_dict
-from visloc.matching.base import MATCHERS, Matcher, check_features, to_output
+from visloc.errors import InputError
+from visloc.features.weights import WeightsError, load_state_dict, resolve_weights
+from visloc.matching.base import MATCHERS, Matcher, check_features
 from visloc.registry import Capabilities
+from visloc.types import Features, Matches
 
 
 @dataclass(frozen=True)
@@ -55,30 +58,44 @@ class LightGlue(Matcher):
         self.eval()
 
     @staticmethod
-    def _image(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        kp = feats["keypoints"].float()
-        if "image_size" in feats:
-            size = torch.as_tensor(feats["image_size"], dtype=torch.float32, device=kp.device).reshape(1, 2)
-        else:  # no size given: the keypoints' extent, as LightGlue's reference does
-            size = (kp.max(0).values + 1).clamp(min=1.0).reshape(1, 2) if len(kp) else torch.ones(1, 2)
-        return {"keypoints": kp[None], "descriptors": feats["descriptors"].float()[None], "image_size": size}
+    def _image(feats: Features) -> dict[str, torch.Tensor]:
+        kp = feats.keypoints.float()
+        size = torch.tensor(feats.image_size, dtype=torch.float32, device=kp.device).reshape(1, 2)
+        return {"keypoints": kp[None], "descriptors": feats.descriptors.float()[None], "image_size": size}
 
     @torch.inference_mode()
-    def forward(self, feats0: dict[str, torch.Tensor], feats1: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Match two images; ``image_size (W, H)`` in the feats normalises the keypoints."""
+    def forward(self, feats0: Features, feats1: Features) -> Matches:
+        """Match two images; ``image_size (W, H)`` of the features normalises the keypoints."""
         check_features(feats0, "feats0")
         check_features(feats1, "feats1")
-        n0, n1 = len(feats0["keypoints"]), len(feats1["keypoints"])
+        n0, n1 = feats0.num_keypoints, feats1.num_keypoints
         if n0 == 0 or n1 == 0:
-            dev = feats0["keypoints"].device
-            return to_output(torch.full((n0,), -1, dtype=torch.long, device=dev), torch.zeros(n0, device=dev))
+            return Matches.empty(n0, n1, feats0.keypoints.device)
+        for which, f in (("feats0", feats0), ("feats1", feats1)):
+            if f.descriptor_dim != 128:
+                raise ValueError(f"{which}: LightGlue's weights take 128-d descriptors, got {f.descriptor_dim}-d")
         pred = self.net({"image0": self._image(feats0), "image1": self._image(feats1)})
-        return to_output(pred["matches0"][0], pred["matching_scores0"][0].float())
+        return Matches.from_matches0(pred["matches0"][0], pred["matching_scores0"][0].float(), n1)
 
 
 def lightglue_capabilities(conf: LightGlueConf) -> Capabilities:
     """The weights of ``conf.features`` accept that family's 128-d descriptors only."""
-    return Capabilities(frozenset({"matches"}), accepts=frozenset({f"{conf.features}-128"}))
+    return Capabilities(frozenset({"matches"}), accepts=frozenset({f"{conf.features}-128"}),
+                        weights=(str(resolve_weights(f"lightglue-{conf.features}", conf.weights)),))
 
 
-MATCHERS.register("lightglue", LightGlueConf(), LightGlue, capabilities=lightglue_capabilities)
+#: descriptor family -> the LightGlue weights trained on it
+WEIGHTS_FOR_FAMILY = {"aliked-128": "aliked", "disk-128": "disk"}
+
+
+def fit_lightglue(conf: LightGlueConf, family: str | None, user_keys: frozenset[str]) -> LightGlueConf:
+    """Pick the weights of ``family`` unless the user chose ``features``; no weights fit: ``InputError``."""
+    if "features" in user_keys or family is None:
+        return conf
+    if family not in WEIGHTS_FOR_FAMILY:
+        raise InputError(f"lightglue: no pretrained weights for {family} descriptors (LightGlue has "
+                         f"{', '.join(sorted(WEIGHTS_FOR_FAMILY))}); use the nn-mutual or nn-ratio matcher")
+    return dataclasses.replace(conf, features=WEIGHTS_FOR_FAMILY[family])  # type: ignore[arg-type]
+
+
+MATCHERS.register("lightglue", LightGlueConf(), LightGlue, capabilities=lightglue_capabilities, adapt=fit_lightglue)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from visloc.matching.base import MATCHERS, Matcher, check_features, to_output
+from visloc.matching.base import MATCHERS, Matcher, check_features
 from visloc.registry import Capabilities
+from visloc.types import Features, Matches
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,17 @@ def nearest_neighbor_match(desc0: torch.Tensor, desc1: torch.Tensor, ratio_thres
 class NearestNeighbor(Matcher):
     """Mutual nearest neighbour with optional ratio and distance tests."""
 
-    def forward(self, feats0: dict[str, torch.Tensor], feats1: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Match two images; see the module contract of ``visloc.matching.base``."""
+    def forward(self, feats0: Features, feats1: Features) -> Matches:
+        """Match two images' descriptors; see the contract in ``visloc.matching.base``."""
         check_features(feats0, "feats0")
         check_features(feats1, "feats1")
+        if feats0.num_keypoints and feats1.num_keypoints and feats0.descriptor_dim != feats1.descriptor_dim:
+            raise ValueError(f"feats0, feats1: descriptors of {feats0.descriptor_dim} and {feats1.descriptor_dim} "
+                             "dimensions cannot be matched")
         c = self.conf
-        m0, s0 = nearest_neighbor_match(feats0["descriptors"][None].float(), feats1["descriptors"][None].float(),
+        m0, s0 = nearest_neighbor_match(feats0.descriptors[None].float(), feats1.descriptors[None].float(),
                                         c.ratio_threshold, c.distance_threshold, c.mutual)
-        return to_output(m0[0], s0[0])
+        return Matches.from_matches0(m0[0], s0[0], feats1.num_keypoints)
 
 
 def _capabilities(conf: NNConf) -> Capabilities:

@@ -38,7 +38,8 @@ class EvalReport:
         """JSON-ready dict (the resolved confs included)."""
         econf, mconf = self.method.records()
         return {"protocol": self.protocol, "dataset": self.dataset, "method": self.method.label,
-                "extractor": json.loads(econf), "matcher": json.loads(mconf),
+                "extractor": json.loads(econf) if econf is not None else None, "matcher": json.loads(mconf),
+                "weights": self.method.weights(),
                 "resize_max": self.method.resize_max, "estimator": self.estimator, "summary": self.summary,
                 "pairs": {p.key: p.values for p in self.pairs}}
 

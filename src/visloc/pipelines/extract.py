@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from visloc.errors import VislocError
 from visloc.features import EXTRACTORS
-from visloc.features.api import extract_array
+from visloc.features.api import extract_image
 from visloc.io import features_h5
 from visloc.io.images import ImageError, list_images, read_image
 from visloc.io.parts import parts_dir
@@ -78,12 +78,12 @@ def extract_features(image_dir: str | Path, out: str | Path, extractor: str = "a
             for name in tqdm(todo, desc=f"extract {extractor}", disable=not progress, unit="img"):
                 try:
                     image = read_image(image_dir / name, grayscale=False)
-                    feats = extract_array(model, image, device=dev)
+                    feats = extract_image(model, image, device=dev)
                 except ImageError as e:
                     summary.failed.append((name, str(e).removeprefix(f"{image_dir / name}: ")))
                     logger.warning("%s", e)
                     continue
-                features_h5.stage_features(out, name, feats, as_half=as_half)
+                features_h5.stage_features(out, name, feats.numpy(), as_half=as_half)
                 summary.done += 1
         finally:  # also on Ctrl-C: what finished is merged, the rest stays staged
             features_h5.commit_features(out, {ATTR: record})

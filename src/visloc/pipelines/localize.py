@@ -28,22 +28,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pycolmap
+import torch
 from tqdm import tqdm
 
 from visloc.eval.localization import STAGES
 from visloc.io import features_h5
 from visloc.io.atomic import atomic_write_text
-from visloc.io.images import list_images
+from visloc.io.images import list_images, read_image
 from visloc.io.poses import Camera, read_cameras, write_poses
 from visloc.localization.colmap import default_camera
-from visloc.localization.localize import Localizer, LocalizerConf, QueryResult
+from visloc.localization.localize import Localizer, LocalizerConf, PairMatching, QueryResult
+from visloc.localization.pair_matching import DensePairs, Query, SparsePairs
 from visloc.matching import MATCHERS
 from visloc.pipelines.common import pick_device
 from visloc.pipelines.extract import extract_features
 from visloc.pipelines.map_build import FORMAT, VERSION, MapError, MapFiles
 from visloc.retrieval.index import RetrievalIndex
+from visloc.types import Features
 
 logger = logging.getLogger(__name__)
 
@@ -107,38 +109,46 @@ class _FeatureCache:
 
     def __init__(self, path: Path, size: int = 512) -> None:
         self.path, self.size = path, size
-        self._cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[str, Features] = OrderedDict()
 
-    def __call__(self, name: str) -> dict[str, np.ndarray]:
+    def __call__(self, name: str) -> Features:
         if name in self._cache:
             self._cache.move_to_end(name)
         else:
-            self._cache[name] = features_h5.read_features(self.path, name)
+            self._cache[name] = features_h5.load_features(self.path, name)
             if len(self._cache) > self.size:
                 self._cache.popitem(last=False)
         return self._cache[name]
 
 
-def _query_camera(name: str, feats: dict[str, np.ndarray], cameras: dict[str, Camera],
+def _query_camera(name: str, feats: Features, cameras: dict[str, Camera],
                   map_cameras: list[Camera]) -> tuple[Camera, bool]:
     """The query's camera and whether its focal length must be estimated."""
     if name in cameras:
         return cameras[name], False
-    w, h = (int(v) for v in feats["image_size"])
+    w, h = feats.image_size
     if len(map_cameras) == 1 and (map_cameras[0].width, map_cameras[0].height) == (w, h):
         return map_cameras[0], False
     return default_camera(w, h), True
 
 
 def _extract_queries(record: dict[str, Any], files: MapFiles, queries: Path, names: list[str], out: Path,
-                     device: str | None, progress: bool) -> tuple[Path, Path, list[tuple[str, str]], dict]:
-    """Extract the queries with the map's confs; returns local and global files, failures, seconds per stage."""
+                     device: str | None, progress: bool) -> tuple[Path | None, Path, list[tuple[str, str]], dict]:
+    """Extract the queries with the map's confs; returns local and global files, failures, seconds per stage.
+
+    A map matched by an image matcher has no local extractor (``record["extractor"]`` is None): only
+    the global descriptors are extracted, and the local file is None.
+    """
     start = time.perf_counter()
-    local = out.with_name(out.stem + ".features.h5")
     ext = record["extractor"]
-    summary = extract_features(queries, local, ext["name"], _portable(ext["conf"], files), names, device=device,
-                               progress=progress)
-    failed, glob = list(summary.failed), local
+    local: Path | None = None
+    failed: list[tuple[str, str]] = []
+    if ext is not None:
+        local = out.with_name(out.stem + ".features.h5")
+        summary = extract_features(queries, local, ext["name"], _portable(ext["conf"], files), names, device=device,
+                                   progress=progress)
+        failed = list(summary.failed)
+    glob = local
     seconds = {"local": time.perf_counter() - start, "global": 0.0}
     ret = record["retrieval"]
     if ret != ext:
@@ -149,6 +159,8 @@ def _extract_queries(record: dict[str, Any], files: MapFiles, queries: Path, nam
                                  progress=progress)
         failed += extra.failed
         seconds["global"] = time.perf_counter() - start
+    if glob is None:
+        raise MapError(f"{files.record}: records neither a local nor a retrieval extractor")
     return local, glob, failed, seconds
 
 
@@ -176,15 +188,13 @@ def localize_queries(map_dir: str | Path, queries: str | Path, out: str | Path, 
     cams = read_cameras(cameras) if cameras is not None else {}
     local, glob, skipped, extract_s = _extract_queries(record, files, queries, names, out, device, progress)
     dev = pick_device(device)
-    match = record["matcher"]
-    matcher = MATCHERS.entry(match["name"]).builder(MATCHERS.conf(match["name"], match["conf"])).to(dev)
     rec = pycolmap.Reconstruction(files.model)
-    localizer = Localizer(rec, _FeatureCache(files.features), RetrievalIndex.load(files.index), matcher, conf, dev)
+    localizer = Localizer(rec, _pair_matching(record, files, dev), RetrievalIndex.load(files.index), conf)
     map_cameras = [Camera(c.model.name, c.width, c.height, tuple(c.params)) for c in rec.cameras.values()]
     todo = [n for n in names if n not in dict(skipped)]
     summary = LocalizeSummary(out, log, skipped=skipped)
     for name in tqdm(todo, desc="localize", disable=not progress, unit="query"):
-        summary.results.append(_localize_one(localizer, name, local, glob, cams, map_cameras))
+        summary.results.append(_localize_one(localizer, name, queries, local, glob, cams, map_cameras))
         timings = summary.results[-1].timings
         for stage, total in extract_s.items():
             timings[stage] = timings.get(stage, 0.0) + total / max(len(todo), 1)
@@ -193,15 +203,32 @@ def localize_queries(map_dir: str | Path, queries: str | Path, out: str | Path, 
     return summary
 
 
-def _localize_one(localizer: Localizer, name: str, local: Path, glob: Path, cams: dict[str, Camera],
-                  map_cameras: list[Camera]) -> QueryResult:
-    """One query; an error (unreadable features, a COLMAP failure) fails this query only."""
+def _pair_matching(record: dict[str, Any], files: MapFiles, device: torch.device) -> PairMatching:
+    """The map's matcher as a pair-matching strategy: stored features, or images for an image matcher."""
+    name, conf = record["matcher"]["name"], record["matcher"]["conf"]
+    matcher = MATCHERS.build(name, conf).to(device)
+    if MATCHERS.kind_of(name) == "feature":
+        return SparsePairs(_FeatureCache(files.features), matcher, device)
+    root = Path(record["image_root"])
+    keypoints = _FeatureCache(files.features)
+    return DensePairs(lambda n: read_image(root / n), lambda n: keypoints(n).keypoints.numpy(), matcher,
+                      float(record.get("dense", {}).get("max_error", 2.0)), device)
+
+
+def _localize_one(localizer: Localizer, name: str, queries: Path, local: Path | None, glob: Path,
+                  cams: dict[str, Camera], map_cameras: list[Camera]) -> QueryResult:
+    """One query; an error (unreadable features or image, a COLMAP failure) fails this query only."""
     try:
-        feats = features_h5.read_features(local, name)
+        if local is not None:
+            feats = features_h5.load_features(local, name)
+            image = None
+        else:
+            feats = features_h5.load_features(glob, name)
+            image = read_image(queries / name)
         if glob != local:
-            feats["global_descriptor"] = features_h5.read_features(glob, name)["global_descriptor"]
+            feats = feats.with_global(features_h5.load_features(glob, name).global_descriptor)
         camera, estimate_focal = _query_camera(name, feats, cams, map_cameras)
-        return localizer.localize(name, feats, camera, estimate_focal)
+        return localizer.localize(Query(name, feats, image), camera, estimate_focal)
     except (ValueError, RuntimeError, OSError) as e:
         logger.warning("%s: localization failed: %s", name, e)
         return QueryResult(name, reason=f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")

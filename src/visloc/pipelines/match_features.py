@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
-from visloc.conf import parse_overrides
 from visloc.errors import VislocError
-from visloc.features import EXTRACTORS
 from visloc.io import features_h5, matches_h5
 from visloc.io.pairs import read_pairs
 from visloc.matching import MATCHERS
+from visloc.matching.select import check_feature_matcher, family_of_record, matcher_conf
 from visloc.pipelines.common import JobSummary, conf_record, conflicting_conf, pick_device
 from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
+from visloc.types import Features
 
 logger = logging.getLogger(__name__)
 ATTR = "visloc_matcher"
@@ -36,24 +33,6 @@ def _check_compatible(out: Path, record: str) -> None:
                          "use another --out or delete it")
 
 
-def infer_matcher_overrides(matcher: str, overrides: Mapping[str, Any] | Sequence[str],
-                            extractor: str | None) -> dict[str, Any]:
-    """Fill LightGlue's ``features`` from the extractor unless the user set it."""
-    ov = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(list(overrides))
-    if matcher == "lightglue" and "features" not in ov and extractor is not None:
-        cls = EXTRACTORS.entry(extractor).builder
-        feats = getattr(cls, "lightglue_features", None)
-        if extractor == "aliked-t16" or feats is None:
-            raise ValueError(f"lightglue: no pretrained weights for {extractor!r} features; "
-                             "use --matcher nn-mutual (or nn-ratio)")
-        ov["features"] = feats
-    return ov
-
-
-def _to_torch(feats: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.asarray(v)).to(device) for k, v in feats.items()}
-
-
 def match_features(pairs: str | Path, features: str | Path, out: str | Path, matcher: str = "lightglue",
                    overrides: Mapping[str, Any] | Sequence[str] = (), features1: str | Path | None = None,
                    device: str | None = None, progress: bool = True) -> JobSummary:
@@ -63,7 +42,8 @@ def match_features(pairs: str | Path, features: str | Path, out: str | Path, mat
         pairs: text file, ``name0 name1`` per line.
         features: feature file of image 0 (and of image 1 unless ``features1`` is given).
         out: HDF5 match file, created or extended; finished pairs are skipped.
-        matcher: registered matcher name; LightGlue picks its weights from the features' extractor.
+        matcher: registered feature matcher; LightGlue picks its weights from the features' descriptor family
+            (``matching.select``).
         overrides: matcher conf overrides.
         features1: feature file of the second images (e.g. database features).
         device: ``cpu``, ``cuda`` or None for automatic.
@@ -71,8 +51,8 @@ def match_features(pairs: str | Path, features: str | Path, out: str | Path, mat
     """
     features, out = Path(features), Path(out)
     features1 = Path(features1) if features1 is not None else features
-    extractor = json.loads(features_h5.read_attrs(features).get(EXTRACTOR_ATTR, "null") or "null")
-    conf = MATCHERS.conf(matcher, infer_matcher_overrides(matcher, overrides, extractor and extractor["name"]))
+    check_feature_matcher(matcher, "match-features")
+    conf = matcher_conf(matcher, overrides, family_of_record(features_h5.read_attrs(features).get(EXTRACTOR_ATTR)))
     record = conf_record(matcher, conf)
     _check_compatible(out, record)  # else finished pairs of another conf would be skipped silently
     pair_list = read_pairs(pairs)
@@ -83,14 +63,14 @@ def match_features(pairs: str | Path, features: str | Path, out: str | Path, mat
     if not todo:
         return summary
     dev = pick_device(device)
-    model = MATCHERS.entry(matcher).builder(conf).to(dev)
-    cache: dict[tuple[Path, str], dict[str, np.ndarray]] = {}
+    model = MATCHERS.build_conf(matcher, conf).to(dev)
+    cache: dict[tuple[Path, str], Features] = {}
 
-    def load(path: Path, name: str) -> dict[str, np.ndarray]:
+    def load(path: Path, name: str) -> Features:
         if (path, name) not in cache:
             if len(cache) > 256:
                 cache.clear()
-            cache[(path, name)] = features_h5.read_features(path, name)
+            cache[(path, name)] = features_h5.load_features(path, name)
         return cache[(path, name)]
 
     try:
@@ -100,11 +80,9 @@ def match_features(pairs: str | Path, features: str | Path, out: str | Path, mat
             except features_h5.FeatureStoreError as e:
                 summary.failed.append((f"{name0} {name1}", str(e)))
                 continue
-            keep = ("keypoints", "descriptors", "scores", "image_size")
-            pred = model(_to_torch({k: f0[k] for k in keep if k in f0}, dev),
-                         _to_torch({k: f1[k] for k in keep if k in f1}, dev))
-            matches_h5.stage_matches(out, name0, name1, pred["matches0"].cpu().numpy(),
-                                     pred["matching_scores0"].cpu().numpy())
+            pred = model(f0.to(dev), f1.to(dev))
+            matches_h5.stage_matches(out, name0, name1, pred.matches0().cpu().numpy(),
+                                     pred.matching_scores0().cpu().numpy())
             summary.done += 1
     finally:
         matches_h5.commit_matches(out, {ATTR: record})

@@ -7,15 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from visloc.features import EXTRACTORS
-from visloc.features.api import extract_array
+from visloc.features.api import extract_image
 from visloc.geometry.estimators import ESTIMATORS, Estimate
 from visloc.io.images import read_image
 from visloc.matching import MATCHERS
+from visloc.matching.select import descriptor_family, matcher_conf
 from visloc.pipelines.common import pick_device
-from visloc.pipelines.match_features import infer_matcher_overrides
 from visloc.viz.matches import draw_matches, save_image
 
 
@@ -35,19 +34,35 @@ def match_images(path0: str | Path, path1: str | Path, extractor: str = "aliked-
                  matcher_overrides: Sequence[str] = (), estimator_overrides: Sequence[str] = (),
                  K0: np.ndarray | None = None, K1: np.ndarray | None = None, out: str | Path | None = None,
                  device: str | None = None) -> PairMatch:
-    """Extract, match, estimate ``model``; draw inliers/outliers to ``out`` when given."""
+    """Match two images (extract + feature matcher, or an image matcher), estimate ``model``; draw to ``out``.
+
+    With an image matcher (``MATCHERS`` kind ``image``) ``extractor`` is not used.
+    """
     dev = pick_device(device)
-    ex = EXTRACTORS.build(extractor, extractor_overrides).to(dev)
-    ma = MATCHERS.build(matcher, infer_matcher_overrides(matcher, matcher_overrides, extractor)).to(dev)
     est = ESTIMATORS.build(model, estimator_overrides)
     img0, img1 = read_image(path0), read_image(path1)
-    f0, f1 = extract_array(ex, img0, device=dev), extract_array(ex, img1, device=dev)
-    keep = ("keypoints", "descriptors", "scores", "image_size")
-    pred = ma({k: torch.from_numpy(f0[k]).to(dev) for k in keep}, {k: torch.from_numpy(f1[k]).to(dev) for k in keep})
-    m = pred["matches"].cpu().numpy()
-    k0, k1 = f0["keypoints"][m[:, 0]], f1["keypoints"][m[:, 1]]
+    if MATCHERS.kind_of(matcher) == "image":
+        from visloc.matching.api import match_images as run_image_matcher
+
+        pred = run_image_matcher(MATCHERS.build(matcher, matcher_overrides).to(dev), img0, img1, device=dev)
+        kp0, kp1 = pred.keypoints0, pred.keypoints1
+        label = matcher
+    else:
+        econf = EXTRACTORS.conf(extractor, extractor_overrides)
+        ex = EXTRACTORS.build_conf(extractor, econf).to(dev)
+        ma = MATCHERS.build_conf(matcher, matcher_conf(matcher, matcher_overrides,
+                                                       descriptor_family(extractor, econf))).to(dev)
+        f0, f1 = extract_image(ex, img0, device=dev), extract_image(ex, img1, device=dev)
+        pred = ma(f0.to(dev), f1.to(dev))
+        kp0, kp1 = f0.keypoints, f1.keypoints
+        label = f"{extractor}+{matcher}"
+    if kp0 is None or kp1 is None:
+        raise RuntimeError(f"{matcher}: an image matcher returned no keypoints")
+    m, scores = pred.numpy()
+    kpts0, kpts1 = kp0.cpu().numpy(), kp1.cpu().numpy()
+    k0, k1 = kpts0[m[:, 0]], kpts1[m[:, 1]]
     estimate = est(k0, k1, K0, K1)
     if out is not None:
-        caption = f"{extractor}+{matcher}: {estimate.num_inliers}/{len(m)} {model} inliers"
+        caption = f"{label}: {estimate.num_inliers}/{len(m)} {model} inliers"
         save_image(out, draw_matches(img0, img1, k0, k1, estimate.inliers, caption))
-    return PairMatch(f0["keypoints"], f1["keypoints"], m, pred["scores"].cpu().numpy(), estimate)
+    return PairMatch(kpts0, kpts1, m, scores, estimate)

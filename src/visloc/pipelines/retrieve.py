@@ -9,7 +9,6 @@ with ``rerank=K`` each query's first ``K`` results are re-ordered by geometric v
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -135,11 +134,12 @@ def rerank_pairs(pairs: Sequence[tuple[str, str]], features: str | Path, db_feat
     if db_features is None:
         raise ValueError("rerank: needs the database feature file (--db-features) for local features")
     from visloc.matching import MATCHERS
-    from visloc.pipelines.match_features import infer_matcher_overrides
+    from visloc.matching.select import check_feature_matcher, family_of_record, matcher_conf
     from visloc.retrieval.rerank import rerank
 
-    extractor = json.loads(features_h5.read_attrs(db_features).get(EXTRACTOR_ATTR, "null") or "null")
-    net = MATCHERS.build(matcher, infer_matcher_overrides(matcher, overrides, extractor and extractor["name"]))
+    check_feature_matcher(matcher, "re-ranking")
+    family = family_of_record(features_h5.read_attrs(db_features).get(EXTRACTOR_ATTR))
+    net = MATCHERS.build_conf(matcher, matcher_conf(matcher, overrides, family))
     if threshold is None:
         from visloc.geometry import ESTIMATORS
 
@@ -150,7 +150,7 @@ def rerank_pairs(pairs: Sequence[tuple[str, str]], features: str | Path, db_feat
     out: list[tuple[str, str]] = []
     for q, found in ranked.items():
         head = found[:top]
-        res = rerank(features_h5.read_features(features, q), [features_h5.read_features(db_features, d) for d in head],
+        res = rerank(features_h5.load_features(features, q), [features_h5.load_features(db_features, d) for d in head],
                      head, model, threshold, net, min_inliers)
         out += [(q, d) for d in res.names(head) + found[top:]]
         logger.debug("rerank %s: inliers %s", q, dict(zip(head, res.inliers.tolist(), strict=True)))

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from visloc.conf import conf_to_dict
 from visloc.features import EXTRACTORS
-from visloc.features.api import extract_array
+from visloc.features.api import extract_image
 from visloc.io.images import ImageError, list_images, read_image
 from visloc.pipelines.common import pick_device
 from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
@@ -73,7 +73,8 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, num_clusters: int =
     descs, failed = [], []
     for name in tqdm(names, desc="vocab: extract", disable=not progress, unit="img"):
         try:
-            descs.append(extract_array(model, read_image(image_dir / name, grayscale=False), device=dev)["descriptors"])
+            feats = extract_image(model, read_image(image_dir / name, grayscale=False), device=dev)
+            descs.append(feats.descriptors.numpy())
         except ImageError as e:
             failed.append((name, str(e).removeprefix(f"{image_dir / name}: ")))
             logger.warning("%s", e)

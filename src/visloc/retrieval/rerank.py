@@ -8,7 +8,7 @@ matcher) and a model (homography, fundamental or affine, ``geometry.estimators``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,9 +17,9 @@ import torch
 
 from visloc.geometry.estimators import ESTIMATORS
 from visloc.matching.base import Matcher
+from visloc.types import Features
 
 RerankModel = Literal["homography", "fundamental", "affine"]
-MATCH_KEYS = ("keypoints", "descriptors", "scores", "image_size")
 
 
 @dataclass(frozen=True)
@@ -34,30 +34,24 @@ class RerankResult:
         return [db_names[i] for i in self.order]
 
 
-def _to_torch(feats: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.asarray(feats[k])) for k in MATCH_KEYS if k in feats}
-
-
-def count_inliers(query_feats: Mapping[str, np.ndarray], db_feats: Mapping[str, np.ndarray], matcher: Matcher,
+def count_inliers(query_feats: Features, db_feats: Features, matcher: Matcher,
                   estimator: Callable[[np.ndarray, np.ndarray], object]) -> int:
     """Inliers of ``estimator`` on the ``matcher``'s matches between two images' local features."""
     with torch.inference_mode():
-        pred = matcher(_to_torch(query_feats), _to_torch(db_feats))
-    m = pred["matches"].cpu().numpy()
+        m, _ = matcher(query_feats, db_feats).numpy()
     if len(m) == 0:
         return 0
-    est = estimator(np.asarray(query_feats["keypoints"])[m[:, 0]], np.asarray(db_feats["keypoints"])[m[:, 1]])
+    est = estimator(query_feats.keypoints.numpy()[m[:, 0]], db_feats.keypoints.numpy()[m[:, 1]])
     return int(est.num_inliers)  # type: ignore[attr-defined]
 
 
-def rerank(query_feats: Mapping[str, np.ndarray], db_feats_list: Sequence[Mapping[str, np.ndarray]],
+def rerank(query_feats: Features, db_feats_list: Sequence[Features],
            db_names: Sequence[str], model: RerankModel, threshold: float, matcher: Matcher,
            min_inliers: int = 15) -> RerankResult:
     """Re-order retrieved database images by the inliers of ``model`` with the query.
 
     Args:
-        query_feats: the query's ``keypoints [N, 2]``, ``descriptors [N, D]`` (numpy, as
-            ``features_h5.read_features`` returns them), optionally ``scores`` and ``image_size``.
+        query_feats: the query's local features (``features_h5.load_features``).
         db_feats_list: the local features of the images to re-rank, in their global order.
         db_names: their names (for error messages; same length).
         model: ``homography``, ``fundamental`` or ``affine``.

@@ -1,0 +1,1 @@
+"""Image matchers (``MATCHERS`` kind ``image``): two images in, keypoints and matches out."""
