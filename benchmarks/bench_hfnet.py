@@ -6,7 +6,7 @@ Every line runs in its own process (peak RSS is that process's own, ``resource.g
 same 640x480 photo, median of ``--runs`` calls after warm-up, ``--threads`` intra-op threads for
 torch and onnxruntime alike:
 
-- full extractors through ``extract_array`` (gray conversion, padding, network, heatmap, NMS,
+- full extractors through ``extract_image`` (gray conversion, padding, network, heatmap, NMS,
   top-k, descriptor sampling, numpy outputs): ``hfnet`` (torch eager), ``hfnet-onnx``
   (onnxruntime), and the teacher ALIKED-n16 (visloc's sparse forward, and kornia's forward);
 - the networks alone on a ``[1, 1, 480, 640]`` tensor: the MobileNetV2-0.75 backbone

@@ -41,19 +41,18 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at I
 
 
 @app.command("list")
-def list_parts() -> None:
-    """Show every registered extractor, matcher and estimator with its default conf."""
+def list_parts(confs: Annotated[bool, typer.Option("--confs", help="Also print each default conf (imports "
+                                                                  "every part).")] = False) -> None:
+    """Show every registry (extractors, matchers, estimators, models, recipes, representations) with kinds."""
     from visloc.conf import conf_to_dict
-    from visloc.features import EXTRACTORS
-    from visloc.geometry import ESTIMATORS
-    from visloc.matching import MATCHERS
+    from visloc.registry import ALL
 
-    for reg in (EXTRACTORS, MATCHERS, ESTIMATORS):
-        typer.echo(f"{reg.kind}s:")
+    for reg in ALL:
+        typer.echo(f"{reg.what}s ({', '.join(reg.kinds)}):")
         for name in reg.names():
-            entry = reg.entry(name)
-            typer.echo(f"  {name:<14} {entry.description}")
-            typer.echo(f"  {'':<14} {json.dumps(conf_to_dict(entry.conf))}")
+            typer.echo(f"  {name:<16} {reg.kind_of(name):<13} {reg.description_of(name)}")
+            if confs:
+                typer.echo(f"  {'':<16} {'':<13} {json.dumps(conf_to_dict(run(reg.entry, name).conf))}")
 
 
 @app.command()
@@ -181,6 +180,32 @@ def match_features_cmd(pairs: Annotated[Path, typer.Option(help="Pairs file, 'na
     name, overrides = resolve_conf(conf, set_)
     summary = run(match_features, pairs, features, out, name, overrides, features1, device)
     for line in summary.lines("match"):
+        typer.echo(line)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command("match-dense")
+def match_dense_cmd(pairs: Annotated[Path, typer.Option(help="Pairs file, 'name0 name1' per line.")],
+                    images: Annotated[Path, typer.Option(help="Image folder (names in the pairs file are "
+                                                             "relative to it).")],
+                    features: Annotated[Path, typer.Option(help="Feature file to write (keypoints merged per "
+                                                               "image).")],
+                    out: Annotated[Path, typer.Option(help="HDF5 match file (hloc layout).")],
+                    conf: Annotated[str, typer.Option(help="Registered image matcher or YAML file.")]
+                    = "detector-pair",
+                    set_: SetOpt = None,
+                    cell_size: Annotated[float, typer.Option(help="Keypoints of an image closer than this many "
+                                                                  "pixels merge into one.")] = 2.0,
+                    device: DeviceOpt = None) -> None:
+    """Match image pairs with an image matcher into --features and --out (hloc layout); resumes."""
+    from visloc.pipelines.match_dense import QuantizeConf, match_dense
+
+    name, overrides = resolve_conf(conf, set_)
+    quantize = run(QuantizeConf, cell_size=cell_size)
+    summary = run(match_dense, pairs, images, features, out, matcher=name, overrides=overrides, quantize=quantize,
+                  device=device)
+    for line in summary.lines("match-dense"):
         typer.echo(line)
     if not summary.ok:
         raise typer.Exit(1)

@@ -36,7 +36,9 @@ def map_build(images: ImagesOpt, out: MapOut, poses: PosesOpt = None, cameras: C
               set_matcher: SetMatcher = None, retrieval: RetrievalOpt = "vlad-aliked",
               set_retrieval: SetRetrieval = None, features: FeaturesOpt = None, matches: MatchesOpt = None,
               num_pairs: NumPairs = 10, set_model: SetModel = None, device: DeviceOpt = None,
-              verbose_colmap: VerboseColmap = False) -> None:
+              verbose_colmap: VerboseColmap = False,
+              cell_size: Annotated[float, typer.Option(help="With an image matcher: keypoints closer than this "
+                                                            "many pixels merge.")] = 2.0) -> None:
     """Extract, pair, match and triangulate (with --poses --cameras) or run SfM; resumes."""
     from visloc.conf import apply_overrides, parse_overrides
     from visloc.localization.sfm import SfMConf
@@ -50,7 +52,7 @@ def map_build(images: ImagesOpt, out: MapOut, poses: PosesOpt = None, cameras: C
     tri = run(apply_overrides, TriangulationConf(), list(set_model or ())) if poses is not None else None
     sfm = run(apply_overrides, SfMConf(), list(set_model or ())) if poses is None else None
     summary = run(build_map, images, out, poses, cameras, ext_name, ext_ov, match_name, match_ov, ret_name, ret_ov,
-                  features, matches, num_pairs, tri, sfm, device, True, verbose_colmap)
+                  features, matches, num_pairs, tri, sfm, device, True, verbose_colmap, cell_size=cell_size)
     for line in summary.lines():
         typer.echo(line)
 

@@ -56,24 +56,22 @@ def _worker(kind: str, name: str, extractor: str, overrides: Sequence[str], size
             threads: int, warmup: int, runs: int, queue: mp.Queue) -> None:
     torch.set_num_threads(threads)
     from visloc.features import EXTRACTORS
-    from visloc.features.api import extract_array
+    from visloc.features.api import extract_image
     from visloc.matching import MATCHERS
-    from visloc.pipelines.match_features import infer_matcher_overrides
+    from visloc.matching.select import descriptor_family, matcher_conf
 
     img0, img1 = _bench_image(size)
-    ex = EXTRACTORS.build(extractor, overrides if kind == "extract" else ())
-    f0, f1 = extract_array(ex, img0, None), extract_array(ex, img1, None)
-    n_kp = (len(f0["keypoints"]) + len(f1["keypoints"])) / 2
+    econf = EXTRACTORS.conf(extractor, overrides if kind == "extract" else ())
+    ex = EXTRACTORS.build_conf(extractor, econf)
+    f0, f1 = extract_image(ex, img0, None), extract_image(ex, img1, None)
+    n_kp = (f0.num_keypoints + f1.num_keypoints) / 2
     n_m = float("nan")
     if kind == "extract":
-        times = _time(lambda: extract_array(ex, img0, None), warmup, runs)
+        times = _time(lambda: extract_image(ex, img0, None), warmup, runs)
     else:
-        ma = MATCHERS.build(name, infer_matcher_overrides(name, overrides, extractor))
-        keep = ("keypoints", "descriptors", "scores", "image_size")
-        t0 = {k: torch.from_numpy(f0[k]) for k in keep}
-        t1 = {k: torch.from_numpy(f1[k]) for k in keep}
-        n_m = float(len(ma(t0, t1)["matches"]))
-        times = _time(lambda: ma(t0, t1), warmup, runs)
+        ma = MATCHERS.build_conf(name, matcher_conf(name, overrides, descriptor_family(extractor, econf)))
+        n_m = float(ma(f0, f1).num_matches)
+        times = _time(lambda: ma(f0, f1), warmup, runs)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     label = name if kind == "extract" else f"{name} ({extractor})"
     queue.put(BenchResult(kind, label, statistics.median(times), float(np.percentile(times, 90)), peak, n_kp, n_m,

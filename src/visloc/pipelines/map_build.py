@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from visloc.conf import conf_to_dict, merge, parse_overrides
-from visloc.errors import VislocError
+from visloc.errors import InputError, VislocError
 from visloc.features import EXTRACTORS
 from visloc.io import features_h5
 from visloc.io.atomic import atomic_write_text
@@ -43,8 +43,10 @@ from visloc.localization import colmap
 from visloc.localization.covisibility import pairs_from_poses
 from visloc.localization.sfm import SfMConf, reconstruct
 from visloc.localization.triangulation import TriangulationConf, triangulate, verify_with_poses
+from visloc.matching import MATCHERS
 from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
 from visloc.pipelines.extract import extract_features
+from visloc.pipelines.match_dense import QuantizeConf, match_dense
 from visloc.pipelines.match_features import match_features
 from visloc.pipelines.retrieve import build_index
 from visloc.retrieval.index import RetrievalIndex, global_descriptors, pairs_from_retrieval
@@ -114,7 +116,7 @@ def _with_vocabulary(name: str, overrides: dict[str, Any], files: MapFiles, imag
                      device: str | None, progress: bool) -> dict[str, Any]:
     """Point an extractor that needs a VLAD vocabulary (``vocabulary`` field unset) at one learned here."""
     conf = EXTRACTORS.conf(name, overrides)
-    if not hasattr(conf, "vocabulary") or conf.vocabulary is not None:
+    if "vocabulary" not in EXTRACTORS.capabilities(name, conf).needs:
         return overrides
     if not files.vocabulary.exists():
         from visloc.pipelines.vocab import build_vocabulary
@@ -190,6 +192,20 @@ def _extract(images: Path, names: list[str], files: MapFiles, extractor: str | N
     return confs, global_file, failed
 
 
+def _extract_global(images: Path, names: list[str], files: MapFiles, features: str | Path | None, retrieval: str,
+                    retrieval_overrides: Overrides, device: str | None,
+                    progress: bool) -> tuple[dict[str, Any], Path, list[tuple[str, str]]]:
+    """Global descriptors only (maps matched by an image matcher); returns the confs, the file, failures."""
+    if features is not None and features_h5.read_attrs(files.features).get(EXTRACTOR_ATTR):
+        raise InputError(f"{files.features}: holds an extractor's features; an image matcher writes its own "
+                         "keypoints there: give another --features path or none")
+    rov = _with_vocabulary(retrieval, _overrides(retrieval_overrides), files, images, names, device, progress)
+    summary = extract_features(images, files.global_features, retrieval, rov, names, device=device,
+                               progress=progress)
+    confs = {"extractor": None, "retrieval": {"name": retrieval, "conf": conf_to_dict(EXTRACTORS.conf(retrieval, rov))}}
+    return confs, files.global_features, list(summary.failed)
+
+
 def _select_pairs(names: list[str], poses: dict | None, files: MapFiles, global_file: Path,
                   num_pairs: int) -> list[tuple[str, str]]:
     """Pairs by pose covisibility when the poses are known, else by retrieval (each image's ``num_pairs`` best)."""
@@ -210,7 +226,8 @@ def build_map(images: str | Path, out: str | Path, poses: str | Path | None = No
               retrieval_overrides: Overrides = (), features: str | Path | None = None,
               matches: str | Path | None = None, num_pairs: int = 10,
               triangulation: TriangulationConf | None = None, sfm: SfMConf | None = None,
-              device: str | None = None, progress: bool = True, verbose: bool = False) -> MapSummary:
+              device: str | None = None, progress: bool = True, verbose: bool = False,
+              cell_size: float = 2.0) -> MapSummary:
     """Build a map in ``out`` (layout in the module docstring) from the images below ``images``.
 
     Args:
@@ -235,6 +252,9 @@ def build_map(images: str | Path, out: str | Path, poses: str | Path | None = No
         device: ``cpu``, ``cuda`` or None for automatic.
         progress: show progress bars.
         verbose: let COLMAP log.
+        cell_size: with an image matcher (``MATCHERS`` kind ``image``, e.g. ``detector-pair``), keypoints of
+            an image closer than this many pixels merge into one (``pipelines.match_dense``); its features
+            file then holds keypoints only, and ``extractor`` is not used.
     """
     images = Path(images)
     files = MapFiles.of(out, features, matches)
@@ -242,16 +262,29 @@ def build_map(images: str | Path, out: str | Path, poses: str | Path | None = No
     names, pose_map, cams = _inputs(images, poses, cameras)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    confs, global_file, failed = _extract(images, names, files, extractor, extractor_overrides, retrieval,
-                                          retrieval_overrides, device, progress)
+    dense = MATCHERS.kind_of(matcher) == "image"
+    if dense:
+        confs, global_file, failed = _extract_global(images, names, files, features, retrieval, retrieval_overrides,
+                                                     device, progress)
+    else:
+        confs, global_file, failed = _extract(images, names, files, extractor, extractor_overrides, retrieval,
+                                              retrieval_overrides, device, progress)
     names = [n for n in names if n not in dict(failed)]
     build_index(global_file, files.index)
     seconds["extraction"] = time.perf_counter() - start
     start = time.perf_counter()
     pairs = _select_pairs(names, pose_map, files, global_file, num_pairs)
     write_pairs(files.pairs, pairs)
-    match_features(files.pairs, files.features, files.matches, matcher, matcher_overrides, device=device,
-                   progress=progress)
+    if dense:  # per-pair keypoints, merged per image into the map's feature file
+        quantize = QuantizeConf(cell_size=cell_size)
+        match_dense(files.pairs, images, files.features, files.matches, matcher=matcher,
+                    overrides=matcher_overrides, quantize=quantize, device=device, progress=progress)
+        confs["dense"] = {"cell_size": quantize.cell_size, "max_error": quantize.cell_size}
+        matched = set(features_h5.list_feature_names(files.features))
+        names = [n for n in names if n in matched]  # an image in no matched pair has no keypoints
+    else:
+        match_features(files.pairs, files.features, files.matches, matcher, matcher_overrides, device=device,
+                       progress=progress)
     confs["matcher"] = json.loads(features_h5.read_attrs(files.matches)["visloc_matcher"])
     seconds["matching"] = time.perf_counter() - start
     start = time.perf_counter()
