@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visloc.errors import VislocError
+from visloc.utils.image_ops import rgb_to_gray
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pnm", ".tif", ".tiff", ".bmp", ".webp")
 MAX_PIXELS = 300_000_000  # larger than any real photo; larger files are corrupt headers or bombs
@@ -91,7 +92,7 @@ def read_image(path: str | Path, grayscale: bool = False) -> np.ndarray:
             raise
         raise ImageError(f"{path}: truncated or corrupt image ({str(e).splitlines()[0][:80]})") from None
     if grayscale and arr.ndim == 3:
-        arr = arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        arr = rgb_to_gray(arr)
     if not grayscale and arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     return np.ascontiguousarray(arr, dtype=np.float32)
