@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from visloc.errors import VislocError
-from visloc.io import parts
+from visloc.io import parts, shards
 
 
 class MatchStoreError(VislocError, ValueError):
@@ -46,8 +46,11 @@ def stage_matches(path: str | Path, name0: str, name1: str, matches0: np.ndarray
 
 
 def commit_matches(path: str | Path, attrs: dict[str, str] | None = None) -> int:
-    """Merge staged pairs into ``path`` atomically (root ``attrs`` set); return how many were added."""
-    return parts.merge_parts(Path(path), _write_group, attrs)
+    """Merge staged pairs into ``path`` atomically (root ``attrs`` set); return how many were added.
+
+    Costs the staged data plus a copy of the small master (``visloc.io.shards``), not of the file.
+    """
+    return shards.commit(Path(path), _write_group, attrs)
 
 
 def _open(path: Path) -> h5py.File:
@@ -62,7 +65,8 @@ def _open(path: Path) -> h5py.File:
 def _find(fd: h5py.File, name0: str, name1: str) -> tuple[str, bool] | None:
     for key, reverse in ((names_to_pair(name0, name1), False), (names_to_pair(name1, name0), True),
                          (names_to_pair_old(name0, name1), False), (names_to_pair_old(name1, name0), True)):
-        if key in fd and isinstance(fd[key], h5py.Group) and "matches0" in fd[key]:
+        grp = shards.get_item(fd, key, MatchStoreError)
+        if isinstance(grp, h5py.Group) and "matches0" in grp:
             return key, reverse
     return None
 
@@ -84,7 +88,7 @@ def done_pairs(path: str | Path) -> set[str]:
     keys = set(parts.staged_names(path))
     if path.exists():
         with _open(path) as fd:
-            fd.visititems(lambda k, o: keys.add(k) if isinstance(o, h5py.Group) and "matches0" in o else None)
+            keys.update(shards.item_names(fd, ("matches0",)))
     return keys
 
 
