@@ -76,7 +76,7 @@ def write_part(out: Path, name: str, data: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **{NAME_KEY: np.array(name)}, **data)
+            np.savez(f, allow_pickle=False, **{NAME_KEY: np.array(name)}, **data)
         size = tmp.stat().st_size
     # One short write per line: a kill can only tear the last line, which listing ignores.
     line = f"{path.stem}\t{size}\t{json.dumps(name)}\n"

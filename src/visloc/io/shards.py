@@ -54,6 +54,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
+from h5py import h5l  # pyright: ignore[reportAttributeAccessIssue]  (compiled module)
 
 from visloc.errors import VislocError
 from visloc.io import parts
@@ -96,11 +97,11 @@ def item_names(fd: h5py.File, members: tuple[str, ...]) -> list[str]:
     linked: list[str] = []
     held: set[str] = set()
 
-    def visit(name: bytes, info: h5py.h5l.LinkInfo) -> None:
+    def visit(name: bytes, info: h5l.LinkInfo) -> None:
         path = name.decode()
-        if info.type == h5py.h5l.TYPE_EXTERNAL:
+        if info.type == h5l.TYPE_EXTERNAL:
             linked.append(path)
-        elif info.type == h5py.h5l.TYPE_HARD and "/" in path:
+        elif info.type == h5l.TYPE_HARD and "/" in path:
             parent, _, leaf = path.rpartition("/")
             if leaf in members:
                 held.add(parent)
@@ -109,15 +110,16 @@ def item_names(fd: h5py.File, members: tuple[str, ...]) -> list[str]:
     return sorted(held.union(linked))
 
 
-def get_item(fd: h5py.File, name: str, error: type[Exception]) -> object | None:
+def get_item(fd: h5py.File, name: str, error: type[Exception]) -> h5py.Group | h5py.Dataset | None:
     """``fd[name]`` or None if absent; ``error`` (naming the shard) if its shard cannot be opened."""
     obj = fd.get(name)
-    if obj is None:
-        link = fd.get(name, getlink=True)
-        if isinstance(link, h5py.ExternalLink):
-            raise error(f"{fd.filename}: {name!r} is stored in {link.filename}, which cannot be opened "
-                        "(copy the .shards folder with the file, or consolidate it)")
-    return obj
+    if isinstance(obj, (h5py.Group, h5py.Dataset)):
+        return obj
+    link = fd.get(name, getlink=True)
+    if obj is None and isinstance(link, h5py.ExternalLink):
+        raise error(f"{fd.filename}: {name!r} is stored in {link.filename}, which cannot be opened "
+                    "(copy the .shards folder with the file, or consolidate it)")
+    return None
 
 
 def _new_id(tag: str = "") -> str:
@@ -169,13 +171,12 @@ def _link(fd: h5py.File, name: str, target: str) -> None:
 def _base_items(grp: h5py.Group, prefix: str = "") -> Iterator[str]:
     """Items of a self-contained file: groups holding a dataset (hloc's items), or lone datasets."""
     for key in grp:
-        path = prefix + key
-        if isinstance(grp.get(key, getlink=True), h5py.HardLink) and grp.get(key, getclass=True) is h5py.Group:
-            sub = grp[key]
-            if not any(sub.get(k, getclass=True) is h5py.Dataset for k in sub):
-                yield from _base_items(sub, path + "/")
-                continue
-        yield path
+        path = prefix + str(key)
+        sub = grp[key] if isinstance(grp.get(key, getlink=True), h5py.HardLink) else None
+        if isinstance(sub, h5py.Group) and not any(sub.get(k, getclass=True) is h5py.Dataset for k in sub):
+            yield from _base_items(sub, path + "/")
+        else:
+            yield path
 
 
 def _adopt(out: Path) -> Path:
