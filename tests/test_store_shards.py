@@ -155,18 +155,23 @@ def test_commit_writes_master_of_links_read_by_plain_h5py(tmp_path):
 
 def test_moved_folder_reads_and_lone_master_names_the_shard(tmp_path, monkeypatch):
     path = tmp_path / "a" / "feats.h5"
-    refs = {"x.jpg": _feats(4, seed=1), "sub/y.jpg": _feats(6, seed=2)}
+    refs = {"x.jpg": _feats(4, seed=1), "sub/y.jpg": _feats(6, seed=2),
+            "g.jpg": {"global_descriptor": np.arange(4, dtype=np.float32)}}
     write_features(path, refs)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     shutil.rmtree(tmp_path / "a")
     monkeypatch.chdir("/")  # links resolve against the master's folder, not the working directory
     _assert_same(tmp_path / "b" / "feats.h5", refs)
+    np.testing.assert_array_equal(features_h5.read_global_descriptors(tmp_path / "b" / "feats.h5", ["g.jpg"])[1],
+                                  [[0, 1, 2, 3]])
 
     lone = tmp_path / "lone.h5"
     shutil.copyfile(tmp_path / "b" / "feats.h5", lone)
-    assert list_feature_names(lone) == ["sub/y.jpg", "x.jpg"]
+    assert list_feature_names(lone) == ["g.jpg", "sub/y.jpg", "x.jpg"]
     with pytest.raises(FeatureStoreError, match=r"lone.h5: 'x.jpg' is stored in feats.h5.shards/.*cannot be opened"):
         read_features(lone, "x.jpg")
+    with pytest.raises(FeatureStoreError, match=r"lone.h5: 'g.jpg' is stored in feats.h5.shards/.*cannot be opened"):
+        features_h5.read_global_descriptors(lone, ["g.jpg"])
 
 
 def test_commit_adopts_hloc_file_without_copying_it(tmp_path, monkeypatch):
@@ -222,7 +227,14 @@ def test_consolidate_round_trips(tmp_path):
         commit_features(path, {"visloc_extractor": "rec"})
     assert len(list(shards.shards_dir(path).iterdir())) == 5
     assert shards.is_master(path)
+    before = features_h5.read_global_descriptors(path, ["g.jpg"])
+    with pytest.raises(FeatureStoreError, match=r"'s/0.jpg' has no global_descriptor"):
+        features_h5.read_global_descriptors(path, ["g.jpg", "s/0.jpg"])
     shards.consolidate(path)
+    after = features_h5.read_global_descriptors(path, ["g.jpg"])
+    assert before[0] == after[0] == ["g.jpg"]
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_array_equal(after[1], [np.arange(16, dtype=np.float32)])
     assert not shards.is_master(path) and not shards.shards_dir(path).exists()
     assert [p.name for p in tmp_path.iterdir()] == ["feats.h5"]
     with h5py.File(path, "r") as fd:
