@@ -206,7 +206,7 @@ def test_interrupted_merge_keeps_original(tmp_path, monkeypatch):
 def test_unreadable_part_is_skipped(tmp_path):
     path = tmp_path / "feats.h5"
     stage_features(path, "good.jpg", _feats(4, 8))
-    (part,) = parts.parts_dir(path).glob("*.npz")
+    (part,) = parts.parts_dir(path).glob("*/*.npz")  # <hh>/<sha1>.npz
     data = part.read_bytes()
     (parts.parts_dir(path) / "cut.npz").write_bytes(data[: len(data) // 2])  # e.g. a full disk
     (parts.parts_dir(path) / "junk.npz").write_bytes(b"not a zip")

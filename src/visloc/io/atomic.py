@@ -9,20 +9,44 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def tmp_prefix(path: Path) -> str:
+    """The name prefix of the temporary files ``atomic_path`` makes beside ``path``."""
+    return f".{path.name}."
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's) data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
+    On an exception the temporary file is removed and ``path`` is left as it was. A process killed
+    inside the block leaves a ``.<name>.*.tmp`` file beside ``path`` (``path`` itself untouched).
+
+    Args:
+        path: the file to (re)place.
+        durable: fsync the file before the rename and its folder after it, so that a power loss
+            cannot publish a name whose data never reached the disk (a kill alone never can).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if durable:
+            fsync_path(tmp_path)
         os.replace(tmp_path, path)
+        if durable:
+            fsync_path(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -4,21 +4,26 @@ One group per image, named by its path relative to the image root (``/`` nests g
 ``keypoints`` ``(N, 2)`` float32 ``(x, y)`` pixels in the original image, pixel-centre-at-0;
 ``scores`` ``(N,)``; ``descriptors`` ``(D, N)`` (note: transposed, as hloc); ``global_descriptor``
 ``(G,)``; ``image_size`` ``(2,)`` as ``(W, H)``. In memory visloc uses ``descriptors [N, D]``.
+
+Commits go through ``visloc.io.shards``: ``<path>`` is then a small master of external links into
+``<path>.shards/`` (read with plain h5py as above; ``shards.consolidate`` makes one self-contained
+file). Every reader here accepts both layouts.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from visloc.errors import VislocError
-from visloc.io import parts
+from visloc.io import parts, shards
 from visloc.types import Features
 
 LOCAL_KEYS = ("keypoints", "scores", "descriptors")
-
+ITEM_KEYS = ("keypoints", "global_descriptor")  # a group holding one of these is an image
 
 
 class FeatureStoreError(VislocError, ValueError):
@@ -46,8 +51,11 @@ def stage_features(path: str | Path, name: str, feats: dict[str, np.ndarray], as
 
 
 def commit_features(path: str | Path, attrs: dict[str, str] | None = None) -> int:
-    """Merge staged features into ``path`` atomically (root ``attrs`` set); return how many were added."""
-    return parts.merge_parts(Path(path), parts.write_group, attrs)
+    """Merge staged features into ``path`` atomically (root ``attrs`` set); return how many were added.
+
+    Costs the staged data plus a copy of the small master, not a copy of the existing features.
+    """
+    return shards.commit(Path(path), parts.write_group, attrs)
 
 
 def read_attrs(path: str | Path) -> dict[str, str]:
@@ -56,7 +64,7 @@ def read_attrs(path: str | Path) -> dict[str, str]:
     if not path.exists():
         return {}
     with _open(path) as fd:
-        return {k: str(v) for k, v in fd.attrs.items()}
+        return {k: str(v) for k, v in fd.attrs.items() if k not in shards.STORE_ATTRS}
 
 
 def write_features(path: str | Path, features: dict[str, dict[str, np.ndarray]], as_half: bool = False) -> None:
@@ -76,14 +84,7 @@ def list_feature_names(path: str | Path) -> list[str]:
 
 
 def _image_names(fd: h5py.File) -> list[str]:
-    names: list[str] = []
-
-    def visit(name: str, obj: object) -> None:
-        if isinstance(obj, h5py.Group) and ("keypoints" in obj or "global_descriptor" in obj):
-            names.append(name)
-
-    fd.visititems(visit)
-    return sorted(names)
+    return shards.item_names(fd, ITEM_KEYS)
 
 
 def done_names(path: str | Path) -> set[str]:
@@ -104,9 +105,9 @@ def read_features(path: str | Path, name: str) -> dict[str, np.ndarray]:
     """One image's features with ``descriptors [N, D]`` float32 (whatever the stored dtype)."""
     path = Path(path)
     with _open(path) as fd:
-        if name not in fd or not isinstance(fd[name], h5py.Group):
+        grp = shards.get_item(fd, name, FeatureStoreError)
+        if not isinstance(grp, h5py.Group):
             raise FeatureStoreError(f"{path}: no features for image {name!r}")
-        grp = fd[name]
         out = {key: grp[key][()] for key in grp.keys() if isinstance(grp[key], h5py.Dataset)}
     if "descriptors" in out:
         out["descriptors"] = np.ascontiguousarray(out["descriptors"].T, dtype=np.float32)
@@ -134,7 +135,7 @@ def read_global_descriptors(path: str | Path, names: list[str] | None = None) ->
     with _open(path) as fd:
         names = _image_names(fd) if names is None else list(names)
         for name in names:
-            grp = fd.get(name)
+            grp = shards.get_item(fd, name, FeatureStoreError)
             if not isinstance(grp, h5py.Group):
                 raise FeatureStoreError(f"{path}: no features for image {name!r}")
             if not isinstance(grp.get("global_descriptor"), h5py.Dataset):
@@ -178,4 +179,5 @@ def write_features_file(path: str | Path, features: dict[str, dict[str, np.ndarr
             fd.attrs[key] = value
         for name, arrays in features.items():
             parts.write_group(fd, name, to_storage(arrays, as_half))
+    shutil.rmtree(shards.shards_dir(path), ignore_errors=True)  # a former sharded layout
     return path

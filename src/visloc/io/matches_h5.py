@@ -8,13 +8,14 @@ One group per pair, keyed by ``names_to_pair(name0, name1)``: ``name0/name1`` wi
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from visloc.errors import VislocError
-from visloc.io import parts
+from visloc.io import parts, shards
 
 
 class MatchStoreError(VislocError, ValueError):
@@ -46,8 +47,11 @@ def stage_matches(path: str | Path, name0: str, name1: str, matches0: np.ndarray
 
 
 def commit_matches(path: str | Path, attrs: dict[str, str] | None = None) -> int:
-    """Merge staged pairs into ``path`` atomically (root ``attrs`` set); return how many were added."""
-    return parts.merge_parts(Path(path), _write_group, attrs)
+    """Merge staged pairs into ``path`` atomically (root ``attrs`` set); return how many were added.
+
+    Costs the staged data plus a copy of the small master (``visloc.io.shards``), not of the file.
+    """
+    return shards.commit(Path(path), _write_group, attrs)
 
 
 def _open(path: Path) -> h5py.File:
@@ -62,7 +66,8 @@ def _open(path: Path) -> h5py.File:
 def _find(fd: h5py.File, name0: str, name1: str) -> tuple[str, bool] | None:
     for key, reverse in ((names_to_pair(name0, name1), False), (names_to_pair(name1, name0), True),
                          (names_to_pair_old(name0, name1), False), (names_to_pair_old(name1, name0), True)):
-        if key in fd and isinstance(fd[key], h5py.Group) and "matches0" in fd[key]:
+        grp = shards.get_item(fd, key, MatchStoreError)
+        if isinstance(grp, h5py.Group) and "matches0" in grp:
             return key, reverse
     return None
 
@@ -84,7 +89,7 @@ def done_pairs(path: str | Path) -> set[str]:
     keys = set(parts.staged_names(path))
     if path.exists():
         with _open(path) as fd:
-            fd.visititems(lambda k, o: keys.add(k) if isinstance(o, h5py.Group) and "matches0" in o else None)
+            keys.update(shards.item_names(fd, ("matches0",)))
     return keys
 
 
@@ -117,4 +122,5 @@ def write_matches_file(path: str | Path, matches: dict[tuple[str, str], tuple[np
             fd.attrs[key] = value
         for (name0, name1), (m0, s0) in matches.items():
             _write_group(fd, names_to_pair(name0, name1), {"matches0": m0, "matching_scores0": s0})
+    shutil.rmtree(shards.shards_dir(path), ignore_errors=True)  # a former sharded layout
     return path

@@ -1,14 +1,33 @@
-"""Crash-safe staging of per-item results before they are merged into one HDF5 file.
+"""Crash-safe staging of per-item results before they are committed to an HDF5 file.
 
-Each finished item is written as its own ``.npz`` (atomic rename) in ``<out>.parts/``. The merge
-copies the existing HDF5 (if any) and the parts into a temporary file, then renames it over
-``<out>`` and removes the parts. A run killed at any moment therefore leaves ``<out>`` either as it
-was or complete, and the finished parts of an interrupted run are picked up by the next one.
+Layout of the staging folder ``<out>.parts/``:
+
+- ``<hh>/<sha1(name)>.npz``: one finished item, written atomically (temporary file + rename); its
+  members are the item's arrays plus ``__name__``. ``hh`` (the first two hex digits of the hash)
+  spreads a million items over 256 folders of about 4k files each.
+- ``index-<pid>.tsv``: an append-only name index, one line ``sha1 <TAB> size <TAB> json(name)`` per
+  staged part, appended by the staging process after the part's rename.
+
+Listing the staged names (``staged_names``, used to resume) never opens an array: a part is named by
+its index line when the line's hash is the hash of the name and its size is the part's size (one
+``stat`` per part); a part without such a line (a kill between the rename and the append, a torn
+last line, parts of an older visloc in the flat ``<out>.parts/*.npz`` layout) is named by reading
+only its ``__name__`` member (``np.load`` is lazy per member). A part that cannot be named that way
+(cut short, not a zip) is skipped, so its item is re-done. Damage inside an array member of a named
+part (which an atomic rename alone cannot cause) surfaces when the commit loads it: the item is then
+skipped with a warning, left out of the file, and re-done by the next run.
+
+Committing: ``visloc.io.shards.commit`` (cost proportional to the new items; used by the feature and
+match stores) or ``merge_parts`` here (copies the existing file: kept for callers that list a file
+with ``h5py``'s ``visititems``, which does not follow the shard store's external links).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator
@@ -19,7 +38,13 @@ import numpy as np
 
 from visloc.io.atomic import atomic_path
 
+logger = logging.getLogger(__name__)
+
 NAME_KEY = "__name__"
+_PART_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+_HEX = frozenset("0123456789abcdef")
+
+WriteFn = Callable[[h5py.File, str, dict[str, np.ndarray]], None]
 
 
 def write_group(fd: h5py.File, key: str, arrays: dict[str, np.ndarray]) -> None:
@@ -36,52 +61,137 @@ def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
+def _hash(name: str) -> str:
+    return hashlib.sha1(name.encode()).hexdigest()
+
+
 def _part_file(out: Path, name: str) -> Path:
-    return parts_dir(out) / (hashlib.sha1(name.encode()).hexdigest() + ".npz")
+    digest = _hash(name)
+    return parts_dir(out) / digest[:2] / (digest + ".npz")
 
 
 def write_part(out: Path, name: str, data: dict[str, np.ndarray]) -> None:
-    """Stage one item's arrays atomically."""
+    """Stage one item's arrays atomically (restaging a name replaces its part)."""
     path = _part_file(out, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **{NAME_KEY: np.array(name)}, **data)
+            np.savez(f, allow_pickle=False, **{NAME_KEY: np.array(name)}, **data)
+        size = tmp.stat().st_size
+    # One short write per line: a kill can only tear the last line, which listing ignores.
+    line = f"{path.stem}\t{size}\t{json.dumps(name)}\n"
+    with open(parts_dir(out) / f"index-{os.getpid()}.tsv", "a", encoding="utf-8") as f:
+        f.write(line)
 
 
-def staged_parts(out: Path) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """Yield ``(name, arrays)`` of every readable staged part (unreadable ones are skipped)."""
+def _scan(folder: Path) -> dict[Path, int]:
+    """Every part file below ``folder`` (both layouts) -> its size in bytes."""
+    found: dict[Path, int] = {}
+    for entry in os.scandir(folder):
+        if entry.is_file() and entry.name.endswith(".npz"):  # the flat layout of older versions
+            found[Path(entry.path)] = entry.stat().st_size
+        elif entry.is_dir() and len(entry.name) == 2 and set(entry.name) <= _HEX:
+            for sub in os.scandir(entry.path):
+                if sub.name.endswith(".npz") and sub.is_file():
+                    found[Path(sub.path)] = sub.stat().st_size
+    return found
+
+
+def _read_index(folder: Path) -> dict[str, tuple[str, set[int]]]:
+    """Hash -> (name, sizes the part had when staged), from every index file's complete lines."""
+    index: dict[str, tuple[str, set[int]]] = {}
+    for path in folder.glob("index-*.tsv"):
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]  # drop a torn tail
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split("\t")
+            if len(fields) != 3 or not fields[1].isdigit():
+                continue
+            try:
+                name = json.loads(fields[2])
+            except ValueError:
+                continue
+            if not isinstance(name, str) or _hash(name) != fields[0]:
+                continue  # e.g. a torn line glued to the next one
+            index.setdefault(fields[0], (name, set()))[1].add(int(fields[1]))
+    return index
+
+
+def _read_name(path: Path) -> str | None:
+    """The ``__name__`` member of a part, or None if the part is unreadable; reads no other member."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return str(z[NAME_KEY])
+    except _PART_ERRORS:
+        return None
+
+
+def staged_entries(out: Path) -> list[tuple[str, Path]]:
+    """``(name, part file)`` of every nameable staged part, sorted by file; no array is read."""
     folder = parts_dir(out)
     if not folder.is_dir():
-        return
-    for path in sorted(folder.glob("*.npz")):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # e.g. cut short by a full disk
-            continue
-        yield str(arrays.pop(NAME_KEY)), arrays
+        return []
+    index = _read_index(folder)
+    entries: list[tuple[str, Path]] = []
+    for path, size in sorted(_scan(folder).items()):
+        known = index.get(path.stem)
+        name = known[0] if known is not None and size in known[1] else _read_name(path)
+        if name is not None:
+            entries.append((name, path))
+    return entries
 
 
 def staged_names(out: Path) -> set[str]:
-    """Names of the items staged for ``out``."""
-    return {name for name, _ in staged_parts(out)}
+    """Names of the items staged for ``out`` (reads the index and file sizes, not the arrays)."""
+    return {name for name, _ in staged_entries(out)}
 
 
-def merge_parts(out: Path, write: Callable[[h5py.File, str, dict[str, np.ndarray]], None],
-                attrs: dict[str, str] | None = None) -> int:
-    """Merge the staged parts into ``out`` atomically, setting root ``attrs``; return how many were merged."""
-    parts = list(staged_parts(out))
-    if not parts and not (attrs and not out.exists()):
-        shutil.rmtree(parts_dir(out), ignore_errors=True)
+def load_part(path: Path) -> tuple[str, dict[str, np.ndarray]] | None:
+    """``(name, arrays)`` of one part, or None (with a warning) if it cannot be read whole."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        return str(arrays.pop(NAME_KEY)), arrays
+    except _PART_ERRORS as e:  # e.g. a member damaged after its rename: the item is re-done later
+        logger.warning("%s: skipping an unreadable staged part (%s)", path, str(e).splitlines()[0][:80])
+        return None
+
+
+def staged_parts(out: Path) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Yield ``(name, arrays)`` of every readable staged part, loading one part at a time."""
+    for _, path in staged_entries(out):
+        item = load_part(path)
+        if item is not None:
+            yield item
+
+
+def discard(out: Path) -> None:
+    """Remove the staging folder of ``out`` (after a commit, or to start afresh)."""
+    shutil.rmtree(parts_dir(out), ignore_errors=True)
+
+
+def merge_parts(out: Path, write: WriteFn, attrs: dict[str, str] | None = None) -> int:
+    """Merge the staged parts into a copy of ``out``, rename it over ``out``; return how many were merged.
+
+    Costs a copy of the existing file: the feature and match stores use ``visloc.io.shards.commit``.
+    """
+    entries = staged_entries(out)
+    if not entries and not (attrs and not out.exists()):
+        discard(out)
         return 0
+    n = 0
     with atomic_path(out) as tmp:
         if out.exists():
             shutil.copyfile(out, tmp)
         with h5py.File(tmp, "a", libver="latest") as fd:
             for key, value in (attrs or {}).items():
                 fd.attrs[key] = value
-            for name, arrays in parts:
-                write(fd, name, arrays)
-    shutil.rmtree(parts_dir(out), ignore_errors=True)
-    return len(parts)
+            for _, path in entries:
+                item = load_part(path)
+                if item is not None:
+                    write(fd, *item)
+                    n += 1
+    discard(out)
+    return n
