@@ -42,13 +42,6 @@ def resize_for(extractor: Extractor, image: np.ndarray, resize_max: Any = "conf"
     return resize_image(image, resize_max=resize_max, size=tuple(size) if size is not None else None)
 
 
-def to_original(feats: Features, resized: Resized) -> Features:
-    """Features of a resized image -> keypoints and ``image_size`` of the original image, on the CPU."""
-    feats = feats.to("cpu")
-    kpts = scale_keypoints(feats.keypoints.numpy(), resized.scale)
-    return replace(feats, keypoints=torch.from_numpy(kpts), image_size=resized.original_size)
-
-
 def extract_image(extractor: Extractor, image: np.ndarray, resize_max: Any = "conf",
                   device: torch.device | str = "cpu") -> Features:
     """Features of one RGB or gray float image.
@@ -82,14 +75,34 @@ def extract_batch(extractor: Extractor, images: Sequence[Resized], device: torch
     shapes = {r.image.shape for r in images}
     if len(shapes) != 1:
         raise ValueError(f"images: a batch needs images of one size, got {sorted(shapes)}")
+    batch = torch.cat([image_to_tensor(r.image) for r in images])
+    return extract_tensor(extractor, batch, [r.scale for r in images], [r.original_size for r in images], device)
+
+
+def extract_tensor(extractor: Extractor, images: torch.Tensor, scales: Sequence[tuple[float, float]],
+                   original_sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu") -> list[Features]:
+    """Features of a resized batch ``images [B, C, H, W]``, in chunks of up to ``extractor.max_batch``.
+
+    Args:
+        extractor: a built extractor.
+        images: the resized images, float32 in ``[0, 1]``.
+        scales: per image, ``(sx, sy) = original / resized``.
+        original_sizes: per image, ``(W, H)`` of the original.
+        device: where the network runs.
+    """
+    if not (len(images) == len(scales) == len(original_sizes)):
+        raise ValueError(f"images, scales, original_sizes: lengths {len(images)}, {len(scales)}, "
+                         f"{len(original_sizes)} differ")
     step = extractor.max_batch or len(images)
     out: list[Features] = []
     for i in range(0, len(images), step):
-        chunk = images[i:i + step]
-        batch = torch.cat([image_to_tensor(r.image, device) for r in chunk])
         with torch.inference_mode():
-            feats = extractor(batch)
-        if len(feats) != len(chunk):
-            raise RuntimeError(f"{type(extractor).__name__} returned {len(feats)} results for {len(chunk)} images")
-        out += [to_original(f, r) for f, r in zip(feats, chunk, strict=True)]
+            feats = extractor(images[i:i + step].to(device))
+        if len(feats) != len(images[i:i + step]):
+            raise RuntimeError(f"{type(extractor).__name__} returned {len(feats)} results for "
+                               f"{len(images[i:i + step])} images")
+        for f, s, size in zip(feats, scales[i:i + step], original_sizes[i:i + step], strict=True):
+            f = f.to("cpu")
+            kpts = torch.from_numpy(scale_keypoints(f.keypoints.numpy(), s))
+            out.append(replace(f, keypoints=kpts, image_size=(int(size[0]), int(size[1]))))
     return out

@@ -12,14 +12,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from visloc.errors import VislocError
 from visloc.features import EXTRACTORS
-from visloc.features.api import extract_image
-from visloc.io import features_h5
-from visloc.io.images import ImageError, list_images, read_image
+from visloc.features.api import extract_tensor
+from visloc.features.base import Extractor
+from visloc.io import features_h5, shards
+from visloc.io.images import ImageError, list_images
 from visloc.io.parts import parts_dir
+from visloc.io.sources import ImageBatch, ImageSource, ResizeSpec, image_loader
 from visloc.pipelines.common import JobSummary, conf_record, conflicting_conf, pick_device
 
 logger = logging.getLogger(__name__)
@@ -40,7 +43,7 @@ def _check_compatible(out: Path, record: str) -> None:
 def extract_features(image_dir: str | Path, out: str | Path, extractor: str = "aliked-n16",
                      overrides: Mapping[str, Any] | Sequence[str] = (), image_list: Sequence[str] | None = None,
                      as_half: bool = False, overwrite: bool = False, device: str | None = None,
-                     progress: bool = True) -> JobSummary:
+                     progress: bool = True, batch_size: int = 1, num_workers: int | None = None) -> JobSummary:
     """Extract features of every image below ``image_dir`` (or of ``image_list``) into ``out``.
 
     Args:
@@ -53,6 +56,10 @@ def extract_features(image_dir: str | Path, out: str | Path, extractor: str = "a
         overwrite: start afresh, discarding ``out`` and staged work.
         device: ``cpu``, ``cuda``, or None for automatic.
         progress: show a progress bar.
+        batch_size: images of equal resized size per network call (capped by the extractor's
+            ``max_batch``); 1 keeps results bit-identical to single-image extraction.
+        num_workers: processes that read and resize images ahead of the network (``io.sources``);
+            None: one when there are at least 8 images, else none.
 
     Returns:
         The job summary; the resolved conf is stored in the file's ``visloc_extractor`` attribute.
@@ -65,7 +72,7 @@ def extract_features(image_dir: str | Path, out: str | Path, extractor: str = "a
     conf = EXTRACTORS.conf(extractor, overrides)
     record = conf_record(extractor, conf)
     if overwrite:
-        out.unlink(missing_ok=True)
+        shards.remove(out)
         shutil.rmtree(parts_dir(out), ignore_errors=True)
     _check_compatible(out, record)
     done = features_h5.done_names(out)
@@ -73,20 +80,33 @@ def extract_features(image_dir: str | Path, out: str | Path, extractor: str = "a
     summary = JobSummary(out, already_done=len(names) - len(todo))
     if todo:
         dev = pick_device(device)
-        model = EXTRACTORS.entry(extractor).builder(conf).to(dev)
+        model = EXTRACTORS.build_conf(extractor, conf).to(dev)
+        workers = num_workers if num_workers is not None else (1 if len(todo) >= 8 else 0)
+        loader = image_loader(ImageSource(image_dir, todo, ResizeSpec.from_conf(conf)), batch_size, model.max_batch,
+                              workers, pin_memory=dev.type == "cuda")
         try:
-            for name in tqdm(todo, desc=f"extract {extractor}", disable=not progress, unit="img"):
-                try:
-                    image = read_image(image_dir / name, grayscale=False)
-                    feats = extract_image(model, image, device=dev)
-                except ImageError as e:
-                    summary.failed.append((name, str(e).removeprefix(f"{image_dir / name}: ")))
-                    logger.warning("%s", e)
-                    continue
-                features_h5.stage_features(out, name, feats.numpy(), as_half=as_half)
-                summary.done += 1
+            with tqdm(total=len(todo), desc=f"extract {extractor}", disable=not progress, unit="img") as bar:
+                for batch in loader:
+                    _extract_batch(model, batch, image_dir, out, as_half, dev, summary)
+                    bar.update(len(batch.records) + len(batch.errors) + len(batch.leftover))
         finally:  # also on Ctrl-C: what finished is merged, the rest stays staged
             features_h5.commit_features(out, {ATTR: record})
     elif not out.exists() and not names:
         raise ExtractError(f"{image_dir}: no images found")
     return summary
+
+
+def _extract_batch(model: Extractor, batch: ImageBatch, image_dir: Path, out: Path, as_half: bool,
+                   device: torch.device, summary: JobSummary) -> None:
+    """Extract one loader batch and stage each image's features; bad images go to the summary."""
+    for rec in batch.errors:
+        summary.failed.append((rec.name, str(rec.error).removeprefix(f"{image_dir / rec.name}: ")))
+        logger.warning("%s", rec.error)
+    groups = [batch.records] if batch.images is not None else []
+    groups += [[r] for r in batch.leftover]
+    for records in groups:
+        images = batch.images if records is batch.records else records[0].image[None]  # type: ignore[index]
+        feats = extract_tensor(model, images, [r.scale for r in records], [r.original_size for r in records], device)
+        for rec, f in zip(records, feats, strict=True):
+            features_h5.stage_features(out, rec.name, f.numpy(), as_half=as_half)
+            summary.done += 1
