@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from visloc.io import parts
-from visloc.types import Features
 from visloc.io.features_h5 import (
     FeatureStoreError,
     commit_features,
@@ -19,6 +18,7 @@ from visloc.io.features_h5 import (
     stage_features,
     write_features,
 )
+from visloc.types import Features
 
 
 def _feats(n: int = 50, d: int = 128, seed: int = 0, w: int = 640, h: int = 480) -> dict[str, np.ndarray]:
@@ -123,7 +123,7 @@ def test_load_features_errors_name_file_and_image(tmp_path):
     f = _feats(5, 8)
     write_features(path, {"no_size.jpg": {"global_descriptor": np.ones(4, np.float32)},
                           "bad.jpg": {**f, "scores": f["scores"][:3]}})
-    with pytest.raises(FeatureStoreError, match=r"feats.h5: features of image 'no_size.jpg' are malformed .*image_size"):
+    with pytest.raises(FeatureStoreError, match=r"feats.h5: features of image 'no_size.jpg' are malformed .*size"):
         load_features(path, "no_size.jpg")
     with pytest.raises(FeatureStoreError, match=r"features of image 'bad.jpg' are malformed .*Features.scores"):
         load_features(path, "bad.jpg")

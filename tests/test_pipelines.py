@@ -24,8 +24,8 @@ from visloc.matching import MATCHERS
 from visloc.pipelines import extract as extract_module
 from visloc.pipelines.common import conf_record
 from visloc.pipelines.extract import ExtractError, extract_features
-from visloc.pipelines.match_features import MatchError, match_features
 from visloc.pipelines.match_dense import match_dense
+from visloc.pipelines.match_features import MatchError, match_features
 from visloc.pipelines.match_pair import match_images
 
 
