@@ -18,6 +18,7 @@ from visloc.features.base import EXTRACTORS, Extractor, input_size
 from visloc.features.hfnet import pad_to_cell
 from visloc.features.hfnet_weights import DEFAULT_WEIGHTS, resolve_hfnet
 from visloc.models.backbones import fuse_batchnorm
+from visloc.models.hfnet import HFNet
 from visloc.registry import Capabilities
 from visloc.types import IMAGE_GRAY, Features
 
@@ -49,7 +50,7 @@ class HFNetGlobal(Extractor):
     def __init__(self, conf: HFNetGlobalConf) -> None:
         super().__init__(conf)
         net = fuse_batchnorm(resolve_hfnet(conf.weights, conf.allow_random).eval())
-        self.net = net.to(memory_format=torch.channels_last)
+        self.net: HFNet = net.to(memory_format=torch.channels_last)  # type: ignore[assignment]
         self.eval()
 
     @property
@@ -60,12 +61,13 @@ class HFNetGlobal(Extractor):
     @property
     def global_dim(self) -> int:
         """G of the global descriptor."""
-        return self.net.global_dim
+        return self.net.conf.global_dim
 
     def _global(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, 1, H, W]`` (multiples of 8) -> ``[B, G]`` L2-normalised: ``HFNet.forward``'s global branch."""
         net = self.net
-        x = (image - net.mean_std[0]) / net.mean_std[1]
+        mean_std: torch.Tensor = net.mean_std  # type: ignore[assignment]  (a buffer)
+        x = (image - mean_std[0]) / mean_std[1]
         for block in net.backbone:
             x = block(x)
         g = net.reduction(net.netvlad(net.projection(x)))
