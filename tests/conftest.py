@@ -102,3 +102,78 @@ def astronaut_320() -> np.ndarray:
     """skimage's astronaut as float32 RGB ``[240, 320, 3]`` in ``[0, 1]``."""
     img = cv2.resize(_rgb("astronaut"), (320, 240), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(img.astype(np.float32) / 255.0)
+
+
+def write_netvlad_checkpoint(path: Path, num_clusters: int = 8, whiten_dim: int | None = 256, seed: int = 0) -> Path:
+    """A pytorch-NetVlad checkpoint (official layout: ``encoder.<i>.*``, ``pool.*``, ``WPCA.0.*``), random weights.
+
+    The VGG16 convolutions get He-normal weights and zero biases (PyTorch's default conv init shrinks
+    the activations over 13 layers until every image gives the same descriptor); assignments are
+    sharp (scale 5) and centroids small, so residuals follow the image's features.
+    """
+    import torch
+
+    from visloc.models.netvlad_vgg import VGG_DIM, NetVLADVGG16
+
+    g = torch.Generator().manual_seed(seed)
+    ref = NetVLADVGG16(num_clusters=num_clusters, whiten_dim=None)
+    for m in ref.encoder:
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, generator=g)
+            torch.nn.init.zeros_(m.bias)
+    sd = {f"encoder.{k}": v for k, v in ref.encoder.state_dict().items()}
+    sd["pool.conv.weight"] = 5.0 * torch.randn(num_clusters, VGG_DIM, 1, 1, generator=g)
+    sd["pool.centroids"] = 0.05 * torch.randn(num_clusters, VGG_DIM, generator=g)
+    if whiten_dim is not None:
+        k_d = num_clusters * VGG_DIM
+        sd["WPCA.0.weight"] = torch.randn(whiten_dim, k_d, 1, 1, generator=g) / k_d**0.5
+        sd["WPCA.0.bias"] = torch.zeros(whiten_dim)
+    torch.save({"epoch": 1, "state_dict": sd}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def netvlad_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``write_netvlad_checkpoint``'s file (K = 8, whitened to 256), written once per session."""
+    return write_netvlad_checkpoint(tmp_path_factory.mktemp("netvlad") / "checkpoint.pth.tar")
+
+
+@pytest.fixture(scope="session")
+def ready_extractor(build_extractor, netvlad_checkpoint, tmp_path_factory) -> Callable[..., object]:
+    """``ready_extractor(name, overrides=())``: ``build_extractor`` plus the resources a part needs to run.
+
+    Every registered extractor must build here: a part whose capabilities ``need`` something this
+    fixture does not know fails loudly (add its resource here when registering it).
+    """
+    from visloc.features import EXTRACTORS, hfnet_weights
+
+    vocab = tmp_path_factory.mktemp("vocab") / "vocab.pt"
+    weights = {"netvlad": netvlad_checkpoint}
+
+    def build(name: str, overrides: Sequence[str] = ()) -> object:
+        overrides = list(overrides)
+        conf = EXTRACTORS.conf(name)
+        if hasattr(conf, "allow_random") and not hfnet_weights.DEFAULT_WEIGHTS.is_file():
+            overrides.append("allow_random=true")  # HF-Net before its default student is shipped
+        needs = EXTRACTORS.capabilities(name).needs
+        unknown = needs - {"vocabulary", "weights"}
+        if unknown or ("weights" in needs and name not in weights):
+            raise RuntimeError(f"ready_extractor: no test resource for {name}'s needs {sorted(needs)}")
+        if "weights" in needs:
+            overrides.append(f"weights={weights[name]}")
+        if "vocabulary" in needs:
+            if not vocab.exists():
+                from visloc.features.api import extract_image
+                from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
+
+                # from other photos than the tests': an image's VLAD on a vocabulary of its own
+                # descriptors is ~0 (the residuals of k-means cells sum to zero)
+                aliked = build_extractor("aliked-n16")
+                descs = np.concatenate([extract_image(aliked, _rgb(n).astype(np.float32) / 255.0,
+                                                      resize_max=320).descriptors.numpy()
+                                        for n in ("rocket", "camera", "immunohistochemistry")])
+                save_vocabulary(vocab, learn_vocabulary(descs, conf.num_clusters), {}, {})
+            overrides.append(f"vocabulary={vocab}")
+        return build_extractor(name, overrides)
+
+    return build

@@ -28,15 +28,26 @@ def test_sparse_equals_dense(model):
     assert sparse.sparse is not None and dense.sparse is None
     for im in _images():
         x = torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1)))[None]
-        a, b = sparse(x), dense(x)
-        assert a["keypoints"].shape == b["keypoints"].shape and a["keypoints"].shape[1] > 50
-        torch.testing.assert_close(a["keypoints"], b["keypoints"], atol=1e-3, rtol=0)
-        torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=0)
-        cos = (a["descriptors"] * b["descriptors"]).sum(-1)
+        (a,), (b,) = sparse(x), dense(x)
+        assert a.keypoints.shape == b.keypoints.shape and a.num_keypoints > 50
+        torch.testing.assert_close(a.keypoints, b.keypoints, atol=1e-3, rtol=0)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=0)
+        cos = (a.descriptors * b.descriptors).sum(-1)
         assert cos.min() > 0.9999
 
 
-def test_sparse_rejects_batches():
+def test_sparse_batch_equals_single_images():
+    # SparseALIKED takes B images: the network runs on the batch, the descriptor head per image
     ex = EXTRACTORS.build("aliked-n16")
-    with pytest.raises(ValueError, match="B=2"):
-        ex.sparse(torch.rand(2, 3, 64, 64))
+    ims = [p.image0 for p in synthetic_pairs(seed=2, pairs_per_photo=1, photos=("astronaut", "coffee"))]
+    x = torch.stack([torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))) for im in ims])
+    batched = ex.sparse(x)
+    assert len(batched) == 2
+    for b, (kp, sc, desc) in enumerate(batched):
+        kp1, sc1, desc1 = ex.sparse(x[b:b + 1])[0]
+        assert kp.shape == kp1.shape and kp.shape[0] > 50 and desc.shape == (kp.shape[0], 128)
+        torch.testing.assert_close(kp, kp1, atol=1e-3, rtol=0)
+        torch.testing.assert_close(sc, sc1, atol=1e-4, rtol=0)
+        assert (desc * desc1).sum(-1).min() > 0.9999
+    # not the same image twice: the two results differ
+    assert batched[0][0].shape != batched[1][0].shape or not torch.allclose(batched[0][0], batched[1][0])

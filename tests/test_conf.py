@@ -17,6 +17,7 @@ from visloc.conf import (
     merge,
     parse_overrides,
 )
+from visloc.errors import UnknownNameError
 from visloc.registry import Registry
 
 
@@ -244,9 +245,9 @@ class Built:
 
 
 def _registry() -> Registry[Built]:
-    reg: Registry[Built] = Registry("extractor")
-    reg.register("aliked", Outer(), Built, "ALIKED keypoints")
-    reg.register("disk", Outer(name="disk", max_num=5000), Built, "DISK keypoints")
+    reg: Registry[Built] = Registry("extractor", ("local",))
+    reg.register("aliked", Outer(), Built, "ALIKED keypoints", kind="local")
+    reg.register("disk", Outer(name="disk", max_num=5000), Built, "DISK keypoints", kind="local")
     return reg
 
 
@@ -271,13 +272,13 @@ def test_registry_build_with_overrides():
 def test_registry_duplicate_name():
     reg = _registry()
     with pytest.raises(ValueError, match="extractor 'aliked' is already registered"):
-        reg.register("aliked", Outer(), Built, "again")
+        reg.register("aliked", Outer(), Built, "again", kind="local")
     assert reg.entry("aliked").description == "ALIKED keypoints"
 
 
 def test_registry_unknown_name_lists_known():
     reg = _registry()
-    with pytest.raises(KeyError) as exc:
+    with pytest.raises(UnknownNameError) as exc:  # a KeyError too, for callers that catch that
         reg.build("superpoint")
     msg = str(exc.value)
     assert "superpoint" in msg
@@ -286,7 +287,7 @@ def test_registry_unknown_name_lists_known():
 
 def test_registry_names_and_contains():
     reg = _registry()
-    reg.register("brisk", Outer(), Built, "b")
+    reg.register("brisk", Outer(), Built, "b", kind="local")
     assert reg.names() == ["aliked", "brisk", "disk"]
     assert "disk" in reg
     assert "sift" not in reg

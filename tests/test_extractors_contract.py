@@ -1,42 +1,42 @@
-"""Every registered extractor through the same checks, plus the weights records and loading."""
+"""Every registered extractor through the checks of its declared capabilities, plus weights records and loading.
+
+The suite is parametrized over ``EXTRACTORS.names()``: a part registered later is tested as soon as
+its index line exists. Resources a part needs (a vocabulary, weights files) come from the
+``ready_extractor`` fixture (conftest), which fails for a need it does not know.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from visloc.features import EXTRACTORS, hfnet_weights
+from visloc.errors import InputError
+from visloc.features import EXTRACTORS
 from visloc.features import weights as W
-from visloc.features.api import extract_array, image_to_tensor
+from visloc.features.api import extract_batch, extract_image, image_to_tensor, resize_for
 from visloc.features.learned import ALIKED, DISK, ALIKEDConf, DISKConf
+from visloc.features.opencv import SIFT, SIFTConf
 from visloc.features.weights import WeightsError, resolve_weights
 from visloc.matching.lightglue import LightGlue, LightGlueConf
+from visloc.matching.select import descriptor_family, matcher_conf
+from visloc.types import Features
 
 NAMES = EXTRACTORS.names()
+KINDS = {"local": {"local"}, "global": {"global"}, "local+global": {"local", "global"}}
 
 
 @pytest.fixture(scope="module")
-def build_extractor(build_extractor, astronaut_320, tmp_path_factory):
-    """The session's builder, plus a small vocabulary for extractors that need one (``vlad-aliked``)."""
-    from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
+def coffee_320():
+    """skimage's coffee as float32 RGB ``[240, 320, 3]``: a second image of the astronaut's size."""
+    import skimage.data
 
-    descs = extract_array(build_extractor("aliked-n16"), astronaut_320)["descriptors"]
-    vocab = tmp_path_factory.mktemp("vocab") / "vocab.pt"
-
-    def build(name, overrides=()):
-        if hasattr(EXTRACTORS.conf(name), "allow_random") and not hfnet_weights.DEFAULT_WEIGHTS.is_file():
-            overrides = [*overrides, "allow_random=true"]  # hfnet before its default student is shipped
-        if not hasattr(EXTRACTORS.conf(name), "vocabulary"):
-            return build_extractor(name, overrides)
-        if not vocab.exists():
-            save_vocabulary(vocab, learn_vocabulary(descs, EXTRACTORS.conf(name).num_clusters), {}, {})
-        return build_extractor(name, [*overrides, f"vocabulary={vocab}"])
-
-    return build
+    return np.ascontiguousarray(cv2.resize(skimage.data.coffee(), (320, 240), interpolation=cv2.INTER_AREA)
+                                .astype(np.float32) / 255.0)
 
 
 def _nn_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -44,88 +44,160 @@ def _nn_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1)).min(1)
 
 
+def _outputs(name: str) -> frozenset[str]:
+    return EXTRACTORS.capabilities(name).outputs
+
+
+def _check_features(f: Features, ex, outputs: frozenset[str], size: tuple[int, int]) -> None:
+    """The contract of ``types.Features`` for the declared ``outputs``, on an image of ``size (W, H)``."""
+    assert isinstance(f, Features) and f.image_size == size
+    w, h = size
+    if "local" in outputs:
+        kp, sc, desc = f.keypoints, f.scores, f.descriptors
+        n = f.num_keypoints
+        assert f.has_local and n > 50
+        assert kp.dtype == torch.float32 and kp.shape == (n, 2)
+        assert sc.dtype == torch.float32 and sc.shape == (n,)
+        assert desc.dtype == torch.float32 and desc.shape == (n, ex.descriptor_dim)
+        for t in (kp, sc, desc):
+            assert torch.isfinite(t).all()
+        assert (kp[:, 0] >= -0.5).all() and (kp[:, 0] <= w - 0.5).all()
+        assert (kp[:, 1] >= -0.5).all() and (kp[:, 1] <= h - 0.5).all()
+        torch.testing.assert_close(desc.norm(dim=-1), torch.ones(n), atol=1e-4, rtol=0)
+    else:
+        assert not f.has_local and f.num_keypoints == 0 and ex.descriptor_dim == 0
+    if "global" in outputs:
+        g = f.global_descriptor
+        assert g is not None and g.ndim == 1 and g.dtype == torch.float32 and len(g) > 1
+        assert torch.isfinite(g).all() and abs(float(g.norm()) - 1) < 1e-4
+    else:
+        assert f.global_descriptor is None
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_forward_contract(name, build_extractor, astronaut_320):
-    ex = build_extractor(name)
-    h, w = astronaut_320.shape[:2]
+def test_forward_contract(name, ready_extractor, astronaut_320):
+    ex = ready_extractor(name)
     out = ex(image_to_tensor(astronaut_320))
-    kp, sc, desc = out["keypoints"], out["scores"], out["descriptors"]
-    n = kp.shape[1]
-    assert kp.dtype == torch.float32
-    assert kp.shape == (1, n, 2) and n > 50
-    assert sc.shape == (1, n)
-    assert desc.shape == (1, n, ex.descriptor_dim)
-    for t in (kp, sc, desc):
-        assert torch.isfinite(t).all()
-    assert (kp[..., 0] >= -0.5).all() and (kp[..., 0] <= w - 0.5).all()
-    assert (kp[..., 1] >= -0.5).all() and (kp[..., 1] <= h - 0.5).all()
-    norms = desc.norm(dim=-1)
-    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
-    if "global_descriptor" in out:  # global + local extractors: [1, G], unit norm
-        g = out["global_descriptor"]
-        assert g.ndim == 2 and g.shape[0] == 1 and abs(float(g.norm()) - 1) < 1e-4
+    assert isinstance(out, list) and len(out) == 1
+    _check_features(out[0], ex, _outputs(name), (320, 240))
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_gray_input(name, build_extractor, astronaut_320):
-    ex = build_extractor(name)
+def test_declared_capabilities_match_outputs(name, ready_extractor):
+    ex = ready_extractor(name)
+    caps = EXTRACTORS.capabilities(name, ex.conf)
+    assert caps.outputs == KINDS[EXTRACTORS.kind_of(name)]  # the index's kind and the capabilities agree
+    if "local" in caps.outputs:  # the family names its dimension: "<family>-<D>"
+        m = re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*-(\d+)", caps.descriptor or "")
+        assert m is not None, f"{name}: descriptor family {caps.descriptor!r} is not '<name>-<dim>'"
+        assert int(m.group(1)) == ex.descriptor_dim
+    else:
+        assert caps.descriptor is None and ex.descriptor_dim == 0
+    assert not caps.needs - {"vocabulary", "weights"} and not EXTRACTORS.capabilities(name, ex.conf).needs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gray_input(name, ready_extractor, astronaut_320):
+    ex = ready_extractor(name)
     gray = astronaut_320 @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    out = ex(image_to_tensor(gray))
-    n = out["keypoints"].shape[1]
-    assert n > 50
-    assert out["descriptors"].shape == (1, n, ex.descriptor_dim)
-    assert torch.isfinite(out["descriptors"]).all()
+    (f,) = ex(image_to_tensor(gray))
+    _check_features(f, ex, _outputs(name), (320, 240))
+
+
+def _same_features(a: Features, b: Features) -> None:
+    """Batched and single-image features agree up to float rounding."""
+    assert a.image_size == b.image_size and a.num_keypoints == b.num_keypoints
+    torch.testing.assert_close(a.keypoints, b.keypoints, atol=1e-3, rtol=0)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-4)
+    if a.has_local and a.num_keypoints:
+        assert (a.descriptors * b.descriptors).sum(-1).min() > 0.9999
+    if a.global_descriptor is not None:
+        assert b.global_descriptor is not None
+        assert float(a.global_descriptor @ b.global_descriptor) > 0.9999
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_batch_of_two_raises(name, build_extractor, astronaut_320):
-    x = image_to_tensor(astronaut_320).expand(2, -1, -1, -1)
-    with pytest.raises(ValueError, match=r"B=2"):
-        build_extractor(name)(x)
+def test_batch_equals_single_images(name, ready_extractor, astronaut_320, coffee_320):
+    ex = ready_extractor(name)
+    x = torch.cat([image_to_tensor(astronaut_320), image_to_tensor(coffee_320)])
+    if ex.max_batch is not None and ex.max_batch < 2:
+        with pytest.raises(ValueError, match=r"B=2"):
+            ex(x)
+        return
+    batched = ex(x)
+    assert len(batched) == 2
+    singles = [ex(x[:1])[0], ex(x[1:])[0]]
+    for a, b in zip(batched, singles, strict=True):
+        _same_features(a, b)
+    # two different images: a part that returned the first image's features twice would fail
+    a, b = batched
+    if a.has_local:
+        assert a.num_keypoints != b.num_keypoints or not torch.allclose(a.keypoints, b.keypoints)
+    if a.global_descriptor is not None:
+        assert float(a.global_descriptor @ b.global_descriptor) < 0.9999
+
+
+def test_declared_max_batch_raises_naming_b_and_api_chunks(astronaut_320, coffee_320):
+    class OneAtATime(SIFT):
+        max_batch = 1
+
+    ex = OneAtATime(SIFTConf())
+    x = torch.cat([image_to_tensor(astronaut_320), image_to_tensor(coffee_320)])
+    with pytest.raises(ValueError, match=r"at most B=1 images, got B=2"):
+        ex(x)
+    resized = [resize_for(ex, im, None) for im in (astronaut_320, coffee_320, astronaut_320)]
+    feats = extract_batch(ex, resized)  # chunks of max_batch
+    assert len(feats) == 3
+    torch.testing.assert_close(feats[0].keypoints, feats[2].keypoints, atol=0, rtol=0)
+    assert feats[0].num_keypoints != feats[1].num_keypoints
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("shape", [(1, 2, 32, 32), (3, 32, 32), (1, 4, 32, 32), (32, 32)])
-def test_bad_shape_raises(name, shape, build_extractor):
+def test_bad_shape_raises(name, shape, ready_extractor):
     with pytest.raises(ValueError, match=r"image: expected"):
-        build_extractor(name)(torch.rand(shape))
+        ready_extractor(name)(torch.rand(shape))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if hasattr(EXTRACTORS.conf(n), "max_num_keypoints")])
-def test_max_num_keypoints_is_respected(name, build_extractor):
+def test_max_num_keypoints_is_respected(name, ready_extractor):
     import skimage.data
 
     # camera at 37/100: OpenCV's SIFT returned 38/101 (ties at the cut-off response)
     img = skimage.data.camera().astype(np.float32) / 255.0
     for n_max in (37, 100):
-        feats = extract_array(build_extractor(name, [f"max_num_keypoints={n_max}"]), img)
-        assert 0 < len(feats["keypoints"]) <= n_max
+        feats = extract_image(ready_extractor(name, [f"max_num_keypoints={n_max}"]), img)
+        assert 0 < feats.num_keypoints <= n_max
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_extract_array_maps_keypoints_back(name, build_extractor, astronaut_320):
-    ex = build_extractor(name)
+def test_extract_image_maps_keypoints_back(name, ready_extractor, astronaut_320):
+    ex = ready_extractor(name)
     small = astronaut_320
     big = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)  # area-resizing it by 1/2 gives `small` back
-    f_small = extract_array(ex, small, resize_max=320)
-    f_big = extract_array(ex, big, resize_max=320)
-    assert tuple(f_small["image_size"]) == (320, 240)
-    assert tuple(f_big["image_size"]) == (640, 480)
-    assert len(f_small["keypoints"]) > 50 and len(f_big["keypoints"]) > 50
-    expected = 2.0 * (f_small["keypoints"] + 0.5) - 0.5
-    assert np.median(_nn_dist(f_big["keypoints"], expected)) < 1.5
+    f_small = extract_image(ex, small, resize_max=320)
+    f_big = extract_image(ex, big, resize_max=320)
+    assert f_small.image_size == (320, 240)
+    assert f_big.image_size == (640, 480)
+    if "local" not in _outputs(name):  # the same network input: the same global descriptor
+        assert float(f_small.global_descriptor @ f_big.global_descriptor) > 0.999
+        return
+    k_small, k_big = f_small.keypoints.numpy(), f_big.keypoints.numpy()
+    assert len(k_small) > 50 and len(k_big) > 50
+    expected = 2.0 * (k_small + 0.5) - 0.5
+    assert np.median(_nn_dist(k_big, expected)) < 1.5
     # not an identity: the unscaled keypoints would be far off
-    assert np.median(_nn_dist(f_big["keypoints"], f_small["keypoints"])) > 3.0
+    assert np.median(_nn_dist(k_big, k_small)) > 3.0
     for f in (f_small, f_big):
-        assert f["keypoints"].dtype == np.float32 and f["descriptors"].dtype == np.float32
+        assert f.keypoints.dtype == torch.float32 and f.descriptors.dtype == torch.float32
 
 
-def test_extract_array_default_resize_comes_from_conf(build_extractor, astronaut_320):
-    ex = build_extractor("sift", ["resize_max=160"])
-    feats = extract_array(ex, astronaut_320)
-    assert tuple(feats["image_size"]) == (320, 240)
-    assert feats["keypoints"][:, 0].max() > 200  # mapped back to original pixels, not 160 px wide
-    assert len(feats["keypoints"]) < len(extract_array(ex, astronaut_320, resize_max=None)["keypoints"])
+def test_extract_image_default_resize_comes_from_conf(ready_extractor, astronaut_320):
+    ex = ready_extractor("sift", ["resize_max=160"])
+    feats = extract_image(ex, astronaut_320)
+    assert feats.image_size == (320, 240)
+    assert feats.keypoints[:, 0].max() > 200  # mapped back to original pixels, not 160 px wide
+    assert feats.num_keypoints < extract_image(ex, astronaut_320, resize_max=None).num_keypoints
 
 
 def test_image_to_tensor_rejects_bad_shape():
@@ -133,10 +205,24 @@ def test_image_to_tensor_rejects_bad_shape():
         image_to_tensor(np.zeros((8, 8, 2), np.float32))
 
 
-def test_aliked_t16_dims(build_extractor):
-    t16, n16 = build_extractor("aliked-t16"), build_extractor("aliked-n16")
-    assert t16.descriptor_dim == 64 and t16.lightglue_features is None
-    assert n16.descriptor_dim == 128 and n16.lightglue_features == "aliked"
+def test_extract_batch_needs_one_size(ready_extractor, astronaut_320):
+    ex = ready_extractor("sift")
+    images = [resize_for(ex, astronaut_320, None), resize_for(ex, astronaut_320[:200], None)]
+    with pytest.raises(ValueError, match=r"images: a batch needs images of one size"):
+        extract_batch(ex, images)
+    assert extract_batch(ex, []) == []
+
+
+def test_aliked_t16_dims_and_lightglue_fit(ready_extractor):
+    t16, n16 = ready_extractor("aliked-t16"), ready_extractor("aliked-n16")
+    assert t16.descriptor_dim == 64 and descriptor_family("aliked-t16") == "aliked-64"
+    assert n16.descriptor_dim == 128 and descriptor_family("aliked-n16") == "aliked-128"
+    assert matcher_conf("lightglue", family="aliked-128").features == "aliked"
+    assert matcher_conf("lightglue", family="disk-128").features == "disk"
+    with pytest.raises(InputError, match=r"lightglue: no pretrained weights for aliked-64"):
+        matcher_conf("lightglue", family="aliked-64")
+    with pytest.raises(InputError, match=r"lightglue: its weights take disk-128 descriptors, not aliked-128"):
+        matcher_conf("lightglue", ["features=disk"], family="aliked-128")
 
 
 # --- weights -------------------------------------------------------------------------------------
@@ -202,19 +288,14 @@ def test_sha256_mismatch(monkeypatch):
 def test_resize_to_fixed_size_maps_keypoints_back():
     # An anisotropic fixed-size resize: keypoints of the resized run, mapped back per axis, land on
     # the keypoints found at full resolution on a plain corner pattern.
-    import numpy as np
-
-    from visloc.features import EXTRACTORS
-    from visloc.features.api import extract_array
-
     img = np.zeros((240, 320), np.float32)
     for y in range(20, 220, 40):
         for x in range(20, 300, 40):
             img[y:y + 20, x:x + 20] = 1.0
-    full = extract_array(EXTRACTORS.build("sift", ["resize_max=null"]), img)
-    small = extract_array(EXTRACTORS.build("sift", ["resize_to=[480, 180]"]), img)
-    assert tuple(small["image_size"]) == (320, 240)
-    d = np.linalg.norm(small["keypoints"][:, None] - full["keypoints"][None], axis=-1).min(1)
-    assert len(small["keypoints"]) > 20 and np.median(d) < 1.5
+    full = extract_image(EXTRACTORS.build("sift", ["resize_max=null"]), img)
+    small = extract_image(EXTRACTORS.build("sift", ["resize_to=[480, 180]"]), img)
+    assert small.image_size == (320, 240)
+    d = _nn_dist(small.keypoints.numpy(), full.keypoints.numpy())
+    assert small.num_keypoints > 20 and np.median(d) < 1.5
     with pytest.raises(ValueError, match="resize_to"):
-        extract_array(EXTRACTORS.build("sift", ["resize_to=[4, 4]"]), img)
+        extract_image(EXTRACTORS.build("sift", ["resize_to=[4, 4]"]), img)

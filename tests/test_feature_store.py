@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from visloc.io import parts
 from visloc.io.features_h5 import (
@@ -12,10 +13,12 @@ from visloc.io.features_h5 import (
     commit_features,
     done_names,
     list_feature_names,
+    load_features,
     read_features,
     stage_features,
     write_features,
 )
+from visloc.types import Features
 
 
 def _feats(n: int = 50, d: int = 128, seed: int = 0, w: int = 640, h: int = 480) -> dict[str, np.ndarray]:
@@ -89,6 +92,43 @@ def test_global_only_features_listed(tmp_path):
     write_features(path, {"db/0001.jpg": {"global_descriptor": g}})
     assert list_feature_names(path) == ["db/0001.jpg"]
     np.testing.assert_array_equal(read_features(path, "db/0001.jpg")["global_descriptor"], g)
+
+
+def test_load_features_gives_features(tmp_path):
+    # local + global, global-only (as an extractor writes it: with image_size) and keypoints without
+    # descriptors (as match_dense writes them)
+    path = tmp_path / "feats.h5"
+    f = _feats(20, 64)
+    g = np.random.default_rng(4).standard_normal(32).astype(np.float32)
+    g /= np.linalg.norm(g)
+    glob = Features.global_only(g, (320, 240))
+    dense = {"keypoints": f["keypoints"], "scores": f["scores"], "descriptors": np.zeros((20, 0), np.float32),
+             "image_size": np.array([640, 480])}
+    write_features(path, {"both.jpg": {**f, "global_descriptor": g}, "global.jpg": glob.numpy(), "dense.jpg": dense})
+    both = load_features(path, "both.jpg")
+    assert isinstance(both, Features) and both.image_size == (640, 480) and both.has_local
+    assert both.num_keypoints == 20 and both.descriptor_dim == 64
+    np.testing.assert_array_equal(both.keypoints.numpy(), f["keypoints"].astype(np.float32))
+    np.testing.assert_array_equal(both.descriptors.numpy(), f["descriptors"])
+    np.testing.assert_array_equal(both.global_descriptor.numpy(), g)
+    got = load_features(path, "global.jpg")
+    assert not got.has_local and got.num_keypoints == 0 and got.image_size == (320, 240)
+    torch.testing.assert_close(got.global_descriptor, glob.global_descriptor, atol=0, rtol=0)
+    got = load_features(path, "dense.jpg")
+    assert got.num_keypoints == 20 and not got.has_local and got.global_descriptor is None
+
+
+def test_load_features_errors_name_file_and_image(tmp_path):
+    path = tmp_path / "feats.h5"
+    f = _feats(5, 8)
+    write_features(path, {"no_size.jpg": {"global_descriptor": np.ones(4, np.float32)},
+                          "bad.jpg": {**f, "scores": f["scores"][:3]}})
+    with pytest.raises(FeatureStoreError, match=r"feats.h5: features of image 'no_size.jpg' are malformed .*size"):
+        load_features(path, "no_size.jpg")
+    with pytest.raises(FeatureStoreError, match=r"features of image 'bad.jpg' are malformed .*Features.scores"):
+        load_features(path, "bad.jpg")
+    with pytest.raises(FeatureStoreError, match=r"no features for image 'nope.jpg'"):
+        load_features(path, "nope.jpg")
 
 
 def test_nested_names(tmp_path):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from visloc.cli import app
 from visloc.features import EXTRACTORS
-from visloc.features.api import extract_array
+from visloc.features.api import extract_image
 from visloc.features.hfnet import HFNetExtractor, HFNetExtractorConf, load_backbone_weights, load_hfnet, save_hfnet
 from visloc.features.hfnet_onnx import CONF_KEY
 from visloc.features.hfnet_weights import DEFAULT_STUDENT_CONF
@@ -28,6 +28,7 @@ from visloc.models.hfnet import (
     simple_nms,
 )
 from visloc.pipelines.export import ExportError, export_hfnet
+from visloc.types import IMAGE_GRAY
 
 SMALL = HFNetConf(head_channels=32, descriptor_dim=16, num_clusters=4, global_feature_dim=8, global_dim=32)
 
@@ -245,26 +246,43 @@ def test_padding_keeps_keypoints_in_place(student_ckpt):
     image = torch.zeros(1, 1, 61, 77)  # padded to 64 x 80
     image[0, 0, 50, 70] = 1.0
     image[0, 0, 5, 9] = 0.3
-    out = ex(image)
-    assert out["keypoints"][0].tolist() == [[70.0, 50.0], [9.0, 5.0]]
+    (out,) = ex(image)
+    assert out.keypoints.tolist() == [[70.0, 50.0], [9.0, 5.0]] and out.image_size == (77, 61)
     # a peak in the last row is replicated into the padding, which is cropped before detection
     image[0, 0, 60, 30] = 1.0
-    assert ex(image)["keypoints"].shape[1] == 2  # (30, 60) is within remove_borders of the bottom edge
+    assert ex(image)[0].num_keypoints == 2  # (30, 60) is within remove_borders of the bottom edge
     ex_nb = HFNetExtractor(HFNetExtractorConf(weights=str(student_ckpt), remove_borders=0))
     ex_nb.net = _PeakNet()
-    assert [30.0, 60.0] in ex_nb(image)["keypoints"][0].tolist()
+    assert [30.0, 60.0] in ex_nb(image)[0].keypoints.tolist()
 
 
 def test_extractor_outputs_and_global(student_ckpt, astronaut_320):
     ex = EXTRACTORS.build("hfnet", [f"weights={student_ckpt}", "max_num_keypoints=300"])
-    feats = extract_array(ex, astronaut_320[:237, :301])
-    n = len(feats["keypoints"])
-    assert 0 < n <= 300 and feats["descriptors"].shape == (n, 128)
-    assert feats["global_descriptor"].shape == (4096,)
-    assert abs(np.linalg.norm(feats["global_descriptor"]) - 1) < 1e-5
-    kp = feats["keypoints"]
+    feats = extract_image(ex, astronaut_320[:237, :301])
+    n = feats.num_keypoints
+    assert 0 < n <= 300 and feats.descriptors.shape == (n, 128) and feats.image_size == (301, 237)
+    assert feats.global_descriptor.shape == (4096,)
+    assert abs(float(feats.global_descriptor.norm()) - 1) < 1e-5
+    kp = feats.keypoints.numpy()
     assert kp.min() >= 4 and kp[:, 0].max() < 301 - 4 and kp[:, 1].max() < 237 - 4
-    assert EXTRACTORS.entry("hfnet").builder.exportable and ex.input_channels == 1
+    assert ex.input_spec == IMAGE_GRAY and ex.max_batch is None
+    caps = EXTRACTORS.capabilities("hfnet", ex.conf)
+    assert caps.outputs == {"local", "global"} and caps.descriptor == "hfnet-128"
+    assert caps.weights == (str(student_ckpt),)
+
+
+def test_extractor_batch_pads_once_for_all_images(student_ckpt, astronaut_320):
+    # B = 2 images of 301 x 237 (padded to 304 x 240 together) give the features of each alone
+    ex = EXTRACTORS.build("hfnet", [f"weights={student_ckpt}", "max_num_keypoints=300"])
+    crop = torch.from_numpy(np.ascontiguousarray(astronaut_320[:237, :301].transpose(2, 0, 1)))[None]
+    batch = torch.cat([crop, crop.flip(-1)])
+    both = ex(batch)
+    for b in range(2):
+        (one,) = ex(batch[b:b + 1])
+        torch.testing.assert_close(both[b].keypoints, one.keypoints, atol=0, rtol=0)
+        torch.testing.assert_close(both[b].descriptors, one.descriptors, atol=1e-5, rtol=0)
+        torch.testing.assert_close(both[b].global_descriptor, one.global_descriptor, atol=1e-5, rtol=0)
+    assert not torch.equal(both[0].keypoints, both[1].keypoints)
 
 
 # ---------------------------------------------------------------- ONNX
@@ -292,8 +310,8 @@ def test_export_failed_check_writes_nothing(small_ckpt, tmp_path):
 @pytest.mark.slow
 def test_onnx_extractor_equals_torch_extractor(student_ckpt, student_onnx, astronaut_320):
     onnx_path = student_onnx.out
-    a = extract_array(EXTRACTORS.build("hfnet", [f"weights={student_ckpt}"]), astronaut_320[:231, :299])
-    b = extract_array(EXTRACTORS.build("hfnet-onnx", [f"onnx={onnx_path}"]), astronaut_320[:231, :299])
+    a = extract_image(EXTRACTORS.build("hfnet", [f"weights={student_ckpt}"]), astronaut_320[:231, :299]).numpy()
+    b = extract_image(EXTRACTORS.build("hfnet-onnx", [f"onnx={onnx_path}"]), astronaut_320[:231, :299]).numpy()
     assert len(a["keypoints"]) > 100
     # a random network's scores nearly tie, so order may differ: compare by position
     order_a, order_b = np.lexsort(a["keypoints"].T), np.lexsort(b["keypoints"].T)

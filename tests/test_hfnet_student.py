@@ -7,7 +7,7 @@ import torch
 
 from visloc.eval.predictions import Method
 from visloc.features import EXTRACTORS
-from visloc.features.api import extract_array
+from visloc.features.api import extract_image
 from visloc.features.hfnet_weights import DEFAULT_STUDENT_CONF, DEFAULT_WEIGHTS, load_hfnet
 from visloc.pipelines.evaluate import evaluate_homography, evaluate_pose
 
@@ -25,10 +25,11 @@ def test_default_student_is_shipped_small_and_loads_safely():
 
 def test_default_extractor_uses_the_student(astronaut_320):
     extractor = EXTRACTORS.build("hfnet")  # no weights, no allow_random: the shipped student
-    out = extract_array(extractor, astronaut_320)
+    out = extract_image(extractor, astronaut_320)
     # a trained detector is selective: far fewer than the 2048 maxima a random heatmap fills
-    assert 100 < len(out["keypoints"]) < 2048
-    assert out["descriptors"].shape[1] == 128 and out["global_descriptor"].shape == (4096,)
+    assert 100 < out.num_keypoints < 2048
+    assert out.descriptor_dim == 128 and out.global_descriptor.shape == (4096,)
+    assert EXTRACTORS.capabilities("hfnet").weights == (str(DEFAULT_WEIGHTS),)
 
 
 @pytest.mark.slow

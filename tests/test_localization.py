@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,13 @@ from visloc.io.poses import Camera, CameraPose, read_poses
 from visloc.localization import colmap
 from visloc.localization.covisibility import covisibility_clusters, pairs_from_poses, reconstruction_observations
 from visloc.localization.localize import Localizer, LocalizerConf, QueryResult
+from visloc.localization.pair_matching import DensePairs, Query, SparsePairs
 from visloc.localization.triangulation import TriangulationConf, sampson_distance, triangulate, verify_with_poses
+from visloc.matching.base import ImageMatcher, Matcher
 from visloc.pipelines.localize import read_map_record
 from visloc.pipelines.map_build import MapError
 from visloc.retrieval.index import RetrievalIndex
+from visloc.types import Features, Matches
 
 K = np.array([[500.0, 0, 319.5], [0, 500.0, 239.5], [0, 0, 1]])  # OpenCV convention
 CAMERA = Camera.from_opencv(K, 640, 480)
@@ -162,24 +166,40 @@ def test_pairs_from_poses():
                                                          ("b", "d")]
 
 
-def _identity_matcher(f0: dict, f1: dict) -> dict:
-    n = min(len(f0["keypoints"]), len(f1["keypoints"]))
-    idx = torch.arange(n)
-    return {"matches": torch.stack([idx, idx], 1), "scores": torch.ones(n)}
+class _IdentityMatcher(Matcher):
+    """Matches keypoint i with keypoint i (the scene's features index the same 3D points)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    def forward(self, f0: Features, f1: Features) -> Matches:
+        n = min(f0.num_keypoints, f1.num_keypoints)
+        idx = torch.arange(n)
+        return Matches(torch.stack([idx, idx], 1), torch.ones(n), f0.num_keypoints, f1.num_keypoints)
+
+
+def _index(s: Scene) -> RetrievalIndex:
+    return RetrievalIndex.build(s.names, np.eye(4, dtype=np.float32))
 
 
 def _localizer(s: Scene, rec: pycolmap.Reconstruction, conf: LocalizerConf | None = None) -> Localizer:
-    g = np.eye(4, dtype=np.float32)
-    index = RetrievalIndex.build(s.names, g)
-    return Localizer(rec, lambda n: features_h5.read_features(s.features, n), index, _identity_matcher, conf)
+    pairs = SparsePairs(lambda n: features_h5.load_features(s.features, n), _IdentityMatcher())
+    return Localizer(rec, pairs, _index(s), conf)
+
+
+def _query(name: str, kpts: np.ndarray, place: int | None, image: np.ndarray | None = None) -> Query:
+    n = len(kpts)
+    g = None if place is None else np.eye(4, dtype=np.float32)[place]
+    desc = torch.nn.functional.normalize(torch.ones(n, 8), dim=1)
+    feats = Features(torch.from_numpy(kpts.astype(np.float32)), desc, torch.ones(n), (640, 480))
+    return Query(name, feats if g is None else feats.with_global(g), image)
 
 
 def test_localizer_recovers_a_query_pose(scene):
     s, rec = scene
     truth = _pose(4.5, -0.45)
-    query = {"keypoints": _project(truth, s.X).astype(np.float32), "global_descriptor": np.eye(4, dtype=np.float32)[1]}
-    res = _localizer(s, rec).localize("q", query, CAMERA)
-    assert res.ok and res.reason == ""
+    res = _localizer(s, rec).localize(_query("q", _project(truth, s.X), 1), CAMERA)
+    assert res.ok and res.reason == "" and res.name == "q"
     assert res.retrieved[0] == "im1.png" and res.place == 0 and len(res.places) == 1
     observed = sum(len(colmap.image_points3d(rec, i)[0]) for i in rec.images)  # 2D-3D from each image
     assert res.num_inliers == res.num_matches == observed > 4 * 290
@@ -193,9 +213,8 @@ def test_localizer_recovers_a_query_pose(scene):
 def test_localizer_estimates_an_unknown_focal_length(scene):
     s, rec = scene
     truth = _pose(1.5, -0.15)
-    query = {"keypoints": _project(truth, s.X).astype(np.float32), "global_descriptor": np.eye(4, dtype=np.float32)[0]}
     guess = colmap.default_camera(640, 480)  # focal 768 instead of 500
-    res = _localizer(s, rec).localize("q", query, guess, estimate_focal=True)
+    res = _localizer(s, rec).localize(_query("q", _project(truth, s.X), 0), guess, estimate_focal=True)
     assert res.ok and res.camera.model == "SIMPLE_RADIAL"
     assert res.camera.params[0] == pytest.approx(500.0, rel=1e-4)
     np.testing.assert_allclose(res.pose.t, truth.t, atol=1e-4)
@@ -204,13 +223,80 @@ def test_localizer_estimates_an_unknown_focal_length(scene):
 def test_localizer_reports_failure_instead_of_a_wrong_pose(scene):
     s, rec = scene
     rng = np.random.default_rng(1)
-    query = {"keypoints": rng.uniform(0, 480, (300, 2)).astype(np.float32),
-             "global_descriptor": np.eye(4, dtype=np.float32)[0]}
-    res = _localizer(s, rec, LocalizerConf(num_retrieved=2, covisibility=False)).localize("noise", query, CAMERA)
+    kpts = rng.uniform(0, 480, (300, 2))
+    res = _localizer(s, rec, LocalizerConf(num_retrieved=2, covisibility=False)).localize(_query("noise", kpts, 0),
+                                                                                           CAMERA)
     assert not res.ok and res.pose is None
     assert res.reason.startswith("no place gave an accepted pose (1 tried; best ")
     assert res.num_inliers < 30 and "qvec" not in res.record()
-    assert _localizer(s, rec).localize("x", {"keypoints": query["keypoints"]}, CAMERA).reason == "no global descriptor"
+    assert _localizer(s, rec).localize(_query("x", kpts, None), CAMERA).reason == "no global descriptor"
+
+
+class _SceneImageMatcher(ImageMatcher):
+    """An image matcher on the constructed scene: the query's keypoints matched to the database image's
+    projections of the same 3D points, 0.3 px off, and ``moved`` of them 6 px off (no map keypoint near).
+
+    The database image is recognised by the value of its first pixel (its index / 10).
+    """
+
+    max_batch = 1
+
+    def __init__(self, scene: Scene, query_kpts: np.ndarray, moved: np.ndarray) -> None:
+        super().__init__(DenseConf())
+        self.scene, self.query_kpts, self.moved = scene, query_kpts, moved
+
+    def forward(self, image0: torch.Tensor, image1: torch.Tensor) -> list[Matches]:
+        image0, image1 = self.check_images(image0, image1)
+        name = self.scene.names[round(float(image1[0, 0, 0, 0]) * 10)]
+        db = _project(self.scene.poses[name], self.scene.X) + 0.3
+        db[self.moved] += 6.0
+        n = len(db)
+        idx = torch.arange(n)
+        return [Matches(torch.stack([idx, idx], 1), torch.ones(n), n, n,
+                        torch.from_numpy(self.query_kpts.astype(np.float32)), torch.from_numpy(db.astype(np.float32)))]
+
+
+@dataclass(frozen=True)
+class DenseConf:
+    resize_max: int | None = None
+
+
+def test_dense_pairs_assign_database_keypoints_within_max_error(scene):
+    s, rec = scene
+    truth = _pose(4.5, -0.45)
+    kq = _project(truth, s.X)
+    moved = np.arange(0, 300, 10)  # 30 matches whose database keypoint is 6 px from any map keypoint
+
+    def db_image(name: str) -> np.ndarray:
+        img = np.zeros((480, 640, 3), np.float32)
+        img[0, 0] = s.names.index(name) / 10
+        return img
+
+    def db_keypoints(name: str) -> np.ndarray:
+        return features_h5.load_features(s.features, name).keypoints.numpy()
+
+    matcher = _SceneImageMatcher(s, kq, moved)
+    pairs = DensePairs(db_image, db_keypoints, matcher, max_error=2.0)
+    query = _query("q", kq, 1, image=np.zeros((480, 640, 3), np.float32))
+    kpts, db_idx = pairs(query, "im2.png")
+    # brute force: the nearest map keypoint within 2 px of each matched database keypoint
+    sent = _project(s.poses["im2.png"], s.X) + 0.3
+    sent[moved] += 6.0
+    d = np.linalg.norm(sent[:, None] - db_keypoints("im2.png")[None], axis=-1)
+    within = d.min(1) < 2.0
+    np.testing.assert_array_equal(db_idx, d.argmin(1)[within])
+    np.testing.assert_allclose(kpts, kq[within], atol=1e-4)
+    keep = np.setdiff1d(np.arange(300), moved)
+    # 0.3 px off: the same keypoint, but where two of the scene's projections nearly coincide
+    assert within[keep].all() and np.mean(d.argmin(1)[keep] == keep) > 0.97
+    assert within[moved].sum() <= 3  # 6 px off: dropped, unless another map keypoint happens to be near
+    res = Localizer(rec, pairs, _index(s)).localize(query, CAMERA)
+    assert res.ok and res.num_inliers >= 0.95 * res.num_matches
+    np.testing.assert_allclose(res.pose.t, truth.t, atol=1e-3)
+    with pytest.raises(ValueError, match=r"max_error: expected > 0"):
+        DensePairs(db_image, db_keypoints, matcher, max_error=0.0)
+    with pytest.raises(ValueError, match=r"q: an image matcher needs the query image"):
+        pairs(_query("q", kq, 1), "im2.png")
 
 
 def test_map_record_errors(tmp_path):

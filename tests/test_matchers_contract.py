@@ -1,106 +1,123 @@
-"""Every registered matcher through the same checks, plus exact nearest-neighbour cases."""
+"""Every registered feature matcher through the same checks, plus exact nearest-neighbour cases.
+
+Parametrized over ``MATCHERS.names(kind="feature")``; image matchers have their own suite
+(``test_image_matchers_contract.py``).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from visloc.features.api import extract_array
+from visloc.features.api import extract_image
 from visloc.geometry.transforms import warp_points
 from visloc.matching import MATCHERS
 from visloc.matching.nearest_neighbor import NearestNeighbor, NNConf, nearest_neighbor_match
+from visloc.types import Features, Matches
 
-NAMES = MATCHERS.names()
+NAMES = MATCHERS.names(kind="feature")
 H_0TO1 = np.array([[0.95, 0.08, 12.0], [-0.06, 0.97, 8.0], [1e-5, -2e-5, 1.0]])
-
-
-def _torch(feats: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.asarray(v)) for k, v in feats.items()}
 
 
 @pytest.fixture(scope="module")
 def aliked_pair(build_extractor, astronaut_320):
-    """ALIKED features of the astronaut and of a mildly warped copy, as torch tensors."""
+    """ALIKED features of the astronaut and of a mildly warped copy."""
     ex = build_extractor("aliked-n16")
     warped = cv2.warpPerspective(astronaut_320, H_0TO1, (320, 240), flags=cv2.INTER_LINEAR)
-    keep = ("keypoints", "descriptors", "scores", "image_size")
-    f0, f1 = extract_array(ex, astronaut_320), extract_array(ex, warped)
-    return _torch({k: f0[k] for k in keep}), _torch({k: f1[k] for k in keep})
+    return extract_image(ex, astronaut_320), extract_image(ex, warped)
 
 
-def _check_output(out: dict[str, torch.Tensor], n0: int, n1: int) -> None:
-    m0, s0, matches, scores = out["matches0"], out["matching_scores0"], out["matches"], out["scores"]
-    assert m0.shape == (n0,) and m0.dtype == torch.int64
-    assert s0.shape == (n0,)
-    assert ((m0 >= -1) & (m0 < n1)).all()
-    m = int((m0 >= 0).sum())
+def check_matches(out: Matches, n0: int, n1: int) -> None:
+    """The invariants of ``types.Matches`` for a feature matcher given ``n0`` and ``n1`` keypoints."""
+    assert isinstance(out, Matches) and (out.num0, out.num1) == (n0, n1)
+    assert out.keypoints0 is None and out.keypoints1 is None and not out.dense  # indices into the inputs
+    matches, scores = out.matches, out.scores
+    m = out.num_matches
     assert matches.shape == (m, 2) and matches.dtype == torch.int64
-    assert scores.shape == (m,)
-    assert torch.equal(matches[:, 0], torch.nonzero(m0 >= 0)[:, 0])
+    assert scores.shape == (m,) and scores.dtype == torch.float32
+    assert torch.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()
+    assert ((matches[:, 0] >= 0) & (matches[:, 0] < n0) & (matches[:, 1] >= 0) & (matches[:, 1] < n1)).all()
+    assert len(torch.unique(matches[:, 0])) == m  # each keypoint of image 0 at most once: matches0 holds them
+    m0, s0 = out.matches0(), out.matching_scores0()
+    assert m0.shape == (n0,) and m0.dtype == torch.int64 and s0.shape == (n0,)
+    assert ((m0 >= -1) & (m0 < n1)).all() and int((m0 >= 0).sum()) == m
     assert torch.equal(m0[matches[:, 0]], matches[:, 1])
     assert torch.equal(s0[matches[:, 0]], scores)
     assert (s0[m0 < 0] == 0).all()
+    # the round trip through hloc's layout gives the same matches
+    back = Matches.from_matches0(m0, s0, n1)
+    order = torch.argsort(matches[:, 0])
+    assert torch.equal(back.matches, matches[order]) and torch.equal(back.scores, scores[order])
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_output_contract(name, build_matcher, aliked_pair):
     f0, f1 = aliked_pair
     out = build_matcher(name)(f0, f1)
-    n0, n1 = len(f0["keypoints"]), len(f1["keypoints"])
-    _check_output(out, n0, n1)
-    matches = out["matches"].numpy()
+    check_matches(out, f0.num_keypoints, f1.num_keypoints)
+    matches = out.matches.numpy()
     assert len(matches) > 30
-    err = np.linalg.norm(warp_points(f0["keypoints"].numpy()[matches[:, 0]].astype(np.float64), H_0TO1)
-                         - f1["keypoints"].numpy()[matches[:, 1]], axis=1)
+    err = np.linalg.norm(warp_points(f0.keypoints.numpy()[matches[:, 0]].astype(np.float64), H_0TO1)
+                         - f1.keypoints.numpy()[matches[:, 1]], axis=1)
     assert np.mean(err < 3.0) > 0.8
+
+
+def _emptied(f: Features) -> Features:
+    return replace(f, keypoints=f.keypoints[:0], descriptors=f.descriptors[:0], scores=f.scores[:0])
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("empty", ["feats0", "feats1", "both"])
 def test_empty_keypoints(name, empty, build_matcher, aliked_pair):
     f0, f1 = aliked_pair
-
-    def emptied(f):
-        return {**f, "keypoints": f["keypoints"][:0], "descriptors": f["descriptors"][:0], "scores": f["scores"][:0]}
-
     if empty in ("feats0", "both"):
-        f0 = emptied(f0)
+        f0 = _emptied(f0)
     if empty in ("feats1", "both"):
-        f1 = emptied(f1)
+        f1 = _emptied(f1)
     out = build_matcher(name)(f0, f1)
-    n0, n1 = len(f0["keypoints"]), len(f1["keypoints"])
-    _check_output(out, n0, n1)
-    assert len(out["matches"]) == 0
-    assert (out["matches0"] == -1).all()
+    check_matches(out, f0.num_keypoints, f1.num_keypoints)
+    assert out.num_matches == 0
+    assert (out.matches0() == -1).all()
+
+
+def _broken(f: Features, breakage: str) -> object:
+    if breakage == "no_descriptors":  # keypoints without descriptors (a dense matcher's merged file)
+        return replace(f, descriptors=torch.zeros(f.num_keypoints, 0))
+    if breakage == "other_dim":  # unit descriptors of another dimension than the other image's
+        return replace(f, descriptors=torch.nn.functional.normalize(f.descriptors[:, :64], dim=1))
+    return f.numpy()  # the old dict contract
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("which", ["feats0", "feats1"])
-@pytest.mark.parametrize("breakage", ["keypoints_3d", "descriptors_rows", "missing_descriptors"])
-def test_bad_shapes_name_the_argument(name, which, breakage, build_matcher, aliked_pair):
+@pytest.mark.parametrize("breakage", ["no_descriptors", "other_dim", "dict"])
+def test_bad_inputs_name_the_argument(name, which, breakage, build_matcher, aliked_pair):
     feats = dict(zip(("feats0", "feats1"), aliked_pair, strict=True))
-    f = dict(feats[which])
-    if breakage == "keypoints_3d":
-        f["keypoints"] = torch.zeros(len(f["keypoints"]), 3)
-    elif breakage == "descriptors_rows":
-        f["descriptors"] = f["descriptors"][:-1]
-    else:
-        del f["descriptors"]
-    feats[which] = f
+    feats[which] = _broken(feats[which], breakage)
     with pytest.raises(ValueError, match=which):
         build_matcher(name)(feats["feats0"], feats["feats1"])
+
+
+@pytest.mark.parametrize(("field", "change"), [("keypoints", lambda f: {"keypoints": torch.zeros(f.num_keypoints, 3)}),
+                                               ("descriptors", lambda f: {"descriptors": f.descriptors[:-1]}),
+                                               ("scores", lambda f: {"scores": f.scores[:-1]})])
+def test_features_with_bad_shapes_cannot_be_made(field, change, aliked_pair):
+    f0, _ = aliked_pair
+    with pytest.raises(ValueError, match=rf"Features\.{field}: expected"):
+        replace(f0, **change(f0))
 
 
 def test_self_match_is_identity(build_matcher, aliked_pair):
     f0, _ = aliked_pair
     out = build_matcher("nn-mutual")(f0, f0)
-    n = len(f0["keypoints"])
-    assert torch.equal(out["matches0"], torch.arange(n))
-    assert torch.allclose(out["matching_scores0"], torch.ones(n), atol=1e-5)
+    n = f0.num_keypoints
+    assert torch.equal(out.matches0(), torch.arange(n))
+    assert torch.allclose(out.matching_scores0(), torch.ones(n), atol=1e-5)
 
 
 # --- nearest neighbour: exact cases on hand-built unit descriptors ---------------------------------
@@ -111,13 +128,13 @@ def _unit(deg: float) -> list[float]:
     return [math.cos(a), math.sin(a), 0.0]
 
 
-def _feats(desc: list[list[float]]) -> dict[str, torch.Tensor]:
+def _feats(desc: list[list[float]]) -> Features:
     d = torch.tensor(desc, dtype=torch.float32)
-    return {"keypoints": torch.zeros(len(d), 2), "descriptors": d}
+    return Features(torch.zeros(len(d), 2), d, torch.ones(len(d)), (64, 48))
 
 
 def _nn(f0, f1, **conf) -> list[int]:
-    return NearestNeighbor(NNConf(**conf))(f0, f1)["matches0"].tolist()
+    return NearestNeighbor(NNConf(**conf))(f0, f1).matches0().tolist()
 
 
 def test_mutual_check():
@@ -146,7 +163,7 @@ def test_distance_threshold():
 def test_scores_are_cosine_mapped():
     x, y = _feats([_unit(0)]), _feats([_unit(60)])
     out = NearestNeighbor(NNConf())(x, y)
-    assert out["scores"].tolist() == pytest.approx([(1 + math.cos(math.radians(60))) / 2])
+    assert out.scores.tolist() == pytest.approx([(1 + math.cos(math.radians(60))) / 2])
 
 
 def test_registered_ratio_conf():

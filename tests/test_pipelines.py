@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from visloc.conf import conf_to_dict
+from visloc.errors import InputError
 from visloc.eval import metrics
 from visloc.features import EXTRACTORS
 from visloc.io import features_h5, matches_h5
@@ -23,6 +24,7 @@ from visloc.matching import MATCHERS
 from visloc.pipelines import extract as extract_module
 from visloc.pipelines.common import conf_record
 from visloc.pipelines.extract import ExtractError, extract_features
+from visloc.pipelines.match_dense import match_dense
 from visloc.pipelines.match_features import MatchError, match_features
 from visloc.pipelines.match_pair import match_images
 
@@ -128,6 +130,20 @@ def test_extract_no_images_or_no_folder(tmp_path):
         extract_features(tmp_path / "missing", tmp_path / "f.h5", "sift", progress=False)
 
 
+def test_extract_global_only_writes_descriptors_without_keypoints(photo_dir, tmp_path, photo_names):
+    out = tmp_path / "g.h5"
+    summary = extract_features(photo_dir, out, "hfnet-global", ["resize_max=256"], progress=False)
+    assert summary.done == len(photo_names) and not summary.failed
+    names, g = features_h5.read_global_descriptors(out)
+    assert names == list(photo_names) and g.shape == (len(photo_names), 4096)
+    np.testing.assert_allclose(np.linalg.norm(g, axis=1), 1.0, atol=1e-5)
+    for name in photo_names:
+        f = features_h5.load_features(out, name)
+        assert not f.has_local and f.num_keypoints == 0
+        assert f.image_size == tuple(read_image(photo_dir / name).shape[1::-1])  # the original (W, H)
+        assert "keypoints" not in features_h5.read_features(out, name)
+
+
 def test_extract_conflicting_conf(photo_dir, tmp_path, photo_names):
     out = tmp_path / "f.h5"
     extract_features(photo_dir, out, "sift", image_list=["coffee.jpg"], progress=False)
@@ -143,7 +159,7 @@ def test_extract_conflicting_conf(photo_dir, tmp_path, photo_names):
 
 def test_extract_resumes_after_interrupt(photo_dir, tmp_path, monkeypatch, photo_names):
     out = tmp_path / "f.h5"
-    original = extract_module.extract_array
+    original = extract_module.extract_image
     calls = []
 
     def crash_on_third(*args, **kwargs):
@@ -152,12 +168,12 @@ def test_extract_resumes_after_interrupt(photo_dir, tmp_path, monkeypatch, photo
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(extract_module, "extract_array", crash_on_third)
+    monkeypatch.setattr(extract_module, "extract_image", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         extract_features(photo_dir, out, "sift", progress=False)
     assert features_h5.list_feature_names(out) == list(photo_names[:2])  # committed in `finally`
     assert extract_module.ATTR in features_h5.read_attrs(out)
-    monkeypatch.setattr(extract_module, "extract_array", original)
+    monkeypatch.setattr(extract_module, "extract_image", original)
     summary = extract_features(photo_dir, out, "sift", progress=False)
     assert (summary.done, summary.already_done) == (1, 2)
     assert features_h5.list_feature_names(out) == list(photo_names)
@@ -228,8 +244,20 @@ def test_match_features_conflicting_conf(pairs_file, sift_features, tmp_path):
 
 
 def test_lightglue_on_sift_features_is_refused(pairs_file, sift_features, tmp_path):
-    with pytest.raises(ValueError, match=r"lightglue: no pretrained weights for 'sift'"):
+    # the family comes from the file's extractor record (sift -> sift-128), not from names
+    with pytest.raises(InputError, match=r"lightglue: no pretrained weights for sift-128 descriptors"):
         match_features(pairs_file, sift_features, tmp_path / "m.h5", "lightglue", progress=False)
+    with pytest.raises(InputError, match=r"lightglue: its weights take aliked-128 descriptors, not sift-128"):
+        match_features(pairs_file, sift_features, tmp_path / "m.h5", "lightglue", ["features=aliked"],
+                       progress=False)
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_feature_and_image_matchers_go_to_their_pipelines(pairs_file, sift_features, photo_dir, tmp_path):
+    with pytest.raises(InputError, match=r"detector-pair: an image matcher .*visloc match-dense"):
+        match_features(pairs_file, sift_features, tmp_path / "m.h5", "detector-pair", progress=False)
+    with pytest.raises(InputError, match=r"nn-mutual: a feature matcher .*visloc match-features"):
+        match_dense(pairs_file, photo_dir, tmp_path / "f.h5", tmp_path / "m.h5", matcher="nn-mutual", progress=False)
 
 
 @pytest.mark.slow

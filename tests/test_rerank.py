@@ -10,12 +10,13 @@ from typer.testing import CliRunner
 
 from visloc.cli import app
 from visloc.data.homography import synthetic_pairs
-from visloc.features.api import extract_array
+from visloc.features.api import extract_image
 from visloc.io.pairs import read_pairs
-from visloc.matching.base import Matcher, to_output
+from visloc.matching.base import Matcher
 from visloc.pipelines.extract import extract_features
 from visloc.retrieval.rerank import rerank
 from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
+from visloc.types import Features, Matches
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "camera")
 
@@ -31,7 +32,7 @@ def feats(photo_pairs, build_extractor):
     ex = build_extractor("aliked-n16")
     out = {}
     for p in photo_pairs:
-        out[p.name0], out[p.name1] = extract_array(ex, p.image0), extract_array(ex, p.image1)
+        out[p.name0], out[p.name1] = extract_image(ex, p.image0), extract_image(ex, p.image1)
     return out
 
 
@@ -48,8 +49,8 @@ def test_true_match_moves_from_rank_3_to_1(feats, photo_pairs, build_matcher, mo
 
 
 class _NoMatches(Matcher):
-    def forward(self, f0, f1):
-        return to_output(torch.full((len(f0["keypoints"]),), -1), torch.zeros(len(f0["keypoints"])))
+    def forward(self, f0: Features, f1: Features) -> Matches:
+        return Matches.empty(f0.num_keypoints, f1.num_keypoints)
 
 
 def test_ties_keep_the_global_order_and_errors(feats):
@@ -71,7 +72,7 @@ def _write(folder, name, image):
 
 def test_search_rerank_cli(photo_pairs, feats, tmp_path, monkeypatch):
     vocab = save_vocabulary(tmp_path / "vocab.pt", learn_vocabulary(
-        np.concatenate([feats[p.name0]["descriptors"] for p in photo_pairs]), 8), {}, {})
+        np.concatenate([feats[p.name0].descriptors.numpy() for p in photo_pairs]), 8), {}, {})
     for p in photo_pairs:
         _write(tmp_path / "db", p.name0, p.image0)
         _write(tmp_path / "q", p.name1, p.image1)
@@ -115,11 +116,12 @@ def test_min_inliers_keeps_unverified_images_in_global_order(monkeypatch):
     counts = iter([7, 3, 40, 12, 20] * 2)
     monkeypatch.setattr(rr, "count_inliers", lambda *a, **k: next(counts))
     names = ["a", "b", "c", "d", "e"]
-    feats = [{}] * 5
-    res = rr.rerank({}, feats, names, "homography", 3.0, matcher=None, min_inliers=15)
+    empty = Features(torch.zeros(0, 2), torch.zeros(0, 128), torch.zeros(0), (64, 48))
+    feats = [empty] * 5
+    res = rr.rerank(empty, feats, names, "homography", 3.0, matcher=None, min_inliers=15)
     assert res.names(names) == ["c", "e", "a", "b", "d"]
     np.testing.assert_array_equal(res.inliers, [7, 3, 40, 12, 20])
-    res = rr.rerank({}, feats, names, "homography", 3.0, matcher=None, min_inliers=0)
+    res = rr.rerank(empty, feats, names, "homography", 3.0, matcher=None, min_inliers=0)
     assert res.names(names) == ["c", "e", "d", "a", "b"]
     with pytest.raises(ValueError, match="min_inliers"):
-        rr.rerank({}, feats, names, "homography", 3.0, matcher=None, min_inliers=-1)
+        rr.rerank(empty, feats, names, "homography", 3.0, matcher=None, min_inliers=-1)

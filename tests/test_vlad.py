@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from visloc.cli import app
 from visloc.data.homography import synthetic_pairs
 from visloc.features import EXTRACTORS
-from visloc.features.api import extract_array
+from visloc.features.api import extract_image
 from visloc.retrieval.vlad import VocabularyError, learn_vocabulary, load_vocabulary, save_vocabulary, vlad
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "camera")
@@ -34,6 +34,17 @@ def test_vlad_exact_on_constructed_descriptors():
     np.testing.assert_allclose(vlad(x, c, intra_norm=False), raw / np.linalg.norm(raw), atol=1e-6)
     assert vlad(x, c).dtype == np.float32
     np.testing.assert_array_equal(vlad(np.zeros((0, 2), np.float32), c), np.zeros(6))
+
+
+def test_vlad_residuals_below_float_rounding_are_empty():
+    # a point that is its own centroid leaves a residual of float32 rounding only: it must not be
+    # normalised into a random unit vector (batched and single extraction would then disagree)
+    c = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    x = np.array([[1.0, 3e-7, 0.0], [0.6, 0.8, 0.0]], np.float32)  # cluster 0: noise; cluster 1: (0.6, -0.2, 0)
+    v1 = np.array([0.6, -0.2, 0.0]) / np.linalg.norm([0.6, -0.2, 0.0])
+    np.testing.assert_allclose(vlad(x, c), np.concatenate([[0.0, 0.0, 0.0], v1]), atol=1e-6)
+    x_noisy = x + np.array([[0.0, -5e-7, 2e-7], [0.0, 0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(vlad(x_noisy, c), vlad(x, c), atol=1e-6)
 
 
 def test_vlad_bad_shapes():
@@ -115,8 +126,8 @@ def test_vocab_cli_writes_a_vocabulary(vocab_file, tmp_path, small_photos):
 
 def test_vlad_aliked_retrieves_warped_copies(vocab_file, photo_pairs):
     ex = EXTRACTORS.build("vlad-aliked", [f"vocabulary={vocab_file}", "num_clusters=8"])
-    g0 = np.stack([extract_array(ex, p.image0)["global_descriptor"] for p in photo_pairs])
-    g1 = np.stack([extract_array(ex, p.image1)["global_descriptor"] for p in photo_pairs])
+    g0 = np.stack([extract_image(ex, p.image0).global_descriptor.numpy() for p in photo_pairs])
+    g1 = np.stack([extract_image(ex, p.image1).global_descriptor.numpy() for p in photo_pairs])
     assert g0.shape == (4, 8 * 128) and g0.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(g0, axis=1), 1.0, atol=1e-5)
     sim = g0 @ g1.T
@@ -126,7 +137,7 @@ def test_vlad_aliked_retrieves_warped_copies(vocab_file, photo_pairs):
 def test_vlad_aliked_needs_a_vocabulary(vocab_file, astronaut_320):
     ex = EXTRACTORS.build("vlad-aliked")  # builds without one, so that it can be listed and configured
     with pytest.raises(VocabularyError, match=r"visloc vocab"):
-        extract_array(ex, astronaut_320)
+        extract_image(ex, astronaut_320)
     with pytest.raises(VocabularyError, match=r"holds 8 clusters, but num_clusters=64"):
         EXTRACTORS.build("vlad-aliked", [f"vocabulary={vocab_file}"])
 

@@ -27,6 +27,10 @@ INDEX: dict[str, dict[str, L]] = {
                    "HF-Net (MobileNetV2-0.75): SuperPoint-style local features + NetVLAD global, one pass"),
         "hfnet-onnx": L(_F + "hfnet_onnx", "local+global",
                         "HF-Net run by onnxruntime (same outputs as 'hfnet'; --set onnx=FILE or exported at build)"),
+        "hfnet-global": L(_F + "hfnet_global", "global",
+                          "HF-Net's global descriptor only (NetVLAD on MobileNetV2; no local heads run)"),
+        "netvlad": L(_F + "netvlad", "global",
+                     "VGG16-NetVLAD + whitening from official weights (--set weights=*_struct.mat or .pth.tar)"),
     },
     "matcher": {
         "nn-mutual": L(_M + "nearest_neighbor", "feature", "mutual nearest neighbour"),

@@ -27,7 +27,7 @@ from visloc.features.hfnet_weights import (
     save_hfnet,
 )
 from visloc.models.backbones import fuse_batchnorm
-from visloc.models.hfnet import CELL, detect_keypoints, logits_to_heatmap, sample_descriptors
+from visloc.models.hfnet import CELL, HFNetConf, detect_keypoints, logits_to_heatmap, sample_descriptors
 from visloc.registry import Capabilities
 from visloc.types import IMAGE_GRAY, Features
 
@@ -127,11 +127,25 @@ class HFNetExtractor(Extractor):
         return hfnet_postprocess(pred, (image.shape[-2], image.shape[-1]), self.conf)
 
 
+def _local_dim(conf: HFNetExtractorConf) -> int | None:
+    """D of the network ``conf`` runs, read from the checkpoint's conf (memory-mapped), or None if unknown."""
+    if conf.weights is None:  # the shipped default student or its random twin, unless a foreign ONNX file
+        return None if getattr(conf, "onnx", None) else DEFAULT_STUDENT_CONF.descriptor_dim
+    try:
+        ckpt = torch.load(conf.weights, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an unreadable file is reported when the extractor is built
+        return None
+    arch = ckpt.get("conf") if isinstance(ckpt, dict) else None
+    return int(arch.get("descriptor_dim", HFNetConf().descriptor_dim)) if isinstance(arch, dict) else None
+
+
 def hfnet_capabilities(conf: HFNetExtractorConf) -> Capabilities:
     """Local (``hfnet-<dim>``: its own family, no pretrained matcher) and global features."""
     files = [conf.weights] if conf.weights else [str(DEFAULT_WEIGHTS)] if DEFAULT_WEIGHTS.is_file() else []
     onnx = getattr(conf, "onnx", None)
-    return Capabilities(frozenset({"local", "global"}), "hfnet", weights=tuple(files + ([onnx] if onnx else [])))
+    dim = _local_dim(conf)
+    return Capabilities(frozenset({"local", "global"}), "hfnet" if dim is None else f"hfnet-{dim}",
+                        weights=tuple(files + ([onnx] if onnx else [])))
 
 
 EXTRACTORS.register("hfnet", HFNetExtractorConf(), HFNetExtractor, capabilities=hfnet_capabilities)

@@ -83,6 +83,10 @@ def learn_vocabulary(descriptors: np.ndarray, num_clusters: int = 64, seed: int 
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
+#: residual sums shorter than this are float32 noise (descriptors are unit vectors), zeroed before intra-norm
+RESIDUAL_EPS = 1e-4
+
+
 def vlad(descriptors: np.ndarray, centroids: np.ndarray, power_norm: bool = False,
          intra_norm: bool = True) -> np.ndarray:
     """VLAD of one image.
@@ -106,7 +110,10 @@ def vlad(descriptors: np.ndarray, centroids: np.ndarray, power_norm: bool = Fals
         assign = dist.argmin(1)
         np.add.at(v, assign, x.astype(np.float64) - c[assign])
     if intra_norm:
-        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        # a residual sum below float32 rounding of unit descriptors (a point that is its own centroid)
+        # is noise: normalising it would give a random unit vector, so it counts as empty
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        v = np.where(norms > RESIDUAL_EPS, v / np.maximum(norms, RESIDUAL_EPS), 0.0)
     if power_norm:
         v = np.sign(v) * np.sqrt(np.abs(v))
     v = v.reshape(-1)
