@@ -159,7 +159,7 @@ def test_extract_conflicting_conf(photo_dir, tmp_path, photo_names):
 
 def test_extract_resumes_after_interrupt(photo_dir, tmp_path, monkeypatch, photo_names):
     out = tmp_path / "f.h5"
-    original = extract_module.extract_image
+    original = extract_module.extract_tensor
     calls = []
 
     def crash_on_third(*args, **kwargs):
@@ -168,12 +168,12 @@ def test_extract_resumes_after_interrupt(photo_dir, tmp_path, monkeypatch, photo
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(extract_module, "extract_image", crash_on_third)
+    monkeypatch.setattr(extract_module, "extract_tensor", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         extract_features(photo_dir, out, "sift", progress=False)
     assert features_h5.list_feature_names(out) == list(photo_names[:2])  # committed in `finally`
     assert extract_module.ATTR in features_h5.read_attrs(out)
-    monkeypatch.setattr(extract_module, "extract_image", original)
+    monkeypatch.setattr(extract_module, "extract_tensor", original)
     summary = extract_features(photo_dir, out, "sift", progress=False)
     assert (summary.done, summary.already_done) == (1, 2)
     assert features_h5.list_feature_names(out) == list(photo_names)
@@ -282,3 +282,31 @@ def test_match_images_graf(graf_pair, tmp_path):
     h0, w0 = read_image(graf_pair.path0).shape[:2]
     h1, w1 = read_image(graf_pair.path1).shape[:2]
     assert pic.shape == (max(h0, h1), w0 + 10 + w1, 3)
+
+
+def test_extract_batched_with_workers_equals_single(photo_dir, tmp_path, photo_names):
+    """Equal-size batches from prefetching workers give the features of one-by-one extraction."""
+    from visloc.io.images import read_image
+
+    root = tmp_path / "same"
+    root.mkdir()
+    import shutil
+
+    for i, name in enumerate(photo_names):  # three photos at one size: one batch of 3
+        img = read_image(photo_dir / name)
+        cv2.imwrite(str(root / f"img{i}.png"), cv2.cvtColor((cv2.resize(img, (320, 240)) * 255).astype(np.uint8),
+                                                           cv2.COLOR_RGB2BGR))
+    shutil.copy(photo_dir / photo_names[0], root / "other_size.jpg")
+    (root / "broken.jpg").write_bytes(b"not an image")
+    single = extract_features(root, tmp_path / "single.h5", "aliked-n16", progress=False, num_workers=0)
+    batched = extract_features(root, tmp_path / "batched.h5", "aliked-n16", progress=False, batch_size=4,
+                               num_workers=2)
+    assert (single.done, batched.done) == (4, 4)
+    assert [n for n, _ in batched.failed] == ["broken.jpg"] == [n for n, _ in single.failed]
+    for name in features_h5.list_feature_names(tmp_path / "single.h5"):
+        a = features_h5.read_features(tmp_path / "single.h5", name)
+        b = features_h5.read_features(tmp_path / "batched.h5", name)
+        assert np.array_equal(a["image_size"], b["image_size"])
+        assert len(a["keypoints"]) == len(b["keypoints"]) > 50
+        assert np.abs(a["keypoints"] - b["keypoints"]).max() < 1e-3
+        assert np.abs(a["descriptors"] - b["descriptors"]).max() < 1e-3
