@@ -264,3 +264,14 @@ def test_cli_export_netvlad_with_set(tmp_path):
     assert "global_descriptor 32x32: " in result.output and "global_descriptor 32x32 #2: " in result.output
     session = _cpu_session(out)
     assert session.get_inputs()[0].shape == [1, 3, 32, 32] and session.get_outputs()[0].shape == [1, 2 * 512]
+
+
+def test_generic_export_code_imports_no_features_or_pipelines():
+    """The layering: ``visloc.export`` (spec, runtime) sits below features/ and pipelines/."""
+    import subprocess
+    import sys
+
+    code = ("import sys, visloc.export; bad = [m for m in sys.modules if m.startswith(('visloc.features', "
+            "'visloc.pipelines', 'visloc.export.models'))]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
