@@ -20,6 +20,7 @@ from visloc.features.hfnet_onnx import CONF_KEY
 from visloc.features.hfnet_weights import DEFAULT_STUDENT_CONF
 from visloc.features.weights import WeightsError
 from visloc.models.hfnet import (
+    ONNX_OUTPUTS,
     HFNet,
     HFNetConf,
     detect_keypoints,
@@ -292,12 +293,25 @@ def test_extractor_batch_pads_once_for_all_images(student_ckpt, astronaut_320):
 def test_export_parity_and_metadata(student_onnx):
     result, out = student_onnx, student_onnx.out
     assert out.is_file() and result.num_bytes == out.stat().st_size
-    assert len(result.max_abs_diff) == 6  # 3 outputs x 2 sizes
+    assert len(result.max_abs_diff) == 9  # 3 outputs x (the 64x96 example + 2 check sizes)
     assert max(result.max_abs_diff.values()) < 1e-4
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert '"descriptor_dim": 128' in session.get_modelmeta().custom_metadata_map[CONF_KEY]
     logits, dense, g = session.run(None, {"image": np.random.default_rng(0).random((1, 1, 72, 104), np.float32)})
     assert logits.shape == (1, 65, 9, 13) and dense.shape == (1, 128, 9, 13) and g.shape == (1, 4096)
+
+
+def test_export_spec_declares_the_graph():
+    spec = HFNet(SMALL).export_spec(batch=2, height=16, width=24, check_sizes=((8, 40),))
+    assert spec.input_names == ("image",) and spec.output_names == ONNX_OUTPUTS and spec.opset == 17
+    assert tuple(spec.example_inputs["image"].shape) == (2, 1, 16, 24)
+    assert [tuple(c["image"].shape) for c in spec.check_inputs] == [(2, 1, 8, 40)]
+    assert spec.dynamic_axes["logits"] == {0: "batch", 2: "cells_h", 3: "cells_w"} and spec.conf_key == CONF_KEY
+    static = HFNet(SMALL).export_spec(dynamic=False)
+    assert static.dynamic_axes is None and static.check_inputs[0]["image"].shape == (1, 1, 64, 96)
+    assert not torch.equal(static.check_inputs[0]["image"], static.example_inputs["image"])
+    with pytest.raises(ValueError, match="multiples of 8, got 200x330"):
+        HFNet(SMALL).export_spec(check_sizes=((200, 330),))
 
 
 def test_export_failed_check_writes_nothing(small_ckpt, tmp_path):

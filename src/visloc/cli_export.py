@@ -1,28 +1,54 @@
-"""``visloc export ...``: write networks as ONNX files, checked against PyTorch."""
+"""``visloc export NAME``: write a registered network (``visloc.registry.MODELS``) as an ONNX file.
 
+One subcommand per ``MODELS`` name, all with the same options; the file is written only when
+onnxruntime reproduces PyTorch on the model's check inputs. An unknown name lists the exportable ones.
+"""
+
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from visloc.cli_common import run
+from visloc.cli_common import SetOpt, fail, run
+from visloc.registry import MODELS
 
-export_app = typer.Typer(help="Export networks to ONNX (checked with onnxruntime before writing).",
-                         no_args_is_help=True)
+
+class _ExportGroup(TyperGroup):
+    """The ``export`` group: an unknown model name fails with the list of exportable ones (exit 2)."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            fail(f"unknown model {args[0]!r}; exportable: {', '.join(MODELS.names())}")
+        return super().resolve_command(ctx, args)
+
+
+export_app = typer.Typer(cls=_ExportGroup, no_args_is_help=True,
+                         help="Export a registered network to ONNX (checked with onnxruntime before writing). "
+                              "Shape options (the keywords of the model's export_spec): --set shape.KEY=VALUE, e.g. "
+                              "shape.height=480 shape.width=640 shape.dynamic=false.")
 
 OnnxOut = Annotated[Path, typer.Option("--onnx", help="ONNX file to write.")]
-WeightsOpt = Annotated[Optional[Path], typer.Option(help="visloc HF-Net checkpoint (default: the shipped student).")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(help="Weights file (default: the model's shipped weights).")]
 OpsetOpt = Annotated[int, typer.Option(help="ONNX opset (>= 17).")]
 CheckOpt = Annotated[bool, typer.Option("--check/--no-check", help="Compare onnxruntime with PyTorch first.")]
 RandomOpt = Annotated[bool, typer.Option(help="Without weights, export a random network (speed tests).")]
 
 
-@export_app.command("hfnet")
-def export_hfnet_cmd(onnx: OnnxOut, weights: WeightsOpt = None, opset: OpsetOpt = 17, check: CheckOpt = True,
-                     allow_random: RandomOpt = False) -> None:
-    """Export HF-Net (dynamic height and width; NMS and top-k stay outside the graph)."""
-    from visloc.pipelines.export import export_hfnet
+def _command(name: str) -> Callable[..., None]:
+    def export_cmd(onnx: OnnxOut, weights: WeightsOpt = None, set_: SetOpt = None, opset: OpsetOpt = 17,
+                   check: CheckOpt = True, allow_random: RandomOpt = False) -> None:
+        from visloc.pipelines.export import export_registered
 
-    result = run(export_hfnet, weights, onnx, opset=opset, check=check, allow_random=allow_random)
-    for line in result.lines():
-        typer.echo(line)
+        result = run(export_registered, name, onnx, list(set_ or ()), weights=weights, allow_random=allow_random,
+                     opset=opset, check=check)
+        for line in result.lines():
+            typer.echo(line)
+
+    export_cmd.__doc__ = f"{MODELS.description_of(name)}."
+    return export_cmd
+
+
+for _name in MODELS.names():  # reads registry_index only: nothing heavy is imported
+    export_app.command(_name)(_command(_name))

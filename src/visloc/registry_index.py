@@ -48,7 +48,12 @@ INDEX: dict[str, dict[str, L]] = {
                        "essential matrix + relative pose cam1_from_cam0, USAC MAGSAC++"),
         "affine": L("visloc.geometry.estimators", "two-view", "2D affine, RANSAC"),
     },
-    "model": {},
+    "model": {
+        "hfnet": L("visloc.export.models", "onnx",
+                   "HF-Net forward (image [B,1,H,W] -> logits, dense_descriptors, global_descriptor; dynamic)"),
+        "netvlad-vgg16": L("visloc.export.models", "onnx",
+                           "VGG16-NetVLAD (image [B,3,H,W] -> global_descriptor; user .mat or pytorch-NetVlad file)"),
+    },
     "recipe": {},
     "representation": {},
 }

@@ -11,82 +11,45 @@ the shipped default, as ``hfnet``), which takes a few seconds; ``visloc export h
 
 from __future__ import annotations
 
-import io
-import json
+import dataclasses
 import logging
-import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from visloc.export import OnnxModelError, export_onnx
+from visloc.export import onnx_session as _generic_session
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.hfnet import HFNetExtractorConf, hfnet_capabilities, hfnet_postprocess, pad_to_cell
 from visloc.features.hfnet_weights import resolve_hfnet
 from visloc.features.weights import WeightsError
-from visloc.models.hfnet import HFNet
+from visloc.models.hfnet import ONNX_CONF_KEY, ONNX_INPUT, ONNX_OUTPUTS, HFNet
 from visloc.types import IMAGE_GRAY, Features
 
 logger = logging.getLogger(__name__)
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "dense_descriptors", "global_descriptor")
+INPUT_NAME = ONNX_INPUT
+OUTPUT_NAMES = ONNX_OUTPUTS
 #: ONNX metadata key holding the network's ``HFNetConf`` as JSON
-CONF_KEY = "visloc_hfnet_conf"
-
-
-def _export(model: HFNet, buffer: io.BytesIO, opset: int) -> None:
-    cells = {0: "batch", 2: "cells_h", 3: "cells_w"}
-    torch.onnx.export(model, (torch.rand(1, 1, 64, 96),), buffer, input_names=[INPUT_NAME],
-                      output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=False,
-                      dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, "logits": cells,
-                                    "dense_descriptors": cells, "global_descriptor": {0: "batch"}})
+CONF_KEY = ONNX_CONF_KEY
 
 
 def hfnet_to_onnx(model: HFNet, opset: int = 17) -> bytes:
     """Export ``model`` (eval mode, CPU) to ONNX bytes with dynamic batch, height and width.
 
-    The serialized model carries its ``HFNetConf`` as JSON in the metadata key ``CONF_KEY``.
+    The generic ``visloc.export.export_onnx`` of ``model.export_spec()``; the serialized model
+    carries its ``HFNetConf`` as JSON in the metadata key ``CONF_KEY``.
     """
-    import onnx
-
-    if opset < 17:
-        raise ValueError(f"opset must be >= 17, got {opset}")
-    model = model.eval().cpu()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter is chosen on purpose (no onnxscript needed)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        _export(model, buffer, opset)
-    proto = onnx.load_from_string(buffer.getvalue())
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = CONF_KEY, json.dumps(asdict(model.conf), sort_keys=True)
-    return proto.SerializeToString()
+    return export_onnx(model, dataclasses.replace(model.export_spec(), opset=opset))
 
 
 def onnx_session(model: bytes | str | Path, num_threads: int = 0):  # noqa: ANN201  (onnxruntime is optional)
-    """An onnxruntime session (CUDA first when onnxruntime has it, else CPU).
-
-    Args:
-        model: ONNX bytes or a file path.
-        num_threads: intra-op threads; 0 uses ``torch.get_num_threads()`` (the same budget as torch).
-    """
-    import onnxruntime as ort
-
-    if isinstance(model, (str, Path)):
-        path = Path(model)
-        if not path.is_file():
-            raise WeightsError(f"{path}: ONNX file not found")
-        model = path.read_bytes()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = num_threads or torch.get_num_threads()
-    # idle ORT threads otherwise spin after each run and slow the torch post-processing that follows
-    # (46 -> 37 ms per VGA extraction on 2 cores)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    """``visloc.export.onnx_session`` for HF-Net models; a missing or bad file is a ``WeightsError``."""
     try:
-        return ort.InferenceSession(model, options, providers=providers)
-    except Exception as e:  # onnxruntime raises its own exception types for bad files
-        raise WeightsError(f"cannot load the HF-Net ONNX model ({e.__class__.__name__}: {str(e)[:80]})") from None
+        return _generic_session(model, num_threads, what="HF-Net ONNX model")
+    except OnnxModelError as e:
+        raise WeightsError(str(e)) from None
 
 
 @dataclass(frozen=True)

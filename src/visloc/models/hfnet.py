@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visloc.errors import InputError
+from visloc.export.spec import ExportSpec
 from visloc.models.backbones import GRAY_MEAN, GRAY_STD, mobilenet_v2_channels, mobilenet_v2_features
 from visloc.models.heads.netvlad import NetVLAD
 
@@ -39,6 +41,12 @@ from visloc.models.heads.netvlad import NetVLAD
 LOCAL_BLOCKS = 7
 GLOBAL_BLOCKS = 18
 CELL = 8
+#: ONNX graph of ``HFNet.forward`` (``export_spec``): input name, output names, conf metadata key
+ONNX_INPUT = "image"
+ONNX_OUTPUTS = ("logits", "dense_descriptors", "global_descriptor")
+ONNX_CONF_KEY = "visloc_hfnet_conf"
+#: ``(H, W)`` of the export parity check's images: VGA, and an odd number of 8x8 cells per side
+ONNX_CHECK_SIZES = ((480, 640), (200, 328))
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,33 @@ class HFNet(nn.Module):
         dense = F.normalize(self.descriptor(local), p=2.0, dim=1)
         g = self.reduction(self.netvlad(self.projection(x)))
         return {"logits": logits, "dense_descriptors": dense, "global_descriptor": F.normalize(g, p=2.0, dim=1)}
+
+    def export_spec(self, batch: int = 1, height: int = 64, width: int = 96, dynamic: bool = True,
+                    check_sizes: tuple[tuple[int, int], ...] = ONNX_CHECK_SIZES, seed: int = 0) -> ExportSpec:
+        """ONNX spec of ``forward``: ``image [B, 1, H, W]`` -> the three outputs (``visloc.export``).
+
+        Args:
+            batch: the example's ``B``.
+            height: the example's ``H`` (a multiple of 8).
+            width: the example's ``W`` (a multiple of 8).
+            dynamic: dynamic batch, height and width (outputs: batch and cells); else static shapes.
+            check_sizes: ``(H, W)`` of the parity check's images (multiples of 8) when dynamic;
+                static shapes check one more image of the example's size.
+            seed: seed of the random ``[0, 1]`` images.
+        """
+        sizes = ((height, width), *check_sizes) if dynamic else ((height, width), (height, width))
+        for h, w in sizes:
+            if h % CELL or w % CELL or h < CELL or w < CELL:
+                raise InputError(f"hfnet export: image sizes must be positive multiples of {CELL}, got {h}x{w}")
+        if batch < 1:
+            raise InputError(f"hfnet export: batch must be >= 1, got {batch}")
+        gen = torch.Generator().manual_seed(seed)
+        images = [{ONNX_INPUT: torch.rand(batch, 1, h, w, generator=gen)} for h, w in sizes]
+        cells = {0: "batch", 2: "cells_h", 3: "cells_w"}
+        axes = {ONNX_INPUT: {0: "batch", 2: "height", 3: "width"}, "logits": cells, "dense_descriptors": cells,
+                "global_descriptor": {0: "batch"}}
+        return ExportSpec(images[0], ONNX_OUTPUTS, axes if dynamic else None, check_inputs=images[1:],
+                          atol=1e-4, conf_key=ONNX_CONF_KEY)
 
 
 def _check_input(image: torch.Tensor) -> None:

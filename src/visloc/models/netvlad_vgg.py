@@ -9,14 +9,23 @@ trained weights come from :mod:`visloc.models.netvlad_weights`.
 
 from __future__ import annotations
 
+import json
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from visloc.errors import InputError
+from visloc.export.spec import ExportSpec
 from visloc.models.heads.netvlad import NetVLAD
 
 VGG_DIM = 512
+#: ONNX graph of ``NetVLADVGG16.forward`` (``export_spec``)
+ONNX_INPUT = "image"
+ONNX_OUTPUT = "global_descriptor"
+#: the smallest image side: conv5_3 sits after four 2x2 max-pools (stride 16)
+MIN_SIDE = 16
 
 
 class NetVLADVGG16(nn.Module):
@@ -83,3 +92,31 @@ class NetVLADVGG16(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Describe [0, 1] RGB images ``[B, 3, H, W]`` with ``[B, G]`` descriptors."""
         return self.aggregate(self.encoder(self.preprocess(image)))
+
+    def export_spec(self, batch: int = 1, height: int = 480, width: int = 640, dynamic: bool = True,
+                    seed: int = 0) -> ExportSpec:
+        """ONNX spec of ``forward``: ``image [B, 3, H, W]`` in [0, 1] -> ``global_descriptor [B, G]``.
+
+        Args:
+            batch: the example's ``B``.
+            height: the example's ``H`` (>= 16).
+            width: the example's ``W`` (>= 16).
+            dynamic: dynamic batch, height and width; else static shapes.
+            seed: seed of the random images.
+
+        The parity check also runs an image of about half the example's size plus an odd number of
+        pixels when dynamic (another image of the example's size when static). The ONNX metadata
+        ``visloc_netvlad_vgg16`` holds K, G and the preprocessing as JSON.
+        """
+        if min(height, width) < MIN_SIDE or batch < 1:
+            raise InputError(f"netvlad-vgg16 export: need batch >= 1 and sides >= {MIN_SIDE}, got "
+                             f"{batch}x{height}x{width}")
+        other = (max(MIN_SIDE, height // 2 + 7), max(MIN_SIDE, width // 2 + 13)) if dynamic else (height, width)
+        gen = torch.Generator().manual_seed(seed)
+        images = [{ONNX_INPUT: torch.rand(batch, 3, h, w, generator=gen)} for h, w in ((height, width), other)]
+        axes = {ONNX_INPUT: {0: "batch", 2: "height", 3: "width"}, ONNX_OUTPUT: {0: "batch"}}
+        meta = {"num_clusters": self.pool.num_clusters, "whiten_dim": self.whiten.out_features if self.whiten else None,
+                "input_scale": float(self.input_scale), "input_mean": self.input_mean.tolist(),
+                "input_std": self.input_std.tolist()}
+        return ExportSpec(images[0], (ONNX_OUTPUT,), axes if dynamic else None, check_inputs=images[1:], atol=1e-4,
+                          metadata={"visloc_netvlad_vgg16": json.dumps(meta, sort_keys=True)})

@@ -1,99 +1,86 @@
-"""Export networks to ONNX, checked against PyTorch with onnxruntime before the file is written.
+"""``visloc export NAME``: build a registered network (``MODELS``), export it to ONNX, check, write.
 
-``export_hfnet`` exports ``HFNet.forward`` (dynamic batch, height and width; NMS and top-k stay
-outside the graph), runs the ONNX model and the PyTorch model on a seeded random image at two sizes
-(one of them an odd number of cells per side), and writes the file atomically only when every dense
-output agrees within ``atol``.
+``export_registered`` builds the ``MODELS`` entry ``name`` from its conf (weights, ``allow_random``
+and the ``shape`` options of its ``export_spec``), then takes the one generic path
+``visloc.export.export_model``: TorchScript export, onnxruntime vs PyTorch on the spec's example and
+check inputs, atomic write only when every output agrees within the spec's ``atol``.
+``export_hfnet`` is that path for ``hfnet`` with the historical arguments.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
+from torch import nn
 
-from visloc.errors import VislocError
-from visloc.features.hfnet_onnx import INPUT_NAME, OUTPUT_NAMES, hfnet_to_onnx, onnx_session
-from visloc.features.hfnet_weights import resolve_hfnet
-from visloc.io.atomic import atomic_path
-from visloc.models.hfnet import HFNet
+from visloc.conf import parse_overrides
+from visloc.export import Exportable, ExportError, ExportResult, export_model
+from visloc.models.hfnet import ONNX_CHECK_SIZES
+from visloc.registry import MODELS
 
-logger = logging.getLogger(__name__)
-#: ``(H, W)`` of the parity check's images: VGA, and an odd number of 8x8 cells per side
-CHECK_SIZES = ((480, 640), (200, 328))
+#: ``(H, W)`` of HF-Net's parity check's images: VGA, and an odd number of 8x8 cells per side
+CHECK_SIZES = ONNX_CHECK_SIZES
 
-
-class ExportError(VislocError, ValueError):
-    """An export whose ONNX model does not reproduce the PyTorch model."""
+__all__ = ["CHECK_SIZES", "ExportError", "ExportResult", "export_hfnet", "export_registered"]
 
 
-@dataclass(frozen=True)
-class ExportResult:
-    """The written file and, when checked, the largest absolute difference per output and size."""
+def export_registered(name: str, out: str | Path, overrides: Mapping[str, Any] | Sequence[str] = (), *,
+                      weights: str | Path | None = None, allow_random: bool = False, opset: int | None = None,
+                      atol: float | None = None, check: bool = True) -> ExportResult:
+    """Export the ``MODELS`` entry ``name`` to the ONNX file ``out``.
 
-    out: Path
-    num_bytes: int
-    max_abs_diff: dict[str, float] = field(default_factory=dict)
-
-    def lines(self) -> list[str]:
-        """Human-readable summary for the CLI."""
-        out = [f"exported {self.num_bytes / 1e6:.1f} MB -> {self.out}"]
-        out += [f"  onnxruntime vs torch, max |diff| {k}: {v:.2e}" for k, v in self.max_abs_diff.items()]
-        return out
-
-
-def onnx_parity(model: HFNet, onnx_bytes: bytes, sizes: tuple[tuple[int, int], ...] = CHECK_SIZES,
-                seed: int = 0) -> dict[str, float]:
-    """Largest ``|onnxruntime - torch|`` of each output on seeded random ``[1, 1, H, W]`` images.
+    Args:
+        name: a registered exportable model (``MODELS.names()``).
+        out: the ONNX file to write (atomically; left as it was when the check fails).
+        overrides: conf overrides (``key=value`` strings or a mapping), e.g. ``shape.height=480``.
+        weights: the weights file (sets the conf's ``weights``).
+        allow_random: without weights, export a random network (sets ``allow_random``).
+        opset: ONNX opset (>= 17); None: the spec's.
+        atol: parity tolerance; None: the spec's.
+        check: compare onnxruntime with PyTorch before writing.
 
     Returns:
-        ``{"<output> HxW": max abs difference}`` for every output and size.
+        the written path, its size and the measured differences.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered (the message lists the exportable ones).
+        ExportError: parity failed; nothing written.
     """
-    session = onnx_session(onnx_bytes)
-    rng = np.random.default_rng(seed)
-    diffs: dict[str, float] = {}
-    for h, w in sizes:
-        image = rng.random((1, 1, h, w), dtype=np.float32)
-        with torch.inference_mode():
-            ref = model(torch.from_numpy(image))
-        outs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image})
-        for name, value in zip(OUTPUT_NAMES, outs, strict=True):
-            expected = ref[name].numpy()
-            if value.shape != expected.shape:
-                raise ExportError(f"{name} at {h}x{w}: onnxruntime shape {value.shape} != torch {expected.shape}")
-            diffs[f"{name} {h}x{w}"] = float(np.abs(value - expected).max())
-    return diffs
+    sets = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(list(overrides))
+    if weights is not None:
+        sets["weights"] = str(weights)
+    if allow_random:
+        sets["allow_random"] = True
+    conf = MODELS.conf(name, sets)
+    model = MODELS.build_conf(name, conf)
+    if not (isinstance(model, nn.Module) and isinstance(model, Exportable)):
+        raise TypeError(f"model {name!r}: {type(model).__name__} does not implement export_spec")
+    from visloc.export.models import shape_args  # the MODELS conf contract: conf.shape
+
+    spec = model.export_spec(**shape_args(conf))
+    changes = {k: v for k, v in (("opset", opset), ("atol", atol)) if v is not None}
+    if changes:
+        spec = dataclasses.replace(spec, **changes)
+    return export_model(model, spec, out, check=check)
 
 
 def export_hfnet(checkpoint: str | Path | None, out_onnx: str | Path, opset: int = 17, check: bool = True,
                  allow_random: bool = False, atol: float = 1e-4,
                  check_sizes: tuple[tuple[int, int], ...] = CHECK_SIZES) -> ExportResult:
-    """Export an HF-Net checkpoint to ONNX.
+    """Export an HF-Net checkpoint to ONNX (``export_registered("hfnet", ...)``).
 
     Args:
         checkpoint: a visloc HF-Net checkpoint; None: the shipped default student (or, with
             ``allow_random``, a random network of its architecture).
         out_onnx: the ONNX file to write (atomically; left as it was when the check fails).
         opset: ONNX opset (>= 17).
-        check: compare onnxruntime with PyTorch at ``CHECK_SIZES`` before writing.
+        check: compare onnxruntime with PyTorch on the example (64x96) and ``check_sizes`` first.
         allow_random: see ``features.hfnet_weights.resolve_hfnet``.
         atol: largest absolute difference accepted on any output.
         check_sizes: ``(H, W)`` of the check's images (multiples of 8).
-
-    Returns:
-        the written path, its size and the measured differences.
     """
-    model = resolve_hfnet(str(checkpoint) if checkpoint is not None else None, allow_random).cpu().eval()
-    data = hfnet_to_onnx(model, opset)
-    diffs = onnx_parity(model, data, check_sizes) if check else {}
-    worst = max(diffs.items(), key=lambda kv: kv[1], default=None)
-    if worst is not None and not worst[1] <= atol:
-        raise ExportError(f"{out_onnx}: onnxruntime differs from torch by {worst[1]:.2e} on {worst[0]} "
-                          f"(> atol {atol:g}); nothing written")
-    with atomic_path(out_onnx) as tmp:
-        tmp.write_bytes(data)
-    logger.info("HF-Net ONNX (%d bytes) -> %s", len(data), out_onnx)
-    return ExportResult(Path(out_onnx), len(data), diffs)
+    return export_registered("hfnet", out_onnx, {"shape": {"check_sizes": [list(s) for s in check_sizes]}},
+                             weights=checkpoint, allow_random=allow_random, opset=opset, atol=atol, check=check)

@@ -1,0 +1,102 @@
+"""The shipped exportable networks, registered in ``visloc.registry.MODELS`` (kind ``onnx``).
+
+Contract of a ``MODELS`` entry: its conf is a frozen dataclass with ``weights`` (a path or None),
+``allow_random`` (build a random network when no weights are found) and ``shape`` (a frozen
+dataclass whose fields are the keyword arguments of the network's ``export_spec``); its builder
+returns the ready network (eval mode, CPU) implementing ``visloc.export.Exportable``.
+``visloc export NAME --weights W --allow-random --set shape.height=480`` fills them.
+
+Builders import their weights loaders lazily, so listing the models imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from visloc.models.hfnet import ONNX_CHECK_SIZES
+from visloc.registry import MODELS
+
+
+def shape_args(conf: Any) -> dict[str, Any]:
+    """``conf.shape``'s fields as keyword arguments of ``export_spec`` (values kept as they are)."""
+    shape = conf.shape
+    return {f.name: getattr(shape, f.name) for f in fields(shape)}
+
+
+@dataclass(frozen=True)
+class HFNetShape:
+    """``HFNet.export_spec``'s options: example size, dynamic axes, the parity check's sizes."""
+
+    batch: int = 1
+    height: int = 64
+    width: int = 96
+    dynamic: bool = True
+    check_sizes: tuple[tuple[int, int], ...] = ONNX_CHECK_SIZES
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class HFNetExportConf:
+    """``hfnet``: a visloc HF-Net checkpoint (None: the shipped default student)."""
+
+    weights: str | None = None
+    allow_random: bool = False
+    shape: HFNetShape = field(default_factory=HFNetShape)
+
+
+def build_hfnet(conf: HFNetExportConf) -> nn.Module:
+    """The HF-Net of ``conf.weights`` (``features.hfnet_weights.resolve_hfnet``), eval mode, CPU."""
+    from visloc.features.hfnet_weights import resolve_hfnet
+
+    return resolve_hfnet(conf.weights, conf.allow_random).cpu().eval()
+
+
+@dataclass(frozen=True)
+class NetVLADShape:
+    """``NetVLADVGG16.export_spec``'s options."""
+
+    batch: int = 1
+    height: int = 480
+    width: int = 640
+    dynamic: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class NetVLADExportConf:
+    """``netvlad-vgg16``: user weights, the authors' MatConvNet ``*_struct.mat`` or a pytorch-NetVlad checkpoint.
+
+    ``num_clusters`` and ``whiten_dim`` (0: no whitening) shape the random network only
+    (``allow_random`` without weights); a weights file fixes its own.
+    """
+
+    weights: str | None = None
+    allow_random: bool = False
+    num_clusters: int = 64
+    whiten_dim: int = 4096
+    shape: NetVLADShape = field(default_factory=NetVLADShape)
+
+
+def build_netvlad_vgg16(conf: NetVLADExportConf) -> nn.Module:
+    """VGG16-NetVLAD from ``conf.weights`` (``.mat``: MatConvNet, else pytorch-NetVlad), eval mode, CPU."""
+    from visloc.features.weights import WeightsError
+    from visloc.models.netvlad_vgg import NetVLADVGG16
+    from visloc.models.netvlad_weights import load_matconvnet_netvlad, load_pytorch_netvlad
+
+    if conf.weights is not None:
+        load = load_matconvnet_netvlad if conf.weights.lower().endswith(".mat") else load_pytorch_netvlad
+        return load(conf.weights).cpu().eval()
+    if not conf.allow_random:
+        raise WeightsError("netvlad-vgg16: no weights; pass --weights FILE (a MatConvNet *_struct.mat or a "
+                           "pytorch-NetVlad checkpoint), or --allow-random for a random network")
+    with torch.random.fork_rng(devices=[]):  # the same random network in every process
+        torch.manual_seed(0)
+        return NetVLADVGG16(conf.num_clusters, conf.whiten_dim or None).eval()
+
+
+MODELS.register("hfnet", HFNetExportConf(), build_hfnet)
+MODELS.register("netvlad-vgg16", NetVLADExportConf(), build_netvlad_vgg16)
