@@ -46,7 +46,7 @@ INDEX: dict[str, dict[str, L]] = {
     "recipe": {},
     "representation": {
         "voxel-grid": L("visloc.events.representations", "events",
-                        "voxel grid: B time bins, bilinear in time, polarity-weighted (normalisation e2vid B-1 | tonic B)"),
+                        "voxel grid: B time bins, bilinear in time, polarity-weighted (e2vid B-1 | tonic B)"),
         "histogram": L("visloc.events.representations", "events", "event counts per pixel, positive and negative"),
         "time-surface": L("visloc.events.representations", "events",
                           "per polarity exp(-(t_end - t_last) / tau) of each pixel's latest event"),

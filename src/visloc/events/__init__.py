@@ -7,8 +7,15 @@
 """
 
 from visloc.events.stream import EventStream, EventStreamError, TorchEvents
-from visloc.events.windows import (SkippedWindow, Trajectory, Window, WindowSet, count_windows, distance_windows,
-                                   time_windows)
+from visloc.events.windows import (
+    SkippedWindow,
+    Trajectory,
+    Window,
+    WindowSet,
+    count_windows,
+    distance_windows,
+    time_windows,
+)
 
 __all__ = ["EventStream", "EventStreamError", "SkippedWindow", "TorchEvents", "Trajectory", "Window", "WindowSet",
            "count_windows", "distance_windows", "time_windows"]

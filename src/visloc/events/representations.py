@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -52,7 +52,7 @@ TimeRange = tuple[int, int]
 
 @dataclass(frozen=True)
 class VoxelGridConf:
-    """``bins``: temporal bins ``B`` (the channels); ``normalization``: ``"e2vid"`` (``B - 1``) or ``"tonic"`` (``B``)."""
+    """``bins``: temporal bins ``B`` (the channels); ``normalization``: ``"e2vid"`` (B - 1) or ``"tonic"`` (B)."""
 
     bins: int = 5
     normalization: Literal["e2vid", "tonic"] = "e2vid"
@@ -200,34 +200,45 @@ def _time_surface(ev: _Batch, conf: TimeSurfaceConf) -> torch.Tensor:
     return torch.where(last >= 0, surface, torch.zeros_like(surface)).float()
 
 
-def _single(fn: Callable[[_Batch, object], torch.Tensor]) -> Callable[..., torch.Tensor]:
-    def single(events: EventStream, conf: object, t_range: TimeRange | None = None,
-               device: torch.device | str = "cpu") -> torch.Tensor:
-        return fn(_gather([events], [t_range], device), conf)[0]
-
-    return single
+Windows = Sequence[EventStream]
+TimeRanges = Sequence[TimeRange | None] | None
+Device = torch.device | str
 
 
-def _batched(fn: Callable[[_Batch, object], torch.Tensor]) -> Callable[..., torch.Tensor]:
-    def batched(windows: Sequence[EventStream], conf: object, t_ranges: Sequence[TimeRange | None] | None = None,
-                device: torch.device | str = "cpu") -> torch.Tensor:
-        return fn(_gather(windows, t_ranges, device), conf)
-
-    return batched
+def voxel_grid(events: EventStream, conf: VoxelGridConf, t_range: TimeRange | None = None,
+               device: Device = "cpu") -> torch.Tensor:
+    """``[B, H, W]`` float32 voxel grid of one window (see the module docstring)."""
+    return _voxel(_gather([events], [t_range], device), conf)[0]
 
 
-#: ``voxel_grid(events, conf, t_range=None, device="cpu") -> [B, H, W]``
-voxel_grid = _single(_voxel)  # type: ignore[arg-type]
-#: ``voxel_grid_batch(windows, conf, t_ranges=None, device="cpu") -> [N, B, H, W]``
-voxel_grid_batch = _batched(_voxel)  # type: ignore[arg-type]
-#: ``histogram(events, conf, ...) -> [2, H, W]``
-histogram = _single(_histogram)  # type: ignore[arg-type]
-#: ``histogram_batch(windows, conf, ...) -> [N, 2, H, W]``
-histogram_batch = _batched(_histogram)  # type: ignore[arg-type]
-#: ``time_surface(events, conf, ...) -> [2, H, W]``
-time_surface = _single(_time_surface)  # type: ignore[arg-type]
-#: ``time_surface_batch(windows, conf, ...) -> [N, 2, H, W]``
-time_surface_batch = _batched(_time_surface)  # type: ignore[arg-type]
+def voxel_grid_batch(windows: Windows, conf: VoxelGridConf, t_ranges: TimeRanges = None,
+                     device: Device = "cpu") -> torch.Tensor:
+    """``[N, B, H, W]`` voxel grids of ``N`` windows of one sensor."""
+    return _voxel(_gather(windows, t_ranges, device), conf)
+
+
+def histogram(events: EventStream, conf: HistogramConf, t_range: TimeRange | None = None,
+              device: Device = "cpu") -> torch.Tensor:
+    """``[2, H, W]`` float32 counts (positive, negative) of one window."""
+    return _histogram(_gather([events], [t_range], device), conf)[0]
+
+
+def histogram_batch(windows: Windows, conf: HistogramConf, t_ranges: TimeRanges = None,
+                    device: Device = "cpu") -> torch.Tensor:
+    """``[N, 2, H, W]`` counts of ``N`` windows of one sensor."""
+    return _histogram(_gather(windows, t_ranges, device), conf)
+
+
+def time_surface(events: EventStream, conf: TimeSurfaceConf, t_range: TimeRange | None = None,
+                 device: Device = "cpu") -> torch.Tensor:
+    """``[2, H, W]`` float32 time surface (positive, negative) of one window, at ``t_end``."""
+    return _time_surface(_gather([events], [t_range], device), conf)[0]
+
+
+def time_surface_batch(windows: Windows, conf: TimeSurfaceConf, t_ranges: TimeRanges = None,
+                       device: Device = "cpu") -> torch.Tensor:
+    """``[N, 2, H, W]`` time surfaces of ``N`` windows of one sensor."""
+    return _time_surface(_gather(windows, t_ranges, device), conf)
 
 
 class Representation:
@@ -240,7 +251,7 @@ class Representation:
     """
 
     def __init__(self, name: str, conf: VoxelGridConf | HistogramConf | TimeSurfaceConf,
-                 fn: Callable[[_Batch, object], torch.Tensor]) -> None:
+                 fn: Callable[[_Batch, Any], torch.Tensor]) -> None:
         self.name = name
         self.conf = conf
         self._fn = fn
@@ -259,13 +270,11 @@ class Representation:
         """``InputSpec(kind="events", channels=C, representation=name, bins=...)``."""
         return self.conf.input_spec()
 
-    def __call__(self, events: EventStream, t_range: TimeRange | None = None,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
+    def __call__(self, events: EventStream, t_range: TimeRange | None = None, device: Device = "cpu") -> torch.Tensor:
         """``[C, H, W]`` float32 of one window (``t_range``: see the module docstring)."""
         return self._fn(_gather([events], [t_range], device), self.conf)[0]
 
-    def batch(self, windows: Sequence[EventStream], t_ranges: Sequence[TimeRange | None] | None = None,
-              device: torch.device | str = "cpu") -> torch.Tensor:
+    def batch(self, windows: Windows, t_ranges: TimeRanges = None, device: Device = "cpu") -> torch.Tensor:
         """``[N, C, H, W]`` float32 of ``N`` windows of one sensor, in one scatter."""
         return self._fn(_gather(windows, t_ranges, device), self.conf)
 
@@ -274,8 +283,8 @@ class Representation:
 
 
 REPRESENTATIONS.register("voxel-grid", VoxelGridConf(),
-                         lambda c: Representation("voxel-grid", c, _voxel))  # type: ignore[arg-type]
+                         lambda c: Representation("voxel-grid", c, _voxel))
 REPRESENTATIONS.register("histogram", HistogramConf(),
-                         lambda c: Representation("histogram", c, _histogram))  # type: ignore[arg-type]
+                         lambda c: Representation("histogram", c, _histogram))
 REPRESENTATIONS.register("time-surface", TimeSurfaceConf(),
-                         lambda c: Representation("time-surface", c, _time_surface))  # type: ignore[arg-type]
+                         lambda c: Representation("time-surface", c, _time_surface))
