@@ -236,6 +236,17 @@ def test_t_range_must_contain_the_events(five):
     assert float(wider[2].abs().sum()) == 0 and float(wider.sum()) == 1
 
 
+def test_time_window_span_as_t_range():
+    s = _stream([0, 10, 25, 30, 40, 60, 99], [0] * 7, [0] * 7, [1] * 7, size=(1, 1))
+    ws = time_windows(s, 50)
+    assert ws.t_ranges() == [(0, 49), (50, 99)] and ws.skipped == ()
+    own = voxel_grid(ws[0].events(s), VoxelGridConf(bins=2))  # t* = t / 40 = [0, 0.25, 0.625, 0.75, 1]
+    span = voxel_grid(ws[0].events(s), VoxelGridConf(bins=2), t_range=ws[0].t_range)  # t* = t / 49
+    assert own[:, 0, 0].tolist() == [2.375, 2.625]
+    torch.testing.assert_close(span[:, 0, 0], torch.tensor([1 + 39 / 49 + 24 / 49 + 19 / 49 + 9 / 49,
+                                                            10 / 49 + 25 / 49 + 30 / 49 + 40 / 49]))
+
+
 def test_confs_are_checked_and_registered():
     with pytest.raises(ConfError, match="voxel-grid.bins"):
         REPRESENTATIONS.conf("voxel-grid", ["bins=0"])

@@ -71,6 +71,7 @@ def test_output_shape_and_finite(rep, stream):
     batch = rep.batch(_windows(stream))
     assert batch.shape == (len(_windows(stream)), spec.channels, SIZE[1], SIZE[0])
     assert torch.isfinite(batch).all()
+    assert torch.equal(rep(stream.slice_index(5, 5)), torch.zeros(spec.channels, SIZE[1], SIZE[0]))
 
 
 def test_mass_conserved_where_declared(rep, stream):

@@ -128,6 +128,11 @@ class Window:
         """``(t0_us + t1_us) / 2``, the time its position is interpolated at."""
         return (self.t0_us + self.t1_us) / 2
 
+    @property
+    def t_range(self) -> tuple[int, int]:
+        """``(t0_us, t1_us - 1)``: the span with both ends inclusive, as representations take it."""
+        return self.t0_us, self.t1_us - 1
+
     def events(self, stream: EventStream) -> EventStream:
         """The window's events of ``stream``, as views."""
         return stream.slice_index(self.i0, self.i1)
@@ -163,6 +168,10 @@ class WindowSet:
     def events(self, stream: EventStream) -> list[EventStream]:
         """Each window's events, as views (the input of a representation's batched form)."""
         return [w.events(stream) for w in self.windows]
+
+    def t_ranges(self) -> list[tuple[int, int]]:
+        """Each window's ``t_range`` (normalise a representation over the window's span, not its events')."""
+        return [w.t_range for w in self.windows]
 
 
 def _positive(value: float, name: str) -> None:
