@@ -55,5 +55,11 @@ INDEX: dict[str, dict[str, L]] = {
                            "VGG16-NetVLAD (image [B,3,H,W] -> global_descriptor; user .mat or pytorch-NetVlad file)"),
     },
     "recipe": {},
-    "representation": {},
+    "representation": {
+        "voxel-grid": L("visloc.events.representations", "events",
+                        "voxel grid: B time bins, bilinear in time, polarity-weighted (e2vid B-1 | tonic B)"),
+        "histogram": L("visloc.events.representations", "events", "event counts per pixel, positive and negative"),
+        "time-surface": L("visloc.events.representations", "events",
+                          "per polarity exp(-(t_end - t_last) / tau) of each pixel's latest event"),
+    },
 }

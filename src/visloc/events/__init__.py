@@ -1,0 +1,21 @@
+"""Event cameras: the ``EventStream`` contract, windows over it, and dense representations.
+
+- ``stream``: ``EventStream`` (sorted int64 µs from a stated origin, ``x``, ``y``, ``p`` in {-1, +1});
+- ``windows``: fixed-count, fixed-duration and fixed-distance windows (``WindowSet``);
+- ``representations``: voxel grid, histogram, time surface (``REPRESENTATIONS``, kind ``events``);
+  imported on demand (it imports torch and registers its entries).
+"""
+
+from visloc.events.stream import EventStream, EventStreamError, TorchEvents
+from visloc.events.windows import (
+    SkippedWindow,
+    Trajectory,
+    Window,
+    WindowSet,
+    count_windows,
+    distance_windows,
+    time_windows,
+)
+
+__all__ = ["EventStream", "EventStreamError", "SkippedWindow", "TorchEvents", "Trajectory", "Window", "WindowSet",
+           "count_windows", "distance_windows", "time_windows"]
