@@ -43,6 +43,9 @@ INDEX: dict[str, dict[str, L]] = {
         "affine": L("visloc.geometry.estimators", "two-view", "2D affine, RANSAC"),
     },
     "model": {},
-    "recipe": {},
+    "recipe": {
+        "hfnet-distill": L("visloc.train.hfnet.recipe", "train",
+                           "HF-Net student distilled from online ALIKED/SuperPoint + VLAD/NetVLAD teachers"),
+    },
     "representation": {},
 }
