@@ -82,6 +82,8 @@ def kmeans(x: np.ndarray, num_clusters: int, seed: int = 0, niter: int = KMEANS_
     km = faiss.Kmeans(x.shape[1], num_clusters, niter=niter, seed=seed, verbose=False,
                       max_points_per_centroid=max(256, -(-len(x) // num_clusters)))
     km.train(x)
+    if km.centroids is None:  # faiss leaves None only when training did not run
+        raise RuntimeError("faiss k-means returned no centroids")
     return np.ascontiguousarray(km.centroids.reshape(num_clusters, x.shape[1]), dtype=np.float32)
 
 

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from visloc.io.atomic import atomic_path, atomic_write_text
 from visloc.errors import InputError
+from visloc.io.atomic import atomic_path, atomic_write_text
 from visloc.train.datasets.augment import photometric_hfnet
 from visloc.train.hfnet.conf import CacheConf, HFNetDistillConf
 from visloc.train.hfnet.data import DistillDataset

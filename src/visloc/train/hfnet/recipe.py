@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
@@ -119,7 +120,9 @@ class HFNetDistill(Recipe):
         dataset = self.dataset(conf, run_dir)
         n = len(dataset)  # type: ignore[arg-type]
         if n < conf.train.batch_size:
-            raise InputError(f"data: {n} items are fewer than train.batch_size={conf.train.batch_size} (raise data.repeat)")
+            raise InputError(
+                f"data: {n} items are fewer than train.batch_size={conf.train.batch_size} (raise data.repeat)"
+            )
         workers = conf.data.num_workers
         return DataLoader(
             dataset,
@@ -131,8 +134,10 @@ class HFNetDistill(Recipe):
             collate_fn=collate,
         )
 
-    def export(self, module: DistillModule, conf: HFNetDistillConf, run_dir: Path) -> Path:
+    def export(self, module: L.LightningModule, conf: HFNetDistillConf, run_dir: Path) -> Path:
         """``run_dir/student.pt`` in the hfnet checkpoint format (loads with ``weights_only=True``)."""
+        if not isinstance(module, DistillModule):
+            raise TypeError(f"hfnet-distill exports a DistillModule, got {type(module).__name__}")
         return save_hfnet(run_dir / "student.pt", module.student)
 
     def tiny_conf(self, run_dir: Path) -> HFNetDistillConf:
