@@ -213,17 +213,18 @@ CONFIGS = sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").g
 def test_shipped_configs_are_valid(path):
     from visloc.conf import load_yaml
 
-    if path.name.startswith("hfnet_"):  # training recipes
-        from visloc.train.config import load_train_conf
+    data = load_yaml(path)
+    if "recipe" in data:  # training recipes, whichever the recipe
+        from visloc.train.recipe_base import load_recipe_conf
 
-        assert load_train_conf(path).train.max_steps > 0
+        name, conf = load_recipe_conf(path)
+        assert name == data["recipe"] and conf.train.max_steps > 0
         return
     if path.name.startswith("scene_"):  # the built-in scene
         from visloc.data.scene.config import SceneConf, load_scene_conf
 
         assert load_scene_conf(path) == SceneConf()
         return
-    data = load_yaml(path)
     registry = EXTRACTORS if data["name"] in EXTRACTORS else MATCHERS
     conf = registry.conf(data["name"], data.get("conf") or {})
     for key, value in (data.get("conf") or {}).items():

@@ -18,24 +18,25 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_train_dry_run_prints_conf_and_cache_estimate():
     res = runner.invoke(app, ["train", str(CONFIGS / "hfnet_distill.yaml"), "train.max_steps=2000", "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "max_steps: 2000" in res.output
+    assert "recipe: hfnet-distill" in res.output and "max_steps: 2000" in res.output
+    assert "recipe hfnet-distill: 2000 steps of batch 32 -> outputs/train/hfnet_distill" in res.output
     # 640x480: 128 x 60 x 80 fp16 + 4800 cells x top-4 x 3 B + 4096 x 2 B + 512 keypoints x 8 B
     assert "about 1.299 MB per image at 640x480 (HF-Net's export: 6.16 MB" in res.output
 
 
 def test_train_overrides_reach_the_recipe(monkeypatch, tmp_path):
-    import visloc.train.recipe as recipe
+    import visloc.train.core as core
 
     seen = {}
 
     class Result:
-        global_step, resumed_from, student_path = 7, None, tmp_path / "student.pt"
+        global_step, resumed_from, exported, global_rank = 7, None, tmp_path / "student.pt", 0
 
-    def fake_train(conf, progress=True, callbacks=()):
-        seen["conf"] = conf
+    def fake_train(recipe, conf, progress=True, callbacks=()):
+        seen["recipe"], seen["conf"] = recipe, conf
         return Result()
 
-    monkeypatch.setattr(recipe, "train", fake_train)
+    monkeypatch.setattr(core, "train", fake_train)
     res = runner.invoke(
         app,
         [
@@ -48,9 +49,10 @@ def test_train_overrides_reach_the_recipe(monkeypatch, tmp_path):
     )
     assert res.exit_code == 0, res.output
     conf = seen["conf"]
+    assert seen["recipe"].name == "hfnet-distill"
     assert conf.train.max_steps == 5 and conf.run_dir == str(tmp_path) and not conf.data.homographic
     assert conf.data.builtin and conf.student.model.descriptor_dim == 128
-    assert "train: 7 steps -> student" in res.output
+    assert f"train: 7 steps -> {tmp_path / 'student.pt'}" in res.output
 
 
 def test_train_errors_are_one_line(tmp_path):
@@ -58,6 +60,15 @@ def test_train_errors_are_one_line(tmp_path):
     assert res.exit_code == 2 and "unknown key(s) ['max_stepz']" in res.output
     res = runner.invoke(app, ["train", str(tmp_path / "none.yaml")])
     assert res.exit_code == 2 and "config file not found" in res.output
+    no_recipe = tmp_path / "plain.yaml"
+    no_recipe.write_text("run_dir: x\ntrain: {max_steps: 3}\n")
+    res = runner.invoke(app, ["train", str(no_recipe)])
+    assert res.exit_code == 2
+    assert f"{no_recipe}: no top-level 'recipe:' key naming the recipe (known: hfnet-distill" in res.output
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("recipe: nope\n")
+    res = runner.invoke(app, ["train", str(unknown)])
+    assert res.exit_code == 2 and "unknown recipe 'nope'; known: hfnet-distill" in res.output
 
 
 def test_data_bdd(tmp_path):

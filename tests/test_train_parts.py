@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from visloc.conf import ConfError
-from visloc.train.config import CacheConf, DataConf, TeacherConf, load_train_conf
-from visloc.train.losses import DistillationLoss, descriptor_l2, detector_cross_entropy, global_l2
+from visloc.train.hfnet.conf import CacheConf, DataConf, TeacherConf
+from visloc.train.hfnet.losses import DistillationLoss, descriptor_l2, detector_cross_entropy, global_l2
+from visloc.train.recipe_base import load_recipe_conf
 
 
 def test_detector_cross_entropy_analytic():
@@ -65,25 +66,33 @@ def test_uncertainty_weighting_formula():
 
 def test_config_overrides_and_errors(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("run_dir: /tmp/x\ndata: {builtin: true}\ntrain: {max_steps: 10}\n")
-    conf = load_train_conf(cfg, ["train.max_steps=2000", "data.size=[128,96]", "student.model.width_mult=0.5"])
+    cfg.write_text("recipe: hfnet-distill\nrun_dir: /tmp/x\ndata: {builtin: true}\ntrain: {max_steps: 10}\n")
+    name, conf = load_recipe_conf(cfg, ["train.max_steps=2000", "data.size=[128,96]", "student.model.width_mult=0.5"])
+    assert name == "hfnet-distill"
     assert conf.train.max_steps == 2000 and conf.data.size == (128, 96) and conf.student.model.width_mult == 0.5
     assert conf.student.model.descriptor_dim == 128  # the default student keeps its other fields
     with pytest.raises(ConfError, match=r"unknown key\(s\) \['max_stepz'\]"):
-        load_train_conf(cfg, ["train.max_stepz=3"])
+        load_recipe_conf(cfg, ["train.max_stepz=3"])
     with pytest.raises(ConfError, match="expected int"):
-        load_train_conf(cfg, ["train.batch_size=abc"])
+        load_recipe_conf(cfg, ["train.batch_size=abc"])
     with pytest.raises(ConfError, match="data.size"):
-        load_train_conf(cfg, ["data.size=[100,96]"])
+        load_recipe_conf(cfg, ["data.size=[100,96]"])
     with pytest.raises(ConfError, match="no images"):
-        load_train_conf(cfg, ["data.builtin=false"])
+        load_recipe_conf(cfg, ["data.builtin=false"])
+    with pytest.raises(ConfError, match=r"train.log_every: must be >= 1, got 0"):
+        load_recipe_conf(cfg, ["train.log_every=0"])
+    # dimensions that no teacher gives fail at load time, before any process starts
+    with pytest.raises(ConfError, match=r"descriptor_dim=64 but the local teacher aliked-n16 gives 128"):
+        load_recipe_conf(cfg, ["student.model.descriptor_dim=64"])
+    with pytest.raises(ConfError, match=r"global_dim=4096 but the global teacher \(VLAD, 8 x 128\) gives 1024"):
+        load_recipe_conf(cfg, ["teacher.vlad_clusters=8"])
     with pytest.raises(ConfError, match="not found"):
-        load_train_conf(tmp_path / "missing.yaml")
+        load_recipe_conf(tmp_path / "missing.yaml")
 
 
 def test_cell_distribution_convention():
     from visloc.models.hfnet import logits_to_heatmap
-    from visloc.train.teachers import cell_centres, cell_distribution
+    from visloc.train.hfnet.teachers import cell_centres, cell_distribution
 
     score = torch.zeros(1, 1, 16, 8)
     score[0, 0, 8 + 5, 2] = 0.9  # cell (1, 0), pixel row 5, column 2 inside it
@@ -98,27 +107,42 @@ def test_cell_distribution_convention():
     assert cell_centres(2, 3)[4].tolist() == [11.5, 11.5]  # cell (1, 1)
 
 
-def test_vlad_torch_equals_numpy_vlad():
-    from visloc.retrieval.vlad import vlad
-    from visloc.train.teachers import vlad_torch
+def test_vlad_torch_exact_on_a_constructed_batch():
+    from visloc.retrieval.vlad import vlad, vlad_torch
 
-    g = torch.Generator().manual_seed(0)
-    x = F.normalize(torch.randn(2, 50, 16, generator=g), dim=-1)
-    c = F.normalize(torch.randn(4, 16, generator=g), dim=-1)
-    out = vlad_torch(x, c, power_norm=True)
-    for b in range(2):
-        np.testing.assert_allclose(out[b].numpy(), vlad(x[b].numpy(), c.numpy(), power_norm=True), atol=1e-6)
+    c = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    # image 0: two descriptors in cluster 0, two in cluster 1; image 1: one in cluster 2, repeated
+    x = torch.tensor(
+        [[[1.0, 0.0], [0.0, 2.0], [11.0, 1.0], [9.0, 2.0]], [[0.0, 13.0], [0.0, 13.0], [0.0, 13.0], [0.0, 13.0]]]
+    )
+    out = vlad_torch(x, c)
+    # residual sums: image 0 cluster 0 (1, 2), cluster 1 (0, 3), cluster 2 empty; image 1 cluster 2 (0, 12)
+    v0, v1 = np.array([1.0, 2.0]) / np.sqrt(5), np.array([0.0, 1.0])
+    expected0 = np.concatenate([v0, v1, [0.0, 0.0]]) / np.sqrt(2)
+    expected1 = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    assert out.shape == (2, 6) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), np.stack([expected0, expected1]), atol=1e-6)
+    ssr = np.sign(np.concatenate([v0, v1, [0, 0]])) * np.sqrt(np.abs(np.concatenate([v0, v1, [0, 0]])))
+    np.testing.assert_allclose(vlad_torch(x, c, power_norm=True)[0].numpy(), ssr / np.linalg.norm(ssr), atol=1e-6)
+    raw = np.array([1.0, 2.0, 0.0, 3.0, 0.0, 0.0])
+    np.testing.assert_allclose(vlad_torch(x, c, intra_norm=False)[0].numpy(), raw / np.linalg.norm(raw), atol=1e-6)
+    assert torch.equal(vlad_torch(torch.zeros(2, 0, 2), c), torch.zeros(2, 6))  # no descriptors: zeros
+    # the numpy entry point is the same function on one image
+    np.testing.assert_array_equal(vlad(x[1].numpy(), c.numpy()), expected1.astype(np.float32))
+    with pytest.raises(ValueError, match=r"descriptors: expected \[B, N, 2\]"):
+        vlad_torch(torch.zeros(4, 3), c)
 
 
 @pytest.fixture(scope="module")
 def teacher():
-    from visloc.train.teachers import AlikedTeacher
+    from visloc.train.hfnet.teachers import AlikedTeacher
 
     return AlikedTeacher(TeacherConf())
 
 
 def test_teacher_dense_target_is_aliked_at_cell_centres(teacher):
-    from visloc.train.data import fit_image, load_rgb
+    from visloc.data.homography import fit_image
+    from visloc.train.datasets.images import load_rgb
 
     img = torch.from_numpy(fit_image(load_rgb("skimage:astronaut"), (64, 48))).permute(2, 0, 1)[None]
     dense, scores = teacher.dense_and_scores(img)
@@ -137,7 +161,7 @@ def test_teacher_dense_target_is_aliked_at_cell_centres(teacher):
 
 
 def test_cache_roundtrip_and_estimate():
-    from visloc.train.cache import compress, decompress, estimate_bytes_per_image
+    from visloc.train.hfnet.cache import compress, decompress, estimate_bytes_per_image
 
     g = torch.Generator().manual_seed(0)
     dense = F.normalize(torch.randn(8, 4, 6, generator=g), dim=0)
@@ -158,7 +182,8 @@ def test_cache_roundtrip_and_estimate():
 
 
 def test_dataset_items_and_bad_images(tmp_path, caplog):
-    from visloc.train.data import DistillDataset, collate, read_list
+    from visloc.train.datasets.images import collate, read_list
+    from visloc.train.hfnet.data import DistillDataset
 
     good = tmp_path / "a.png"
     Image.fromarray((np.random.default_rng(0).random((60, 90, 3)) * 255).astype(np.uint8)).save(good)
@@ -182,7 +207,7 @@ def test_dataset_items_and_bad_images(tmp_path, caplog):
 
 
 def test_photometric_primitives_change_the_image():
-    from visloc.train.augment import PRIMITIVES, photometric_hfnet
+    from visloc.train.datasets.augment import PRIMITIVES, photometric_hfnet
 
     img = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (48, 1))
     rng = np.random.default_rng(1)
@@ -249,8 +274,8 @@ def _official_superpoint_forward(sd, x):
 def test_superpoint_official_layout_and_teacher(tmp_path):
     from visloc.features.weights import WeightsError
     from visloc.models.superpoint import LAYERS, load_superpoint
-    from visloc.train.superpoint_teacher import SuperPointTeacher
-    from visloc.train.teachers import build_teacher
+    from visloc.train.hfnet.superpoint_teacher import SuperPointTeacher
+    from visloc.train.hfnet.teachers import build_teacher
 
     g = torch.Generator().manual_seed(0)
     sd = {}
@@ -274,7 +299,7 @@ def test_superpoint_official_layout_and_teacher(tmp_path):
     assert dense.shape == (2, 256, 6, 8) and torch.allclose(cells, semi.softmax(1), atol=1e-5)
     assert torch.allclose(dense.norm(dim=1), torch.ones(2, 6, 8), atol=1e-5)
     # a constant coarse descriptor map samples to that constant at every cell centre
-    from visloc.train.superpoint_teacher import sample_superpoint
+    from visloc.train.hfnet.superpoint_teacher import sample_superpoint
 
     const = F.normalize(torch.ones(1, 4, 6, 8), dim=1)
     pts = torch.tensor([[[3.5, 3.5], [60.0, 44.0]]])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from visloc.train.config import load_train_conf
+from visloc.train.core import train as run_train
+from visloc.train.recipe_base import recipe_conf
 
 TINY = [
     "data.builtin=true",
@@ -15,18 +16,40 @@ TINY = [
     "train.batch_size=4",
     "train.threads=1",
     "teacher.vocab_images=16",
-    "train.log_every=5",
+    "train.log_every=1",
 ]
 
 
 def _conf(tmp_path, *overrides):
-    return load_train_conf(None, [f"run_dir={tmp_path / 'run'}", *TINY, *overrides])
+    return recipe_conf("hfnet-distill", [f"run_dir={tmp_path / 'run'}", *TINY, *overrides])
+
+
+def train(conf, progress=True, callbacks=()):
+    return run_train("hfnet-distill", conf, progress=progress, callbacks=callbacks)
+
+
+def scalars(run_dir, tag):
+    """``[(step, value)]`` of a TensorBoard scalar the run wrote (what a user sees)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+class _Steps(L.Callback):
+    """The optimiser step at the start of every batch."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.steps.append(trainer.global_step)
 
 
 @pytest.mark.slow
 def test_short_run_learns_from_the_teacher(tmp_path):
     from visloc.features.hfnet_weights import load_hfnet
-    from visloc.train.recipe import train
 
     conf = _conf(
         tmp_path,
@@ -38,13 +61,14 @@ def test_short_run_learns_from_the_teacher(tmp_path):
     )
     result = train(conf, progress=False)
     assert result.global_step == 60 and result.resumed_from is None
-    h = result.module.history
-    assert len(h) == 60
+    h = {k: scalars(result.run_dir, f"train/{k}") for k in ("total", "detector", "descriptor", "desc_cosine",
+                                                             "repeatability")}
+    assert [s for s, _ in h["total"]] == list(range(60))
 
     def mean(key, part):
-        return float(np.nanmean([x[key] for x in part]))
+        return float(np.nanmean([v for _, v in h[key][part]]))
 
-    first, last = h[:10], h[-10:]
+    first, last = slice(0, 10), slice(-10, None)
     # measured over seeds 0-2 (first 10 -> last 10 steps): total 5.3 -> 3.4-3.7, cosine 0.45 -> 0.59-0.61,
     # repeatability 0.09-0.11 -> 0.17-0.24
     assert mean("total", last) < 0.85 * mean("total", first)
@@ -55,9 +79,10 @@ def test_short_run_learns_from_the_teacher(tmp_path):
     run = result.run_dir
     assert (run / "vocab.pt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "tb").glob("events.out.tfevents.*"))
-    ckpt = torch.load(result.student_path, map_location="cpu", weights_only=True)
+    assert result.exported == run / "student.pt"
+    ckpt = torch.load(result.exported, map_location="cpu", weights_only=True)
     assert ckpt["conf"]["descriptor_dim"] == 128
-    student = load_hfnet(result.student_path)
+    student = load_hfnet(result.exported)
     sd = result.module.student.state_dict()
     assert all(torch.equal(v, sd[k]) for k, v in student.state_dict().items())
 
@@ -81,8 +106,6 @@ class _StartState(L.Callback):
 
 @pytest.mark.slow
 def test_resume_after_a_crash(tmp_path):
-    from visloc.train.recipe import train
-
     crash_conf = _conf(tmp_path, "train.max_steps=100", "train.checkpoint_every=3", "train.image_every=0")
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(crash_conf, progress=False, callbacks=[_Crash(at_step=7)])
@@ -91,29 +114,31 @@ def test_resume_after_a_crash(tmp_path):
     assert saved["global_step"] == 6  # checkpoints at steps 3 and 6
     saved_student = {k[len("student.") :]: v for k, v in saved["state_dict"].items() if k.startswith("student.")}
 
-    start = _StartState()
+    start, steps = _StartState(), _Steps()
     result = train(
         _conf(tmp_path, "train.max_steps=9", "train.checkpoint_every=3", "train.image_every=0"),
         progress=False,
-        callbacks=[start],
+        callbacks=[start, steps],
     )
     assert result.resumed_from == last
     assert start.step == 6 and result.global_step == 9
-    assert [x["step"] for x in result.module.history] == [6.0, 7.0, 8.0]
+    assert steps.steps == [6, 7, 8]
     assert all(torch.equal(start.state[k], v) for k, v in saved_student.items())
     assert torch.equal(start.log_vars, saved["state_dict"]["criterion.log_vars"])
     assert float(start.optimizer_steps[0]) == 6.0  # Adam's state came back too
     # a finished run continues with a higher max_steps from its final checkpoint
+    steps = _Steps()
     more = train(
-        _conf(tmp_path, "train.max_steps=11", "train.checkpoint_every=3", "train.image_every=0"), progress=False
+        _conf(tmp_path, "train.max_steps=11", "train.checkpoint_every=3", "train.image_every=0"), progress=False,
+        callbacks=[steps],
     )
-    assert more.global_step == 11 and [x["step"] for x in more.module.history] == [9.0, 10.0]
+    assert more.global_step == 11 and steps.steps == [9, 10]
+    # every step of the three runs logged its scalars once (log_every=1), crashed run included
+    assert sorted({s for s, _ in scalars(tmp_path / "run", "train/total")}) == list(range(11))
 
 
 @pytest.mark.slow
 def test_cached_targets_run(tmp_path, caplog):
-    from visloc.train.recipe import train
-
     (tmp_path / "imgs").mkdir()
     from PIL import Image
 
@@ -121,8 +146,8 @@ def test_cached_targets_run(tmp_path, caplog):
     for i in range(4):
         Image.fromarray((rng.random((80, 100, 3)) * 255).astype(np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
     (tmp_path / "imgs" / "bad.png").write_bytes(b"broken")
-    conf = load_train_conf(
-        None,
+    conf = recipe_conf(
+        "hfnet-distill",
         [
             f"run_dir={tmp_path / 'run'}",
             f"data.folders=[{tmp_path / 'imgs'}]",
@@ -137,6 +162,7 @@ def test_cached_targets_run(tmp_path, caplog):
             "cache.top_k=2",
             "cache.reduce=2",
             "train.image_every=0",
+            "train.log_every=2",
         ],
     )
     with caplog.at_level("INFO"):
@@ -144,16 +170,19 @@ def test_cached_targets_run(tmp_path, caplog):
     assert "HF-Net's export: 6.16 MB" in caplog.text
     cache = tmp_path / "run" / "target_cache"
     assert len(list(cache.glob("*.npz"))) == 4  # the unreadable image is skipped
-    assert result.global_step == 3 and np.isfinite([x["total"] for x in result.module.history]).all()
-    from visloc.train.cache import CachedDataset
+    total = scalars(result.run_dir, "train/total")
+    # scalars and agreement metrics on every log_every-th step only
+    assert result.global_step == 3 and [s for s, _ in total] == [0, 2] and np.isfinite([v for _, v in total]).all()
+    assert [s for s, _ in scalars(result.run_dir, "train/repeatability")] == [0, 2]
+    from visloc.train.hfnet.cache import CachedDataset
 
     item = CachedDataset([str(tmp_path / "imgs" / "0.png")], conf, cache)[0]
     assert item["dense"].shape == (128, 8, 8) and item["cells"].shape == (65, 8, 8)
     assert torch.allclose(item["cells"].sum(0), torch.ones(8, 8)) and item["global"].shape == (512,)
     with pytest.raises(ValueError, match="other settings"):
         train(
-            load_train_conf(
-                None,
+            recipe_conf(
+                "hfnet-distill",
                 [
                     f"run_dir={tmp_path / 'run'}",
                     f"data.folders=[{tmp_path / 'imgs'}]",

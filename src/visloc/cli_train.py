@@ -19,29 +19,30 @@ TimesOpt = Annotated[
     typer.Option("--time", help="attributes.timeofday to keep (repeatable); default night and dawn/dusk."),
 ]
 SizeOpt = Annotated[int, typer.Option(help="Longest side of the copies in pixels.")]
-DryOpt = Annotated[bool, typer.Option(help="Print the resolved config and the cache estimate, do not train.")]
+DryOpt = Annotated[bool, typer.Option(help="Print the recipe's summary and the resolved config, do not train.")]
 
 
 def train(config: ConfigArg, overrides: OverridesArg = None, dry_run: DryOpt = False) -> None:
-    """Distil HF-Net from online teachers (resumes from RUN_DIR/checkpoints/last.ckpt when present)."""
+    """Train the recipe the YAML names (``recipe:``); resumes from RUN_DIR/checkpoints/last.ckpt when present."""
     import yaml
 
     from visloc.conf import conf_to_dict
-    from visloc.train.cache import bytes_report
-    from visloc.train.config import load_train_conf
+    from visloc.train.recipe_base import get_recipe, load_recipe_conf
 
-    conf = run(load_train_conf, config, list(overrides or ()))
-    size = (int(conf.data.size[0]), int(conf.data.size[1]))
-    model = conf.student.model
-    typer.echo(bytes_report(size, model.descriptor_dim, model.global_dim, conf.cache, conf.teacher.max_keypoints))
+    name, conf = run(load_recipe_conf, config, list(overrides or ()))
+    recipe = get_recipe(name)
+    for line in recipe.describe(conf):
+        typer.echo(line)
     if dry_run:
-        typer.echo(yaml.safe_dump(conf_to_dict(conf), sort_keys=False).rstrip())
+        typer.echo(yaml.safe_dump({"recipe": name, **conf_to_dict(conf)}, sort_keys=False).rstrip())
         return
-    from visloc.train.recipe import train as run_train
+    from visloc.train import core
 
-    result = run(run_train, conf)
+    result = run(core.train, recipe, conf)
+    if result.global_rank != 0:
+        return
     resumed = f" (resumed from {result.resumed_from})" if result.resumed_from else ""
-    typer.echo(f"train: {result.global_step} steps{resumed} -> student {result.student_path}")
+    typer.echo(f"train: {result.global_step} steps{resumed} -> {result.exported}")
 
 
 @data_app.command("bdd")

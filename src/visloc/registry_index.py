@@ -54,7 +54,10 @@ INDEX: dict[str, dict[str, L]] = {
         "netvlad-vgg16": L("visloc.export.models", "onnx",
                            "VGG16-NetVLAD (image [B,3,H,W] -> global_descriptor; user .mat or pytorch-NetVlad file)"),
     },
-    "recipe": {},
+    "recipe": {
+        "hfnet-distill": L("visloc.train.hfnet.recipe", "train",
+                           "HF-Net student distilled from online ALIKED/SuperPoint + VLAD/NetVLAD teachers"),
+    },
     "representation": {
         "voxel-grid": L("visloc.events.representations", "events",
                         "voxel grid: B time bins, bilinear in time, polarity-weighted (e2vid B-1 | tonic B)"),

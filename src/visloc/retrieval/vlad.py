@@ -25,7 +25,7 @@ from visloc.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
-#: k-means iterations of ``learn_vocabulary``
+#: k-means iterations of ``kmeans`` (``learn_vocabulary``)
 KMEANS_ITERS = 25
 
 
@@ -56,40 +56,90 @@ def _check_matrix(x: object, what: str, dim: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def learn_vocabulary(descriptors: np.ndarray, num_clusters: int = 64, seed: int = 0,
-                     max_descriptors: int = 200_000) -> np.ndarray:
-    """k-means centroids of local descriptors (faiss, seeded).
+def kmeans(x: np.ndarray, num_clusters: int, seed: int = 0, niter: int = KMEANS_ITERS,
+           max_points: int = 200_000) -> np.ndarray:
+    """Seeded faiss k-means, the one k-means of visloc (VLAD vocabularies, NetVLAD initialisation).
 
     Args:
-        descriptors: ``[N, D]`` float32, ``N >= num_clusters``.
+        x: ``[N, D]`` float points, ``N >= num_clusters``.
         num_clusters: ``K``.
-        seed: seeds the subsample and the k-means initialisation.
-        max_descriptors: at most this many descriptors (a seeded random subsample) are clustered.
+        seed: seeds the subsample and faiss' initialisation.
+        niter: k-means iterations.
+        max_points: at most this many points (a seeded random subsample, kept in order) are clustered;
+            faiss itself is told to use them all.
 
     Returns:
         ``[K, D]`` float32 centroids.
     """
-    x = _check_matrix(descriptors, "descriptors")
+    x = _check_matrix(x, "descriptors")
     if num_clusters < 1:
         raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
     if len(x) < num_clusters:
         raise ValueError(f"descriptors: {len(x)} descriptors are too few for {num_clusters} clusters")
-    if len(x) > max_descriptors:
+    if len(x) > max_points:
         rng = np.random.default_rng(seed)
-        x = x[np.sort(rng.choice(len(x), max_descriptors, replace=False))]
-    km = faiss.Kmeans(x.shape[1], num_clusters, niter=KMEANS_ITERS, seed=seed,
+        x = x[np.sort(rng.choice(len(x), max_points, replace=False))]
+    km = faiss.Kmeans(x.shape[1], num_clusters, niter=niter, seed=seed, verbose=False,
                       max_points_per_centroid=max(256, -(-len(x) // num_clusters)))
     km.train(x)
-    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+    if km.centroids is None:  # faiss leaves None only when training did not run
+        raise RuntimeError("faiss k-means returned no centroids")
+    return np.ascontiguousarray(km.centroids.reshape(num_clusters, x.shape[1]), dtype=np.float32)
+
+
+def learn_vocabulary(descriptors: np.ndarray, num_clusters: int = 64, seed: int = 0,
+                     max_descriptors: int = 200_000) -> np.ndarray:
+    """VLAD vocabulary: ``kmeans`` centroids ``[K, D]`` float32 of local descriptors ``[N, D]``."""
+    return kmeans(descriptors, num_clusters, seed=seed, max_points=max_descriptors)
 
 
 #: residual sums shorter than this are float32 noise (descriptors are unit vectors), zeroed before intra-norm
 RESIDUAL_EPS = 1e-4
 
 
+def vlad_torch(descriptors: torch.Tensor, centroids: torch.Tensor, power_norm: bool = False,
+               intra_norm: bool = True) -> torch.Tensor:
+    """Batched VLAD, the one implementation (``vlad`` adapts it to numpy arrays).
+
+    Hard assignment to the nearest centroid (squared L2), sum of residuals per cluster, optional
+    intra-normalisation, optional signed square root, global L2 normalisation. Computed in float32
+    (float64 stays float64); an image without descriptors (``N = 0``) gives zeros.
+
+    Args:
+        descriptors: ``[B, N, D]`` local descriptors.
+        centroids: ``[K, D]`` vocabulary.
+        power_norm: signed square root after intra-normalisation.
+        intra_norm: L2-normalise each cluster's residual sum.
+
+    Returns:
+        ``[B, K * D]``, L2-normalised, cluster-major (``out[:, k * D:(k + 1) * D]`` is cluster ``k``).
+    """
+    if centroids.ndim != 2 or centroids.shape[1] < 1:
+        raise ValueError(f"centroids: expected [K, D], got {list(centroids.shape)}")
+    k, d = centroids.shape
+    if descriptors.ndim != 3 or descriptors.shape[-1] != d:
+        raise ValueError(f"descriptors: expected [B, N, {d}], got {list(descriptors.shape)}")
+    dtype = torch.promote_types(descriptors.dtype, torch.float32)
+    x, c = descriptors.to(dtype), centroids.to(device=descriptors.device, dtype=dtype)
+    b = x.shape[0]
+    dist = (x * x).sum(-1, keepdim=True) - 2.0 * x @ c.T + (c * c).sum(-1)  # [B, N, K]
+    assign = dist.argmin(-1)  # [B, N]
+    v = torch.zeros(b, k, d, device=x.device, dtype=dtype)
+    v.scatter_add_(1, assign[..., None].expand(-1, -1, d), x - c[assign])
+    if intra_norm:
+        # a residual sum below float32 rounding of unit descriptors (a point that is its own centroid)
+        # is noise: normalising it would give a random unit vector, so it counts as empty
+        norms = v.norm(dim=-1, keepdim=True)
+        v = torch.where(norms > RESIDUAL_EPS, v / norms.clamp_min(RESIDUAL_EPS), torch.zeros_like(v))
+    if power_norm:
+        v = v.sign() * v.abs().sqrt()
+    v = v.reshape(b, k * d)
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
 def vlad(descriptors: np.ndarray, centroids: np.ndarray, power_norm: bool = False,
          intra_norm: bool = True) -> np.ndarray:
-    """VLAD of one image.
+    """VLAD of one image's numpy descriptors: ``vlad_torch`` on ``[1, N, D]`` in float64.
 
     Args:
         descriptors: ``[N, D]`` local descriptors.
@@ -98,26 +148,12 @@ def vlad(descriptors: np.ndarray, centroids: np.ndarray, power_norm: bool = Fals
         intra_norm: L2-normalise each cluster's residual sum.
 
     Returns:
-        ``[K * D]`` float32, L2-normalised (cluster-major: ``out[k * D:(k + 1) * D]`` is cluster
-        ``k``); all zeros when there are no descriptors.
+        ``[K * D]`` float32, L2-normalised, cluster-major; all zeros when there are no descriptors.
     """
     c = _check_matrix(centroids, "centroids")
     x = _check_matrix(descriptors, "descriptors", c.shape[1])
-    k, d = c.shape
-    v = np.zeros((k, d), np.float64)
-    if len(x):
-        dist = (x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None]
-        assign = dist.argmin(1)
-        np.add.at(v, assign, x.astype(np.float64) - c[assign])
-    if intra_norm:
-        # a residual sum below float32 rounding of unit descriptors (a point that is its own centroid)
-        # is noise: normalising it would give a random unit vector, so it counts as empty
-        norms = np.linalg.norm(v, axis=1, keepdims=True)
-        v = np.where(norms > RESIDUAL_EPS, v / np.maximum(norms, RESIDUAL_EPS), 0.0)
-    if power_norm:
-        v = np.sign(v) * np.sqrt(np.abs(v))
-    v = v.reshape(-1)
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+    out = vlad_torch(torch.from_numpy(x).double()[None], torch.from_numpy(c).double(), power_norm, intra_norm)
+    return out[0].numpy().astype(np.float32)
 
 
 def save_vocabulary(path: str | Path, centroids: np.ndarray, conf: dict[str, Any],

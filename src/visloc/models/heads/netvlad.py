@@ -122,9 +122,9 @@ class NetVLAD(nn.Module):
         if self.normalize_input:
             x = F.normalize(x, dim=1)
         x_np = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-        kmeans = faiss.Kmeans(self.dim, self.num_clusters, niter=niter, seed=seed, verbose=False)
-        kmeans.train(x_np)
-        centroids = kmeans.centroids.reshape(self.num_clusters, self.dim)
+        from visloc.retrieval.vlad import kmeans  # the one seeded k-means (faiss)
+
+        centroids = kmeans(x_np, self.num_clusters, seed=seed, niter=niter)
         if self.num_clusters == 1:
             alpha = self.alpha  # no runner-up: keep the current sharpness
         else:

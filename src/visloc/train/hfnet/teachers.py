@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from kornia.feature.aliked.aliked import DKD
 from torch import nn
 
+from visloc.conf import ConfError
 from visloc.features.aliked_sparse import SparseALIKED
 from visloc.features.learned import ALIKED, ALIKEDConf
-from visloc.train.config import TeacherConf
+from visloc.retrieval.vlad import learn_vocabulary, load_vocabulary, vlad_torch
+from visloc.train.hfnet.conf import TeacherConf
 
 logger = logging.getLogger(__name__)
 
@@ -64,29 +66,6 @@ def cell_distribution(score_map: torch.Tensor, temperature: float, dustbin_score
     pixels = F.pixel_unshuffle(score_map.float(), CELL)  # [B, 64, h, w], channel 8 r + s
     dustbin = torch.full_like(pixels[:, :1], dustbin_score)
     return torch.softmax(torch.cat([pixels, dustbin], 1) / temperature, dim=1)
-
-
-def vlad_torch(descriptors: torch.Tensor, centroids: torch.Tensor, power_norm: bool = True) -> torch.Tensor:
-    """Batched VLAD, the same as ``retrieval.vlad.vlad`` (intra-normalised).
-
-    Args:
-        descriptors: ``[B, N, D]`` local descriptors.
-        centroids: ``[K, D]`` vocabulary.
-        power_norm: signed square root after intra-normalisation.
-
-    Returns:
-        ``[B, K * D]`` L2-normalised, cluster-major.
-    """
-    b, _, d = descriptors.shape
-    k = centroids.shape[0]
-    x, c = descriptors.float(), centroids.float()
-    assign = torch.cdist(x, c[None].expand(b, -1, -1)).argmin(-1)  # [B, N]
-    v = torch.zeros(b, k, d, device=x.device, dtype=x.dtype)
-    v.scatter_add_(1, assign[..., None].expand(-1, -1, d), x - c[assign])
-    v = F.normalize(v, p=2.0, dim=-1, eps=1e-12)
-    if power_norm:
-        v = v.sign() * v.abs().sqrt()
-    return F.normalize(v.reshape(b, -1), p=2.0, dim=-1, eps=1e-12)
 
 
 def _load_netvlad(path: str) -> nn.Module:
@@ -154,7 +133,7 @@ class Teacher(nn.Module):
         else:
             if self.centroids.shape[0] == 0:
                 raise ValueError("teacher: no VLAD vocabulary (learn_teacher_vocabulary first)")
-            g = vlad_torch(dense.flatten(2).transpose(1, 2), self.centroids, self.conf.vlad_power_norm)
+            g = vlad_torch(dense.flatten(2).transpose(1, 2), self.centroids, power_norm=self.conf.vlad_power_norm)
         return Targets(dense=dense, cells=cells, global_=g, keypoints=kpts)
 
 
@@ -204,7 +183,7 @@ class AlikedTeacher(Teacher):
 def build_teacher(conf: TeacherConf) -> Teacher:
     """The configured teacher (ALIKED + VLAD/NetVLAD, or SuperPoint + VLAD/NetVLAD)."""
     if conf.local == "superpoint":
-        from visloc.train.superpoint_teacher import SuperPointTeacher
+        from visloc.train.hfnet.superpoint_teacher import SuperPointTeacher
 
         return SuperPointTeacher(conf)
     return AlikedTeacher(conf)
@@ -215,11 +194,32 @@ def learn_teacher_vocabulary(
     teacher: Teacher, images: list[torch.Tensor], num_clusters: int, seed: int = 0
 ) -> np.ndarray:
     """k-means vocabulary ``[K, D]`` of the teacher's dense descriptors over ``images`` (each ``[3, H, W]``)."""
-    from visloc.retrieval.vlad import learn_vocabulary
-
     descs = []
     for img in images:
         dense, _, _ = teacher.local(img[None])
         descs.append(dense[0].flatten(1).T.cpu().numpy())
     logger.info("learning a %d-cluster VLAD vocabulary from %d images", num_clusters, len(images))
     return learn_vocabulary(np.concatenate(descs), num_clusters, seed=seed)
+
+
+#: the teacher's VLAD vocabulary in the run folder (written by the recipe's ``prepare``)
+VOCAB_FILE = "vocab.pt"
+
+
+def check_dims(teacher: Teacher, descriptor_dim: int, global_dim: int) -> None:
+    """Raise ``ConfError`` unless the student's dimensions are the teacher's."""
+    if teacher.global_dim != global_dim:
+        raise ConfError(f"student.model.global_dim={global_dim} but the global teacher gives {teacher.global_dim}")
+    if teacher.descriptor_dim != descriptor_dim:
+        raise ConfError(
+            f"student.model.descriptor_dim={descriptor_dim} but the local teacher gives {teacher.descriptor_dim}"
+        )
+
+
+def load_teacher(conf: TeacherConf, run_dir: Path) -> Teacher:
+    """The configured teacher with its prepared vocabulary ``run_dir/vocab.pt`` (none needed with NetVLAD)."""
+    teacher = build_teacher(conf)
+    if not conf.netvlad_weights:
+        vocab = load_vocabulary(Path(run_dir) / VOCAB_FILE, conf.vlad_clusters, teacher.descriptor_dim)
+        teacher.set_vocabulary(vocab.centroids)
+    return teacher

@@ -1,11 +1,9 @@
-"""Training images for distillation: folders, list files and the built-in offline images.
+"""Image sources every image recipe can use: folders, list files and the built-in offline images.
 
-An item is a random crop of one image at the training size ``(W, H)`` (scaled to cover it, times a
-factor in ``scale_range``), optionally warped by a random homography. The teachers see the clean
-RGB crop (``image [3, H, W]``); the student sees its grayscale copy after HF-Net's photometric
-augmentation (``student_image [1, H, W]``), so that it learns the teachers' answer on clean images
-from degraded ones. A file that cannot be read is logged once and replaced by the next image; the
-run never stops for it.
+Shared building blocks live in ``train/datasets/`` (not inside a recipe's package) because later
+recipes read the same sources: DELG's landmark images, LoFTR's pairs and the distillation crops
+all start from ``gather_images`` and ``load_rgb``, and ``augment`` holds the photometric and
+homographic augmentations any of them may apply.
 
 Built-in names are ``skimage:<function>`` for ``skimage.data`` photos and absolute paths for the
 Debian ``opencv-doc`` examples and the ViSP Castle-simu frames.
@@ -13,22 +11,18 @@ Debian ``opencv-doc`` examples and the ViSP Castle-simu frames.
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from visloc.data.castle import CASTLE_ROOT
-from visloc.data.homography import OPENCV_DATA, fit_image
+from visloc.data.homography import OPENCV_DATA
+from visloc.errors import InputError
 from visloc.io.images import ImageError, list_images, read_image
-from visloc.train.augment import homographic, photometric_hfnet
-from visloc.train.config import DataConf
-
-logger = logging.getLogger(__name__)
 
 #: ``skimage.data`` images shipped inside the package (no download)
 SKIMAGE_PHOTOS = (
@@ -104,7 +98,7 @@ def read_list(path: str | Path) -> list[str]:
     """Image paths of a text list (one a line, ``#`` comments); relative ones are relative to its folder."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: image list not found")
+        raise InputError(f"{path}: image list not found")
     out = []
     for line in path.read_text().splitlines():
         line = line.strip()
@@ -114,17 +108,23 @@ def read_list(path: str | Path) -> list[str]:
     return out
 
 
-def gather_images(conf: DataConf) -> list[str]:
-    """Every image name of the configured sources, in a stable order; no images raises ``ValueError``."""
+def gather_images(folders: Sequence[str] = (), lists: Sequence[str] = (), builtin: bool = False) -> list[str]:
+    """Every image name of the sources, in a stable order; no images raises ``InputError``.
+
+    Args:
+        folders: searched recursively.
+        lists: text files of image paths (``read_list``).
+        builtin: add ``builtin_images()``.
+    """
     names: list[str] = []
-    for folder in conf.folders:
+    for folder in folders:
         names += [str(Path(folder) / n) for n in list_images(folder)]
-    for lst in conf.lists:
+    for lst in lists:
         names += read_list(lst)
-    if conf.builtin:
+    if builtin:
         names += builtin_images()
     if not names:
-        raise ValueError(f"data: no images found in folders {list(conf.folders)} / lists {list(conf.lists)}")
+        raise InputError(f"data: no images found in folders {list(folders)} / lists {list(lists)}")
     return names
 
 
@@ -157,68 +157,15 @@ def random_crop(
     return np.ascontiguousarray(img[y0 : y0 + h, x0 : x0 + w])
 
 
-def to_gray(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601 luminance ``[H, W]`` of ``[H, W, 3]`` (as ``read_image(grayscale=True)``)."""
-    return np.ascontiguousarray(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+def collate(items: list[dict[str, Any]], lists: Sequence[str] = ("keypoints",)) -> dict[str, Any]:
+    """Stack tensors of equal shape; keep other values (names) and the keys in ``lists`` as lists.
 
-
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors of equal shape; keep names and variable-length ``keypoints`` as lists."""
+    ``lists`` names variable-length entries (keypoints ``[N_b, 2]``) that stay lists even when a
+    batch happens to have equal lengths, so that the consumer sees one type.
+    """
     out: dict[str, Any] = {}
     for key in items[0]:
         values = [it[key] for it in items]
         same = all(isinstance(v, torch.Tensor) and v.shape == values[0].shape for v in values)
-        out[key] = torch.stack(values) if same and key != "keypoints" else values
+        out[key] = torch.stack(values) if same and key not in lists else values
     return out
-
-
-class DistillDataset(Dataset):
-    """Random training crops; see the module docstring.
-
-    Args:
-        names: image paths or ``skimage:<name>``.
-        conf: data section of the recipe.
-        augment: random crops and augmentation; False gives the centre crop at scale 1, unaugmented.
-    """
-
-    def __init__(self, names: list[str], conf: DataConf, augment: bool = True) -> None:
-        if not names:
-            raise ValueError("names: no training images")
-        self.names, self.conf, self.augment = list(names), conf, augment
-        self.size = (int(conf.size[0]), int(conf.size[1]))
-        self.bad: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self.names) * max(1, self.conf.repeat)
-
-    def _load(self, index: int) -> tuple[str, np.ndarray]:
-        for k in range(len(self.names)):
-            name = self.names[(index + k) % len(self.names)]
-            if name in self.bad:
-                continue
-            try:
-                return name, load_rgb(name)
-            except (ImageError, OSError, ValueError) as e:
-                self.bad.add(name)
-                logger.warning("skipping training image %s: %s", name, str(e).splitlines()[0][:120])
-        raise ValueError(f"data: none of the {len(self.names)} training images can be read")
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        name, rgb = self._load(index % len(self.names))
-        c = self.conf
-        if not self.augment:
-            rgb = fit_image(rgb, self.size)
-            gray = to_gray(rgb)
-        else:
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-            rgb = random_crop(rng, rgb, self.size, (c.scale_range[0], c.scale_range[1]))
-            if c.homographic:
-                rgb, _ = homographic(rng, rgb, c.max_angle, c.scale_jitter, c.perspective)
-            gray = to_gray(rgb)
-            if c.photometric:
-                gray = photometric_hfnet(rng, gray)
-        return {
-            "name": name,
-            "image": torch.from_numpy(np.clip(rgb, 0, 1)).permute(2, 0, 1).contiguous(),
-            "student_image": torch.from_numpy(gray)[None],
-        }

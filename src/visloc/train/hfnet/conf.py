@@ -1,20 +1,20 @@
-"""Typed, frozen configuration of the HF-Net distillation recipe, read from YAML with dot-overrides.
+"""Typed, frozen configuration of the ``hfnet-distill`` recipe.
 
-A YAML file (``configs/hfnet_distill.yaml``) holds the sections below at its top level; the command
-line adds ``section.key=value`` overrides (``train.max_steps=2000``). Unknown keys and wrong types
-raise ``ConfError`` naming the key, through ``visloc.conf.load_conf``.
+A YAML file (``configs/hfnet_distill.yaml``) holds ``recipe: hfnet-distill`` and the sections below
+at its top level; the ``train:`` section is the core's ``OptimConf``. The command line adds
+``section.key=value`` overrides (``train.max_steps=2000``); ``train.recipe_base.load_recipe_conf``
+loads it strictly (unknown keys and wrong types raise ``ConfError`` naming the key).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from visloc.conf import ConfError, conf_to_dict, load_conf, load_yaml, merge, parse_overrides
+from visloc.conf import ConfError
 from visloc.features.hfnet_weights import DEFAULT_STUDENT_CONF
 from visloc.models.hfnet import HFNetConf
+from visloc.train.core import OptimConf, check_optim
 
 
 @dataclass(frozen=True)
@@ -87,28 +87,8 @@ class CacheConf:
 
 
 @dataclass(frozen=True)
-class OptimConf:
-    """Optimisation and the Lightning Trainer."""
-
-    max_steps: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    accumulate_grad_batches: int = 1
-    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"  # auto: 16-mixed on CUDA
-    accelerator: str = "auto"
-    devices: int = 1
-    checkpoint_every: int = 500
-    log_every: int = 10
-    image_every: int = 200  # a keypoint picture in TensorBoard every N steps (0 = never)
-    seed: int = 0
-    threads: int = 0  # torch CPU threads (0 = torch's default)
-
-
-@dataclass(frozen=True)
-class TrainConf:
-    """The whole recipe; ``run_dir`` receives checkpoints, logs, the vocabulary and the exported student."""
+class HFNetDistillConf:
+    """The ``hfnet-distill`` recipe; ``run_dir`` receives checkpoints, logs, the vocabulary and the student."""
 
     run_dir: str = "outputs/train/hfnet"
     data: DataConf = field(default_factory=DataConf)
@@ -119,7 +99,11 @@ class TrainConf:
     train: OptimConf = field(default_factory=OptimConf)
 
 
-def check_conf(conf: TrainConf) -> TrainConf:
+#: D of each local teacher's descriptors (known from its name, so a mismatch fails before any run)
+TEACHER_DIMS = {"aliked-n16": 128, "aliked-n32": 128, "aliked-t16": 64, "superpoint": 256}
+
+
+def check_conf(conf: HFNetDistillConf) -> HFNetDistillConf:
     """Raise ``ConfError`` for values no run can use; return ``conf``."""
     w_h = conf.data.size
     if len(w_h) != 2 or w_h[0] % 8 or w_h[1] % 8 or min(w_h) < 16:
@@ -134,22 +118,15 @@ def check_conf(conf: TrainConf) -> TrainConf:
         raise ConfError(f"teacher.temperature: must be positive, got {conf.teacher.temperature}")
     if conf.teacher.local == "superpoint" and not conf.teacher.local_weights:
         raise ConfError("teacher.local_weights: the SuperPoint teacher needs its official superpoint_v1.pth")
-    t = conf.train
-    for name in ("max_steps", "batch_size", "accumulate_grad_batches", "devices", "checkpoint_every", "log_every"):
-        if getattr(t, name) < 1:
-            raise ConfError(f"train.{name}: must be >= 1, got {getattr(t, name)}")
+    d = TEACHER_DIMS[conf.teacher.local]
+    if conf.student.model.descriptor_dim != d:
+        raise ConfError(f"student.model.descriptor_dim={conf.student.model.descriptor_dim} but the local "
+                        f"teacher {conf.teacher.local} gives {d}")
+    g = conf.teacher.vlad_clusters * d
+    if not conf.teacher.netvlad_weights and conf.student.model.global_dim != g:
+        raise ConfError(f"student.model.global_dim={conf.student.model.global_dim} but the global teacher "
+                        f"(VLAD, {conf.teacher.vlad_clusters} x {d}) gives {g}")
     if conf.cache.reduce < 1 or conf.cache.top_k < 0:
         raise ConfError("cache.reduce must be >= 1 and cache.top_k >= 0")
+    check_optim(conf.train)
     return conf
-
-
-def load_train_conf(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainConf:
-    """Read ``path`` (YAML, the sections of ``TrainConf``), apply dot-overrides, check; unknown keys raise."""
-    data = load_yaml(path) if path is not None else {}
-    if not isinstance(overrides, Mapping):
-        overrides = parse_overrides(list(overrides))
-    where = str(path) if path is not None else "train conf"
-    # start from the full default dict, so a partial nested section keeps the recipe's defaults
-    # (e.g. the default student's descriptor_dim=128, not HFNetConf's own default)
-    base = conf_to_dict(TrainConf())
-    return check_conf(load_conf(TrainConf, merge(base, merge(data, overrides)), where=where))

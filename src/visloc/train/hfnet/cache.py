@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from visloc.errors import InputError
 from visloc.io.atomic import atomic_path, atomic_write_text
-from visloc.train.augment import photometric_hfnet
-from visloc.train.config import CacheConf, TrainConf
-from visloc.train.data import DistillDataset
-from visloc.train.teachers import CELL, Targets
+from visloc.train.datasets.augment import photometric_hfnet
+from visloc.train.hfnet.conf import CacheConf, HFNetDistillConf
+from visloc.train.hfnet.data import DistillDataset
+from visloc.train.hfnet.teachers import CELL, Targets
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def _key(name: str) -> str:
     return hashlib.sha1(name.encode()).hexdigest()
 
 
-def _settings(conf: TrainConf) -> dict[str, Any]:
+def _settings(conf: HFNetDistillConf) -> dict[str, Any]:
     c = conf.cache
     return {
         "size": list(conf.data.size),
@@ -128,12 +129,12 @@ def _settings(conf: TrainConf) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def build_cache(conf: TrainConf, names: list[str], teacher: nn.Module, cache_dir: Path) -> Path:
+def build_cache(conf: HFNetDistillConf, names: list[str], teacher: nn.Module, cache_dir: Path) -> Path:
     """Write the targets of every image not yet cached; returns ``cache_dir``; unreadable images are skipped."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     record, settings = cache_dir / "cache.json", _settings(conf)
     if record.is_file() and json.loads(record.read_text()) != settings:
-        raise ValueError(f"{cache_dir}: target cache made with other settings (see {record}); use another cache.dir")
+        raise InputError(f"{cache_dir}: target cache made with other settings (see {record}); use another cache.dir")
     atomic_write_text(record, json.dumps(settings, indent=1))
     size = (int(conf.data.size[0]), int(conf.data.size[1]))
     logger.info(bytes_report(size, teacher.descriptor_dim, teacher.global_dim, conf.cache, conf.teacher.max_keypoints))
@@ -155,11 +156,11 @@ def build_cache(conf: TrainConf, names: list[str], teacher: nn.Module, cache_dir
 class CachedDataset(Dataset):
     """Centre crops for the student (photometric augmentation) with the cached targets of the same crop."""
 
-    def __init__(self, names: list[str], conf: TrainConf, cache_dir: Path) -> None:
+    def __init__(self, names: list[str], conf: HFNetDistillConf, cache_dir: Path) -> None:
         self.conf, self.cache_dir = conf, Path(cache_dir)
         self.names = [n for n in names if (self.cache_dir / f"{_key(n)}.npz").is_file()]
         if not self.names:
-            raise ValueError(f"{cache_dir}: no cached targets")
+            raise InputError(f"{cache_dir}: no cached targets")
         self.base = DistillDataset(self.names, conf.data, augment=False)
 
     def __len__(self) -> int:

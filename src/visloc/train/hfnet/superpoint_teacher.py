@@ -1,6 +1,6 @@
 """SuperPoint as the local teacher, from the user's official ``superpoint_v1.pth`` (HF-Net's own teacher).
 
-Targets at the student's resolution (same conventions as ``train.teachers``):
+Targets at the student's resolution (same conventions as ``train.hfnet.teachers``):
 
 - ``cells``: SuperPoint's own 65-way softmax per cell (what HF-Net distilled), no temperature;
 - ``dense``: SuperPoint's coarse descriptor map sampled at the cell centres ``(8 j + 3.5, 8 i + 3.5)``
@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from visloc.models.hfnet import detect_keypoints, logits_to_heatmap
 from visloc.models.superpoint import load_superpoint
-from visloc.train.config import TeacherConf
-from visloc.train.teachers import CELL, Teacher, cell_centres, check_image
+from visloc.train.hfnet.conf import TeacherConf
+from visloc.train.hfnet.teachers import CELL, Teacher, cell_centres, check_image
+from visloc.utils.image_ops import rgb_to_gray_torch
 
 
 def sample_superpoint(desc: torch.Tensor, keypoints: torch.Tensor, s: int = CELL) -> torch.Tensor:
@@ -44,8 +45,7 @@ class SuperPointTeacher(Teacher):
     def local(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """``image [B, 3, H, W]`` -> dense ``[B, 256, h, w]``, cells ``[B, 65, h, w]``, keypoints ``[N, 2]`` px."""
         check_image(image)
-        gray = (image.float() * torch.tensor([0.299, 0.587, 0.114], device=image.device)[:, None, None]).sum(1)
-        out = self.net(gray[:, None])
+        out = self.net(rgb_to_gray_torch(image.float()))
         b, _, h, w = out["logits"].shape
         centres = cell_centres(h, w, image.device)[None].expand(b, -1, -1)
         dense = sample_superpoint(out["descriptors"], centres).transpose(1, 2).reshape(b, -1, h, w)

@@ -1,4 +1,9 @@
-"""HF-Net's augmentations: photometric (student input only) and homographic (both networks' input).
+"""Photometric and homographic augmentation of training images, shared by the image recipes.
+
+It sits in ``train/datasets/`` rather than in ``train/hfnet/`` because it is not HF-Net's: any
+recipe that trains on images (the HF-Net student, DELG, LoFTR) may degrade its inputs the same way.
+HF-Net applies the photometric part to the student's input only and the homographic one to both
+networks' input.
 
 The photometric primitives and their ranges follow HF-Net's distillation config
 (``hfnet_train_distill.yaml``, after SuperPoint's ``photometric_augmentation.py``): random

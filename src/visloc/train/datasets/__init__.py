@@ -1,0 +1,1 @@
+"""Shared training data building blocks: image sources (``images``) and augmentation (``augment``)."""
