@@ -176,3 +176,58 @@ def test_localize_castle_quick(tmp_path):
     assert {r["stage"] for r in table_with(text, "mean ms / query")} == {"global", "local", "matching", "pnp"}
     data = json.loads(out.read_text())
     assert data["map"]["images"] == 5 and data["failed"] == []
+
+
+def _bench_config():
+    """``benchmarks/bench_config.py`` as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    name = "visloc_benchmarks_bench_config"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCH / "bench_config.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_two_view_config_rows():
+    bc = _bench_config()
+    conf = bc.load_benchmark()
+    names = [m.name for m in conf.methods]
+    assert names[:4] == ["aliked-n16+lightglue", "disk+lightglue", "sift+nn-ratio", "rootsift+nn-ratio"]
+    assert names[-1] == "detector-pair" and len(names) == 11
+    assert [s.name for s in conf.suites] == ["castle-step5", "motorcycle", "graf", "synthetic"]
+    pair = conf.methods[-1].method()
+    assert pair.extractor is None and pair.image_matcher and pair.resize_max == 640
+    quick = conf.quick_subset()
+    assert [s.name for s in quick.suites] == ["motorcycle"]
+    assert [m.name for m in quick.methods] == ["aliked-n16+lightglue", "sift+nn-ratio", "detector-pair"]
+    assert {m.method().resize_max for m in quick.methods} == {320}
+
+
+@pytest.mark.parametrize(("yaml_text", "message"), [
+    ("suites: []\nmethods: [{extractor: sift, matcher: nn-ratio, ratio: 0.8}]\n", "unknown key(s) ['ratio']"),
+    ("suites: [{name: a, protocol: depth}]\nmethods: []\n", "is not one of"),
+    ("suites: []\nmethods: [{extractor: sift, matcher: nn-ratio}, {extractor: sift, matcher: nn-ratio}]\n",
+     "repeated: ['sift+nn-ratio']"),
+    ("suites: []\nmethods: []\nquick: {methods: [orb+nn-mutual]}\n", "quick.methods: unknown name(s) ['orb+nn-mutual']"),
+    ("suites: [{name: h, protocol: homography, dataset: hpatches}]\nmethods: []\n", "synthetic or graf"),
+])
+def test_benchmark_config_errors_name_the_file_and_key(tmp_path, yaml_text, message):
+    from visloc.conf import ConfError
+
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfError) as err:
+        _bench_config().load_benchmark(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_benchmark_config_label_disambiguates_rows(tmp_path):
+    path = tmp_path / "bench.yaml"
+    path.write_text("suites: []\nmethods:\n  - {extractor: sift, matcher: nn-ratio}\n"
+                    "  - {extractor: sift, matcher: nn-ratio, matcher_set: [ratio_threshold=0.9], label: sift-0.9}\n")
+    conf = _bench_config().load_benchmark(path)
+    assert [m.name for m in conf.methods] == ["sift+nn-ratio", "sift-0.9"]
+    assert conf.methods[1].method().matcher_overrides == ("ratio_threshold=0.9",)
