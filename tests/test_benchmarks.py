@@ -211,7 +211,8 @@ def test_two_view_config_rows():
     ("suites: [{name: a, protocol: depth}]\nmethods: []\n", "is not one of"),
     ("suites: []\nmethods: [{extractor: sift, matcher: nn-ratio}, {extractor: sift, matcher: nn-ratio}]\n",
      "repeated: ['sift+nn-ratio']"),
-    ("suites: []\nmethods: []\nquick: {methods: [orb+nn-mutual]}\n", "quick.methods: unknown name(s) ['orb+nn-mutual']"),
+    ("suites: []\nmethods: []\nquick: {methods: [orb+nn-mutual]}\n",
+     "quick.methods: unknown name(s) ['orb+nn-mutual']"),
     ("suites: [{name: h, protocol: homography, dataset: hpatches}]\nmethods: []\n", "synthetic or graf"),
 ])
 def test_benchmark_config_errors_name_the_file_and_key(tmp_path, yaml_text, message):
