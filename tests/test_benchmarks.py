@@ -232,3 +232,34 @@ def test_benchmark_config_label_disambiguates_rows(tmp_path):
     conf = _bench_config().load_benchmark(path)
     assert [m.name for m in conf.methods] == ["sift+nn-ratio", "sift-0.9"]
     assert conf.methods[1].method().matcher_overrides == ("ratio_threshold=0.9",)
+
+
+@pytest.mark.slow
+def test_eval_all_runs_every_protocol_from_a_config(tmp_path):
+    from visloc.data.castle import CASTLE_ROOT
+    from visloc.data.homography import OPENCV_DATA
+
+    for needed, package in ((CASTLE_ROOT, "visp-images-data"), (OPENCV_DATA / "graf1.png", "opencv-doc")):
+        if not needed.exists():
+            pytest.skip(f"{needed} missing (apt-get install {package})")
+    config = tmp_path / "bench.yaml"  # one pair per real suite: Castle frames 39 apart, graf; 16 synthetic pairs
+    config.write_text("suites:\n"
+                      "  - {name: castle-step39, protocol: pose, step: 39, title: Castle}\n"
+                      "  - {name: graf, protocol: homography, dataset: graf}\n"
+                      "  - {name: synthetic, protocol: homography, dataset: synthetic}\n"
+                      "methods: [{extractor: sift, matcher: nn-ratio}]\n")
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, str(BENCH / "eval_all.py"), "--config", str(config), "--out", str(out),
+                           "--cache", str(tmp_path / "cache")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    found = tables(proc.stdout)
+    assert [list(t[0])[:2] for t in found] == [["method", "auc@5.0"], ["method", "auc@1.0"], ["method", "auc@1.0"]]
+    assert all(t[0]["method"] == "sift+nn-ratio" for t in found)
+    assert "### Castle" in proc.stdout and "### graf" in proc.stdout
+    reports = {s: json.loads((out / s / "sift+nn-ratio.json").read_text()) for s in ("castle-step39", "graf",
+                                                                                    "synthetic")}
+    assert [r["dataset_key"] for r in reports.values()] == ["castle-step39", "graf", "synthetic-seed0"]
+    assert reports["castle-step39"]["summary"]["num_pairs"] == 1 and reports["synthetic"]["summary"]["num_pairs"] == 16
+    assert float(found[2][0]["auc@5.0"]) > 0.5  # SIFT on the synthetic pairs (README: 0.832 at 640 px)
