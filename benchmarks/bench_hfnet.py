@@ -1,6 +1,7 @@
 """HF-Net speed and peak memory at 640x480: torch eager vs onnxruntime vs the ALIKED teacher.
 
 Usage: python benchmarks/bench_hfnet.py [--weights CKPT] [--threads 2] [--runs 20] [--out outputs/bench_hfnet.json]
+                                        [--quick]
 
 Every line runs in its own process (peak RSS is that process's own, ``resource.getrusage``), on the
 same 640x480 photo, median of ``--runs`` calls after warm-up, ``--threads`` intra-op threads for
@@ -16,6 +17,8 @@ torch and onnxruntime alike:
 Without ``--weights`` the shipped default student is used when present, else a random network of
 its architecture (same speed: a random network's flat heatmap always fills ``max_num_keypoints``).
 Prints a Markdown table and the ratios to ALIKED's time against the targets (1/10 torch, 1/25 ORT).
+``--quick``: one run each, no warm-up, two of the six network lines (ONNX export of the backbone,
+the fused HF-Net), the export checked at one small size: the whole code path, numbers meaningless.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ import torch
 from visloc.pipelines.bench import BenchResult, _time, format_results, machine_line, run_one
 
 SIZE = (640, 480)
+#: the network-alone lines: (network, backend)
+NETS = [(w, b) for w in ("backbone", "hfnet") for b in ("torch", "torch-fused", "ort")]
+NETS_QUICK = [("backbone", "ort"), ("hfnet", "torch-fused")]
 
 
 def _net_worker(what: str, backend: str, threads: int, warmup: int, runs: int, queue: mp.Queue) -> None:
@@ -109,25 +115,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="1 run, no warm-up, 2 network lines")
     args = parser.parse_args()
     from visloc.features.hfnet_weights import DEFAULT_WEIGHTS
-    from visloc.pipelines.export import export_hfnet
+    from visloc.pipelines.export import CHECK_SIZES, export_hfnet
 
     weights = args.weights or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None)
     hf = [f"weights={weights}"] if weights else ["allow_random=true"]
-    common = {"size": SIZE, "threads": args.threads, "runs": args.runs, "warmup": 3}
+    warmup, runs = (0, 1) if args.quick else (3, args.runs)
+    common = {"size": SIZE, "threads": args.threads, "runs": runs, "warmup": warmup}
+    nets = NETS_QUICK if args.quick else NETS
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_hfnet(weights, Path(tmp) / "hfnet.onnx", allow_random=weights is None).out
+        onnx_path = export_hfnet(weights, Path(tmp) / "hfnet.onnx", allow_random=weights is None,
+                                 check_sizes=((120, 160),) if args.quick else CHECK_SIZES).out
         results = [
             run_one("extract", "hfnet (torch eager)", "hfnet", hf, **common),
             run_one("extract", "hfnet-onnx (onnxruntime)", "hfnet-onnx", [*hf, f"onnx={onnx_path}"], **common),
         ]
-    results += [run_net(w, b, args.threads, 3, args.runs) for w in ("backbone", "hfnet")
-                for b in ("torch", "torch-fused", "ort")]
+    results += [run_net(w, b, args.threads, warmup, runs) for w, b in nets]
     results += [
         run_one("extract", "aliked-n16 (visloc sparse)", "aliked-n16", **common),
         run_one("extract", "aliked-n16 (kornia forward)", "aliked-n16", ["sparse_descriptors=false"],
-                **{**common, "runs": max(3, args.runs // 4)}),
+                **{**common, "runs": runs if args.quick else max(3, runs // 4)}),
     ]
     machine = f"{machine_line(args.threads)}, load average {os.getloadavg()[0]:.1f}, weights {weights or 'random'}"
     print(machine)

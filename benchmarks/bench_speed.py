@@ -1,8 +1,9 @@
 """Before/after of the ALIKED + LightGlue speed work, and the per-part table for the README.
 
-Usage: python benchmarks/bench_speed.py [--threads 2] [--runs 10] [--out outputs/bench.json]
+Usage: python benchmarks/bench_speed.py [--threads 2] [--runs 10] [--out outputs/bench.json] [--quick]
 "before" is kornia's ALIKED forward (``sparse_descriptors=false``); "after" is visloc's default.
-Each line runs in its own process (``visloc.pipelines.bench.run_one``).
+Each line runs in its own process (``visloc.pipelines.bench.run_one``). ``--quick``: one extractor
+and two matchers at 320x240, one run each (the whole code path in seconds; the numbers mean little).
 """
 
 from __future__ import annotations
@@ -13,30 +14,39 @@ from pathlib import Path
 
 from visloc.pipelines.bench import format_results, machine_line, results_json, run_one
 
+#: (kind, row name, extractor, overrides) of the full table
+FULL = [
+    ("extract", "aliked-n16 (before: kornia forward)", "aliked-n16", ("sparse_descriptors=false",)),
+    ("extract", "aliked-n16", "aliked-n16", ()),
+    ("extract", "aliked-n32", "aliked-n32", ()),
+    ("extract", "aliked-t16", "aliked-t16", ()),
+    ("extract", "disk", "disk", ()),
+    ("extract", "sift", "sift", ()),
+    ("extract", "rootsift", "rootsift", ()),
+    ("extract", "orb", "orb", ()),
+    ("match", "lightglue", "aliked-n16", ()),
+    ("match", "lightglue", "disk", ()),
+    ("match", "nn-mutual", "aliked-n16", ()),
+    ("match", "nn-ratio", "sift", ()),
+    ("match", "nn-mutual", "orb", ()),
+]
+QUICK = [
+    ("extract", "sift", "sift", ()),
+    ("match", "nn-ratio", "sift", ()),
+    ("match", "lightglue", "aliked-n16", ()),
+]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="3 lines at 320x240, 1 run each")
     args = parser.parse_args()
-    common = {"size": (640, 480), "threads": args.threads, "runs": args.runs}
-    results = [
-        run_one("extract", "aliked-n16 (before: kornia forward)", "aliked-n16", ["sparse_descriptors=false"],
-                **common),
-        run_one("extract", "aliked-n16", "aliked-n16", **common),
-        run_one("extract", "aliked-n32", "aliked-n32", **common),
-        run_one("extract", "aliked-t16", "aliked-t16", **common),
-        run_one("extract", "disk", "disk", **common),
-        run_one("extract", "sift", "sift", **common),
-        run_one("extract", "rootsift", "rootsift", **common),
-        run_one("extract", "orb", "orb", **common),
-        run_one("match", "lightglue", "aliked-n16", **common),
-        run_one("match", "lightglue", "disk", **common),
-        run_one("match", "nn-mutual", "aliked-n16", **common),
-        run_one("match", "nn-ratio", "sift", **common),
-        run_one("match", "nn-mutual", "orb", **common),
-    ]
+    size, warmup, runs = ((320, 240), 0, 1) if args.quick else ((640, 480), 2, args.runs)
+    results = [run_one(kind, name, extractor, overrides, size=size, threads=args.threads, warmup=warmup, runs=runs)
+               for kind, name, extractor, overrides in (QUICK if args.quick else FULL)]
     print(machine_line(args.threads))
     print(format_results(results))
     if args.out:

@@ -1,40 +1,59 @@
 """The HF-Net student beside its teacher on the real ground-truth suites (Markdown table).
 
-Usage: python benchmarks/hfnet_student.py [--weights STUDENT.pt] [--out outputs/hfnet_student]
+Usage: python benchmarks/hfnet_student.py [--weights STUDENT.pt] [--out outputs/hfnet_student] [--quick]
 
 Rows: the student (``hfnet``, default shipped weights unless ``--weights``) with mutual nearest-neighbour
 matching, its teacher ALIKED-n16 with the same matcher (a like-for-like comparison of the features), and
-the teacher with LightGlue (visloc's best pipeline) for reference. Suites: Castle-simu relative pose
-(step 5), graf homography, Middlebury motorcycle stereo, the built-in synthetic homography pairs.
+the teacher with LightGlue (visloc's best pipeline) for reference. Suites: those of
+``configs/benchmarks/two_view.yaml`` (Castle-simu relative pose, graf homography, Middlebury motorcycle
+stereo, the built-in synthetic homography pairs); ``--quick``: its quick suites at its quick image size,
+in a temporary folder unless ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from eval_all import run_suites  # benchmarks/ is on sys.path when this script runs
+from bench_config import TWO_VIEW, BenchmarkConf, MethodConf, load_benchmark  # benchmarks/ is on sys.path
+from eval_all import run_suites
 
-from visloc.eval.predictions import Method
 
-
-def methods(weights: str | None) -> list[Method]:
+def methods(weights: str | None) -> tuple[MethodConf, ...]:
+    """The student's rows (``weights``: its checkpoint, None for the shipped one) and the teacher's."""
     student = (f"weights={weights}",) if weights else ()
-    return [
-        Method("hfnet", "nn-mutual", student),
-        Method("hfnet", "nn-ratio", student, ("ratio_threshold=0.9",)),
-        Method("aliked-n16", "nn-mutual"),
-        Method("aliked-n16", "lightglue"),
-    ]
+    return (
+        MethodConf(extractor="hfnet", matcher="nn-mutual", extractor_set=student),
+        MethodConf(extractor="hfnet", matcher="nn-ratio", extractor_set=student, matcher_set=("ratio_threshold=0.9",)),
+        MethodConf(extractor="aliked-n16", matcher="nn-mutual"),
+        MethodConf(extractor="aliked-n16", matcher="lightglue"),
+    )
+
+
+def benchmark(weights: str | None, quick: bool, config: Path = TWO_VIEW) -> BenchmarkConf:
+    """The two-view config's suites with the student's methods (its quick suites and size when ``quick``)."""
+    rows = methods(weights)
+    conf = load_benchmark(config)
+    conf = replace(conf, methods=rows, quick=replace(conf.quick, methods=tuple(m.name for m in rows)))
+    return conf.quick_subset() if quick else conf
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None, help="student checkpoint (default: the shipped one)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/hfnet_student"))
-    parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="default outputs/hfnet_student (quick: temporary)")
+    parser.add_argument("--cache", type=Path, default=None, help="default the user cache (quick: inside --out)")
+    parser.add_argument("--quick", action="store_true", help="the quick suites at small size, in seconds")
     args = parser.parse_args()
-    print(run_suites(methods(args.weights), args.out, args.cache))
+    conf = benchmark(args.weights, args.quick)
+    with tempfile.TemporaryDirectory(prefix="visloc-hfnet-student-") as tmp:
+        out = args.out or (Path(tmp) if args.quick else Path("outputs/hfnet_student"))
+        cache = args.cache or (out / "cache" if args.quick else None)
+        print(run_suites(conf, out, cache))
+        print(f"reports -> {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

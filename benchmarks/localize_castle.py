@@ -2,11 +2,13 @@
 
 Usage: python benchmarks/localize_castle.py [--step 2] [--extractor vlad-aliked] [--matcher lightglue]
            [--set-extractor max_num_keypoints=1024] [--pairs 5] [--top-k 5] [--work outputs/castle_loc]
-           [--threads 2] [--out outputs/localize_castle.json]
+           [--max-queries N] [--threads 2] [--out outputs/localize_castle.json] [--quick]
 
 Needs Debian's visp-images-data. Prints a Markdown table: recall at Aachen's thresholds scaled to the
 scene (``localization.datasets.CASTLE_THRESHOLDS``), median errors, map size, and the mean time per
 query of each stage (global retrieval, local features, matching, PnP), and the map-building time.
+``--quick``: 5 mapped frames, 2 queries, 512 keypoints, 2 pairs and 2 retrieved images,
+in a temporary folder unless ``--work`` / ``--out`` (the whole code path in seconds).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +31,8 @@ from visloc.localization.localize import LocalizerConf
 from visloc.pipelines.localize import localize_queries
 from visloc.pipelines.map_build import build_map
 
+QUICK = {"step": 8, "max_queries": 2, "pairs": 2, "top_k": 2, "set_extractor": ["max_num_keypoints=512"]}
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,21 +43,34 @@ def main() -> None:
     p.add_argument("--set-matcher", nargs="*", default=[])
     p.add_argument("--pairs", type=int, default=5, help="neighbours matched per database image")
     p.add_argument("--top-k", type=int, default=5, help="database images retrieved per query")
-    p.add_argument("--work", type=Path, default=Path("outputs/castle_loc"))
+    p.add_argument("--max-queries", type=int, default=None, help="at most this many queries, evenly spaced")
+    p.add_argument("--work", type=Path, default=None, help="default outputs/castle_loc (quick: temporary)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=None, help="JSON report")
+    p.add_argument("--out", type=Path, default=None, help="JSON report (quick: in the work folder)")
+    p.add_argument("--quick", action="store_true", help="5 mapped frames, 2 queries, 512 keypoints")
     args = p.parse_args()
+    if args.quick:
+        vars(args).update(QUICK)
     torch.set_num_threads(args.threads)
-    shutil.rmtree(args.work, ignore_errors=True)
-    split = castle_split(args.work / "data", args.step)
+    with tempfile.TemporaryDirectory(prefix="visloc-castle-loc-") as tmp:
+        work = args.work or (Path(tmp) / "work" if args.quick else Path("outputs/castle_loc"))
+        out = args.out or (work / "localize_castle.json" if args.quick else None)
+        run(args, work, out)
+
+
+def run(args: argparse.Namespace, work: Path, out: Path | None) -> None:
+    """Build the map, localize the queries, print the tables and write the JSON report to ``out``."""
+    shutil.rmtree(work, ignore_errors=True)
+    split = castle_split(work / "data", args.step, max_queries=args.max_queries)
     start = time.perf_counter()
-    summary = build_map(split.db_images, args.work / "map", split.db_poses, split.db_cameras, args.extractor,
-                        args.set_extractor, args.matcher, args.set_matcher, num_pairs=args.pairs, progress=False)
+    summary = build_map(split.db_images, work / "map", poses=split.db_poses, cameras=split.db_cameras,
+                        extractor=args.extractor, extractor_overrides=args.set_extractor, matcher=args.matcher,
+                        matcher_overrides=args.set_matcher, num_pairs=args.pairs, progress=False)
     map_seconds = time.perf_counter() - start
-    result = localize_queries(args.work / "map", split.query_images, args.work / "poses.txt",
-                              split.query_cameras, LocalizerConf(num_retrieved=args.top_k), progress=False)
+    result = localize_queries(work / "map", split.query_images, work / "poses.txt", cameras=split.query_cameras,
+                              conf=LocalizerConf(num_retrieved=args.top_k), progress=False)
     failed = [r.name for r in result.results if not r.ok]
-    report = evaluate_poses(split.ground_truth, read_poses(args.work / "poses.txt"), CASTLE_THRESHOLDS, failed)
+    report = evaluate_poses(split.ground_truth, read_poses(work / "poses.txt"), CASTLE_THRESHOLDS, failed)
     times = result.mean_seconds()
     ok = np.isfinite(report.position_errors)
     med_pos = float(np.median(report.position_errors[ok])) if ok.any() else float("nan")
@@ -67,13 +86,14 @@ def main() -> None:
     print("| stage | mean ms / query |\n|---|---|")
     for stage, seconds in times.items():
         print(f"| {stage} | {seconds * 1000:.0f} |")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"recall": dict(zip(heads, report.recall, strict=True)), "median_position_m":
-                                        med_pos, "median_rotation_deg": med_rot, "failed": failed,
-                                        "map_seconds": map_seconds, "stage_seconds": times,
-                                        "map": {"images": summary.num_registered, "points": summary.num_points}},
-                                       indent=2) + "\n")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"report -> {out}", file=sys.stderr)
+        out.write_text(json.dumps({"recall": dict(zip(heads, report.recall, strict=True)), "median_position_m":
+                                   med_pos, "median_rotation_deg": med_rot, "failed": failed,
+                                   "map_seconds": map_seconds, "stage_seconds": times,
+                                   "map": {"images": summary.num_registered, "points": summary.num_points}},
+                                  indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/retrieval_quality.py [--work DIR] [--seed 0] [--views 5] [--clusters 64]
                                               [--rerank 10] [--matchers nn-mutual lightglue]
-                                              [--device cpu] [--out outputs/retrieval_quality.json]
+                                              [--device cpu] [--out outputs/retrieval_quality.json] [--quick]
 
 Stages (each timed): build the dataset (real photos -> query / database views + ``gnd.json``);
 learn a VLAD vocabulary on the DATABASE images only; extract ``vlad-aliked`` features of database
@@ -10,6 +10,8 @@ and queries; build a flat index; search every database image for each query and 
 with the revisitop protocols (Easy / Medium / Hard: mAP, mP@k); then re-rank each query's top
 ``--rerank`` by homography inliers with each matcher and score again. Prints a Markdown table and
 writes the JSON results. Matchers whose weights are missing are reported as skipped.
+``--quick``: the 12 ``skimage`` photos only, 2 views each at 160x120, K=8, re-rank the top 3 with
+``nn-mutual``, the JSON in a temporary folder unless ``--out`` (the whole code path in seconds).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from visloc.data.landmarks import build_landmarks
+from visloc.data.landmarks import DEFAULT_SOURCES, SKIMAGE_PHOTOS, build_landmarks
 from visloc.features.weights import WeightsError
 from visloc.io.atomic import atomic_write_text
 from visloc.pipelines.evaluate_retrieval import RetrievalReport, evaluate_index
@@ -63,26 +65,27 @@ def run(work: Path, args: argparse.Namespace) -> dict:
     timings: dict[str, float] = {}
     data = work / "data"
     gnd = timed(timings, "dataset", build_landmarks, data, seed=args.seed, views_per_landmark=args.views,
-                size=(args.width, args.height))
+                size=(args.width, args.height), sources=args.sources)
     gt = json.loads(gnd.read_text())
     print(f"dataset: {len(gt['imlist'])} database images, {len(gt['qimlist'])} queries -> {data}")
     vocab = work / f"vocab_k{args.clusters}.pt"
-    timed(timings, "vocabulary (db only)", build_vocabulary, data / "db", vocab, args.clusters, seed=args.seed,
-          device=args.device, progress=False)
+    timed(timings, "vocabulary (db only)", build_vocabulary, data / "db", vocab, num_clusters=args.clusters,
+          seed=args.seed, device=args.device, progress=False)
     sets = [f"vocabulary={vocab}", f"num_clusters={args.clusters}"]
     for part in ("db", "queries"):
-        timed(timings, f"extract {part}", extract_features, data / part, work / f"{part}.h5", "vlad-aliked", sets,
-              overwrite=True, device=args.device, progress=False)
+        timed(timings, f"extract {part}", extract_features, data / part, work / f"{part}.h5", extractor="vlad-aliked",
+              overrides=sets, overwrite=True, device=args.device, progress=False)
     timed(timings, "index", build_index, work / "db.h5", work / "db.index")
-    common = (gnd, work / "db.index", work / "queries.h5", "revisited", KAPPAS)
-    report = timed(timings, "search + eval", evaluate_index, *common)
+    common = (gnd, work / "db.index", work / "queries.h5")
+    report = timed(timings, "search + eval", evaluate_index, *common, protocol="revisited", kappas=KAPPAS)
     rows = [row(f"VLAD-ALIKED K={args.clusters}", report)]
     skipped = {}
     for matcher in args.matchers:
         stage = f"rerank top {args.rerank} {matcher}"
         try:
-            report = timed(timings, stage, evaluate_index, *common, rerank=args.rerank, db_features=work / "db.h5",
-                           rerank_model="homography", rerank_matcher=matcher)
+            report = timed(timings, stage, evaluate_index, *common, protocol="revisited", kappas=KAPPAS,
+                           rerank=args.rerank, db_features=work / "db.h5", rerank_model="homography",
+                           rerank_matcher=matcher)
         except WeightsError as e:
             skipped[matcher] = str(e).splitlines()[0]
             print(f"{stage}: skipped ({skipped[matcher]})")
@@ -105,21 +108,32 @@ def main() -> None:
     parser.add_argument("--matchers", nargs="*", default=["nn-mutual", "lightglue"],
                         help="Re-ranking matchers (LightGlue: ~0.35 s a pair on 2 CPU cores).")
     parser.add_argument("--device", default=None, help="cpu, cuda, or automatic.")
-    parser.add_argument("--out", type=Path, default=Path("outputs/retrieval_quality.json"))
+    parser.add_argument("--out", type=Path, default=None, help="default outputs/retrieval_quality.json "
+                        "(quick: in the temporary work folder)")
+    parser.add_argument("--quick", action="store_true", help="skimage photos, 2 views at 160x120, K=8, nn-mutual")
     args = parser.parse_args()
-    if args.work is None:
-        with tempfile.TemporaryDirectory(prefix="visloc-landmarks-") as tmp:
-            result = run(Path(tmp), args)
-    else:
-        result = run(args.work, args)
+    args.sources = DEFAULT_SOURCES
+    if args.quick:
+        args.sources = tuple(f"skimage:{n}" for n in SKIMAGE_PHOTOS)
+        args.views, args.width, args.height, args.clusters, args.rerank = 2, 160, 120, 8, 3
+        args.matchers = ["nn-mutual"]
+    with tempfile.TemporaryDirectory(prefix="visloc-landmarks-") as tmp:
+        if args.out is None:
+            args.out = Path(tmp) / "retrieval_quality.json" if args.quick else Path("outputs/retrieval_quality.json")
+        result = run(args.work or Path(tmp), args)
+        report(result, args.out)
+
+
+def report(result: dict, out: Path) -> None:
+    """Print the tables of ``result`` and write it as JSON to ``out``."""
     print(f"\n{result['num_queries']} queries, {result['num_database']} database images "
           f"(revisitop protocols, percent)\n")
     print(markdown(result["rows"], 5))
     print("\n| stage | seconds |\n|---|---|")
     for stage, seconds in result["timings_s"].items():
         print(f"| {stage} | {seconds:.1f} |")
-    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
-    print(f"\nresults -> {args.out}")
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    print(f"\nresults -> {out}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """Summarise a training run's TensorBoard scalars as a Markdown table (start vs end of the run).
 
 Usage: python benchmarks/train_log_summary.py RUN_DIR [--window 100]
+       python benchmarks/train_log_summary.py --quick [RUN_DIR]
 For each scalar: the mean over the first and the last ``window`` steps logged, and the step range.
+``--quick`` without RUN_DIR writes a tiny synthetic run (two scalars, 50 steps, ``loss/total`` going
+from 1.0 to 0.02) in a temporary folder and summarises it with a window of 10.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -29,12 +33,29 @@ def summarise(run_dir: Path, window: int) -> str:
     return "\n".join(lines)
 
 
+def synthetic_run(run_dir: Path, steps: int = 50) -> Path:
+    """A run folder with ``tb/`` events of two scalars over ``steps`` steps, as training writes them."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tb" / "version_0"))
+    for step in range(steps):
+        writer.add_scalar("loss/total", 1.0 - 0.98 * step / (steps - 1), step)
+        writer.add_scalar("lr", 1e-3, step)
+    writer.close()
+    return run_dir
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("run_dir", type=Path)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, nargs="?", default=None)
     parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="a synthetic 50-step run unless RUN_DIR, window 10")
     args = parser.parse_args()
-    print(summarise(args.run_dir, args.window))
+    if args.run_dir is None and not args.quick:
+        parser.error("RUN_DIR is required (or --quick)")
+    with tempfile.TemporaryDirectory(prefix="visloc-train-log-") as tmp:
+        run_dir = args.run_dir or synthetic_run(Path(tmp))
+        print(summarise(run_dir, 10 if args.quick else args.window))
 
 
 if __name__ == "__main__":

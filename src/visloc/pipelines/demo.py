@@ -11,7 +11,8 @@ Steps, each the same call a user would make on their own data:
 
 Outputs in ``out``: ``scene/`` (images, ground truth), ``map/`` (the map), ``poses.txt`` and
 ``poses.log.jsonl`` (localization), ``report.json`` (metrics) and ``map.png`` (the picture). A re-run
-reuses the rendered scene when its conf is unchanged and resumes extraction and matching.
+reuses the rendered scene when its conf and the generator's version (``generator.yaml``, see
+``visloc.data.scene.version``) are unchanged, and resumes extraction and matching.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import yaml
 
 from visloc.conf import conf_to_dict
+from visloc.data.scene import version
 from visloc.data.scene.config import SceneConf
 from visloc.data.scene.generate import SceneFiles, generate_scene, read_conditions
 from visloc.eval.localization import DEFAULT_THRESHOLDS, LocalizationReport, evaluate_poses, read_log, stage_times
@@ -71,12 +73,17 @@ class DemoSummary:
 
 
 def _scene(conf: SceneConf, root: Path) -> SceneFiles:
-    """Render the scene unless ``root`` already holds a complete rendering of the same conf."""
+    """Render the scene unless ``root`` already holds a complete rendering of the same conf and generator."""
     record = root / "scene.yaml"
     if record.is_file():
         try:
             same = yaml.safe_load(record.read_text()) == yaml.safe_load(yaml.safe_dump(conf_to_dict(conf)))
         except yaml.YAMLError:
+            same = False
+        recorded = version.read_generator_version(root)
+        if same and recorded != version.GENERATOR_VERSION:
+            logger.info("scene: %s was rendered by generator version %s, this is %d: rendering again", root,
+                        recorded, version.GENERATOR_VERSION)
             same = False
         files = _existing(conf, root) if same else None
         if files is not None:

@@ -25,7 +25,12 @@ HomographyDataset = Literal["synthetic", "graf"]
 
 @dataclass(frozen=True)
 class EvalReport:
-    """Summary metrics, per-pair metrics and what produced them."""
+    """Summary metrics, per-pair metrics and what produced them.
+
+    Attributes:
+        dataset_key: the dataset's name in the prediction cache (``synthetic-seed0``, ``castle-step5``...):
+            with ``method.key()`` it names the cached predictions the metrics were computed from.
+    """
 
     protocol: str
     dataset: str
@@ -33,13 +38,15 @@ class EvalReport:
     estimator: dict[str, Any]
     summary: dict[str, Any]
     pairs: list[protocols.PairResult]
+    dataset_key: str
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (the resolved confs included)."""
+        """JSON-ready dict: the resolved confs, weights digests and visloc version (``Method.provenance``)."""
         econf, mconf = self.method.records()
-        return {"protocol": self.protocol, "dataset": self.dataset, "method": self.method.label,
+        return {"protocol": self.protocol, "dataset": self.dataset, "dataset_key": self.dataset_key,
+                "method": self.method.label, "cache_key": self.method.key(),
                 "extractor": json.loads(econf) if econf is not None else None, "matcher": json.loads(mconf),
-                "weights": self.method.weights(),
+                "weights": self.method.weights(), "provenance": self.method.provenance(),
                 "resize_max": self.method.resize_max, "estimator": self.estimator, "summary": self.summary,
                 "pairs": {p.key: p.values for p in self.pairs}}
 
@@ -67,7 +74,7 @@ def evaluate_homography(method: Method, dataset: HomographyDataset = "synthetic"
 
     results = protocols.run_protocol(cache, list(by_key), per_pair)
     summary = protocols.aggregate(results, "corner_error", (1.0, 3.0, 5.0))
-    return EvalReport("homography", dataset, method, conf_to_dict(est.conf), summary, results)
+    return EvalReport("homography", dataset, method, conf_to_dict(est.conf), summary, results, dataset_key=ds_name)
 
 
 def evaluate_pose(method: Method, dataset: Literal["castle"] = "castle", step: int = 5, threshold: float = 1.0,
@@ -79,7 +86,8 @@ def evaluate_pose(method: Method, dataset: Literal["castle"] = "castle", step: i
     index_pairs = castle.castle_pairs(frames, step=step)
     keys = {f"{frames[i].name.replace('/', '-')}/{frames[j].name.replace('/', '-')}": (i, j)
             for i, j in index_pairs}
-    cache = cache_path(cache_dir or default_cache_dir(), f"castle-step{step}", method)
+    ds_name = f"castle-step{step}"
+    cache = cache_path(cache_dir or default_cache_dir(), ds_name, method)
     predict([(k, lambda i=i, j=j: (read_image(frames[i].image_path), read_image(frames[j].image_path)))
              for k, (i, j) in keys.items()], method, cache, device, progress)
     est = protocols.default_estimator("essential", threshold)
@@ -93,7 +101,7 @@ def evaluate_pose(method: Method, dataset: Literal["castle"] = "castle", step: i
 
     results = protocols.run_protocol(cache, list(keys), per_pair)
     summary = protocols.aggregate(results, "pose_error", (5.0, 10.0, 20.0))
-    return EvalReport("pose", f"castle-step{step}", method, conf_to_dict(est.conf), summary, results)
+    return EvalReport("pose", ds_name, method, conf_to_dict(est.conf), summary, results, dataset_key=ds_name)
 
 
 def evaluate_stereo(method: Method, cache_dir: Path | None = None, device: str = "cpu",
@@ -116,7 +124,8 @@ def evaluate_stereo(method: Method, cache_dir: Path | None = None, device: str =
         return out
 
     results = protocols.run_protocol(cache, [key], per_pair)
-    return EvalReport("stereo", "motorcycle", method, {}, protocols.aggregate(results, None, ()), results)
+    return EvalReport("stereo", "motorcycle", method, {}, protocols.aggregate(results, None, ()), results,
+                      dataset_key="motorcycle")
 
 
 def format_table(reports: Sequence[EvalReport], columns: Sequence[str]) -> str:

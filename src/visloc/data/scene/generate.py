@@ -9,6 +9,7 @@ Layout of ``out_dir`` (image names are relative to ``out_dir``, which is the ima
     cameras.txt                  name PINHOLE W H fx fy cx cy (COLMAP convention: pixel centre at 0.5)
     conditions_query.txt         name condition (day | night | blur)
     scene.yaml                   the resolved SceneConf
+    generator.yaml               the generator's version (``version.GENERATOR_VERSION``)
 
 Everything is reproducible from ``conf.seed``; files are written atomically.
 """
@@ -27,6 +28,7 @@ from visloc.data.scene.conditions import apply_condition
 from visloc.data.scene.config import SceneConf
 from visloc.data.scene.render import Frame, intrinsics, render
 from visloc.data.scene.trajectory import db_poses, query_poses
+from visloc.data.scene.version import GENERATOR_RECORD, generator_record
 from visloc.data.scene.world import World, build_world
 from visloc.io.atomic import atomic_path, atomic_write_text
 from visloc.io.poses import Camera, CameraPose, write_cameras, write_poses
@@ -119,7 +121,8 @@ def generate_scene(conf: SceneConf, out_dir: str | Path, write_depth: bool = Fal
     write_poses(files.poses_query, poses_q)
     write_cameras(files.cameras, cameras)
     atomic_write_text(files.conditions, "".join(f"{n} {c}\n" for n, c in conditions.items()))
-    atomic_write_text(files.conf, yaml.safe_dump(conf_to_dict(conf), sort_keys=False))
+    atomic_write_text(root / GENERATOR_RECORD, yaml.safe_dump(generator_record(), sort_keys=False))
+    atomic_write_text(files.conf, yaml.safe_dump(conf_to_dict(conf), sort_keys=False))  # last: marks completion
     return files
 
 
