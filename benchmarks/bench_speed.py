@@ -22,20 +22,20 @@ def main() -> None:
     args = parser.parse_args()
     common = {"size": (640, 480), "threads": args.threads, "runs": args.runs}
     results = [
-        run_one("extract", "aliked-n16 (before: kornia forward)", "aliked-n16", ["sparse_descriptors=false"],
-                **common),
-        run_one("extract", "aliked-n16", "aliked-n16", **common),
-        run_one("extract", "aliked-n32", "aliked-n32", **common),
-        run_one("extract", "aliked-t16", "aliked-t16", **common),
-        run_one("extract", "disk", "disk", **common),
-        run_one("extract", "sift", "sift", **common),
-        run_one("extract", "rootsift", "rootsift", **common),
-        run_one("extract", "orb", "orb", **common),
-        run_one("match", "lightglue", "aliked-n16", **common),
-        run_one("match", "lightglue", "disk", **common),
-        run_one("match", "nn-mutual", "aliked-n16", **common),
-        run_one("match", "nn-ratio", "sift", **common),
-        run_one("match", "nn-mutual", "orb", **common),
+        run_one("extract", "aliked-n16 (before: kornia forward)", extractor="aliked-n16",
+                overrides=["sparse_descriptors=false"], **common),
+        run_one("extract", "aliked-n16", extractor="aliked-n16", **common),
+        run_one("extract", "aliked-n32", extractor="aliked-n32", **common),
+        run_one("extract", "aliked-t16", extractor="aliked-t16", **common),
+        run_one("extract", "disk", extractor="disk", **common),
+        run_one("extract", "sift", extractor="sift", **common),
+        run_one("extract", "rootsift", extractor="rootsift", **common),
+        run_one("extract", "orb", extractor="orb", **common),
+        run_one("match", "lightglue", extractor="aliked-n16", **common),
+        run_one("match", "lightglue", extractor="disk", **common),
+        run_one("match", "nn-mutual", extractor="aliked-n16", **common),
+        run_one("match", "nn-ratio", extractor="sift", **common),
+        run_one("match", "nn-mutual", extractor="orb", **common),
     ]
     print(machine_line(args.threads))
     print(format_results(results))

@@ -40,8 +40,8 @@ def run_suites(methods: list[Method], out: Path, cache: Path | None) -> str:
     suites = {
         "castle-step5": (lambda m: evaluate_pose(m, step=5, cache_dir=cache, progress=False), POSE_COLUMNS),
         "motorcycle": (lambda m: evaluate_stereo(m, cache_dir=cache, progress=False), STEREO_COLUMNS),
-        "graf": (lambda m: evaluate_homography(m, "graf", cache_dir=cache, progress=False), HOMOGRAPHY_COLUMNS),
-        "synthetic": (lambda m: evaluate_homography(m, "synthetic", cache_dir=cache, progress=False),
+        "graf": (lambda m: evaluate_homography(m, dataset="graf", cache_dir=cache, progress=False), HOMOGRAPHY_COLUMNS),
+        "synthetic": (lambda m: evaluate_homography(m, dataset="synthetic", cache_dir=cache, progress=False),
                       HOMOGRAPHY_COLUMNS),
     }
     tables = []

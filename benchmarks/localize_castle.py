@@ -45,11 +45,13 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     split = castle_split(args.work / "data", args.step)
     start = time.perf_counter()
-    summary = build_map(split.db_images, args.work / "map", split.db_poses, split.db_cameras, args.extractor,
-                        args.set_extractor, args.matcher, args.set_matcher, num_pairs=args.pairs, progress=False)
+    summary = build_map(split.db_images, args.work / "map", poses=split.db_poses, cameras=split.db_cameras,
+                        extractor=args.extractor, extractor_overrides=args.set_extractor, matcher=args.matcher,
+                        matcher_overrides=args.set_matcher, num_pairs=args.pairs, progress=False)
     map_seconds = time.perf_counter() - start
     result = localize_queries(args.work / "map", split.query_images, args.work / "poses.txt",
-                              split.query_cameras, LocalizerConf(num_retrieved=args.top_k), progress=False)
+                              cameras=split.query_cameras, conf=LocalizerConf(num_retrieved=args.top_k),
+                              progress=False)
     failed = [r.name for r in result.results if not r.ok]
     report = evaluate_poses(split.ground_truth, read_poses(args.work / "poses.txt"), CASTLE_THRESHOLDS, failed)
     times = result.mean_seconds()

@@ -28,6 +28,7 @@ from visloc.pipelines.evaluate_retrieval import RetrievalReport, evaluate_index
 from visloc.pipelines.extract import extract_features
 from visloc.pipelines.retrieve import build_index
 from visloc.pipelines.vocab import build_vocabulary
+from visloc.retrieval.rerank import RerankConf
 
 KAPPAS = (1, 5, 10)
 PROTOCOLS = ("easy", "medium", "hard")
@@ -67,22 +68,23 @@ def run(work: Path, args: argparse.Namespace) -> dict:
     gt = json.loads(gnd.read_text())
     print(f"dataset: {len(gt['imlist'])} database images, {len(gt['qimlist'])} queries -> {data}")
     vocab = work / f"vocab_k{args.clusters}.pt"
-    timed(timings, "vocabulary (db only)", build_vocabulary, data / "db", vocab, args.clusters, seed=args.seed,
-          device=args.device, progress=False)
+    timed(timings, "vocabulary (db only)", build_vocabulary, data / "db", vocab, num_clusters=args.clusters,
+          seed=args.seed, device=args.device, progress=False)
     sets = [f"vocabulary={vocab}", f"num_clusters={args.clusters}"]
     for part in ("db", "queries"):
-        timed(timings, f"extract {part}", extract_features, data / part, work / f"{part}.h5", "vlad-aliked", sets,
-              overwrite=True, device=args.device, progress=False)
+        timed(timings, f"extract {part}", extract_features, data / part, work / f"{part}.h5", extractor="vlad-aliked",
+              overrides=sets, overwrite=True, device=args.device, progress=False)
     timed(timings, "index", build_index, work / "db.h5", work / "db.index")
-    common = (gnd, work / "db.index", work / "queries.h5", "revisited", KAPPAS)
-    report = timed(timings, "search + eval", evaluate_index, *common)
+    common = (gnd, work / "db.index", work / "queries.h5")
+    report = timed(timings, "search + eval", evaluate_index, *common, protocol="revisited", kappas=KAPPAS)
     rows = [row(f"VLAD-ALIKED K={args.clusters}", report)]
     skipped = {}
     for matcher in args.matchers:
         stage = f"rerank top {args.rerank} {matcher}"
         try:
-            report = timed(timings, stage, evaluate_index, *common, rerank=args.rerank, db_features=work / "db.h5",
-                           rerank_model="homography", rerank_matcher=matcher)
+            rerank = RerankConf(top=args.rerank, db_features=work / "db.h5", model="homography", matcher=matcher)
+            report = timed(timings, stage, evaluate_index, *common, protocol="revisited", kappas=KAPPAS,
+                           rerank=rerank)
         except WeightsError as e:
             skipped[matcher] = str(e).splitlines()[0]
             print(f"{stage}: skipped ({skipped[matcher]})")

@@ -154,7 +154,7 @@ def test_match_features_set_reaches_the_code(photo_dir, cli_features, tmp_path):
         totals[ratio] = _total_matches(out, pairs)
     assert totals[0.5] < totals[0.9]
     result = invoke("match-features", "--pairs", pairs, "--features", cli_features, "--out", tmp_path / "lg.h5")
-    assert result.exit_code == 2 and "no pretrained weights for 'sift'" in result.stderr
+    assert result.exit_code == 2 and "no pretrained weights for sift-128 descriptors" in result.stderr
 
 
 def test_match_graf(graf_pair, tmp_path):

@@ -71,9 +71,9 @@ def learn_vocabulary(descriptors: np.ndarray, num_clusters: int = 64, seed: int 
     """
     x = _check_matrix(descriptors, "descriptors")
     if num_clusters < 1:
-        raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+        raise VocabularyError(f"num_clusters must be >= 1, got {num_clusters}")
     if len(x) < num_clusters:
-        raise ValueError(f"descriptors: {len(x)} descriptors are too few for {num_clusters} clusters")
+        raise VocabularyError(f"descriptors: {len(x)} descriptors are too few for {num_clusters} clusters")
     if len(x) > max_descriptors:
         rng = np.random.default_rng(seed)
         x = x[np.sort(rng.choice(len(x), max_descriptors, replace=False))]
