@@ -13,6 +13,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -95,12 +97,18 @@ def test_a_bad_option_value_is_a_user_error(tmp_path):
              ("eval", "localization", "--gt", tmp_path / "gt.txt", "--pred", tmp_path / "p.txt", "--thresholds", "x"):
              "thresholds: expected 'position,degrees'",
              ("eval", "recall", "--pred", tmp_path / "p.npy", "--db-utm", tmp_path / "d.npy", "--query-utm",
-              tmp_path / "q.npy", "--radius", 0): "radius: expected metres > 0"}
-    (tmp_path / "a.png").write_bytes(b"")
+              tmp_path / "q.npy", "--radius", 0): "radius: expected metres > 0",
+             ("pairs", "exhaustive", "--out", tmp_path / "a.png" / "p.txt", "--images", tmp_path):
+             "a.png/p.txt: cannot write here",  # a file where the output's folder should be
+             ("extract", tmp_path, "--out", tmp_path / "f.h5", "--conf", "sift", "--set", "resize_max=4"):
+             "resize_max: expected >= 8 pixels"}
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((32, 32), np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((32, 32), np.uint8))
     for args, expected in cases.items():
         result = invoke(*args)
         assert result.exit_code == 2 and expected in result.stderr, result.output
-        assert len(result.stderr.strip().splitlines()) == 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]  # after progress bars
+        assert len(errors) == 1 and expected in errors[0] and "Traceback" not in result.stderr
 
 
 # --- keyword-only pipelines ---------------------------------------------------------------------------

@@ -8,16 +8,24 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from visloc.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
     On an exception the temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        InputError: ``path``'s folder cannot be created or written (permissions, a file in the way).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
