@@ -129,13 +129,15 @@ def main() -> None:
         onnx_path = export_hfnet(weights, Path(tmp) / "hfnet.onnx", allow_random=weights is None,
                                  check_sizes=((120, 160),) if args.quick else CHECK_SIZES).out
         results = [
-            run_one("extract", "hfnet (torch eager)", "hfnet", hf, **common),
-            run_one("extract", "hfnet-onnx (onnxruntime)", "hfnet-onnx", [*hf, f"onnx={onnx_path}"], **common),
+            run_one("extract", "hfnet (torch eager)", extractor="hfnet", overrides=hf, **common),
+            run_one("extract", "hfnet-onnx (onnxruntime)", extractor="hfnet-onnx", overrides=[*hf, f"onnx={onnx_path}"],
+                    **common),
         ]
     results += [run_net(w, b, args.threads, warmup, runs) for w, b in nets]
     results += [
-        run_one("extract", "aliked-n16 (visloc sparse)", "aliked-n16", **common),
-        run_one("extract", "aliked-n16 (kornia forward)", "aliked-n16", ["sparse_descriptors=false"],
+        run_one("extract", "aliked-n16 (visloc sparse)", extractor="aliked-n16", **common),
+        run_one("extract", "aliked-n16 (kornia forward)", extractor="aliked-n16",
+                overrides=["sparse_descriptors=false"],
                 **{**common, "runs": runs if args.quick else max(3, runs // 4)}),
     ]
     machine = f"{machine_line(args.threads)}, load average {os.getloadavg()[0]:.1f}, weights {weights or 'random'}"

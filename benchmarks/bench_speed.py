@@ -45,7 +45,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 lines at 320x240, 1 run each")
     args = parser.parse_args()
     size, warmup, runs = ((320, 240), 0, 1) if args.quick else ((640, 480), 2, args.runs)
-    results = [run_one(kind, name, extractor, overrides, size=size, threads=args.threads, warmup=warmup, runs=runs)
+    results = [run_one(kind, name, extractor=extractor, overrides=overrides, size=size, threads=args.threads,
+                       warmup=warmup, runs=runs)
                for kind, name, extractor, overrides in (QUICK if args.quick else FULL)]
     print(machine_line(args.threads))
     print(format_results(results))

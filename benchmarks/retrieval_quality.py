@@ -30,6 +30,7 @@ from visloc.pipelines.evaluate_retrieval import RetrievalReport, evaluate_index
 from visloc.pipelines.extract import extract_features
 from visloc.pipelines.retrieve import build_index
 from visloc.pipelines.vocab import build_vocabulary
+from visloc.retrieval.rerank import RerankConf
 
 KAPPAS = (1, 5, 10)
 PROTOCOLS = ("easy", "medium", "hard")
@@ -83,9 +84,9 @@ def run(work: Path, args: argparse.Namespace) -> dict:
     for matcher in args.matchers:
         stage = f"rerank top {args.rerank} {matcher}"
         try:
+            rerank = RerankConf(top=args.rerank, db_features=work / "db.h5", model="homography", matcher=matcher)
             report = timed(timings, stage, evaluate_index, *common, protocol="revisited", kappas=KAPPAS,
-                           rerank=args.rerank, db_features=work / "db.h5", rerank_model="homography",
-                           rerank_matcher=matcher)
+                           rerank=rerank)
         except WeightsError as e:
             skipped[matcher] = str(e).splitlines()[0]
             print(f"{stage}: skipped ({skipped[matcher]})")

@@ -177,3 +177,30 @@ def ready_extractor(build_extractor, netvlad_checkpoint, tmp_path_factory) -> Ca
         return build_extractor(name, overrides)
 
     return build
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[dict]]:
+    """``fake_pipeline(module, name, result)`` replaces a pipeline function by a fake bound to its real signature.
+
+    Each call is bound with ``inspect.signature(real).bind(*args, **kwargs)`` (defaults applied) and its
+    arguments, by name, are appended to the returned list; a call that does not fit the real signature
+    (a renamed or removed parameter, too many positional arguments) raises ``TypeError`` and fails the
+    test. ``result`` is the fake's return value, or a function of the bound arguments that makes it.
+    """
+    import inspect
+
+    def install(module: object, name: str, result: object) -> list[dict]:
+        signature = inspect.signature(getattr(module, name))
+        calls: list[dict] = []
+
+        def fake(*args: object, **kwargs: object) -> object:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            calls.append(dict(bound.arguments))
+            return result(calls[-1]) if callable(result) else result
+
+        monkeypatch.setattr(module, name, fake)
+        return calls
+
+    return install

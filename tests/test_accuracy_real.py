@@ -24,7 +24,7 @@ def cache(tmp_path_factory):
 
 
 def test_synthetic_homography_default(cache):
-    s = evaluate_homography(DEFAULT, "synthetic", cache_dir=cache, progress=False).summary
+    s = evaluate_homography(DEFAULT, dataset="synthetic", cache_dir=cache, progress=False).summary
     assert s["num_pairs"] == 16
     assert s["auc@3.0"] > 0.65 and s["auc@5.0"] > 0.78  # measured 0.70 / 0.83
     assert s["mean_precision@3px"] > 0.93  # measured 0.958
@@ -36,7 +36,7 @@ def test_synthetic_homography_default(cache):
     (Method("sift", "nn-ratio"), 3.6, 250),  # measured 3.10 px, 357 inliers
 ])
 def test_graf_homography(cache, method, max_error, min_inliers):
-    s = evaluate_homography(method, "graf", cache_dir=cache, progress=False).summary
+    s = evaluate_homography(method, dataset="graf", cache_dir=cache, progress=False).summary
     assert s["median_corner_error"] < max_error
     assert s["mean_num_inliers"] > min_inliers
 

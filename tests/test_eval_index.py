@@ -46,10 +46,12 @@ def landmarks(tmp_path_factory):
     root = tmp_path_factory.mktemp("landmarks")
     gnd = build_landmarks(root / "data", views_per_landmark=3, size=(160, 120),
                           sources=("skimage:astronaut", "skimage:coffee", "skimage:chelsea"))
-    build_vocabulary(root / "data" / "db", root / "vocab.pt", 8, overrides=["max_num_keypoints=256"], progress=False)
+    build_vocabulary(root / "data" / "db", root / "vocab.pt", num_clusters=8, overrides=["max_num_keypoints=256"],
+                     progress=False)
     sets = [f"vocabulary={root / 'vocab.pt'}", "num_clusters=8", "max_num_keypoints=256"]
     for part in ("db", "queries"):
-        extract_features(root / "data" / part, root / f"{part}.h5", "vlad-aliked", sets, progress=False)
+        extract_features(root / "data" / part, root / f"{part}.h5", extractor="vlad-aliked", overrides=sets,
+                         progress=False)
     build_index(root / "db.h5", root / "db.index")
     return root, gnd
 
@@ -65,15 +67,29 @@ def test_cli_eval_retrieval_from_index(landmarks, monkeypatch):
     assert report["rerank"] == 0 and set(report["results"]) == {"easy", "medium", "hard"}
     assert report["results"]["medium"]["mAP"] > 0.5  # the queries' own landmark comes first
 
+    import inspect
+
     import visloc.retrieval.rerank as R
 
     calls = []
     original = R.rerank
-    monkeypatch.setattr(R, "rerank", lambda *a: calls.append(a[3:5]) or original(*a))  # the flags reach the code
+
+    def spy(*a, **k):  # the flags reach the code: bound to the real signature, checked by name
+        bound = inspect.signature(original).bind(*a, **k)
+        bound.apply_defaults()
+        calls.append(bound.arguments)
+        return original(*a, **k)
+
+    monkeypatch.setattr(R, "rerank", spy)
     result = invoke(*args, "--rerank", 2, "--db-features", root / "db.h5", "--rerank-model", "affine",
-                    "--rerank-threshold", 4, "--out", out)
+                    "--rerank-threshold", 4, "--rerank-matcher", "nn-ratio", "--set-rerank-matcher",
+                    "ratio_threshold=0.95", "--rerank-min-inliers", 9, "--out", out)
     assert result.exit_code == 0, result.output
-    assert "top 2 re-ranked" in result.stdout and calls == [("affine", 4.0)] * 2
+    assert "top 2 re-ranked" in result.stdout and len(calls) == 2  # one per query
+    for c in calls:
+        assert (c["model"], c["threshold"], c["min_inliers"], len(c["db_names"])) == ("affine", 4.0, 9, 2)
+        assert type(c["matcher"]).__name__ == "NearestNeighbor"
+        assert c["matcher"].conf.ratio_threshold == 0.95
     assert json.loads(out.read_text())["rerank"] == 2
 
 

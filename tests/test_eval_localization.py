@@ -162,7 +162,7 @@ LOG = [
 
 def test_evaluate_files_with_log(tmp_path):
     gt, pred, log = write_files(tmp_path, LOG)
-    report = evaluate_localization(gt, pred, log)
+    report = evaluate_localization(gt, pred, log_path=log)
     assert report.recall == pytest.approx((0.25, 0.25, 0.5))  # q1 failed per the log
     assert list(report.timings) == [*STAGES, "extra", TOTAL]
     assert report.timings[TOTAL].total == pytest.approx(0.32 + 1.76 + 0.02)
@@ -185,12 +185,12 @@ def test_file_errors_name_the_file(tmp_path):
         evaluate_localization(gt, tmp_path / "extra.txt")
     log.write_text(LOG[0] + "\n{not json\n")
     with pytest.raises(ValueError, match=r"log\.jsonl:2: not JSON"):
-        evaluate_localization(gt, pred, log)
+        evaluate_localization(gt, pred, log_path=log)
     log.write_text(json.dumps({"name": "nowhere.jpg"}) + "\n")
     with pytest.raises(ValueError, match=r"log\.jsonl: query 'nowhere\.jpg' is not in the ground truth"):
-        evaluate_localization(gt, pred, log)
+        evaluate_localization(gt, pred, log_path=log)
     with pytest.raises(ValueError, match=r"missing\.jsonl: file not found"):
-        evaluate_localization(gt, pred, tmp_path / "missing.jsonl")
+        evaluate_localization(gt, pred, log_path=tmp_path / "missing.jsonl")
 
 
 @pytest.mark.parametrize(

@@ -406,8 +406,8 @@ def test_pipelines_run_unchanged(student_ckpt, photo_dir, photo_names, tmp_path)
     from visloc.pipelines.retrieve import build_index, retrieve_pairs
 
     feats = tmp_path / "feats.h5"
-    summary = extract_features(photo_dir, feats, "hfnet", [f"weights={student_ckpt}", "resize_max=256",
-                                                            "max_num_keypoints=500"], progress=False)
+    summary = extract_features(photo_dir, feats, extractor="hfnet", overrides=[
+        f"weights={student_ckpt}", "resize_max=256", "max_num_keypoints=500"], progress=False)
     assert summary.done == 3 and not summary.failed
     with h5py.File(feats, "r") as f:
         assert f[photo_names[0]]["global_descriptor"].shape == (4096,)
@@ -416,4 +416,5 @@ def test_pipelines_run_unchanged(student_ckpt, photo_dir, photo_names, tmp_path)
     retrieve_pairs(tmp_path / "db.index", feats, tmp_path / "pairs.txt", k=1)
     pairs = read_pairs(tmp_path / "pairs.txt")
     assert len(pairs) == 3 and all(a != b for a, b in pairs)
-    assert match_features(tmp_path / "pairs.txt", feats, tmp_path / "matches.h5", "nn-mutual", progress=False).done == 3
+    assert match_features(tmp_path / "pairs.txt", feats, tmp_path / "matches.h5", matcher="nn-mutual",
+                          progress=False).done == 3

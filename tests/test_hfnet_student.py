@@ -42,7 +42,8 @@ def test_student_pose_accuracy_on_castle(tmp_path):
 
 
 def test_student_homography_on_synthetic_pairs(tmp_path):
-    s = evaluate_homography(Method("hfnet", "nn-mutual"), "synthetic", cache_dir=tmp_path, progress=False).summary
+    s = evaluate_homography(Method("hfnet", "nn-mutual"), dataset="synthetic", cache_dir=tmp_path,
+                            progress=False).summary
     assert s["auc@5.0"] > SYNTH_AUC5_FLOOR
 
 

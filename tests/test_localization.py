@@ -310,68 +310,56 @@ def test_map_record_errors(tmp_path):
 runner = CliRunner()
 
 
-def test_map_build_flags_reach_the_code(monkeypatch, tmp_path):
+def test_map_build_flags_reach_the_code(fake_pipeline):
     import visloc.pipelines.map_build as mb
 
-    seen = {}
-
-    def fake(*args, **kwargs):
-        seen["args"] = args
-        return mb.MapSummary(Path(args[1]), 3, 3, 10, 2, "triangulation", {"extraction": 1.0})
-
-    monkeypatch.setattr(mb, "build_map", fake)
+    calls = fake_pipeline(mb, "build_map", lambda a: mb.MapSummary(Path(a["out"]), 3, 3, 10, 2, "triangulation",
+                                                                   {"extraction": 1.0}))
     res = runner.invoke(app, ["map", "build", "--images", "db", "--out", "m", "--poses", "p.txt", "--cameras", "c.txt",
                               "--extractor", "sift", "--set-extractor", "max_num_keypoints=99", "--matcher",
                               "nn-ratio", "--set-matcher", "ratio_threshold=0.7", "--retrieval", "vlad-aliked",
                               "--set-retrieval", "num_clusters=8", "--features", "f.h5", "--matches", "m.h5",
                               "--num-pairs", "3", "--set-model", "min_angle=2.5", "--device", "cpu",
-                              "--verbose-colmap"])
+                              "--verbose-colmap", "--cell-size", "3.5"])
     assert res.exit_code == 0, res.output
-    a = seen["args"]
-    assert a[:4] == (Path("db"), Path("m"), Path("p.txt"), Path("c.txt"))
-    assert a[4:10] == ("sift", {"max_num_keypoints": 99}, "nn-ratio", {"ratio_threshold": 0.7}, "vlad-aliked",
-                       {"num_clusters": 8})
-    assert a[10:13] == (Path("f.h5"), Path("m.h5"), 3)
-    assert a[13] == TriangulationConf(min_angle=2.5) and a[14] is None
-    assert a[15:] == ("cpu", True, True)
+    assert calls == [{"images": Path("db"), "out": Path("m"), "poses": Path("p.txt"), "cameras": Path("c.txt"),
+                      "extractor": "sift", "extractor_overrides": {"max_num_keypoints": 99}, "matcher": "nn-ratio",
+                      "matcher_overrides": {"ratio_threshold": 0.7}, "retrieval": "vlad-aliked",
+                      "retrieval_overrides": {"num_clusters": 8}, "features": Path("f.h5"), "matches": Path("m.h5"),
+                      "num_pairs": 3, "triangulation": TriangulationConf(min_angle=2.5), "sfm": None,
+                      "device": "cpu", "progress": True, "verbose": True, "cell_size": 3.5}]
     assert "map (triangulation): 3/3 images, 10 3D points" in res.output
 
 
-def test_map_build_without_poses_gets_sfm_conf(monkeypatch):
+def test_map_build_without_poses_gets_sfm_conf(fake_pipeline):
     import visloc.pipelines.map_build as mb
     from visloc.localization.sfm import SfMConf
 
-    seen = {}
-    monkeypatch.setattr(mb, "build_map", lambda *a: seen.setdefault("a", a) and mb.MapSummary(Path("m"), 2, 2, 1, 1,
-                                                                                               "sfm"))
+    calls = fake_pipeline(mb, "build_map", mb.MapSummary(Path("m"), 2, 2, 1, 1, "sfm"))
     res = runner.invoke(app, ["map", "build", "--images", "db", "--out", "m", "--set-model", "max_error=2",
                               "--set-extractor", "max_num_keypoints=64"])
     assert res.exit_code == 0, res.output
-    assert seen["a"][4:6] == (None, {"max_num_keypoints": 64})
-    assert seen["a"][13] is None and seen["a"][14] == SfMConf(max_error=2.0)
+    (a,) = calls
+    assert a["extractor"] is None and a["extractor_overrides"] == {"max_num_keypoints": 64}
+    assert a["triangulation"] is None and a["sfm"] == SfMConf(max_error=2.0)
+    assert (a["poses"], a["cameras"], a["device"], a["verbose"]) == (None, None, None, False)
     bad = runner.invoke(app, ["map", "build", "--images", "db", "--out", "m", "--set-model", "nope=1"])
-    assert bad.exit_code == 2 and "nope" in bad.output
+    assert bad.exit_code == 2 and "nope" in bad.output and len(calls) == 1
 
 
-def test_localize_flags_reach_the_code(monkeypatch):
+def test_localize_flags_reach_the_code(fake_pipeline):
     import visloc.pipelines.localize as lp
 
-    seen = {}
-
-    def fake(*args):
-        seen["args"] = args
-        return lp.LocalizeSummary(Path(args[2]), Path("log"), [QueryResult("q", reason="why")])
-
-    monkeypatch.setattr(lp, "localize_queries", fake)
+    calls = fake_pipeline(lp, "localize_queries", lambda a: lp.LocalizeSummary(Path(a["out"]), Path("log"),
+                                                                               [QueryResult("q", reason="why")]))
     res = runner.invoke(app, ["localize", "--map", "M", "--queries", "Q", "--out", "o.txt", "--cameras", "c.txt",
                               "-k", "7", "--max-places", "2", "--no-covisibility", "--min-inliers", "50",
                               "--max-error", "6", "--min-inlier-ratio", "0.3", "--log", "l.jsonl", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    a = seen["args"]
-    assert a[:4] == (Path("M"), Path("Q"), Path("o.txt"), Path("c.txt"))
-    assert a[4] == LocalizerConf(num_retrieved=7, max_places=2, covisibility=False, min_inliers=50, max_error=6.0,
-                                 min_inlier_ratio=0.3)
-    assert a[5:] == (None, Path("l.jsonl"), "cpu")
+    assert calls == [{"map_dir": Path("M"), "queries": Path("Q"), "out": Path("o.txt"), "cameras": Path("c.txt"),
+                      "conf": LocalizerConf(num_retrieved=7, max_places=2, covisibility=False, min_inliers=50,
+                                            max_error=6.0, min_inlier_ratio=0.3),
+                      "image_list": None, "log": Path("l.jsonl"), "device": "cpu", "progress": True}]
     assert "localize: 0/1 queries localized" in res.output and "failed q: why" in res.output
     bad = runner.invoke(app, ["localize", "--map", "M", "--queries", "Q", "--out", "o.txt", "--min-inliers", "0"])
     assert bad.exit_code == 2 and "min_inliers must be >= 1" in bad.output

@@ -36,7 +36,7 @@ ALIKED_1K = {"max_num_keypoints": 1024}
 def castle_map(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("castle")
     split = castle_split(tmp / "data", step=3, max_queries=6)
-    summary = build_map(split.db_images, tmp / "map", split.db_poses, split.db_cameras,
+    summary = build_map(split.db_images, tmp / "map", poses=split.db_poses, cameras=split.db_cameras,
                         extractor_overrides=ALIKED_1K, num_pairs=4, progress=False)
     return tmp, split, summary
 
@@ -64,8 +64,8 @@ def test_localize_held_out_frames(castle_map):
     Image.fromarray((rng.random((480, 640)) * 255).astype(np.uint8)).save(queries / "noise.png")
     (queries / "broken.png").write_bytes(b"not an image")
     out = tmp / "loc" / "poses.txt"
-    summary = localize_queries(tmp / "map", queries, out, split.query_cameras, LocalizerConf(num_retrieved=4),
-                               progress=False)
+    summary = localize_queries(tmp / "map", queries, out, cameras=split.query_cameras,
+                               conf=LocalizerConf(num_retrieved=4), progress=False)
     assert summary.skipped == [("broken.png", "not an image or an unsupported format")]
     by_name = {r.name: r for r in summary.results}
     assert not by_name["noise.png"].ok and by_name["noise.png"].reason.startswith("no place gave an accepted pose")
@@ -111,14 +111,14 @@ def test_sfm_map_without_poses_reusing_features(castle_map):
 def test_classical_features_with_a_separate_retrieval_extractor(tmp_path):
     """SIFT has no global descriptor: map build adds vlad-aliked's for retrieval (global.h5)."""
     split = castle_split(tmp_path / "data", step=4, max_queries=3)
-    build_map(split.db_images, tmp_path / "map", split.db_poses, split.db_cameras, "sift", (), "nn-ratio",
-              retrieval_overrides={"max_num_keypoints": 512}, num_pairs=4, progress=False)
+    build_map(split.db_images, tmp_path / "map", poses=split.db_poses, cameras=split.db_cameras, extractor="sift",
+              matcher="nn-ratio", retrieval_overrides={"max_num_keypoints": 512}, num_pairs=4, progress=False)
     record = json.loads((tmp_path / "map" / "map.json").read_text())
     assert record["extractor"]["name"] == "sift" and record["retrieval"]["name"] == "vlad-aliked"
     assert (tmp_path / "map" / "global.h5").is_file()
     out = tmp_path / "poses.txt"
-    summary = localize_queries(tmp_path / "map", split.query_images, out, split.query_cameras,
-                               LocalizerConf(num_retrieved=3), progress=False)
+    summary = localize_queries(tmp_path / "map", split.query_images, out, cameras=split.query_cameras,
+                               conf=LocalizerConf(num_retrieved=3), progress=False)
     assert summary.num_localized == 3
     report = evaluate_poses(split.ground_truth, read_poses(out), CASTLE_THRESHOLDS)
     assert report.recall[1] == 1.0, report.recall

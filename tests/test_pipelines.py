@@ -48,7 +48,7 @@ def _add_bad_images(root):
 def sift_features(photo_dir, tmp_path_factory, photo_names):
     """SIFT features of the photo folder (shared; do not modify)."""
     out = tmp_path_factory.mktemp("sift") / "feats.h5"
-    summary = extract_features(photo_dir, out, "sift", progress=False)
+    summary = extract_features(photo_dir, out, extractor="sift", progress=False)
     assert summary.done == len(photo_names)
     return out
 
@@ -72,7 +72,7 @@ def test_extract_writes_every_image(photo_dir, sift_features, photo_names):
 
 def test_extract_rerun_extracts_nothing(photo_dir, sift_features, photo_names):
     mtime = sift_features.stat().st_mtime_ns
-    summary = extract_features(photo_dir, sift_features, "sift", progress=False)
+    summary = extract_features(photo_dir, sift_features, extractor="sift", progress=False)
     assert (summary.done, summary.already_done, summary.failed) == (0, len(photo_names), [])
     assert summary.ok
     assert sift_features.stat().st_mtime_ns == mtime
@@ -80,14 +80,14 @@ def test_extract_rerun_extracts_nothing(photo_dir, sift_features, photo_names):
 
 def test_extract_image_list(photo_dir, tmp_path):
     out = tmp_path / "f.h5"
-    summary = extract_features(photo_dir, out, "sift", image_list=["sub/chelsea.png"], progress=False)
+    summary = extract_features(photo_dir, out, extractor="sift", image_list=["sub/chelsea.png"], progress=False)
     assert summary.done == 1
     assert features_h5.list_feature_names(out) == ["sub/chelsea.png"]
 
 
 def test_extract_as_half(photo_dir, tmp_path):
     out = tmp_path / "f.h5"
-    extract_features(photo_dir, out, "sift", image_list=["coffee.jpg"], as_half=True, progress=False)
+    extract_features(photo_dir, out, extractor="sift", image_list=["coffee.jpg"], as_half=True, progress=False)
     with h5py.File(out, "r") as fd:
         assert fd["coffee.jpg/descriptors"].dtype == np.float16
         assert fd["coffee.jpg/keypoints"].dtype == np.float32
@@ -97,7 +97,7 @@ def test_extract_skips_bad_images(photo_dir, tmp_path, photo_names):
     root = _copy(photo_dir, tmp_path)
     _add_bad_images(root)
     out = tmp_path / "f.h5"
-    summary = extract_features(root, out, "sift", progress=False)
+    summary = extract_features(root, out, extractor="sift", progress=False)
     assert summary.done == len(photo_names)
     assert summary.ok
     reasons = dict(summary.failed)
@@ -117,7 +117,7 @@ def test_extract_nothing_extractable(tmp_path):
     root = tmp_path / "images"
     root.mkdir()
     _add_bad_images(root)
-    summary = extract_features(root, tmp_path / "f.h5", "sift", progress=False)
+    summary = extract_features(root, tmp_path / "f.h5", extractor="sift", progress=False)
     assert summary.done == 0 and len(summary.failed) == 3
     assert not summary.ok
 
@@ -125,9 +125,9 @@ def test_extract_nothing_extractable(tmp_path):
 def test_extract_no_images_or_no_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ExtractError, match=r"no images found"):
-        extract_features(tmp_path / "empty", tmp_path / "f.h5", "sift", progress=False)
+        extract_features(tmp_path / "empty", tmp_path / "f.h5", extractor="sift", progress=False)
     with pytest.raises(ExtractError, match=r"not a directory"):
-        extract_features(tmp_path / "missing", tmp_path / "f.h5", "sift", progress=False)
+        extract_features(tmp_path / "missing", tmp_path / "f.h5", extractor="sift", progress=False)
 
 
 def test_extract_global_only_writes_descriptors_without_keypoints(photo_dir, tmp_path, photo_names):
@@ -146,11 +146,12 @@ def test_extract_global_only_writes_descriptors_without_keypoints(photo_dir, tmp
 
 def test_extract_conflicting_conf(photo_dir, tmp_path, photo_names):
     out = tmp_path / "f.h5"
-    extract_features(photo_dir, out, "sift", image_list=["coffee.jpg"], progress=False)
+    extract_features(photo_dir, out, extractor="sift", image_list=["coffee.jpg"], progress=False)
     for name, overrides in (("sift", ["max_num_keypoints=100"]), ("orb", [])):
         with pytest.raises(ExtractError, match=r"another extractor or conf"):
-            extract_features(photo_dir, out, name, overrides, progress=False)
-    summary = extract_features(photo_dir, out, "sift", ["max_num_keypoints=100"], overwrite=True, progress=False)
+            extract_features(photo_dir, out, extractor=name, overrides=overrides, progress=False)
+    summary = extract_features(photo_dir, out, extractor="sift", overrides=["max_num_keypoints=100"], overwrite=True,
+                               progress=False)
     assert summary.done == len(photo_names) and summary.already_done == 0
     record = json.loads(features_h5.read_attrs(out)[extract_module.ATTR])
     assert record["conf"]["max_num_keypoints"] == 100
@@ -170,11 +171,11 @@ def test_extract_resumes_after_interrupt(photo_dir, tmp_path, monkeypatch, photo
 
     monkeypatch.setattr(extract_module, "extract_tensor", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        extract_features(photo_dir, out, "sift", progress=False)
+        extract_features(photo_dir, out, extractor="sift", progress=False)
     assert features_h5.list_feature_names(out) == list(photo_names[:2])  # committed in `finally`
     assert extract_module.ATTR in features_h5.read_attrs(out)
     monkeypatch.setattr(extract_module, "extract_tensor", original)
-    summary = extract_features(photo_dir, out, "sift", progress=False)
+    summary = extract_features(photo_dir, out, extractor="sift", progress=False)
     assert (summary.done, summary.already_done) == (1, 2)
     assert features_h5.list_feature_names(out) == list(photo_names)
 
@@ -191,7 +192,7 @@ def pairs_file(tmp_path_factory, photo_names):
 
 def test_match_features_exhaustive(pairs_file, sift_features, tmp_path, photo_names):
     out = tmp_path / "m.h5"
-    summary = match_features(pairs_file, sift_features, out, "nn-ratio", progress=False)
+    summary = match_features(pairs_file, sift_features, out, matcher="nn-ratio", progress=False)
     assert (summary.done, summary.already_done, summary.failed) == (3, 0, [])
     assert matches_h5.done_pairs(out) == {matches_h5.names_to_pair(a, b) for a, b in exhaustive_pairs(photo_names)}
     for a, b in exhaustive_pairs(photo_names):
@@ -207,7 +208,7 @@ def test_match_features_exhaustive(pairs_file, sift_features, tmp_path, photo_na
 
 def test_match_features_self_pair_is_identity(sift_features, tmp_path):
     pairs = write_pairs(tmp_path / "p.txt", [("coffee.jpg", "coffee.jpg")])
-    match_features(pairs, sift_features, tmp_path / "m.h5", "nn-mutual", progress=False)
+    match_features(pairs, sift_features, tmp_path / "m.h5", matcher="nn-mutual", progress=False)
     m, _ = matches_h5.read_matches(tmp_path / "m.h5", "coffee.jpg", "coffee.jpg")
     n = len(features_h5.read_features(sift_features, "coffee.jpg")["keypoints"])
     np.testing.assert_array_equal(m, np.stack([np.arange(n), np.arange(n)], -1))
@@ -216,19 +217,19 @@ def test_match_features_self_pair_is_identity(sift_features, tmp_path):
 def test_match_features_resumes(pairs_file, sift_features, tmp_path, photo_names):
     out = tmp_path / "m.h5"
     first = write_pairs(tmp_path / "first.txt", exhaustive_pairs(photo_names)[:1])
-    assert match_features(first, sift_features, out, "nn-ratio", progress=False).done == 1
-    summary = match_features(pairs_file, sift_features, out, "nn-ratio", progress=False)
+    assert match_features(first, sift_features, out, matcher="nn-ratio", progress=False).done == 1
+    summary = match_features(pairs_file, sift_features, out, matcher="nn-ratio", progress=False)
     assert (summary.done, summary.already_done) == (2, 1)
     mtime = out.stat().st_mtime_ns
     reversed_pairs = write_pairs(tmp_path / "rev.txt", [(b, a) for a, b in exhaustive_pairs(photo_names)])
-    summary = match_features(reversed_pairs, sift_features, out, "nn-ratio", progress=False)
+    summary = match_features(reversed_pairs, sift_features, out, matcher="nn-ratio", progress=False)
     assert (summary.done, summary.already_done) == (0, 3)
     assert out.stat().st_mtime_ns == mtime
 
 
 def test_match_features_missing_image(sift_features, tmp_path):
     pairs = write_pairs(tmp_path / "p.txt", [("coffee.jpg", "missing.png"), ("coffee.jpg", "astronaut.png")])
-    summary = match_features(pairs, sift_features, tmp_path / "m.h5", "nn-ratio", progress=False)
+    summary = match_features(pairs, sift_features, tmp_path / "m.h5", matcher="nn-ratio", progress=False)
     assert summary.done == 1 and summary.ok
     [(name, reason)] = summary.failed
     assert name == "coffee.jpg missing.png"
@@ -238,24 +239,25 @@ def test_match_features_missing_image(sift_features, tmp_path):
 
 def test_match_features_conflicting_conf(pairs_file, sift_features, tmp_path):
     out = tmp_path / "m.h5"
-    match_features(pairs_file, sift_features, out, "nn-ratio", progress=False)
+    match_features(pairs_file, sift_features, out, matcher="nn-ratio", progress=False)
     with pytest.raises(MatchError, match=r"another matcher or conf"):
-        match_features(pairs_file, sift_features, out, "nn-ratio", ["ratio_threshold=0.5"], progress=False)
+        match_features(pairs_file, sift_features, out, matcher="nn-ratio", overrides=["ratio_threshold=0.5"],
+                       progress=False)
 
 
 def test_lightglue_on_sift_features_is_refused(pairs_file, sift_features, tmp_path):
     # the family comes from the file's extractor record (sift -> sift-128), not from names
     with pytest.raises(InputError, match=r"lightglue: no pretrained weights for sift-128 descriptors"):
-        match_features(pairs_file, sift_features, tmp_path / "m.h5", "lightglue", progress=False)
+        match_features(pairs_file, sift_features, tmp_path / "m.h5", matcher="lightglue", progress=False)
     with pytest.raises(InputError, match=r"lightglue: its weights take aliked-128 descriptors, not sift-128"):
-        match_features(pairs_file, sift_features, tmp_path / "m.h5", "lightglue", ["features=aliked"],
-                       progress=False)
+        match_features(pairs_file, sift_features, tmp_path / "m.h5", matcher="lightglue",
+                       overrides=["features=aliked"], progress=False)
     assert not (tmp_path / "m.h5").exists()
 
 
 def test_feature_and_image_matchers_go_to_their_pipelines(pairs_file, sift_features, photo_dir, tmp_path):
     with pytest.raises(InputError, match=r"detector-pair: an image matcher .*visloc match-dense"):
-        match_features(pairs_file, sift_features, tmp_path / "m.h5", "detector-pair", progress=False)
+        match_features(pairs_file, sift_features, tmp_path / "m.h5", matcher="detector-pair", progress=False)
     with pytest.raises(InputError, match=r"nn-mutual: a feature matcher .*visloc match-features"):
         match_dense(pairs_file, photo_dir, tmp_path / "f.h5", tmp_path / "m.h5", matcher="nn-mutual", progress=False)
 
@@ -263,8 +265,8 @@ def test_feature_and_image_matchers_go_to_their_pipelines(pairs_file, sift_featu
 @pytest.mark.slow
 def test_lightglue_features_inferred_from_aliked(photo_dir, pairs_file, tmp_path):
     feats, out = tmp_path / "f.h5", tmp_path / "m.h5"
-    extract_features(photo_dir, feats, "aliked-n16", ["resize_max=320"], progress=False)
-    summary = match_features(pairs_file, feats, out, "lightglue", progress=False)
+    extract_features(photo_dir, feats, extractor="aliked-n16", overrides=["resize_max=320"], progress=False)
+    summary = match_features(pairs_file, feats, out, matcher="lightglue", progress=False)
     assert summary.done == 3 and not summary.failed
     assert json.loads(features_h5.read_attrs(out)["visloc_matcher"])["conf"]["features"] == "aliked"
 
@@ -274,7 +276,8 @@ def test_lightglue_features_inferred_from_aliked(photo_dir, pairs_file, tmp_path
 
 def test_match_images_graf(graf_pair, tmp_path):
     out = tmp_path / "pic.png"
-    res = match_images(graf_pair.path0, graf_pair.path1, "sift", "nn-ratio", "homography", out=out)
+    res = match_images(graf_pair.path0, graf_pair.path1, extractor="sift", matcher="nn-ratio", model="homography",
+                       out=out)
     assert res.estimate.num_inliers > 100
     assert len(res.matches) == len(res.scores) >= res.estimate.num_inliers
     assert metrics.homography_corner_error(res.estimate.model, graf_pair.H_0to1, 800, 640) < 10.0

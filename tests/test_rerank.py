@@ -78,7 +78,8 @@ def test_search_rerank_cli(photo_pairs, feats, tmp_path, monkeypatch):
         _write(tmp_path / "q", p.name1, p.image1)
     sets = [f"vocabulary={vocab}", "num_clusters=8"]
     for part in ("db", "q"):
-        extract_features(tmp_path / part, tmp_path / f"{part}.h5", "vlad-aliked", sets, progress=False)
+        extract_features(tmp_path / part, tmp_path / f"{part}.h5", extractor="vlad-aliked", overrides=sets,
+                         progress=False)
     runner = CliRunner()
     result = runner.invoke(app, ["index", "build", "--features", str(tmp_path / "db.h5"),
                                  "--out", str(tmp_path / "db.index")])
@@ -87,16 +88,26 @@ def test_search_rerank_cli(photo_pairs, feats, tmp_path, monkeypatch):
             "--out", str(tmp_path / "pairs.txt"), "-k", "4", "--rerank", "3"]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "--rerank needs --db-features" in result.output
+    import inspect
+
     import visloc.retrieval.rerank as R
 
     calls = []
-    monkeypatch.setattr(R, "rerank", lambda *a: calls.append(a[3:]) or rerank(*a))  # every flag reaches the code
+
+    def spy(*a, **k):  # every flag reaches the code: bound to the real signature, checked by name
+        calls.append(inspect.signature(rerank).bind(*a, **k).arguments)
+        return rerank(*a, **k)
+
+    monkeypatch.setattr(R, "rerank", spy)
     result = runner.invoke(app, [*args, "--db-features", str(tmp_path / "db.h5"), "--rerank-model", "affine",
-                                 "--rerank-threshold", "4", "--rerank-matcher", "lightglue"])
+                                 "--rerank-threshold", "4", "--rerank-matcher", "lightglue", "--set-rerank-matcher",
+                                 "filter_threshold=0.2", "--rerank-min-inliers", "12"])
     assert result.exit_code == 0, result.output
     assert "re-ranked the top 3 of each query by affine inliers" in result.output
-    assert len(calls) == 4 and all(c[:2] == ("affine", 4.0) and type(c[2]).__name__ == "LightGlue" for c in calls)
-    assert calls[0][2].conf.features == "aliked"  # inferred from the features' extractor
+    assert len(calls) == 4 and all((c["model"], c["threshold"], c["min_inliers"]) == ("affine", 4.0, 12)
+                                   and type(c["matcher"]).__name__ == "LightGlue" for c in calls)
+    assert calls[0]["matcher"].conf.features == "aliked"  # inferred from the features' extractor
+    assert calls[0]["matcher"].conf.filter_threshold == 0.2
     pairs = read_pairs(tmp_path / "pairs.txt")
     assert len(pairs) == 16
     for p in photo_pairs:

@@ -1,6 +1,7 @@
 """The ``visloc`` command: a thin layer over the Python API (same defaults, same names).
 
-Errors that a user can fix (bad file, unknown name, bad conf) print one line and exit with code 2.
+Errors that a user can fix (``VislocError``: bad file, unknown name, bad conf) print one line and exit
+with code 2; any other exception is a bug, shown with its traceback, exit code 1 (``cli_common``).
 """
 
 import json
@@ -11,13 +12,14 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from visloc.cli_common import DeviceOpt, SetOpt, fail, resolve_conf, run
+from visloc.cli_common import BoundaryGroup, DeviceOpt, SetOpt, SetRerankMatcher, fail, rerank_conf, resolve_conf, run
 from visloc.cli_eval import bench, eval_app
 from visloc.cli_export import export_app
 from visloc.cli_loc import demo, localize, map_app
 from visloc.cli_train import data_app, train
 
-app = typer.Typer(help="visloc: learned visual localization. Extract, match, estimate, evaluate, benchmark.",
+app = typer.Typer(cls=BoundaryGroup,
+                  help="visloc: learned visual localization. Extract, match, estimate, evaluate, benchmark.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 pairs_app = typer.Typer(help="Make pair lists for matching.", no_args_is_help=True)
 app.add_typer(pairs_app, name="pairs")
@@ -73,7 +75,8 @@ def extract(images: Annotated[Path, typer.Argument(help="Image folder (searched 
             fail(f"{image_list}: image list not found")
         names = [ln.strip() for ln in image_list.read_text().splitlines() if ln.strip()]
     name, overrides = resolve_conf(conf, set_)
-    summary = run(extract_features, images, out, name, overrides, names, as_half, overwrite, device)
+    summary = run(extract_features, images, out, extractor=name, overrides=overrides, image_list=names,
+                  as_half=as_half, overwrite=overwrite, device=device)
     for line in summary.lines("extract"):
         typer.echo(line)
     if not summary.ok:
@@ -101,7 +104,7 @@ def pairs_sequential(out: Annotated[Path, typer.Option(help="Pairs file to write
     """Each image with its next --window images, in name order (video sequences)."""
     from visloc.io.pairs import sequential_pairs, write_pairs
 
-    pairs = run(sequential_pairs, _names(images, features), window, loop)
+    pairs = run(sequential_pairs, _names(images, features), window=window, loop=loop)
     write_pairs(out, pairs)
     typer.echo(f"{len(pairs)} pairs -> {out}")
 
@@ -122,7 +125,7 @@ def index_build(features: Annotated[Path, typer.Option(help="Feature file with a
     """Index the global descriptors of every image of --features (faiss: flat, ivfpq or hnsw)."""
     from visloc.pipelines.retrieve import build_index
 
-    summary = run(build_index, features, out, list(set_ or ()))
+    summary = run(build_index, features, out, overrides=list(set_ or ()))
     for line in summary.lines():
         typer.echo(line)
 
@@ -138,15 +141,15 @@ def search(index: Annotated[Path, typer.Option(help="Index written by 'visloc in
            rerank_threshold: Annotated[Optional[float], typer.Option(help="Inlier threshold in pixels "
                                                                      "(default: the estimator's).")] = None,
            rerank_matcher: Annotated[str, typer.Option(help="Registered matcher for re-ranking.")] = "nn-mutual",
+           set_rerank_matcher: SetRerankMatcher = None,
            rerank_min_inliers: Annotated[int, typer.Option(help="Fewer inliers do not promote an image.")] = 15,
            ) -> None:
     """Retrieve the -k most similar database images of each query (a query is never paired with itself)."""
     from visloc.pipelines.retrieve import retrieve_pairs
 
-    if rerank and db_features is None:
-        fail("--rerank needs --db-features (the database images' local features)")
-    summary = run(retrieve_pairs, index, features, out, k, rerank, db_features, rerank_model, rerank_threshold,
-                  rerank_matcher, (), rerank_min_inliers)
+    conf = rerank_conf(rerank, db_features, rerank_model, rerank_threshold, rerank_matcher, set_rerank_matcher,
+                       rerank_min_inliers)
+    summary = run(retrieve_pairs, index, features, out, k=k, rerank=conf)
     for line in summary.lines():
         typer.echo(line)
 
@@ -161,7 +164,8 @@ def vocab(images: Annotated[Path, typer.Argument(help="Image folder (searched re
     """Learn a VLAD vocabulary (ALIKED-n16 descriptors, k-means) for the vlad-aliked extractor."""
     from visloc.pipelines.vocab import build_vocabulary
 
-    summary = run(build_vocabulary, images, out, clusters, max_images, list(set_ or ()), device=device)
+    summary = run(build_vocabulary, images, out, num_clusters=clusters, max_images=max_images,
+                  overrides=list(set_ or ()), device=device)
     for line in summary.lines():
         typer.echo(line)
 
@@ -178,7 +182,8 @@ def match_features_cmd(pairs: Annotated[Path, typer.Option(help="Pairs file, 'na
     from visloc.pipelines.match_features import match_features
 
     name, overrides = resolve_conf(conf, set_)
-    summary = run(match_features, pairs, features, out, name, overrides, features1, device)
+    summary = run(match_features, pairs, features, out, matcher=name, overrides=overrides, features1=features1,
+                  device=device)
     for line in summary.lines("match"):
         typer.echo(line)
     if not summary.ok:
@@ -235,8 +240,9 @@ def match(image0: Annotated[Path, typer.Argument(help="First image.")],
         K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
     if model == "essential" and K is None:
         fail("--model essential needs --intrinsics fx,fy,cx,cy")
-    res = run(match_images, image0, image1, extractor, matcher, model, set_extractor or (), set_matcher or (),
-               set_estimator or (), K, K, out, device)
+    res = run(match_images, image0, image1, extractor=extractor, matcher=matcher, model=model,
+              extractor_overrides=set_extractor or (), matcher_overrides=set_matcher or (),
+              estimator_overrides=set_estimator or (), K0=K, K1=K, out=out, device=device)
     typer.echo(f"keypoints: {len(res.keypoints0)} / {len(res.keypoints1)}")
     typer.echo(f"matches: {len(res.matches)}, {model} inliers: {res.estimate.num_inliers}")
     if res.estimate.model is None:

@@ -1,51 +1,95 @@
-"""The CLI's error boundary: user-fixable errors print one line and exit with code 2."""
+"""The CLI's error boundary and the options every command shares.
 
+A ``VislocError`` (bad file, unknown name, option or conf value out of range) is the user's to fix:
+``error: <its first line>`` on stderr, exit code 2. Any other exception is a bug: its traceback on
+stderr, then one line asking to report it, exit code 1. ``run`` applies this to one call, and the
+root command group (``BoundaryGroup``) applies it to every command, so a check made in a command
+body follows the same rule.
+"""
+
+from __future__ import annotations
+
+import traceback
 from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
+from typer.core import TyperGroup
+
+from visloc.errors import VislocError
+
+if TYPE_CHECKING:
+    from visloc.retrieval.rerank import RerankConf
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Conf override key=value (repeatable).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, or automatic when unset.")]
+SetRerankMatcher = Annotated[Optional[list[str]], typer.Option(help="Re-ranking matcher override key=value "
+                                                                     "(repeatable).")]
+
+# typer's own control flow (exit codes, usage errors, Ctrl-C as Abort) passes through the boundary.
+_CONTROL_FLOW = (typer.Exit, typer.Abort, typer.TyperException)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print ``error: message`` and exit with code 2."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that carry a one-line message for the user."""
-    from visloc.conf import ConfError
-    from visloc.data.errors import DatasetError
-    from visloc.features.weights import WeightsError
-    from visloc.io.features_h5 import FeatureStoreError
-    from visloc.io.images import ImageError
-    from visloc.io.matches_h5 import MatchStoreError
-    from visloc.io.pairs import PairsError
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
-    return (ConfError, DatasetError, WeightsError, FeatureStoreError, ImageError, MatchStoreError, PairsError,
-            KeyError, ValueError, FileNotFoundError)
+
+def internal_error(error: BaseException) -> NoReturn:
+    """Print the traceback of a bug and a hint to report it, and exit with code 1."""
+    from visloc import __version__
+
+    typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+    typer.echo(f"visloc {__version__}: internal error ({type(error).__name__}); please report it with the "
+               "traceback above", err=True)
+    raise typer.Exit(1)
 
 
 def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; a user-fixable error becomes one line on stderr and exit code 2."""
+    """Call ``fn``: a ``VislocError`` exits 2 with one line, any other exception exits 1 with its traceback."""
     try:
         return fn(*args, **kwargs)
-    except user_errors() as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        fail(str(msg).splitlines()[0] if msg else type(e).__name__)
+    except _CONTROL_FLOW:
+        raise
+    except VislocError as e:
+        fail(first_line(e))
+    except Exception as e:  # noqa: BLE001 - the boundary: everything else is a bug to report
+        internal_error(e)
 
+
+class BoundaryGroup(TyperGroup):
+    """The root command group: every command runs inside the error boundary of ``run``."""
+
+    def invoke(self, ctx: Any) -> Any:  # noqa: D102 - typer's Context; see the class docstring
+        return run(super().invoke, ctx)
+
+
+def rerank_conf(top: int, db_features: Optional[Path], model: str, threshold: Optional[float], matcher: str,
+                matcher_overrides: Optional[list[str]], min_inliers: int) -> RerankConf:
+    """The ``RerankConf`` of the ``--rerank*`` and ``--db-features`` options (exit 2 when they do not fit)."""
+    from visloc.retrieval.rerank import RerankConf
+
+    if top < 0:
+        fail(f"--rerank: expected >= 0, got {top}")
+    if top and db_features is None:
+        fail("--rerank needs --db-features (the database images' local features)")
+    return run(RerankConf, top=top, db_features=db_features, model=model, threshold=threshold,  # type: ignore[arg-type]
+               matcher=matcher, matcher_overrides=tuple(matcher_overrides or ()), min_inliers=min_inliers)
 
 
 def resolve_conf(spec: str, overrides: Optional[list[str]]) -> tuple[str, dict[str, Any]]:
     """``--conf`` is a registered name or a YAML file ``{name: ..., conf: {...}}``; ``--set`` wins over it."""
-    from pathlib import Path
-
     from visloc.conf import load_yaml, merge, parse_overrides
 
-    sets = parse_overrides(list(overrides or ()))
+    sets = run(parse_overrides, list(overrides or ()))
     if not spec.endswith((".yaml", ".yml")):
         return spec, sets
     data = run(load_yaml, Path(spec))

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from visloc.cli_common import run
+from visloc.cli_common import DeviceOpt, SetRerankMatcher, fail, rerank_conf, run
 
 eval_app = typer.Typer(help="Evaluate a pipeline on real ground truth (two stages: cache, then metrics).",
                        no_args_is_help=True)
@@ -46,39 +46,39 @@ def eval_homography(dataset: Annotated[str, typer.Option(help="synthetic (built 
                     = "synthetic", extractor: Extr = "aliked-n16", matcher: Match = "lightglue",
                     set_extractor: SetE = None, set_matcher: SetM = None, resize_max: Resize = 640,
                     threshold: Thr = None, seed: Annotated[int, typer.Option(help="Synthetic pairs seed.")] = 0,
-                    cache: Cache = None, out: Out = None) -> None:
+                    cache: Cache = None, out: Out = None, device: DeviceOpt = None) -> None:
     """Homography accuracy: corner-error AUC at 1/3/5 px, precision at 3 px."""
     from visloc.pipelines.evaluate import HOMOGRAPHY_COLUMNS, evaluate_homography
 
     if dataset not in ("synthetic", "graf"):
-        typer.echo(f"error: --dataset: {dataset!r} is not one of synthetic, graf", err=True)
-        raise typer.Exit(2)
+        fail(f"--dataset: {dataset!r} is not one of synthetic, graf")
     method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
-    report = run(evaluate_homography, method, dataset, threshold if threshold is not None else 3.0,
-                  cache, seed=seed)
+    report = run(evaluate_homography, method, dataset=dataset,  # type: ignore[arg-type]
+                 threshold=threshold if threshold is not None else 3.0, cache_dir=cache, device=device, seed=seed)
     _finish(report, HOMOGRAPHY_COLUMNS, out)
 
 @eval_app.command("pose")
 def eval_pose(extractor: Extr = "aliked-n16", matcher: Match = "lightglue", set_extractor: SetE = None,
               set_matcher: SetM = None, resize_max: Resize = 640,
               step: Annotated[int, typer.Option(help="Frames between the two images of a pair.")] = 5,
-              threshold: Thr = None, cache: Cache = None, out: Out = None) -> None:
+              threshold: Thr = None, cache: Cache = None, out: Out = None, device: DeviceOpt = None) -> None:
     """Relative pose on ViSP Castle-simu: AUC at 5/10/20 degrees (visp-images-data)."""
     from visloc.pipelines.evaluate import POSE_COLUMNS, evaluate_pose
 
     method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
-    report = run(evaluate_pose, method, "castle", step, threshold if threshold is not None else 1.0, cache)
+    report = run(evaluate_pose, method, dataset="castle", step=step,
+                 threshold=threshold if threshold is not None else 1.0, cache_dir=cache, device=device)
     _finish(report, POSE_COLUMNS, out)
 
 @eval_app.command("stereo")
 def eval_stereo(extractor: Extr = "aliked-n16", matcher: Match = "lightglue", set_extractor: SetE = None,
                 set_matcher: SetM = None, resize_max: Resize = 640, cache: Cache = None,
-                out: Out = None) -> None:
+                out: Out = None, device: DeviceOpt = None) -> None:
     """Stereo end-point error on skimage's Middlebury motorcycle pair."""
     from visloc.pipelines.evaluate import STEREO_COLUMNS, evaluate_stereo
 
     method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
-    _finish(run(evaluate_stereo, method, cache), STEREO_COLUMNS, out)
+    _finish(run(evaluate_stereo, method, cache_dir=cache, device=device), STEREO_COLUMNS, out)
 
 def bench(extractors: Annotated[Optional[list[str]], typer.Option("--extractor", help="Extractors to time.")] = None,
           matchers: Annotated[Optional[list[str]], typer.Option("--matcher", help="name:extractor to time, "
@@ -99,12 +99,13 @@ def bench(extractors: Annotated[Optional[list[str]], typer.Option("--extractor",
     matchers = matchers or ["nn-ratio:sift", "nn-mutual:orb", "lightglue:aliked-n16", "lightglue:disk"]
     results = []
     for name in extractors:
-        results.append(run(run_one, "extract", name, name, (), (width, height), threads, warmup, runs))
+        results.append(run(run_one, "extract", name, extractor=name, size=(width, height), threads=threads,
+                           warmup=warmup, runs=runs))
         typer.echo(f"extract {name}: {results[-1].median_ms:.1f} ms")
     for spec in matchers:
         name, _, extractor = spec.partition(":")
-        results.append(run(run_one, "match", name, extractor or "aliked-n16", (), (width, height), threads, warmup,
-                           runs))
+        results.append(run(run_one, "match", name, extractor=extractor or "aliked-n16", size=(width, height),
+                           threads=threads, warmup=warmup, runs=runs))
         typer.echo(f"match {spec}: {results[-1].median_ms:.1f} ms")
     typer.echo(machine_line(threads))
     typer.echo(format_results(results))
@@ -144,32 +145,26 @@ RerankThrOpt = Annotated[Optional[float], typer.Option(help="Re-ranking inlier t
 def _check_retrieval_sources(ranks: Optional[Path], scores: Optional[Path], index: Optional[Path],
                              features: Optional[Path], rerank: int, db_features: Optional[Path]) -> None:
     """Exactly one ranking source; the index options only with --index. Exit 2 with one line otherwise."""
-    from visloc.cli_common import fail
-
     if sum(x is not None for x in (ranks, scores, index)) != 1:
         fail("give exactly one of --ranks or --scores or --index (with --features)")
     if (index is None) != (features is None):
         fail("--index and --features go together (the queries' global descriptors search the index)")
     if index is None and (rerank or db_features is not None):
         fail("--rerank and --db-features need --index")
-    if rerank < 0:
-        fail(f"--rerank: expected >= 0, got {rerank}")
-    if rerank and db_features is None:
-        fail("--rerank needs --db-features (the database images' local features)")
 
 
 @eval_app.command("retrieval")
 def eval_retrieval(gnd: GndOpt, ranks: RanksOpt = None, scores: ScoresOpt = None, protocol: ProtocolOpt = "revisited",
                    k: KappaOpt = None, out: Out = None, index: IndexOpt = None, features: QFeatOpt = None,
                    rerank: RerankOpt = 0, db_features: DbFeatOpt = None, rerank_model: RerankModelOpt = "homography",
-                   rerank_matcher: RerankMatcherOpt = "nn-mutual", rerank_threshold: RerankThrOpt = None,
+                   rerank_matcher: RerankMatcherOpt = "nn-mutual", set_rerank_matcher: SetRerankMatcher = None,
+                   rerank_threshold: RerankThrOpt = None,
                    rerank_min_inliers: Annotated[int, typer.Option(help="Fewer inliers do not promote an image.")]
                    = 15) -> None:
     """Oxford / Paris retrieval: mAP, mP@k, mR@k as revisitop (Easy / Medium / Hard) or the classic protocol.
 
     The ranking comes from --ranks, --scores, or a search of --index with the queries of --features.
     """
-    from visloc.cli_common import fail
     from visloc.eval.retrieval import KAPPAS
     from visloc.pipelines.evaluate_retrieval import evaluate_index, evaluate_retrieval
 
@@ -178,10 +173,13 @@ def eval_retrieval(gnd: GndOpt, ranks: RanksOpt = None, scores: ScoresOpt = None
         fail(f"--protocol: {protocol!r} is not one of revisited, classic")
     kappas = tuple(k) if k else KAPPAS
     if index is not None:
-        report = run(evaluate_index, gnd, index, features, protocol, kappas, rerank, db_features, rerank_model,
-                     rerank_threshold, rerank_matcher, (), rerank_min_inliers)
+        conf = rerank_conf(rerank, db_features, rerank_model, rerank_threshold, rerank_matcher, set_rerank_matcher,
+                           rerank_min_inliers)
+        report = run(evaluate_index, gnd, index, features, protocol=protocol,  # type: ignore[arg-type]
+                     kappas=kappas, rerank=conf)
     else:
-        report = run(evaluate_retrieval, gnd, ranks, scores, protocol, kappas)
+        report = run(evaluate_retrieval, gnd, ranks_path=ranks, scores_path=scores,
+                     protocol=protocol, kappas=kappas)  # type: ignore[arg-type]
     typer.echo(report.text())
     if out is not None:
         report.write(out)
@@ -192,14 +190,14 @@ def eval_retrieval(gnd: GndOpt, ranks: RanksOpt = None, scores: ScoresOpt = None
 def eval_recall(pred: PredOpt, db_utm: UtmOpt = None, query_utm: UtmOpt = None, db_names: NamesOpt = None,
                 query_names: NamesOpt = None, radius: RadiusOpt = 25.0, n: NOpt = None, out: Out = None) -> None:
     """Place recognition recall@N, positives within --radius metres; queries without one are left out."""
-    from visloc.cli_common import fail
     from visloc.eval.place_recognition import RECALL_NS
     from visloc.pipelines.evaluate_retrieval import evaluate_recall
 
     for side, utm, names in (("db", db_utm, db_names), ("query", query_utm, query_names)):
         if (utm is None) == (names is None):
             fail(f"give exactly one of --{side}-utm or --{side}-names")
-    report = run(evaluate_recall, pred, db_utm, query_utm, db_names, query_names, radius, tuple(n) if n else RECALL_NS)
+    report = run(evaluate_recall, pred, db_utm_path=db_utm, query_utm_path=query_utm, db_names_path=db_names,
+                 query_names_path=query_names, radius=radius, ns=tuple(n) if n else RECALL_NS)
     typer.echo(report.text())
     if out is not None:
         report.write(out)
@@ -222,7 +220,7 @@ def eval_localization(gt: GtPosesOpt, pred: PredPosesOpt, log: LocLogOpt = None,
     from visloc.eval.localization import DEFAULT_THRESHOLDS, evaluate_localization, parse_thresholds
 
     thr = run(parse_thresholds, thresholds) if thresholds is not None else DEFAULT_THRESHOLDS
-    report = run(evaluate_localization, gt, pred, log, thr)
+    report = run(evaluate_localization, gt, pred, log_path=log, thresholds=thr)
     typer.echo(f"localization of {pred.name} against {gt.name}")
     typer.echo(report.markdown())
     if out is not None:

@@ -51,8 +51,10 @@ def map_build(images: ImagesOpt, out: MapOut, poses: PosesOpt = None, cameras: C
     ret_name, ret_ov = resolve_conf(retrieval, set_retrieval)
     tri = run(apply_overrides, TriangulationConf(), list(set_model or ())) if poses is not None else None
     sfm = run(apply_overrides, SfMConf(), list(set_model or ())) if poses is None else None
-    summary = run(build_map, images, out, poses, cameras, ext_name, ext_ov, match_name, match_ov, ret_name, ret_ov,
-                  features, matches, num_pairs, tri, sfm, device, True, verbose_colmap, cell_size=cell_size)
+    summary = run(build_map, images, out, poses=poses, cameras=cameras, extractor=ext_name, extractor_overrides=ext_ov,
+                  matcher=match_name, matcher_overrides=match_ov, retrieval=ret_name, retrieval_overrides=ret_ov,
+                  features=features, matches=matches, num_pairs=num_pairs, triangulation=tri, sfm=sfm, device=device,
+                  verbose=verbose_colmap, cell_size=cell_size)
     for line in summary.lines():
         typer.echo(line)
 
@@ -81,7 +83,7 @@ def localize(map_dir: MapOpt, queries: QueriesOpt, out: PosesOut, cameras: Query
 
     conf = run(LocalizerConf, num_retrieved=top_k, max_places=max_places, covisibility=covisibility,
                min_inliers=min_inliers, max_error=max_error, min_inlier_ratio=min_inlier_ratio)
-    summary = run(localize_queries, map_dir, queries, out, cameras, conf, None, log, device)
+    summary = run(localize_queries, map_dir, queries, out, cameras=cameras, conf=conf, log=log, device=device)
     for line in summary.lines():
         typer.echo(line)
     if not summary.results and summary.skipped:
@@ -116,7 +118,8 @@ def demo(out: DemoOut = Path("visloc-demo"), scene_conf: SceneConfOpt = None, se
     match_name, match_ov = resolve_conf(matcher, set_matcher)
     thr = run(parse_thresholds, thresholds) if thresholds is not None else DEFAULT_THRESHOLDS
     localizer = run(dataclasses.replace, DEMO_LOCALIZER, num_retrieved=top_k)
-    summary = run(run_demo, out, scene, ext_name, ext_ov, match_name, match_ov, localizer, thr, device)
+    summary = run(run_demo, out, scene=scene, extractor=ext_name, extractor_overrides=ext_ov, matcher=match_name,
+                  matcher_overrides=match_ov, localizer=localizer, thresholds=thr, device=device)
     for line in summary.lines():
         typer.echo(line)
     typer.echo(f"demo finished in {time.perf_counter() - start:.0f} s")

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from visloc.data.errors import DatasetError
+from visloc.errors import InputError
 from visloc.io.atomic import atomic_path, atomic_write_text
 from visloc.io.images import ImageError, read_image, resize_image
 from visloc.pipelines.common import JobSummary
@@ -97,7 +98,7 @@ def select_bdd(
     if not images.is_dir():
         raise DatasetError(f"{images}: BDD100K image folder not found")
     if size < 16:
-        raise ValueError(f"size must be >= 16, got {size}")
+        raise InputError(f"size must be >= 16, got {size}")
     names, bad = select_frames(labels, times)
     summary = JobSummary(out, failed=list(bad))
     written = []

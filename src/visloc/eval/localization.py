@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from visloc.errors import InputError
 from visloc.io.atomic import atomic_write_text
 from visloc.io.poses import CameraPose, read_poses
 
@@ -50,7 +51,7 @@ def parse_thresholds(spec: str) -> tuple[tuple[float, float], ...]:
         spec: ``position,degrees`` pairs separated by ``;``; each value > 0 (``inf`` allowed).
 
     Raises:
-        ValueError: One line quoting the part that is malformed.
+        InputError: One line quoting the part that is malformed.
     """
     out = []
     for part in spec.split(";"):
@@ -60,15 +61,15 @@ def parse_thresholds(spec: str) -> tuple[tuple[float, float], ...]:
         try:
             pos, rot = (float(v) for v in values)
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"thresholds: expected 'position,degrees' pairs separated by ';' "
                 f"(e.g. '0.25,2;0.5,5'), got {part.strip()!r}"
             ) from None
         if not (pos > 0 and rot > 0):  # also rejects nan
-            raise ValueError(f"thresholds: values must be > 0, got {part.strip()!r}")
+            raise InputError(f"thresholds: values must be > 0, got {part.strip()!r}")
         out.append((pos, rot))
     if not out:
-        raise ValueError(f"thresholds: no 'position,degrees' pair in {spec!r}")
+        raise InputError(f"thresholds: no 'position,degrees' pair in {spec!r}")
     return tuple(out)
 
 
@@ -234,22 +235,23 @@ def evaluate_poses(
     return LocalizationReport(names, pos, rot, thresholds, recall)
 
 
-def _check_known(names: Iterable[str], gt: Mapping[str, CameraPose], label: str) -> None:
+def _check_known(names: Iterable[str], gt: Mapping[str, CameraPose], label: str,
+                 error: type[ValueError] = ValueError) -> None:
     unknown = sorted(set(names) - set(gt))
     if unknown:
-        raise ValueError(f"{label}: query {unknown[0]!r} is not in the ground truth ({len(unknown)} such queries)")
+        raise error(f"{label}: query {unknown[0]!r} is not in the ground truth ({len(unknown)} such queries)")
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """Read the localizer's JSON-lines log: one object per query with at least ``"name"``.
 
     Raises:
-        ValueError: ``<file>:<line>: <problem>`` for a line that is not a JSON object with a name, a
+        InputError: ``<file>:<line>: <problem>`` for a line that is not a JSON object with a name, a
             non-boolean ``success`` or timings that are not non-negative seconds.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+        raise InputError(f"{path}: file not found")
     records = []
     for num, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -257,16 +259,16 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{num}: not JSON ({e.msg})") from None
+            raise InputError(f"{path}:{num}: not JSON ({e.msg})") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
-            raise ValueError(f"{path}:{num}: expected a JSON object with a string 'name'")
+            raise InputError(f"{path}:{num}: expected a JSON object with a string 'name'")
         if not isinstance(rec.get("success", True), bool):
-            raise ValueError(f"{path}:{num}: 'success' must be true or false")
+            raise InputError(f"{path}:{num}: 'success' must be true or false")
         timings = rec.get("timings", rec.get("seconds", {}))
         if not isinstance(timings, dict) or not all(_is_seconds(v) for v in timings.values()):
-            raise ValueError(f"{path}:{num}: 'timings' must map stage names to seconds >= 0")
+            raise InputError(f"{path}:{num}: 'timings' must map stage names to seconds >= 0")
         if TOTAL in timings:
-            raise ValueError(f"{path}:{num}: {TOTAL!r} is not a stage name (the report adds it up)")
+            raise InputError(f"{path}:{num}: {TOTAL!r} is not a stage name (the report adds it up)")
         records.append(rec)
     return records
 
@@ -311,6 +313,7 @@ def record_timings(record: Mapping[str, Any]) -> dict[str, float]:
 def evaluate_localization(
     gt_path: str | Path,
     pred_path: str | Path,
+    *,
     log_path: str | Path | None = None,
     thresholds: Sequence[tuple[float, float]] = DEFAULT_THRESHOLDS,
 ) -> LocalizationReport:
@@ -323,16 +326,17 @@ def evaluate_localization(
         thresholds: ``(position in map units, rotation in degrees)`` pairs.
 
     Raises:
-        ValueError: One line naming the file and the problem.
+        PoseFileError: A poses file is missing or malformed (one line naming it).
+        InputError: The log is malformed, or a file names a query that is not in the ground truth.
     """
     gt = read_poses(gt_path)
     pred = read_poses(pred_path)
     records = read_log(log_path) if log_path is not None else []
     failed = [r["name"] for r in records if r.get("success") is False]
-    _check_known(pred, gt, str(pred_path))
-    _check_known((r["name"] for r in records), gt, str(log_path))
+    _check_known(pred, gt, str(pred_path), InputError)
+    _check_known((r["name"] for r in records), gt, str(log_path), InputError)
     if not gt:
-        raise ValueError(f"{gt_path}: no query")
+        raise InputError(f"{gt_path}: no query")
     report = evaluate_poses(gt, pred, thresholds, failed)
     sources = {"gt": str(gt_path), "pred": str(pred_path)} | ({"log": str(log_path)} if log_path else {})
     return LocalizationReport(

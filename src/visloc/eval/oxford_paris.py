@@ -187,13 +187,12 @@ def load_gnd(path: str | Path) -> OxfordParisGnd:
     writes one); other top-level keys are ignored there as in the pickles.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        DatasetError: The file is not a pickle, names a global other than numpy reconstruction, or its
-            structure differs from the published one; the one-line message names ``path``.
+        DatasetError: ``path`` does not exist, the file is not a pickle, names a global other than numpy
+            reconstruction, or its structure differs from the published one; the one-line message names ``path``.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: ground-truth file not found")
+        raise DatasetError(f"{path}: ground-truth file not found")
     if path.suffix.lower() == ".json":
         data = _load_json(path)
     else:

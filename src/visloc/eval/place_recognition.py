@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from visloc.data.errors import DatasetError
+
 RECALL_NS = (1, 5, 10, 20)
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _BRUTE_FORCE_ELEMENTS = 1 << 22  # distances computed at once by the numpy fallback
@@ -181,8 +183,8 @@ def read_vg_names(path: str | Path) -> np.ndarray:
     """UTM positions ``[N, 2]`` of the names listed in a text file, one per line (blank lines skipped).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: A name is malformed; the message names ``path`` and the name.
+        InputError: ``path`` does not exist or is not text.
+        DatasetError: A name is malformed; the message names ``path`` and the name.
     """
     from visloc.io.arrays import read_lines
 
@@ -190,4 +192,4 @@ def read_vg_names(path: str | Path) -> np.ndarray:
     try:
         return utm_from_names(names)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise DatasetError(f"{path}: {e}") from e

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from visloc.conf import ConfError
 from visloc.features.base import Extractor
 from visloc.io.images import Resized, resize_image, scale_keypoints
 from visloc.types import Features
@@ -38,7 +39,7 @@ def resize_for(extractor: Extractor, image: np.ndarray, resize_max: Any = "conf"
         resize_max = getattr(extractor.conf, "resize_max", None)
     size = getattr(extractor.conf, "resize_to", None)
     if size is not None and (len(size) != 2 or min(size) < 8):
-        raise ValueError(f"resize_to: expected (W, H) with sides >= 8, got {size}")
+        raise ConfError(f"resize_to: expected (W, H) with sides >= 8, got {size}")
     return resize_image(image, resize_max=resize_max, size=tuple(size) if size is not None else None)
 
 

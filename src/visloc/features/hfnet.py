@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from visloc.conf import ConfError
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.hfnet_weights import (
     DEFAULT_STUDENT_CONF,
@@ -103,7 +104,7 @@ class HFNetExtractor(Extractor):
     def __init__(self, conf: HFNetExtractorConf) -> None:
         super().__init__(conf)
         if conf.nms_radius < 0 or conf.remove_borders < 0:
-            raise ValueError(f"hfnet: nms_radius and remove_borders must be >= 0, got {conf.nms_radius}, "
+            raise ConfError(f"hfnet: nms_radius and remove_borders must be >= 0, got {conf.nms_radius}, "
                              f"{conf.remove_borders}")
         net = fuse_batchnorm(resolve_hfnet(conf.weights, conf.allow_random).eval())
         self.net = net.to(memory_format=torch.channels_last)

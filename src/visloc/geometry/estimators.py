@@ -13,6 +13,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from visloc.conf import ConfError
 from visloc.registry import ESTIMATORS
 
 Method = Literal["magsac", "ransac", "lmeds", "poselib"]
@@ -69,7 +70,7 @@ class Estimator:
 
     def __init__(self, conf: EstimatorConf) -> None:
         if conf.method == "poselib" and conf.model == "affine":
-            raise ValueError("method 'poselib' does not estimate affine models; use magsac or ransac")
+            raise ConfError("method 'poselib' does not estimate affine models; use magsac or ransac")
         self.conf = conf
 
     def __call__(self, kpts0: np.ndarray, kpts1: np.ndarray, K0: np.ndarray | None = None,

@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from visloc.errors import InputError
+
 
 def tmp_prefix(path: Path) -> str:
     """The name prefix of the temporary files ``atomic_path`` makes beside ``path``."""
@@ -34,10 +36,16 @@ def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
         path: the file to (re)place.
         durable: fsync the file before the rename and its folder after it, so that a power loss
             cannot publish a name whose data never reached the disk (a kill alone never can).
+
+    Raises:
+        InputError: ``path``'s folder cannot be created or written (permissions, a file in the way).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

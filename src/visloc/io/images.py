@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from visloc.errors import VislocError
+from visloc.errors import InputError, VislocError
 from visloc.utils.image_ops import rgb_to_gray
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pnm", ".tif", ".tiff", ".bmp", ".webp")
@@ -113,7 +113,12 @@ def resize_image(image: np.ndarray, resize_max: int | None = None, size: tuple[i
 
     ``resize_max`` only shrinks unless ``force`` is set. Area interpolation when shrinking, linear
     otherwise.
+
+    Raises:
+        InputError: ``resize_max`` is below 8 pixels (it comes from a conf or an option).
     """
+    if resize_max is not None and resize_max < 8:
+        raise InputError(f"resize_max: expected >= 8 pixels (or none), got {resize_max}")
     h, w = image.shape[:2]
     if size is not None:
         new_w, new_h = int(size[0]), int(size[1])

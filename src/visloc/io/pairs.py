@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from visloc.errors import VislocError
+from visloc.errors import InputError, VislocError
 from visloc.io.atomic import atomic_write_text
 
 Pair = tuple[str, str]
@@ -47,7 +47,7 @@ def exhaustive_pairs(names: Sequence[str]) -> list[Pair]:
 def sequential_pairs(names: Sequence[str], window: int = 5, loop: bool = False) -> list[Pair]:
     """Each image with its next ``window`` images in order (``loop`` wraps around the end)."""
     if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+        raise InputError(f"window must be >= 1, got {window}")
     names = list(names)
     n = len(names)
     pairs: list[Pair] = []

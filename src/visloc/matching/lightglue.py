@@ -73,7 +73,7 @@ class LightGlue(Matcher):
             return Matches.empty(n0, n1, feats0.keypoints.device)
         for which, f in (("feats0", feats0), ("feats1", feats1)):
             if f.descriptor_dim != 128:
-                raise ValueError(f"{which}: LightGlue's weights take 128-d descriptors, got {f.descriptor_dim}-d")
+                raise InputError(f"{which}: LightGlue's weights take 128-d descriptors, got {f.descriptor_dim}-d")
         pred = self.net({"image0": self._image(feats0), "image1": self._image(feats1)})
         return Matches.from_matches0(pred["matches0"][0], pred["matching_scores0"][0].float(), n1)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from visloc.errors import InputError
 from visloc.matching.base import MATCHERS, Matcher, check_features
 from visloc.registry import Capabilities
 from visloc.types import Features, Matches
@@ -68,7 +69,7 @@ class NearestNeighbor(Matcher):
         check_features(feats0, "feats0")
         check_features(feats1, "feats1")
         if feats0.num_keypoints and feats1.num_keypoints and feats0.descriptor_dim != feats1.descriptor_dim:
-            raise ValueError(f"feats0, feats1: descriptors of {feats0.descriptor_dim} and {feats1.descriptor_dim} "
+            raise InputError(f"feats0, feats1: descriptors of {feats0.descriptor_dim} and {feats1.descriptor_dim} "
                              "dimensions cannot be matched")
         c = self.conf
         m0, s0 = nearest_neighbor_match(feats0.descriptors[None].float(), feats1.descriptors[None].float(),

@@ -78,9 +78,21 @@ def _worker(kind: str, name: str, extractor: str, overrides: Sequence[str], size
                           threads, size))
 
 
-def run_one(kind: str, name: str, extractor: str, overrides: Sequence[str] = (), size: tuple[int, int] = (640, 480),
-            threads: int = 2, warmup: int = 2, runs: int = 10) -> BenchResult:
-    """Benchmark one extractor (``kind="extract"``) or matcher (``"match"``) in a fresh process."""
+def run_one(kind: str, name: str, *, extractor: str, overrides: Sequence[str] = (),
+            size: tuple[int, int] = (640, 480), threads: int = 2, warmup: int = 2, runs: int = 10) -> BenchResult:
+    """Benchmark one extractor (``kind="extract"``) or matcher (``"match"``) in a fresh process.
+
+    Unknown names raise ``UnknownNameError`` here, before the process starts; a failure inside the
+    process (its traceback is on stderr) raises ``RuntimeError``.
+    """
+    from visloc.features import EXTRACTORS
+    from visloc.matching import MATCHERS
+
+    if kind not in ("extract", "match"):
+        raise ValueError(f"kind: expected extract or match, got {kind!r}")
+    EXTRACTORS.entry(extractor)
+    if kind == "match":
+        MATCHERS.entry(name)
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
     proc = ctx.Process(target=_worker, args=(kind, name, extractor, tuple(overrides), size, threads, warmup, runs,

@@ -114,7 +114,7 @@ def _by_condition(gt: Mapping[str, Any], pred: Mapping[str, Any], failed: Sequen
     return out
 
 
-def run_demo(out: str | Path = "visloc-demo", scene: SceneConf | None = None, extractor: str | None = None,
+def run_demo(out: str | Path = "visloc-demo", *, scene: SceneConf | None = None, extractor: str | None = None,
              extractor_overrides: Mapping[str, Any] | Sequence[str] = (), matcher: str = "lightglue",
              matcher_overrides: Mapping[str, Any] | Sequence[str] = (),
              localizer: LocalizerConf = DEMO_LOCALIZER,

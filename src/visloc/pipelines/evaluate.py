@@ -15,10 +15,12 @@ from typing import Any, Literal
 import numpy as np
 
 from visloc.conf import conf_to_dict
+from visloc.errors import InputError
 from visloc.eval import protocols
 from visloc.eval.predictions import Method, cache_path, default_cache_dir, predict
 from visloc.io.atomic import atomic_write_text
 from visloc.io.images import read_image
+from visloc.pipelines.common import pick_device
 
 HomographyDataset = Literal["synthetic", "graf"]
 
@@ -55,17 +57,36 @@ class EvalReport:
         return atomic_write_text(path, json.dumps(self.to_json(), indent=1, allow_nan=True))
 
 
-def evaluate_homography(method: Method, dataset: HomographyDataset = "synthetic", threshold: float = 3.0,
-                        cache_dir: Path | None = None, device: str = "cpu", progress: bool = True,
+def _check_threshold(threshold: float) -> None:
+    if not 0 < threshold < float("inf"):
+        raise InputError(f"threshold: expected pixels > 0, got {threshold}")
+
+
+def evaluate_homography(method: Method, *, dataset: HomographyDataset = "synthetic", threshold: float = 3.0,
+                        cache_dir: Path | None = None, device: str | None = None, progress: bool = True,
                         seed: int = 0) -> EvalReport:
-    """Homography protocol on the built-in synthetic pairs or on OpenCV's graf pair."""
+    """Homography protocol on the built-in synthetic pairs or on OpenCV's graf pair.
+
+    Args:
+        method: extractor + matcher to evaluate (its predictions are cached).
+        dataset: ``synthetic`` (built in, ``seed``) or ``graf`` (OpenCV's sample images).
+        threshold: RANSAC inlier threshold in pixels.
+        cache_dir: prediction cache root; None: ``eval.predictions.default_cache_dir()``.
+        device: ``cpu``, ``cuda`` or None for automatic.
+        progress: show a progress bar.
+        seed: seed of the synthetic pairs.
+    """
     from visloc.data.homography import load_graf, synthetic_pairs
 
+    if dataset not in ("synthetic", "graf"):
+        raise InputError(f"dataset: expected synthetic or graf, got {dataset!r}")
+    _check_threshold(threshold)
     data = synthetic_pairs(seed=seed) if dataset == "synthetic" else load_graf()
     by_key = {p.key: p for p in data}
     ds_name = f"{dataset}-seed{seed}" if dataset == "synthetic" else dataset
     cache = cache_path(cache_dir or default_cache_dir(), ds_name, method)
-    predict([(p.key, lambda p=p: (p.image0, p.image1)) for p in data], method, cache, device, progress)
+    predict([(p.key, lambda p=p: (p.image0, p.image1)) for p in data], method, cache, str(pick_device(device)),
+            progress)
     est = protocols.default_estimator("homography", threshold)
 
     def per_pair(key: str, pred: dict[str, np.ndarray]) -> dict[str, float]:
@@ -77,11 +98,26 @@ def evaluate_homography(method: Method, dataset: HomographyDataset = "synthetic"
     return EvalReport("homography", dataset, method, conf_to_dict(est.conf), summary, results, dataset_key=ds_name)
 
 
-def evaluate_pose(method: Method, dataset: Literal["castle"] = "castle", step: int = 5, threshold: float = 1.0,
-                  cache_dir: Path | None = None, device: str = "cpu", progress: bool = True) -> EvalReport:
-    """Relative-pose protocol on ViSP's Castle-simu, pairs ``step`` frames apart."""
+def evaluate_pose(method: Method, *, dataset: Literal["castle"] = "castle", step: int = 5, threshold: float = 1.0,
+                  cache_dir: Path | None = None, device: str | None = None, progress: bool = True) -> EvalReport:
+    """Relative-pose protocol on ViSP's Castle-simu, pairs ``step`` frames apart.
+
+    Args:
+        method: extractor + matcher to evaluate (its predictions are cached).
+        dataset: ``castle`` (the ``visp-images-data`` package).
+        step: frames between the two images of a pair (>= 1).
+        threshold: RANSAC inlier threshold of the essential matrix in pixels.
+        cache_dir: prediction cache root; None: ``eval.predictions.default_cache_dir()``.
+        device: ``cpu``, ``cuda`` or None for automatic.
+        progress: show a progress bar.
+    """
     from visloc.data import castle
 
+    if dataset != "castle":
+        raise InputError(f"dataset: expected castle, got {dataset!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise InputError(f"step: expected an integer >= 1, got {step!r}")
+    _check_threshold(threshold)
     frames = castle.load_castle()
     index_pairs = castle.castle_pairs(frames, step=step)
     keys = {f"{frames[i].name.replace('/', '-')}/{frames[j].name.replace('/', '-')}": (i, j)
@@ -89,7 +125,7 @@ def evaluate_pose(method: Method, dataset: Literal["castle"] = "castle", step: i
     ds_name = f"castle-step{step}"
     cache = cache_path(cache_dir or default_cache_dir(), ds_name, method)
     predict([(k, lambda i=i, j=j: (read_image(frames[i].image_path), read_image(frames[j].image_path)))
-             for k, (i, j) in keys.items()], method, cache, device, progress)
+             for k, (i, j) in keys.items()], method, cache, str(pick_device(device)), progress)
     est = protocols.default_estimator("essential", threshold)
 
     def per_pair(key: str, pred: dict[str, np.ndarray]) -> dict[str, float]:
@@ -104,15 +140,22 @@ def evaluate_pose(method: Method, dataset: Literal["castle"] = "castle", step: i
     return EvalReport("pose", ds_name, method, conf_to_dict(est.conf), summary, results, dataset_key=ds_name)
 
 
-def evaluate_stereo(method: Method, cache_dir: Path | None = None, device: str = "cpu",
+def evaluate_stereo(method: Method, *, cache_dir: Path | None = None, device: str | None = None,
                     progress: bool = True) -> EvalReport:
-    """Stereo protocol on skimage's Middlebury motorcycle pair: end-point error of matches."""
+    """Stereo protocol on skimage's Middlebury motorcycle pair: end-point error of matches.
+
+    Args:
+        method: extractor + matcher to evaluate (its predictions are cached).
+        cache_dir: prediction cache root; None: ``eval.predictions.default_cache_dir()``.
+        device: ``cpu``, ``cuda`` or None for automatic.
+        progress: show a progress bar.
+    """
     from visloc.data.motorcycle import load_motorcycle, stereo_match_epe
 
     pair = load_motorcycle()
     key = f"{pair.name0}/{pair.name1}"
     cache = cache_path(cache_dir or default_cache_dir(), "motorcycle", method)
-    predict([(key, lambda: (pair.left, pair.right))], method, cache, device, progress)
+    predict([(key, lambda: (pair.left, pair.right))], method, cache, str(pick_device(device)), progress)
 
     def per_pair(key: str, pred: dict[str, np.ndarray]) -> dict[str, float]:
         k0, k1 = protocols.matched_points(pred)

@@ -10,7 +10,7 @@ about an input is one line that names its file.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from visloc.data.errors import DatasetError
+from visloc.errors import InputError
 from visloc.eval import place_recognition as pr
 from visloc.eval import retrieval
 from visloc.eval.oxford_paris import OxfordParisGnd, load_gnd
@@ -25,7 +26,7 @@ from visloc.io.arrays import load_npy
 from visloc.io.atomic import atomic_write_text
 
 if TYPE_CHECKING:
-    from visloc.retrieval.rerank import RerankModel
+    from visloc.retrieval.rerank import RerankConf
 
 RetrievalProtocol = Literal["revisited", "classic"]
 
@@ -69,20 +70,20 @@ def _ranks(gt: OxfordParisGnd, ranks_path: Path | None, scores_path: Path | None
     if scores_path is not None:
         scores = load_npy(scores_path, "scores")
         if scores.shape != (nq, db) or scores.dtype.kind not in "iuf":
-            raise ValueError(f"{scores_path}: scores must be numbers of shape [nq={nq}, db={db}], got "
+            raise InputError(f"{scores_path}: scores must be numbers of shape [nq={nq}, db={db}], got "
                              f"{scores.dtype} {list(scores.shape)}")
         try:
             return retrieval.ranks_from_scores(scores), scores_path
         except ValueError as e:
-            raise ValueError(f"{scores_path}: {e}") from e
+            raise InputError(f"{scores_path}: {e}") from e
     ranks = load_npy(ranks_path, "ranks")
     try:
         return retrieval.check_ranks(ranks, nq, db), ranks_path
     except ValueError as e:
-        raise ValueError(f"{ranks_path}: {e}") from e
+        raise InputError(f"{ranks_path}: {e}") from e
 
 
-def evaluate_retrieval(gnd_path: str | Path, ranks_path: str | Path | None = None,
+def evaluate_retrieval(gnd_path: str | Path, *, ranks_path: str | Path | None = None,
                        scores_path: str | Path | None = None, protocol: RetrievalProtocol = "revisited",
                        kappas: Sequence[int] = retrieval.KAPPAS) -> RetrievalReport:
     """Oxford / Paris metrics of a ranking given as ranks or as similarity scores.
@@ -95,9 +96,8 @@ def evaluate_retrieval(gnd_path: str | Path, ranks_path: str | Path | None = Non
         kappas: Cut-offs of mP@k and mR@k.
     """
     if (ranks_path is None) == (scores_path is None):
-        raise ValueError("give exactly one of ranks or scores")
-    if protocol not in ("revisited", "classic"):
-        raise ValueError(f"protocol must be revisited or classic, got {protocol!r}")
+        raise InputError("give exactly one of ranks or scores")
+    _check_protocol(protocol, kappas)
     gt = load_gnd(gnd_path)
     ranks, source = _ranks(gt, None if ranks_path is None else Path(ranks_path),
                            None if scores_path is None else Path(scores_path))
@@ -106,6 +106,14 @@ def evaluate_retrieval(gnd_path: str | Path, ranks_path: str | Path | None = Non
     evaluate = retrieval.evaluate_revisited if protocol == "revisited" else retrieval.evaluate_classic
     results = evaluate(ranks, gt.gnd, kappas, len(gt.imlist))
     return RetrievalReport(protocol, gt.path, source, len(gt.qimlist), len(gt.imlist), results)
+
+
+def _check_protocol(protocol: str, kappas: Sequence[int]) -> None:
+    """The option values of a retrieval evaluation; ``InputError`` names the bad one."""
+    if protocol not in ("revisited", "classic"):
+        raise InputError(f"protocol: expected revisited or classic, got {protocol!r}")
+    if not kappas or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in kappas):
+        raise InputError(f"k: expected cut-offs >= 1, got {list(kappas)}")
 
 
 def _name_lookup(names: Sequence[str]) -> Callable[[str], int | None]:
@@ -165,16 +173,13 @@ def _query_descriptors(features: Path, qimlist: Sequence[str]) -> tuple[list[str
     found = {lookup(n) for n in names}
     missing = [q for i, q in enumerate(qimlist) if i not in found]
     if missing:
-        raise ValueError(f"{features}: no features for query {missing[0]!r} of the ground truth")
+        raise InputError(f"{features}: no features for query {missing[0]!r} of the ground truth")
     return global_descriptors(features, names)
 
 
-def evaluate_index(gnd_path: str | Path, index_path: str | Path, features: str | Path,
+def evaluate_index(gnd_path: str | Path, index_path: str | Path, features: str | Path, *,
                    protocol: RetrievalProtocol = "revisited", kappas: Sequence[int] = retrieval.KAPPAS,
-                   rerank: int = 0, db_features: str | Path | None = None, rerank_model: RerankModel = "homography",
-                   rerank_threshold: float | None = None, rerank_matcher: str = "nn-mutual",
-                   rerank_overrides: Mapping[str, Any] | Sequence[str] = (),
-                   rerank_min_inliers: int = 15) -> RetrievalReport:
+                   rerank: RerankConf | None = None) -> RetrievalReport:
     """Search every database image of a saved index for the ground truth's queries and score the ranking.
 
     Args:
@@ -183,44 +188,38 @@ def evaluate_index(gnd_path: str | Path, index_path: str | Path, features: str |
         features: feature file holding the global descriptors of every query of the ground truth.
         protocol: ``revisited`` (Easy / Medium / Hard) or ``classic``.
         kappas: Cut-offs of mP@k and mR@k.
-        rerank: re-order the first ``rerank`` results of each query by inliers (0: none).
-        db_features: the database images' feature file (local features); needed to re-rank.
-        rerank_model: ``homography``, ``fundamental`` or ``affine``.
-        rerank_threshold: inlier threshold in pixels; None: the registered estimator's default.
-        rerank_matcher: registered matcher (``nn-mutual``, ``lightglue``...).
-        rerank_overrides: matcher conf overrides.
-        rerank_min_inliers: fewer inliers than this do not promote an image (see ``retrieval.rerank``).
+        rerank: re-ranking of each query's first results by inliers (``retrieval.rerank.RerankConf``);
+            None or ``top=0``: none.
 
     Index and query names match the ground truth's names exactly or without their extension; the
     index must hold only database images of the ground truth.
     """
     from visloc.pipelines.retrieve import rerank_pairs
     from visloc.retrieval.index import RetrievalIndex
+    from visloc.retrieval.rerank import RerankConf
 
-    if protocol not in ("revisited", "classic"):
-        raise ValueError(f"protocol must be revisited or classic, got {protocol!r}")
-    if rerank and db_features is None:
-        raise ValueError("rerank: needs the database feature file (--db-features) for local features")
+    _check_protocol(protocol, kappas)
+    rerank = rerank or RerankConf()
     gt = load_gnd(gnd_path)
     if protocol == "revisited" and not gt.is_revisited:
         raise DatasetError(f"{gt.path}: no 'easy' / 'hard' / 'junk' annotation; use the classic protocol")
     index = RetrievalIndex.load(index_path)
     names, vectors = _query_descriptors(Path(features), gt.qimlist)
     if vectors.shape[1] != index.dim:
-        raise ValueError(f"{features}: global descriptors of size {vectors.shape[1]}, but {index_path} "
+        raise InputError(f"{features}: global descriptors of size {vectors.shape[1]}, but {index_path} "
                          f"holds size {index.dim}")
     found, _ = index.search(vectors, len(index))
     pairs = [(q, d) for q, ranked in zip(names, found, strict=True) for d in ranked]
-    if rerank:
-        pairs = rerank_pairs(pairs, features, db_features, rerank, rerank_model, rerank_threshold, rerank_matcher,
-                             rerank_overrides, rerank_min_inliers)
+    if rerank.enabled:
+        pairs = rerank_pairs(pairs, features, rerank)
     try:
         ranks = ranks_from_pairs(pairs, gt.qimlist, gt.imlist)
     except ValueError as e:
-        raise ValueError(f"{index_path}: {e}") from e
+        raise InputError(f"{index_path}: {e}") from e
     evaluate = retrieval.evaluate_revisited if protocol == "revisited" else retrieval.evaluate_classic
     results = evaluate(ranks, gt.gnd, kappas, len(gt.imlist))
-    return RetrievalReport(protocol, gt.path, Path(index_path), len(gt.qimlist), len(gt.imlist), results, rerank)
+    return RetrievalReport(protocol, gt.path, Path(index_path), len(gt.qimlist), len(gt.imlist), results,
+                           rerank.top)
 
 
 @dataclass(frozen=True)
@@ -252,17 +251,17 @@ class RecallReport:
 def _positions(utm_path: str | Path | None, names_path: str | Path | None, side: str) -> np.ndarray:
     """UTM ``[N, 2]`` of one side (``db`` or ``query``) from exactly one of its two files."""
     if (utm_path is None) == (names_path is None):
-        raise ValueError(f"give exactly one of the {side} UTM array or the {side} names file")
+        raise InputError(f"give exactly one of the {side} UTM array or the {side} names file")
     if names_path is not None:
         return pr.read_vg_names(names_path)
     utm = load_npy(utm_path, f"{side} UTM positions")
     try:
         return pr.check_utm(utm, f"{side} UTM positions")
     except ValueError as e:
-        raise ValueError(f"{utm_path}: {e}") from e
+        raise InputError(f"{utm_path}: {e}") from e
 
 
-def evaluate_recall(pred_path: str | Path, db_utm_path: str | Path | None = None,
+def evaluate_recall(pred_path: str | Path, *, db_utm_path: str | Path | None = None,
                     query_utm_path: str | Path | None = None, db_names_path: str | Path | None = None,
                     query_names_path: str | Path | None = None, radius: float = 25.0,
                     ns: Sequence[int] = pr.RECALL_NS) -> RecallReport:
@@ -271,6 +270,8 @@ def evaluate_recall(pred_path: str | Path, db_utm_path: str | Path | None = None
     Each side's positions come from a ``.npy`` UTM array ``[N, 2]`` or from a text file of visual
     geo-localization names (``@east@north@...``), one per line, in the order of the indices.
     """
+    if not 0 < radius < float("inf"):
+        raise InputError(f"radius: expected metres > 0, got {radius}")
     db = _positions(db_utm_path, db_names_path, "db")
     queries = _positions(query_utm_path, query_names_path, "query")
     pred = load_npy(pred_path, "predictions")
@@ -278,5 +279,5 @@ def evaluate_recall(pred_path: str | Path, db_utm_path: str | Path | None = None
     try:
         result = pr.recall_at_n(pred, positives, ns, len(db))
     except ValueError as e:
-        raise ValueError(f"{pred_path}: {e}") from e
+        raise InputError(f"{pred_path}: {e}") from e
     return RecallReport(Path(pred_path), float(radius), len(db), result)

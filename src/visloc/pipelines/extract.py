@@ -40,7 +40,7 @@ def _check_compatible(out: Path, record: str) -> None:
                            "use another --out or --overwrite")
 
 
-def extract_features(image_dir: str | Path, out: str | Path, extractor: str = "aliked-n16",
+def extract_features(image_dir: str | Path, out: str | Path, *, extractor: str = "aliked-n16",
                      overrides: Mapping[str, Any] | Sequence[str] = (), image_list: Sequence[str] | None = None,
                      as_half: bool = False, overwrite: bool = False, device: str | None = None,
                      progress: bool = True, batch_size: int = 1, num_workers: int | None = None) -> JobSummary:

@@ -90,9 +90,14 @@ def read_map_record(map_dir: str | Path) -> tuple[dict[str, Any], MapFiles]:
         raise MapError(f"{path}: unreadable map record ({type(e).__name__})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version") != VERSION:
         raise MapError(f"{path}: not a visloc map record (format {FORMAT!r} version {VERSION})")
-    names = record["files"]
-    files = MapFiles(root, *(root / names[k] for k in ("features", "global_features", "matches", "pairs", "index",
-                                                       "database", "model", "vocabulary")), path)
+    missing = [k for k in ("files", "extractor", "retrieval", "matcher") if k not in record]
+    names = record.get("files")
+    parts = ("features", "global_features", "matches", "pairs", "index", "database", "model", "vocabulary")
+    if not missing and isinstance(names, dict):
+        missing = [f"files.{k}" for k in parts if not isinstance(names.get(k), str)]
+    if missing or not isinstance(names, dict):
+        raise MapError(f"{path}: incomplete map record (no {', '.join(missing) or 'files'}); rebuild the map")
+    files = MapFiles(root, *(root / names[k] for k in parts), path)
     return record, files
 
 
@@ -145,8 +150,8 @@ def _extract_queries(record: dict[str, Any], files: MapFiles, queries: Path, nam
     failed: list[tuple[str, str]] = []
     if ext is not None:
         local = out.with_name(out.stem + ".features.h5")
-        summary = extract_features(queries, local, ext["name"], _portable(ext["conf"], files), names, device=device,
-                                   progress=progress)
+        summary = extract_features(queries, local, extractor=ext["name"], overrides=_portable(ext["conf"], files),
+                                   image_list=names, device=device, progress=progress)
         failed = list(summary.failed)
     glob = local
     seconds = {"local": time.perf_counter() - start, "global": 0.0}
@@ -155,8 +160,8 @@ def _extract_queries(record: dict[str, Any], files: MapFiles, queries: Path, nam
         start = time.perf_counter()
         glob = out.with_name(out.stem + ".global.h5")
         ok = [n for n in names if n not in dict(failed)]
-        extra = extract_features(queries, glob, ret["name"], _portable(ret["conf"], files), ok, device=device,
-                                 progress=progress)
+        extra = extract_features(queries, glob, extractor=ret["name"], overrides=_portable(ret["conf"], files),
+                                 image_list=ok, device=device, progress=progress)
         failed += extra.failed
         seconds["global"] = time.perf_counter() - start
     if glob is None:
@@ -164,7 +169,7 @@ def _extract_queries(record: dict[str, Any], files: MapFiles, queries: Path, nam
     return local, glob, failed, seconds
 
 
-def localize_queries(map_dir: str | Path, queries: str | Path, out: str | Path, cameras: str | Path | None = None,
+def localize_queries(map_dir: str | Path, queries: str | Path, out: str | Path, *, cameras: str | Path | None = None,
                      conf: LocalizerConf | None = None, image_list: list[str] | None = None,
                      log: str | Path | None = None, device: str | None = None,
                      progress: bool = True) -> LocalizeSummary:

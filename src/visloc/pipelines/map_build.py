@@ -176,14 +176,16 @@ def _extract(images: Path, names: list[str], files: MapFiles, extractor: str | N
         extractor, ov = recorded[0], merge(recorded[1], ov)
     extractor = extractor or DEFAULT_EXTRACTOR
     ov = _with_vocabulary(extractor, ov, files, images, names, device, progress)
-    summary = extract_features(images, files.features, extractor, ov, names, device=device, progress=progress)
+    summary = extract_features(images, files.features, extractor=extractor, overrides=ov, image_list=names,
+                               device=device, progress=progress)
     failed = list(summary.failed)
     ok = [n for n in names if n not in dict(failed)]
     confs = {"extractor": {"name": extractor, "conf": conf_to_dict(EXTRACTORS.conf(extractor, ov))}}
     global_file = files.features
     if ok and not _has_global(files.features, ok[0]):
         rov = _with_vocabulary(retrieval, _overrides(retrieval_overrides), files, images, ok, device, progress)
-        extra = extract_features(images, files.global_features, retrieval, rov, ok, device=device, progress=progress)
+        extra = extract_features(images, files.global_features, extractor=retrieval, overrides=rov, image_list=ok,
+                                 device=device, progress=progress)
         failed += extra.failed
         global_file = files.global_features
         confs["retrieval"] = {"name": retrieval, "conf": conf_to_dict(EXTRACTORS.conf(retrieval, rov))}
@@ -200,8 +202,8 @@ def _extract_global(images: Path, names: list[str], files: MapFiles, features: s
         raise InputError(f"{files.features}: holds an extractor's features; an image matcher writes its own "
                          "keypoints there: give another --features path or none")
     rov = _with_vocabulary(retrieval, _overrides(retrieval_overrides), files, images, names, device, progress)
-    summary = extract_features(images, files.global_features, retrieval, rov, names, device=device,
-                               progress=progress)
+    summary = extract_features(images, files.global_features, extractor=retrieval, overrides=rov, image_list=names,
+                               device=device, progress=progress)
     confs = {"extractor": None, "retrieval": {"name": retrieval, "conf": conf_to_dict(EXTRACTORS.conf(retrieval, rov))}}
     return confs, files.global_features, list(summary.failed)
 
@@ -220,7 +222,8 @@ def _select_pairs(names: list[str], poses: dict | None, files: MapFiles, global_
     return list(unique.values())
 
 
-def build_map(images: str | Path, out: str | Path, poses: str | Path | None = None, cameras: str | Path | None = None,
+def build_map(images: str | Path, out: str | Path, *, poses: str | Path | None = None,
+              cameras: str | Path | None = None,
               extractor: str | None = None, extractor_overrides: Overrides = (), matcher: str = DEFAULT_MATCHER,
               matcher_overrides: Overrides = (), retrieval: str = DEFAULT_RETRIEVAL,
               retrieval_overrides: Overrides = (), features: str | Path | None = None,
@@ -256,6 +259,8 @@ def build_map(images: str | Path, out: str | Path, poses: str | Path | None = No
             an image closer than this many pixels merge into one (``pipelines.match_dense``); its features
             file then holds keypoints only, and ``extractor`` is not used.
     """
+    if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
+        raise InputError(f"num_pairs: expected an integer >= 1, got {num_pairs!r}")
     images = Path(images)
     files = MapFiles.of(out, features, matches)
     files.root.mkdir(parents=True, exist_ok=True)
@@ -283,8 +288,8 @@ def build_map(images: str | Path, out: str | Path, poses: str | Path | None = No
         matched = set(features_h5.list_feature_names(files.features))
         names = [n for n in names if n in matched]  # an image in no matched pair has no keypoints
     else:
-        match_features(files.pairs, files.features, files.matches, matcher, matcher_overrides, device=device,
-                       progress=progress)
+        match_features(files.pairs, files.features, files.matches, matcher=matcher, overrides=matcher_overrides,
+                       device=device, progress=progress)
     confs["matcher"] = json.loads(features_h5.read_attrs(files.matches)["visloc_matcher"])
     seconds["matching"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -33,7 +33,7 @@ def _check_compatible(out: Path, record: str) -> None:
                          "use another --out or delete it")
 
 
-def match_features(pairs: str | Path, features: str | Path, out: str | Path, matcher: str = "lightglue",
+def match_features(pairs: str | Path, features: str | Path, out: str | Path, *, matcher: str = "lightglue",
                    overrides: Mapping[str, Any] | Sequence[str] = (), features1: str | Path | None = None,
                    device: str | None = None, progress: bool = True) -> JobSummary:
     """Match every pair of the ``pairs`` file.

@@ -29,7 +29,7 @@ class PairMatch:
     estimate: Estimate
 
 
-def match_images(path0: str | Path, path1: str | Path, extractor: str = "aliked-n16", matcher: str = "lightglue",
+def match_images(path0: str | Path, path1: str | Path, *, extractor: str = "aliked-n16", matcher: str = "lightglue",
                  model: str = "homography", extractor_overrides: Sequence[str] = (),
                  matcher_overrides: Sequence[str] = (), estimator_overrides: Sequence[str] = (),
                  K0: np.ndarray | None = None, K1: np.ndarray | None = None, out: str | Path | None = None,

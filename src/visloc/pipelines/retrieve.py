@@ -1,10 +1,10 @@
 """Index the global descriptors of a feature file, and retrieve pairs for the images of another.
 
 ``build_index(features.h5, db.index)`` writes a faiss index (``retrieval.index``);
-``retrieve_pairs(db.index, queries.h5, pairs.txt, k)`` writes each query's ``k`` most similar
+``retrieve_pairs(db.index, queries.h5, pairs.txt, k=k)`` writes each query's ``k`` most similar
 database images as ``query db`` lines, best first (hloc's pairs-from-retrieval), never a query with itself;
-with ``rerank=K`` each query's first ``K`` results are re-ordered by geometric verification
-(``retrieval.rerank``) on the local features of the query and database feature files.
+with ``rerank=RerankConf(top=K, db_features=...)`` each query's first ``K`` results are re-ordered by
+geometric verification (``retrieval.rerank``) on the local features of the query and database feature files.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from visloc.conf import apply_overrides
+from visloc.errors import InputError
 from visloc.io import features_h5
 from visloc.io.pairs import write_pairs
 from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
 from visloc.retrieval.index import IndexConf, RetrievalIndex, global_descriptors, pairs_from_retrieval
-from visloc.retrieval.rerank import RerankModel
+from visloc.retrieval.rerank import RerankConf
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class RetrieveSummary:
         return out
 
 
-def build_index(features: str | Path, out: str | Path,
+def build_index(features: str | Path, out: str | Path, *,
                 overrides: Mapping[str, Any] | Sequence[str] = ()) -> IndexSummary:
     """Index every image's ``global_descriptor`` of ``features`` into ``out`` (+ ``.names.txt``, ``.json``).
 
@@ -81,77 +82,70 @@ def build_index(features: str | Path, out: str | Path,
     return IndexSummary(Path(out), len(index), index.dim, index.conf, seconds)
 
 
-def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, k: int = 50, rerank: int = 0,
-                   db_features: str | Path | None = None, rerank_model: RerankModel = "homography",
-                   rerank_threshold: float | None = None, rerank_matcher: str = "nn-mutual",
-                   rerank_overrides: Mapping[str, Any] | Sequence[str] = (),
-                   rerank_min_inliers: int = 15) -> RetrieveSummary:
+def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, *, k: int = 50,
+                   rerank: RerankConf | None = None) -> RetrieveSummary:
     """Write the ``k`` best database images of each query image of ``features`` to the pairs file ``out``.
 
     Args:
         index: index written by ``build_index``.
         features: query feature file; every image needs a global descriptor of the index's size.
         out: pairs file, ``query db`` per line, each query's results best first.
-        k: database images per query; a query that is itself in the database is not paired with itself.
-        rerank: re-order each query's first ``rerank`` results by inliers (0: no re-ranking).
-        db_features: feature file of the database images (their local features); needed to re-rank.
-        rerank_model: ``homography``, ``fundamental`` or ``affine``.
-        rerank_threshold: inlier threshold in pixels; None: the registered estimator's default.
-        rerank_matcher: registered matcher; LightGlue's weights follow the features' extractor.
-        rerank_overrides: matcher conf overrides.
-        rerank_min_inliers: fewer inliers than this do not promote an image (see ``retrieval.rerank``).
+        k: database images per query (>= 1); a query that is itself in the database is not paired with itself.
+        rerank: re-ranking of each query's first results by inliers; None or ``top=0``: none.
+
+    Raises:
+        InputError: ``k`` < 1, or the descriptors of ``features`` do not fit the index.
     """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"k must be an integer >= 1, got {k!r}")
+    rerank = rerank or RerankConf()
     db = RetrievalIndex.load(index)
     names, vectors = global_descriptors(features)
     if vectors.shape[1] != db.dim:
-        raise ValueError(f"{features}: global descriptors of size {vectors.shape[1]}, but {index} "
+        raise InputError(f"{features}: global descriptors of size {vectors.shape[1]}, but {index} "
                          f"holds size {db.dim}")
     start = time.perf_counter()
     pairs = pairs_from_retrieval(db, names, vectors, k)
     seconds = time.perf_counter() - start
     rerank_seconds = 0.0
-    if rerank:
+    if rerank.enabled:
         start = time.perf_counter()
-        pairs = rerank_pairs(pairs, features, db_features, rerank, rerank_model, rerank_threshold,
-                             rerank_matcher, rerank_overrides, rerank_min_inliers)
+        pairs = rerank_pairs(pairs, features, rerank)
         rerank_seconds = time.perf_counter() - start
     write_pairs(out, pairs)
     logger.info("retrieved %d pairs for %d queries in %.2f s", len(pairs), len(names), seconds)
-    return RetrieveSummary(Path(out), len(names), len(pairs), seconds, rerank, rerank_model, rerank_seconds)
+    return RetrieveSummary(Path(out), len(names), len(pairs), seconds, rerank.top, rerank.model, rerank_seconds)
 
 
-def rerank_pairs(pairs: Sequence[tuple[str, str]], features: str | Path, db_features: str | Path | None,
-                 top: int, model: RerankModel = "homography", threshold: float | None = None,
-                 matcher: str = "nn-mutual", overrides: Mapping[str, Any] | Sequence[str] = (),
-                 min_inliers: int = 15) -> list[tuple[str, str]]:
-    """Re-rank the first ``top`` database images of each query of ``pairs`` (ranked, grouped by query).
+def rerank_pairs(pairs: Sequence[tuple[str, str]], features: str | Path,
+                 conf: RerankConf) -> list[tuple[str, str]]:
+    """Re-rank the first ``conf.top`` database images of each query of ``pairs`` (ranked, grouped by query).
 
-    Local features come from ``features`` (queries) and ``db_features`` (database images); see
-    ``retrieve_pairs`` for the other arguments.
+    Local features come from ``features`` (queries) and ``conf.db_features`` (database images).
     """
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ValueError(f"rerank: expected an integer >= 1, got {top!r}")
-    if db_features is None:
-        raise ValueError("rerank: needs the database feature file (--db-features) for local features")
+    if not conf.enabled or conf.db_features is None:
+        raise ValueError(f"rerank_pairs: needs a conf with top >= 1 and db_features, got {conf}")
     from visloc.matching import MATCHERS
     from visloc.matching.select import check_feature_matcher, family_of_record, matcher_conf
     from visloc.retrieval.rerank import rerank
 
-    check_feature_matcher(matcher, "re-ranking")
-    family = family_of_record(features_h5.read_attrs(db_features).get(EXTRACTOR_ATTR))
-    net = MATCHERS.build_conf(matcher, matcher_conf(matcher, overrides, family))
+    check_feature_matcher(conf.matcher, "re-ranking")
+    family = family_of_record(features_h5.read_attrs(conf.db_features).get(EXTRACTOR_ATTR))
+    net = MATCHERS.build_conf(conf.matcher, matcher_conf(conf.matcher, conf.matcher_overrides, family))
+    threshold = conf.threshold
     if threshold is None:
         from visloc.geometry import ESTIMATORS
 
-        threshold = ESTIMATORS.conf(model).threshold
+        threshold = ESTIMATORS.conf(conf.model).threshold
     ranked: dict[str, list[str]] = {}
     for q, d in pairs:
         ranked.setdefault(q, []).append(d)
     out: list[tuple[str, str]] = []
     for q, found in ranked.items():
-        head = found[:top]
-        res = rerank(features_h5.load_features(features, q), [features_h5.load_features(db_features, d) for d in head],
-                     head, model, threshold, net, min_inliers)
-        out += [(q, d) for d in res.names(head) + found[top:]]
+        head = found[:conf.top]
+        res = rerank(features_h5.load_features(features, q),
+                     [features_h5.load_features(conf.db_features, d) for d in head], head,
+                     model=conf.model, threshold=threshold, matcher=net, min_inliers=conf.min_inliers)
+        out += [(q, d) for d in res.names(head) + found[conf.top:]]
         logger.debug("rerank %s: inliers %s", q, dict(zip(head, res.inliers.tolist(), strict=True)))
     return out

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from visloc.conf import conf_to_dict
+from visloc.errors import InputError
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_image
 from visloc.io.images import ImageError, list_images, read_image
@@ -42,7 +43,7 @@ class VocabSummary:
         return out + [f"  skipped {name}: {reason}" for name, reason in self.failed]
 
 
-def build_vocabulary(image_dir: str | Path, out: str | Path, num_clusters: int = 64, max_images: int | None = None,
+def build_vocabulary(image_dir: str | Path, out: str | Path, *, num_clusters: int = 64, max_images: int | None = None,
                      overrides: Mapping[str, Any] | Sequence[str] = (), seed: int = 0,
                      max_descriptors: int = 200_000, device: str | None = None,
                      progress: bool = True, names: Sequence[str] | None = None) -> VocabSummary:
@@ -62,7 +63,7 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, num_clusters: int =
     """
     image_dir, out = Path(image_dir), Path(out)
     if max_images is not None and max_images < 1:
-        raise ValueError(f"max_images must be >= 1, got {max_images}")
+        raise InputError(f"max_images: expected >= 1, got {max_images}")
     names = list_images(image_dir) if names is None else list(names)
     if max_images is not None and len(names) > max_images:
         names = [names[i] for i in np.linspace(0, len(names) - 1, max_images).round().astype(int)]

@@ -26,7 +26,7 @@ import numpy as np
 from visloc.conf import ConfError, conf_to_dict, load_conf
 from visloc.errors import VislocError
 from visloc.io.atomic import atomic_path, atomic_write_text
-from visloc.io.features_h5 import read_global_descriptors
+from visloc.io.features_h5 import FeatureStoreError, read_global_descriptors
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +131,9 @@ def _check_names(names: Sequence[str], n: int) -> list[str]:
 
 def _resolve_ivfpq(conf: IndexConf, n_train: int, dim: int) -> IndexConf:
     if dim % conf.m:
-        raise ValueError(f"ivfpq: the dimension {dim} is not divisible by m={conf.m}")
+        raise ConfError(f"ivfpq: the dimension {dim} is not divisible by m={conf.m}")
     if n_train < 2**conf.nbits:
-        raise ValueError(f"ivfpq: needs at least 2**nbits = {2**conf.nbits} training vectors, got {n_train}; "
+        raise ConfError(f"ivfpq: needs at least 2**nbits = {2**conf.nbits} training vectors, got {n_train}; "
                          "use kind=flat or a smaller nbits")
     if n_train < MIN_POINTS_PER_CENTROID * conf.nlist:
         nlist = max(1, n_train // MIN_POINTS_PER_CENTROID)
@@ -328,10 +328,13 @@ def global_descriptors(features: str | Path, names: Sequence[str] | None = None)
     """The images' ``global_descriptor`` from a feature file (hloc layout) as ``(names, [N, G] float32)``.
 
     ``names=None`` reads every image of the file. Missing descriptors raise ``FeatureStoreError``
-    naming the file and the first image without one; descriptors that are not unit-norm raise ``ValueError``.
+    naming the file and the first image without one, as do descriptors that are not finite and unit-norm.
     """
     names, vectors = read_global_descriptors(features, None if names is None else list(names))
-    return names, check_descriptors(vectors, f"{features}: global_descriptor", row_names=names)
+    try:
+        return names, check_descriptors(vectors, f"{features}: global_descriptor", row_names=names)
+    except ValueError as e:
+        raise FeatureStoreError(str(e)) from None
 
 
 def pairs_from_retrieval(index: RetrievalIndex, query_names: Sequence[str], query_vectors: object,

@@ -3,23 +3,69 @@
 For each of the top ``K`` database images of a query, local features are matched (any registered
 matcher) and a model (homography, fundamental or affine, ``geometry.estimators``) is fitted; the
 ``K`` images are re-ordered by their inlier count, ties keeping the global order. Results after
-``K`` stay as they were.
+``K`` stay as they were. ``RerankConf`` holds the settings of the retrieval pipelines' re-ranking
+(``pipelines.retrieve.rerank_pairs``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
+from visloc.conf import ConfError
 from visloc.geometry.estimators import ESTIMATORS
 from visloc.matching.base import Matcher
 from visloc.types import Features
 
 RerankModel = Literal["homography", "fundamental", "affine"]
+
+
+@dataclass(frozen=True)
+class RerankConf:
+    """Spatial re-ranking of each query's first ``top`` retrieved images (``top=0``: off).
+
+    Attributes:
+        top: re-order each query's first ``top`` results by inliers; 0 turns re-ranking off.
+        db_features: feature file of the database images (their local features); needed when ``top > 0``.
+        model: ``homography``, ``fundamental`` or ``affine``.
+        threshold: inlier threshold in pixels; None: the registered estimator's default.
+        matcher: registered feature matcher; LightGlue's weights follow the features' extractor.
+        matcher_overrides: matcher conf overrides, ``key=value`` strings.
+        min_inliers: fewer inliers than this do not promote an image (see ``rerank``).
+    """
+
+    top: int = 0
+    db_features: Path | None = None
+    model: RerankModel = "homography"
+    threshold: float | None = None
+    matcher: str = "nn-mutual"
+    matcher_overrides: tuple[str, ...] = ()
+    min_inliers: int = 15
+
+    def __post_init__(self) -> None:
+        if isinstance(self.top, bool) or not isinstance(self.top, int) or self.top < 0:
+            raise ConfError(f"rerank: expected an integer >= 0, got {self.top!r}")
+        if self.model not in get_args(RerankModel):
+            raise ConfError(f"rerank model: expected homography, fundamental or affine, got {self.model!r}")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ConfError(f"rerank threshold: expected > 0 pixels, got {self.threshold}")
+        if self.min_inliers < 0:
+            raise ConfError(f"rerank min_inliers: expected >= 0, got {self.min_inliers}")
+        if self.top and self.db_features is None:
+            raise ConfError("rerank: needs the database feature file (--db-features) for local features")
+        if self.db_features is not None:
+            object.__setattr__(self, "db_features", Path(self.db_features))
+        object.__setattr__(self, "matcher_overrides", tuple(self.matcher_overrides))
+
+    @property
+    def enabled(self) -> bool:
+        """True when re-ranking runs (``top > 0``)."""
+        return self.top > 0
 
 
 @dataclass(frozen=True)

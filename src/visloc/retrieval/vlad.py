@@ -73,9 +73,9 @@ def kmeans(x: np.ndarray, num_clusters: int, seed: int = 0, niter: int = KMEANS_
     """
     x = _check_matrix(x, "descriptors")
     if num_clusters < 1:
-        raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+        raise VocabularyError(f"num_clusters must be >= 1, got {num_clusters}")
     if len(x) < num_clusters:
-        raise ValueError(f"descriptors: {len(x)} descriptors are too few for {num_clusters} clusters")
+        raise VocabularyError(f"descriptors: {len(x)} descriptors are too few for {num_clusters} clusters")
     if len(x) > max_points:
         rng = np.random.default_rng(seed)
         x = x[np.sort(rng.choice(len(x), max_points, replace=False))]

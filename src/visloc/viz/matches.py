@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from visloc.errors import InputError
 from visloc.io.atomic import atomic_path
 
 
@@ -57,9 +58,12 @@ def draw_matches(image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts
 def save_image(path: str | Path, image_bgr: np.ndarray) -> Path:
     """Write an image atomically (format from the suffix); return the path."""
     path = Path(path)
-    ok, buf = cv2.imencode(path.suffix or ".png", image_bgr)
+    try:
+        ok, buf = cv2.imencode(path.suffix or ".png", image_bgr)
+    except cv2.error:  # OpenCV raises for a suffix it has no writer for
+        ok = False
     if not ok:
-        raise ValueError(f"{path}: cannot encode an image with this suffix")
+        raise InputError(f"{path}: cannot encode an image with this suffix (use .png or .jpg)")
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.tobytes())
     return path

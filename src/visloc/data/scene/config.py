@@ -1,6 +1,6 @@
 """Typed, frozen configuration of the built-in rendered scene.
 
-Every check raises ``ValueError("SceneConf.<field>: <problem>")`` so a bad value is named, whether it
+Every check raises ``ConfError("SceneConf.<field>: <problem>")`` (a ``ValueError``) so a bad value is named, whether it
 came from Python, a YAML file (``configs/scene_default.yaml``) or a CLI ``--set`` override.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from visloc.conf import apply_overrides, load_conf, load_yaml
+from visloc.conf import ConfError, apply_overrides, load_conf, load_yaml
 
 Condition = Literal["day", "night", "blur"]
 CONDITIONS: tuple[str, ...] = ("day", "night", "blur")
@@ -19,7 +19,7 @@ CONDITIONS: tuple[str, ...] = ("day", "night", "blur")
 
 def _check(ok: bool, where: str, problem: str, value: object) -> None:
     if not ok:
-        raise ValueError(f"{where}: {problem}, got {value!r}")
+        raise ConfError(f"{where}: {problem}, got {value!r}")
 
 
 @dataclass(frozen=True)
