@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from visloc.errors import InputError
-from visloc.io.images import ImageError, read_image, resize_image
+from visloc.io.images import MIN_SIDE, ImageError, read_image, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class ResizeSpec:
     def __post_init__(self) -> None:
         if self.resize_to is not None and (len(self.resize_to) != 2 or min(self.resize_to) < 8):
             raise InputError(f"resize_to: expected (W, H) with sides >= 8, got {self.resize_to}")
-        if self.resize_max is not None and self.resize_max < 1:
-            raise InputError(f"resize_max: expected a positive number of pixels, got {self.resize_max}")
+        if self.resize_max is not None and self.resize_max < MIN_SIDE:
+            raise InputError(f"resize_max: expected >= {MIN_SIDE} pixels (or none), got {self.resize_max}")
 
     @classmethod
     def from_conf(cls, conf: Any, grayscale: bool = False) -> ResizeSpec:
