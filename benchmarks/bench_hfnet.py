@@ -42,9 +42,9 @@ SIZE = (640, 480)
 def _net_worker(what: str, backend: str, threads: int, warmup: int, runs: int, queue: mp.Queue) -> None:
     torch.set_num_threads(threads)
     from visloc.features.hfnet_onnx import hfnet_to_onnx, onnx_session
-    from visloc.features.hfnet_weights import DEFAULT_STUDENT_CONF
     from visloc.models.backbones import fuse_batchnorm, mobilenet_v2_features
     from visloc.models.hfnet import HFNet
+    from visloc.weights.hfnet import DEFAULT_STUDENT_CONF
 
     net = mobilenet_v2_features(0.75, 1).eval() if what == "backbone" else HFNet(DEFAULT_STUDENT_CONF).eval()
     x = torch.rand(1, 1, SIZE[1], SIZE[0])
@@ -110,8 +110,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    from visloc.features.hfnet_weights import DEFAULT_WEIGHTS
     from visloc.pipelines.export import export_hfnet
+    from visloc.weights.hfnet import DEFAULT_WEIGHTS
 
     weights = args.weights or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None)
     hf = [f"weights={weights}"] if weights else ["allow_random=true"]

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from visloc.features import EXTRACTORS, hfnet_weights
-from visloc.features import weights as W
+from visloc.features import EXTRACTORS
 from visloc.features.api import extract_array, image_to_tensor
 from visloc.features.learned import ALIKED, DISK, ALIKEDConf, DISKConf
-from visloc.features.weights import WeightsError, resolve_weights
 from visloc.matching.lightglue import LightGlue, LightGlueConf
+from visloc.weights import hfnet as hfnet_weights
+from visloc.weights import records as W
+from visloc.weights.load import WeightsError, load_state_dict
+from visloc.weights.records import resolve_weights
 
 NAMES = EXTRACTORS.names()
 
@@ -187,7 +189,7 @@ def test_non_dict_checkpoint(tmp_path):
     path = tmp_path / "list.pth"
     torch.save([torch.zeros(3)], path)
     with pytest.raises(WeightsError, match=r"expected a state dict"):
-        W.load_state_dict("aliked-n16", path)
+        load_state_dict("aliked-n16", path)
 
 
 def test_sha256_mismatch(monkeypatch):

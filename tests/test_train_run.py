@@ -25,8 +25,8 @@ def _conf(tmp_path, *overrides):
 
 @pytest.mark.slow
 def test_short_run_learns_from_the_teacher(tmp_path):
-    from visloc.features.hfnet_weights import load_hfnet
     from visloc.train.recipe import train
+    from visloc.weights.hfnet import load_hfnet
 
     conf = _conf(
         tmp_path,

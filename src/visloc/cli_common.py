@@ -19,11 +19,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that carry a one-line message for the user."""
     from visloc.conf import ConfError
     from visloc.data.errors import DatasetError
-    from visloc.features.weights import WeightsError
     from visloc.io.features_h5 import FeatureStoreError
     from visloc.io.images import ImageError
     from visloc.io.matches_h5 import MatchStoreError
     from visloc.io.pairs import PairsError
+    from visloc.weights.load import WeightsError
 
     return (ConfError, DatasetError, WeightsError, FeatureStoreError, ImageError, MatchStoreError, PairsError,
             KeyError, ValueError, FileNotFoundError)

@@ -23,9 +23,9 @@ import torch
 
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.hfnet import HFNetExtractorConf, hfnet_capabilities, hfnet_postprocess, pad_to_cell
-from visloc.features.hfnet_weights import resolve_hfnet
-from visloc.features.weights import WeightsError
 from visloc.models.hfnet import HFNet
+from visloc.weights.hfnet import resolve_hfnet
+from visloc.weights.load import WeightsError
 
 logger = logging.getLogger(__name__)
 INPUT_NAME = "image"

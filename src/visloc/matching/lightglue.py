@@ -8,9 +8,9 @@ from typing import Literal
 import kornia.feature as KF
 import torch
 
-from visloc.features.weights import WeightsError, load_state_dict
 from visloc.matching.base import MATCHERS, Matcher, check_features, to_output
 from visloc.registry import Capabilities
+from visloc.weights.load import WeightsError, load_state_dict
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import torch
 
 from visloc.errors import VislocError
 from visloc.features.hfnet_onnx import INPUT_NAME, OUTPUT_NAMES, hfnet_to_onnx, onnx_session
-from visloc.features.hfnet_weights import resolve_hfnet
 from visloc.io.atomic import atomic_path
 from visloc.models.hfnet import HFNet
+from visloc.weights.hfnet import resolve_hfnet
 
 logger = logging.getLogger(__name__)
 #: ``(H, W)`` of the parity check's images: VGA, and an odd number of 8x8 cells per side
@@ -79,7 +79,7 @@ def export_hfnet(checkpoint: str | Path | None, out_onnx: str | Path, opset: int
         out_onnx: the ONNX file to write (atomically; left as it was when the check fails).
         opset: ONNX opset (>= 17).
         check: compare onnxruntime with PyTorch at ``CHECK_SIZES`` before writing.
-        allow_random: see ``features.hfnet_weights.resolve_hfnet``.
+        allow_random: see ``visloc.weights.hfnet.resolve_hfnet``.
         atol: largest absolute difference accepted on any output.
         check_sizes: ``(H, W)`` of the check's images (multiples of 8).
 

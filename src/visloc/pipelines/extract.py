@@ -19,8 +19,9 @@ from visloc.features import EXTRACTORS
 from visloc.features.api import extract_array
 from visloc.io import features_h5
 from visloc.io.images import ImageError, list_images, read_image
+from visloc.io.jobs import JobSummary
 from visloc.io.parts import parts_dir
-from visloc.pipelines.common import JobSummary, conf_record, conflicting_conf, pick_device
+from visloc.pipelines.common import conf_record, conflicting_conf, pick_device
 
 logger = logging.getLogger(__name__)
 ATTR = "visloc_extractor"

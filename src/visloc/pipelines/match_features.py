@@ -16,9 +16,10 @@ from visloc.conf import parse_overrides
 from visloc.errors import VislocError
 from visloc.features import EXTRACTORS
 from visloc.io import features_h5, matches_h5
+from visloc.io.jobs import JobSummary
 from visloc.io.pairs import read_pairs
 from visloc.matching import MATCHERS
-from visloc.pipelines.common import JobSummary, conf_record, conflicting_conf, pick_device
+from visloc.pipelines.common import conf_record, conflicting_conf, pick_device
 from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
 
 logger = logging.getLogger(__name__)
