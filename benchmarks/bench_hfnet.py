@@ -48,9 +48,9 @@ NETS_QUICK = [("backbone", "ort"), ("hfnet", "torch-fused")]
 def _net_worker(what: str, backend: str, threads: int, warmup: int, runs: int, queue: mp.Queue) -> None:
     torch.set_num_threads(threads)
     from visloc.features.hfnet_onnx import hfnet_to_onnx, onnx_session
-    from visloc.features.hfnet_weights import DEFAULT_STUDENT_CONF
     from visloc.models.backbones import fuse_batchnorm, mobilenet_v2_features
     from visloc.models.hfnet import HFNet
+    from visloc.weights.hfnet import DEFAULT_STUDENT_CONF
 
     net = mobilenet_v2_features(0.75, 1).eval() if what == "backbone" else HFNet(DEFAULT_STUDENT_CONF).eval()
     x = torch.rand(1, 1, SIZE[1], SIZE[0])
@@ -117,8 +117,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="1 run, no warm-up, 2 network lines")
     args = parser.parse_args()
-    from visloc.features.hfnet_weights import DEFAULT_WEIGHTS
     from visloc.pipelines.export import CHECK_SIZES, export_hfnet
+    from visloc.weights.hfnet import DEFAULT_WEIGHTS
 
     weights = args.weights or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None)
     hf = [f"weights={weights}"] if weights else ["allow_random=true"]

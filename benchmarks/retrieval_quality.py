@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 from visloc.data.landmarks import DEFAULT_SOURCES, SKIMAGE_PHOTOS, build_landmarks
-from visloc.features.weights import WeightsError
 from visloc.io.atomic import atomic_write_text
 from visloc.pipelines.evaluate_retrieval import RetrievalReport, evaluate_index
 from visloc.pipelines.extract import extract_features
 from visloc.pipelines.retrieve import build_index
 from visloc.pipelines.vocab import build_vocabulary
 from visloc.retrieval.rerank import RerankConf
+from visloc.weights.load import WeightsError
 
 KAPPAS = (1, 5, 10)
 PROTOCOLS = ("easy", "medium", "hard")

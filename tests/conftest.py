@@ -145,7 +145,8 @@ def ready_extractor(build_extractor, netvlad_checkpoint, tmp_path_factory) -> Ca
     Every registered extractor must build here: a part whose capabilities ``need`` something this
     fixture does not know fails loudly (add its resource here when registering it).
     """
-    from visloc.features import EXTRACTORS, hfnet_weights
+    from visloc.features import EXTRACTORS
+    from visloc.weights import hfnet as hfnet_weights
 
     vocab = tmp_path_factory.mktemp("vocab") / "vocab.pt"
     weights = {"netvlad": netvlad_checkpoint}

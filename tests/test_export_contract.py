@@ -20,9 +20,9 @@ from visloc.errors import InputError, UnknownNameError, VislocError
 from visloc.export import Exportable, ExportError, ExportSpec, export_model, export_onnx, onnx_parity, onnx_session
 from visloc.export.models import shape_args
 from visloc.export.spec import OnnxModelError
-from visloc.features.weights import WeightsError
 from visloc.pipelines.export import export_registered
 from visloc.registry import MODELS
+from visloc.weights.load import WeightsError
 
 #: per model, overrides that keep the export small on a CPU (random weights are always allowed here)
 FAST: dict[str, list[str]] = {

@@ -17,14 +17,15 @@ import torch
 
 from visloc.errors import InputError
 from visloc.features import EXTRACTORS
-from visloc.features import weights as W
 from visloc.features.api import extract_batch, extract_image, image_to_tensor, resize_for
 from visloc.features.learned import ALIKED, DISK, ALIKEDConf, DISKConf
 from visloc.features.opencv import SIFT, SIFTConf
-from visloc.features.weights import WeightsError, resolve_weights
 from visloc.matching.lightglue import LightGlue, LightGlueConf
 from visloc.matching.select import descriptor_family, matcher_conf
 from visloc.types import Features
+from visloc.weights import records as W
+from visloc.weights.load import WeightsError, load_state_dict
+from visloc.weights.records import resolve_weights
 
 NAMES = EXTRACTORS.names()
 KINDS = {"local": {"local"}, "global": {"global"}, "local+global": {"local", "global"}}
@@ -273,7 +274,7 @@ def test_non_dict_checkpoint(tmp_path):
     path = tmp_path / "list.pth"
     torch.save([torch.zeros(3)], path)
     with pytest.raises(WeightsError, match=r"expected a state dict"):
-        W.load_state_dict("aliked-n16", path)
+        load_state_dict("aliked-n16", path)
 
 
 def test_sha256_mismatch(monkeypatch):

@@ -20,7 +20,7 @@ import torch
 from visloc.data.homography import fit_image
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_batch, extract_image, image_to_tensor, resize_for
-from visloc.features.weights import WeightsError
+from visloc.weights.load import WeightsError
 
 NAMES = EXTRACTORS.names(kind="global")
 PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "rocket", "immunohistochemistry", "coins")
@@ -94,7 +94,7 @@ def test_hfnet_global_equals_hfnet_global_descriptor(ready_extractor, build_extr
 
 
 def test_hfnet_global_without_default_weights_raises(monkeypatch, tmp_path):
-    from visloc.features import hfnet_weights
+    from visloc.weights import hfnet as hfnet_weights
 
     monkeypatch.setattr(hfnet_weights, "DEFAULT_WEIGHTS", tmp_path / "none.pt")
     with pytest.raises(WeightsError, match=r"weights=CHECKPOINT"):
@@ -112,7 +112,7 @@ def test_netvlad_needs_weights():
 
 
 def test_netvlad_equals_the_loaded_network(ready_extractor, netvlad_checkpoint, astronaut_320):
-    from visloc.models.netvlad_weights import load_pytorch_netvlad
+    from visloc.weights.converters.netvlad import load_pytorch_netvlad
 
     ex = ready_extractor("netvlad")
     caps = EXTRACTORS.capabilities("netvlad", ex.conf)

@@ -15,10 +15,8 @@ from typer.testing import CliRunner
 from visloc.cli import app
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_image
-from visloc.features.hfnet import HFNetExtractor, HFNetExtractorConf, load_backbone_weights, load_hfnet, save_hfnet
+from visloc.features.hfnet import HFNetExtractor, HFNetExtractorConf
 from visloc.features.hfnet_onnx import CONF_KEY
-from visloc.features.hfnet_weights import DEFAULT_STUDENT_CONF
-from visloc.features.weights import WeightsError
 from visloc.models.hfnet import (
     ONNX_OUTPUTS,
     HFNet,
@@ -30,6 +28,8 @@ from visloc.models.hfnet import (
 )
 from visloc.pipelines.export import ExportError, export_hfnet
 from visloc.types import IMAGE_GRAY
+from visloc.weights.hfnet import DEFAULT_STUDENT_CONF, load_backbone_weights, load_hfnet, save_hfnet
+from visloc.weights.load import WeightsError
 
 SMALL = HFNetConf(head_channels=32, descriptor_dim=16, num_clusters=4, global_feature_dim=8, global_dim=32)
 
@@ -185,7 +185,7 @@ def test_bad_checkpoints_name_the_file(tmp_path):
         load_hfnet(missing)
     other = tmp_path / "other.pt"
     torch.save({"foo": torch.zeros(2)}, other)
-    with pytest.raises(WeightsError, match=re.escape(str(other)) + ".*not a visloc HF-Net checkpoint"):
+    with pytest.raises(WeightsError, match=re.escape(str(other)) + ".*not a visloc model checkpoint"):
         load_hfnet(other)
     mismatch = tmp_path / "mismatch.pt"
     save_hfnet(mismatch, HFNet(SMALL))
@@ -216,7 +216,7 @@ def test_load_backbone_weights_sums_the_rgb_stem(tmp_path):
 
 
 def test_missing_default_weights_is_an_error(monkeypatch, tmp_path):
-    import visloc.features.hfnet_weights as hw
+    import visloc.weights.hfnet as hw
 
     monkeypatch.setattr(hw, "DEFAULT_WEIGHTS", tmp_path / "hfnet_default.pt")
     with pytest.raises(WeightsError, match=r"no weights given and no default student.*allow_random=true"):
@@ -347,7 +347,7 @@ def test_onnx_extractor_rejects_other_models(tmp_path):
 
 @pytest.mark.slow
 def test_cli_export(small_ckpt, tmp_path, monkeypatch):
-    import visloc.features.hfnet_weights as hw
+    import visloc.weights.hfnet as hw
 
     runner = CliRunner()
     out = tmp_path / "cli.onnx"

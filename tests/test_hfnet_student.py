@@ -8,8 +8,8 @@ import torch
 from visloc.eval.predictions import Method
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_image
-from visloc.features.hfnet_weights import DEFAULT_STUDENT_CONF, DEFAULT_WEIGHTS, load_hfnet
 from visloc.pipelines.evaluate import evaluate_homography, evaluate_pose
+from visloc.weights.hfnet import DEFAULT_STUDENT_CONF, DEFAULT_WEIGHTS, load_hfnet
 
 CASTLE = Path("/usr/share/visp-images-data/ViSP-images/mbt-depth/Castle-simu")
 

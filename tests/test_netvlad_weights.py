@@ -11,10 +11,10 @@ import scipy.signal
 import torch
 import torch.nn.functional as F
 
-from visloc.features.weights import WeightsError
 from visloc.models.heads import NetVLAD
 from visloc.models.netvlad_vgg import NetVLADVGG16
-from visloc.models.netvlad_weights import load_matconvnet_netvlad, load_pytorch_netvlad
+from visloc.weights.converters.netvlad import load_matconvnet_netvlad, load_pytorch_netvlad
+from visloc.weights.load import WeightsError
 
 K, D, G = 8, 512, 32
 VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]

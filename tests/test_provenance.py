@@ -23,9 +23,9 @@ import visloc
 from visloc.data.scene import version as scene_version
 from visloc.data.scene.config import SceneConf
 from visloc.eval.predictions import Method, cache_path
-from visloc.features.hfnet_weights import DEFAULT_STUDENT_CONF, DEFAULT_WEIGHTS, save_hfnet
 from visloc.models.hfnet import HFNet
 from visloc.pipelines import demo
+from visloc.weights.hfnet import DEFAULT_STUDENT_CONF, DEFAULT_WEIGHTS, save_hfnet
 
 
 def _random_student(path, seed: int):

@@ -49,7 +49,7 @@ class _Steps(L.Callback):
 
 @pytest.mark.slow
 def test_short_run_learns_from_the_teacher(tmp_path):
-    from visloc.features.hfnet_weights import load_hfnet
+    from visloc.weights.hfnet import load_hfnet
 
     conf = _conf(
         tmp_path,

@@ -26,7 +26,7 @@ from visloc.data.errors import DatasetError
 from visloc.errors import InputError
 from visloc.io.atomic import atomic_path, atomic_write_text
 from visloc.io.images import ImageError, read_image, resize_image
-from visloc.pipelines.common import JobSummary
+from visloc.io.jobs import JobSummary
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ def file_digest(path: str | Path) -> str:
     p = Path(path)
     if not p.is_file():
         return "missing"
-    from visloc.features.weights import sha256_of
+    from visloc.weights.records import sha256_of
 
     return sha256_of(p)
 

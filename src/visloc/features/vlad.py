@@ -13,10 +13,10 @@ import torch
 
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.learned import ALIKED, ALIKEDConf
-from visloc.features.weights import resolve_weights
 from visloc.registry import Capabilities
 from visloc.retrieval.vlad import VocabularyError, load_vocabulary, vlad
 from visloc.types import IMAGE_RGB, Features
+from visloc.weights.records import resolve_weights
 
 
 @dataclass(frozen=True)

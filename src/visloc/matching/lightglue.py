@@ -10,10 +10,11 @@ import kornia.feature as KF
 import torch
 
 from visloc.errors import InputError
-from visloc.features.weights import WeightsError, load_state_dict, resolve_weights
 from visloc.matching.base import MATCHERS, Matcher, check_features
 from visloc.registry import Capabilities
 from visloc.types import Features, Matches
+from visloc.weights.load import WeightsError, load_state_dict
+from visloc.weights.records import resolve_weights
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,6 @@ import torch
 import torchvision
 from torch import nn
 
-#: ImageNet mean and std of the RGB channels, averaged for gray input (the summed first conv
-#: expects ``(gray - mean) / std``).
-GRAY_MEAN = (0.485 + 0.456 + 0.406) / 3
-GRAY_STD = (0.229 + 0.224 + 0.225) / 3
 #: number of ``features`` modules kept (the final 1x1 conv to 1280 channels is dropped)
 MOBILENET_V2_BLOCKS = 18
 
@@ -68,7 +64,8 @@ def imagenet_to_features_state_dict(state_dict: Mapping[str, torch.Tensor], in_c
 
     Keeps ``features.0`` .. ``features.17`` (prefix removed), drops the 1280-channel conv and the
     classifier. For gray input the stem's RGB filters ``[C, 3, 3, 3]`` are summed over the colour
-    axis, so that the network sees ``(gray - GRAY_MEAN) / GRAY_STD`` roughly as it saw ImageNet.
+    axis, so that the network sees gray normalised by ``visloc.weights.records.IMAGENET_GRAY`` (the
+    ImageNet mean and std averaged over RGB) roughly as it saw ImageNet.
 
     Args:
         state_dict: ``torchvision.models.mobilenet_v2(...).state_dict()`` of the same width.

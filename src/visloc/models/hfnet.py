@@ -34,8 +34,9 @@ from torch import nn
 
 from visloc.errors import InputError
 from visloc.export.spec import ExportSpec
-from visloc.models.backbones import GRAY_MEAN, GRAY_STD, mobilenet_v2_channels, mobilenet_v2_features
+from visloc.models.backbones import mobilenet_v2_channels, mobilenet_v2_features
 from visloc.models.heads.netvlad import NetVLAD
+from visloc.weights.records import IMAGENET_GRAY
 
 #: number of ``features`` blocks before the local head (stride 8) and before the global head (stride 32)
 LOCAL_BLOCKS = 7
@@ -107,7 +108,9 @@ class HFNet(nn.Module):
         self.netvlad = NetVLAD(conf.num_clusters, vlad_dim, bn_membership=conf.bn_membership)
         vlad_out = conf.num_clusters * vlad_dim
         self.reduction = nn.Linear(vlad_out, conf.global_dim) if vlad_out != conf.global_dim else nn.Identity()
-        self.register_buffer("mean_std", torch.tensor([GRAY_MEAN, GRAY_STD]), persistent=False)
+        # the summed-RGB stem of ImageNet MobileNetV2 expects gray normalised as its record says
+        (mean,), (std,) = IMAGENET_GRAY.normalisation()
+        self.register_buffer("mean_std", torch.tensor([mean, std]), persistent=False)
 
     @property
     def descriptor_dim(self) -> int:

@@ -4,7 +4,7 @@ The layout follows the official model (``vd16_*_conv5_3_vlad_preL2_intra_white``
 pytorch-NetVlad: VGG16 ``features`` without the last ReLU and max-pool, L2-normalised conv5_3
 descriptors, NetVLAD with intra-normalisation, then a learned linear whitening (``W x + b``) and a
 final L2 normalisation. Construction builds random weights and never reads or downloads anything;
-trained weights come from :mod:`visloc.models.netvlad_weights`.
+trained weights come from :mod:`visloc.weights.converters.netvlad`.
 """
 
 from __future__ import annotations

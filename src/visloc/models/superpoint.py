@@ -5,18 +5,15 @@ The official file is a plain state dict of ``SuperPointNet`` (SuperPointPretrain
 conv3a, conv3b, (pool), conv4a, conv4b`` (64, 64, 128, 128 channels, ReLU after each), a detector
 head ``convPa`` (3x3, 256, ReLU) -> ``convPb`` (1x1, 65 logits) and a descriptor head ``convDa``
 (3x3, 256, ReLU) -> ``convDb`` (1x1, 256) L2-normalised. Input: gray ``[B, 1, H, W]`` in ``[0, 1]``.
-Construction never reads a file; ``load_superpoint`` loads the user's weights.
+Construction never reads a file; ``visloc.weights.converters.superpoint.load_superpoint`` loads the
+user's weights.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from visloc.features.weights import WeightsError
 
 #: (name, in, out, kernel) of every convolution, in the official order
 LAYERS = (
@@ -58,24 +55,3 @@ class SuperPointNet(nn.Module):
         desc = F.normalize(self.convDb(F.relu(self.convDa(x))), p=2.0, dim=1)
         return {"logits": logits, "descriptors": desc}
 
-
-def load_superpoint(path: str | Path) -> SuperPointNet:
-    """Build ``SuperPointNet`` from MagicLeap's ``superpoint_v1.pth`` (a state dict; ``module.`` prefixes removed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: SuperPoint weights file not found")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt files
-        raise WeightsError(f"{path}: cannot load SuperPoint weights ({e.__class__.__name__})") from None
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise WeightsError(f"{path}: expected a state dict, got {type(sd).__name__}")
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    net = SuperPointNet()
-    try:
-        net.load_state_dict(sd)
-    except RuntimeError as e:
-        raise WeightsError(f"{path}: not superpoint_v1.pth weights ({str(e).splitlines()[0][:100]})") from None
-    return net.eval()

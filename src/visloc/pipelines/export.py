@@ -78,7 +78,7 @@ def export_hfnet(checkpoint: str | Path | None, out_onnx: str | Path, opset: int
         out_onnx: the ONNX file to write (atomically; left as it was when the check fails).
         opset: ONNX opset (>= 17).
         check: compare onnxruntime with PyTorch on the example (64x96) and ``check_sizes`` first.
-        allow_random: see ``features.hfnet_weights.resolve_hfnet``.
+        allow_random: see ``weights.hfnet.resolve_hfnet``.
         atol: largest absolute difference accepted on any output.
         check_sizes: ``(H, W)`` of the check's images (multiples of 8).
     """

@@ -21,9 +21,10 @@ from visloc.features.api import extract_tensor
 from visloc.features.base import Extractor
 from visloc.io import features_h5, shards
 from visloc.io.images import ImageError, list_images
+from visloc.io.jobs import JobSummary
 from visloc.io.parts import parts_dir
 from visloc.io.sources import ImageBatch, ImageSource, ResizeSpec, image_loader
-from visloc.pipelines.common import JobSummary, conf_record, conflicting_conf, pick_device
+from visloc.pipelines.common import conf_record, conflicting_conf, pick_device
 
 logger = logging.getLogger(__name__)
 ATTR = "visloc_extractor"

@@ -35,9 +35,10 @@ from visloc.conf import conf_to_dict
 from visloc.errors import InputError
 from visloc.io import features_h5, matches_h5, parts
 from visloc.io.images import ImageError, read_image
+from visloc.io.jobs import JobSummary
 from visloc.io.pairs import read_pairs
 from visloc.matching import MATCHERS
-from visloc.pipelines.common import JobSummary, conf_record, conflicting_conf, pick_device
+from visloc.pipelines.common import conf_record, conflicting_conf, pick_device
 
 logger = logging.getLogger(__name__)
 ATTR = "visloc_dense_matcher"

@@ -11,10 +11,11 @@ from tqdm import tqdm
 
 from visloc.errors import VislocError
 from visloc.io import features_h5, matches_h5
+from visloc.io.jobs import JobSummary
 from visloc.io.pairs import read_pairs
 from visloc.matching import MATCHERS
 from visloc.matching.select import check_feature_matcher, family_of_record, matcher_conf
-from visloc.pipelines.common import JobSummary, conf_record, conflicting_conf, pick_device
+from visloc.pipelines.common import conf_record, conflicting_conf, pick_device
 from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
 from visloc.types import Features
 

@@ -22,6 +22,7 @@ import torch
 
 from visloc.errors import VislocError
 from visloc.io.atomic import atomic_path
+from visloc.weights.load import WeightsError, safe_load
 
 logger = logging.getLogger(__name__)
 
@@ -178,9 +179,9 @@ def load_vocabulary(path: str | Path, num_clusters: int | None = None, dim: int 
     if not path.is_file():
         raise VocabularyError(f"{path}: vocabulary file not found (make one with 'visloc vocab IMAGES --out {path}')")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt files
-        raise VocabularyError(f"{path}: cannot load vocabulary ({e.__class__.__name__}: {str(e)[:80]})") from None
+        data = safe_load(path, "vocabulary")
+    except WeightsError as e:  # one line naming the file; a vocabulary's callers catch VocabularyError
+        raise VocabularyError(str(e)) from None
     if not isinstance(data, dict) or not isinstance(data.get("centroids"), torch.Tensor):
         raise VocabularyError(f"{path}: not a visloc vocabulary (expected a dict with a 'centroids' tensor)")
     c = data["centroids"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -114,6 +113,8 @@ class NetVLAD(nn.Module):
         so the runner-up gets on average 1% of the winner's weight. (pytorch-NetVlad meant these
         distances but took the neighbour indices, a known slip; the distances are used here.)
         """
+        import faiss  # imported here: models/ stays importable without faiss (k-means only)
+
         x = torch.as_tensor(desc).detach().to(device="cpu", dtype=torch.float32)
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"desc must be [N, {self.dim}], got shape {tuple(x.shape)}")

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from visloc.conf import ConfError
-from visloc.features.hfnet_weights import DEFAULT_STUDENT_CONF
 from visloc.models.hfnet import HFNetConf
 from visloc.train.core import OptimConf, check_optim
+from visloc.weights.hfnet import DEFAULT_STUDENT_CONF
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ What it adds to a run folder (``train.core`` documents the rest)::
 
     vocab.pt        the teacher's VLAD vocabulary (learned by rank zero at the first start, reused on resume)
     target_cache/   the optional compact target cache (rank zero builds it)
-    student.pt      the student in the hfnet checkpoint format (``features.hfnet_weights``)
+    student.pt      the student in the hfnet checkpoint format (``weights.hfnet``)
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from visloc.conf import apply_overrides
 from visloc.errors import InputError
-from visloc.features.hfnet_weights import load_backbone_weights, load_hfnet, save_hfnet
 from visloc.retrieval.vlad import load_vocabulary, save_vocabulary
 from visloc.train.datasets.images import collate
 from visloc.train.hfnet.cache import bytes_report
@@ -27,6 +26,7 @@ from visloc.train.hfnet.data import DistillDataset, training_images
 from visloc.train.hfnet.module import DistillModule
 from visloc.train.hfnet.teachers import VOCAB_FILE, Teacher, build_teacher, check_dims, learn_teacher_vocabulary
 from visloc.train.recipe_base import Recipe, register_recipe
+from visloc.weights.hfnet import load_backbone_weights, load_hfnet, save_hfnet
 
 logger = logging.getLogger(__name__)
 

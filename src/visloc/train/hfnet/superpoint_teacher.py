@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from visloc.models.hfnet import detect_keypoints, logits_to_heatmap
-from visloc.models.superpoint import load_superpoint
 from visloc.train.hfnet.conf import TeacherConf
 from visloc.train.hfnet.teachers import CELL, Teacher, cell_centres, check_image
 from visloc.utils.image_ops import rgb_to_gray_torch
+from visloc.weights.converters.superpoint import load_superpoint
 
 
 def sample_superpoint(desc: torch.Tensor, keypoints: torch.Tensor, s: int = CELL) -> torch.Tensor:

@@ -69,7 +69,7 @@ def cell_distribution(score_map: torch.Tensor, temperature: float, dustbin_score
 
 
 def _load_netvlad(path: str) -> nn.Module:
-    from visloc.models.netvlad_weights import load_matconvnet_netvlad, load_pytorch_netvlad
+    from visloc.weights.converters.netvlad import load_matconvnet_netvlad, load_pytorch_netvlad
 
     return load_matconvnet_netvlad(path) if Path(path).suffix == ".mat" else load_pytorch_netvlad(path)
 

@@ -1,4 +1,4 @@
-"""Loaders for user-supplied official NetVLAD weights into :class:`NetVLADVGG16`.
+"""Loaders for user-supplied official NetVLAD weights into :class:`visloc.models.netvlad_vgg.NetVLADVGG16`.
 
 Two sources, both read from a path the user gives (nothing is downloaded):
 
@@ -29,19 +29,16 @@ import scipy.io
 import torch
 from torch import nn
 
-from visloc.features.weights import WeightsError, sha256_of
 from visloc.models.netvlad_vgg import VGG_DIM, NetVLADVGG16
+from visloc.weights.load import WeightsError, safe_load
+from visloc.weights.records import PYTORCH_NETVLAD_INPUT, sha256_of
 
 logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def _check_file(path: str | Path) -> Path:
     p = Path(path)
     if not p.is_file():
-        raise WeightsError(f"{p}: NetVLAD weights file not found")
+        raise WeightsError(f"{p}: NetVLAD weights file not found" if not p.exists() else f"{p}: not a file")
     logger.info("NetVLAD weights from %s (sha256 %s)", p, sha256_of(p))
     return p
 
@@ -149,10 +146,7 @@ def load_matconvnet_netvlad(path: str | Path) -> NetVLADVGG16:
 
 
 def _read_state_dict(p: Path) -> dict[str, torch.Tensor]:
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt files
-        raise WeightsError(f"{p}: cannot load weights ({e.__class__.__name__}: {str(e)[:80]})") from None
+    ckpt = safe_load(p, "pytorch-NetVlad checkpoint")
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{p}: expected a pytorch-NetVlad checkpoint (a dict with a 'state_dict' of tensors)")
@@ -190,4 +184,5 @@ def load_pytorch_netvlad(path: str | Path) -> NetVLADVGG16:
         if model.whiten is not None:
             model.whiten.weight.copy_(_take(p, sd, "WPCA.0.weight", (whiten_dim, k * VGG_DIM, 1, 1)).flatten(1))
             model.whiten.bias.copy_(_take(p, sd, "WPCA.0.bias", (whiten_dim,)))
-    return model.set_preprocessing(1.0, torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)).eval()
+    mean, std = PYTORCH_NETVLAD_INPUT.normalisation()
+    return model.set_preprocessing(1.0, torch.tensor(mean), torch.tensor(std)).eval()

