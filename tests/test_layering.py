@@ -33,17 +33,17 @@ PACKAGE = SRC / "visloc"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundations
     ("visloc", "visloc.errors"),
-    ("visloc.conf", "visloc.types", "visloc.utils"),
+    ("visloc.conf", "visloc.types", "visloc.utils", "visloc.export.spec"),  # export.spec: what networks declare
     ("visloc.registry",),
     ("visloc.registry_index",),
     ("visloc.geometry",),
     # storage, records and data
     ("visloc.io",),
-    ("visloc.weights", "visloc.data"),
+    ("visloc.weights", "visloc.data", "visloc.export.runtime"),
     # pure networks
     ("visloc.models",),
     # loaders that build models from files (visloc.weights' records sit below models)
-    ("visloc.weights.hfnet", "visloc.weights.converters"),
+    ("visloc.weights.hfnet", "visloc.weights.converters", "visloc.export"),  # export: MODELS builders
     # parts: matchers, then retrieval (its re-ranking verifies with matches), then extractors
     ("visloc.matching",),
     ("visloc.retrieval",),
