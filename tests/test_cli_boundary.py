@@ -163,10 +163,11 @@ def test_extract_flags_reach_the_code(fake_pipeline, tmp_path):
     calls = _stop(fake_pipeline, ex, "extract_features")
     (tmp_path / "list.txt").write_text("a.png\nb.png\n")
     _stopped(invoke("extract", tmp_path, "--out", tmp_path / "f.h5", "--conf", "sift", "--set", "max_num_keypoints=9",
-                    "--image-list", tmp_path / "list.txt", "--as-half", "--overwrite", "--device", "cpu"))
+                    "--image-list", tmp_path / "list.txt", "--as-half", "--overwrite", "--device", "cpu",
+                    "--batch-size", "4", "--num-workers", "2"))
     assert calls == [{"image_dir": tmp_path, "out": tmp_path / "f.h5", "extractor": "sift",
                       "overrides": {"max_num_keypoints": 9}, "image_list": ["a.png", "b.png"], "as_half": True,
-                      "overwrite": True, "device": "cpu", "progress": True}]
+                      "overwrite": True, "device": "cpu", "progress": True, "batch_size": 4, "num_workers": 2}]
 
 
 def test_match_features_and_match_dense_flags_reach_the_code(fake_pipeline, tmp_path):

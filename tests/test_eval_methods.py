@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from visloc.eval.predictions import Method, cache_path, file_digest, predict, read_predictions
-from visloc.features.hfnet import save_hfnet
 from visloc.models.hfnet import HFNet
-from visloc.weights.hfnet import DEFAULT_STUDENT_CONF
+from visloc.weights.hfnet import DEFAULT_STUDENT_CONF, save_hfnet
 
 H_0TO1 = np.array([[0.95, 0.08, 12.0], [-0.06, 0.97, 8.0], [1e-5, -2e-5, 1.0]])
 

@@ -132,7 +132,7 @@ def test_extract_no_images_or_no_folder(tmp_path):
 
 def test_extract_global_only_writes_descriptors_without_keypoints(photo_dir, tmp_path, photo_names):
     out = tmp_path / "g.h5"
-    summary = extract_features(photo_dir, out, "hfnet-global", ["resize_max=256"], progress=False)
+    summary = extract_features(photo_dir, out, extractor="hfnet-global", overrides=["resize_max=256"], progress=False)
     assert summary.done == len(photo_names) and not summary.failed
     names, g = features_h5.read_global_descriptors(out)
     assert names == list(photo_names) and g.shape == (len(photo_names), 4096)
@@ -301,8 +301,8 @@ def test_extract_batched_with_workers_equals_single(photo_dir, tmp_path, photo_n
                                                            cv2.COLOR_RGB2BGR))
     shutil.copy(photo_dir / photo_names[0], root / "other_size.jpg")
     (root / "broken.jpg").write_bytes(b"not an image")
-    single = extract_features(root, tmp_path / "single.h5", "aliked-n16", progress=False, num_workers=0)
-    batched = extract_features(root, tmp_path / "batched.h5", "aliked-n16", progress=False, batch_size=4,
+    single = extract_features(root, tmp_path / "single.h5", extractor="aliked-n16", progress=False, num_workers=0)
+    batched = extract_features(root, tmp_path / "batched.h5", extractor="aliked-n16", progress=False, batch_size=4,
                                num_workers=2)
     assert (single.done, batched.done) == (4, 4)
     assert [n for n, _ in batched.failed] == ["broken.jpg"] == [n for n, _ in single.failed]

@@ -272,9 +272,10 @@ def _official_superpoint_forward(sd, x):
 
 
 def test_superpoint_official_layout_and_teacher(tmp_path):
-    from visloc.models.superpoint import LAYERS, load_superpoint
+    from visloc.models.superpoint import LAYERS
     from visloc.train.hfnet.superpoint_teacher import SuperPointTeacher
     from visloc.train.hfnet.teachers import build_teacher
+    from visloc.weights.converters.superpoint import load_superpoint
     from visloc.weights.load import WeightsError
 
     g = torch.Generator().manual_seed(0)

@@ -65,8 +65,12 @@ def extract(images: Annotated[Path, typer.Argument(help="Image folder (searched 
             image_list: Annotated[Optional[Path], typer.Option(help="Text file of image names to extract.")] = None,
             as_half: Annotated[bool, typer.Option(help="Store descriptors as float16.")] = False,
             overwrite: Annotated[bool, typer.Option(help="Discard an existing output.")] = False,
-            device: DeviceOpt = None) -> None:
-    """Extract local features of every image below IMAGES into --out; resumes, skips bad images."""
+            device: DeviceOpt = None,
+            batch_size: Annotated[int, typer.Option(help="Images of equal resized size per network call "
+                                                         "(capped by the extractor's max_batch).")] = 1,
+            num_workers: Annotated[Optional[int], typer.Option(help="Processes reading images ahead "
+                                                                    "(default: 1 from 8 images on).")] = None) -> None:
+    """Extract features of every image below IMAGES into --out; resumes, skips bad images."""
     from visloc.pipelines.extract import extract_features
 
     names = None
@@ -76,7 +80,8 @@ def extract(images: Annotated[Path, typer.Argument(help="Image folder (searched 
         names = [ln.strip() for ln in image_list.read_text().splitlines() if ln.strip()]
     name, overrides = resolve_conf(conf, set_)
     summary = run(extract_features, images, out, extractor=name, overrides=overrides, image_list=names,
-                  as_half=as_half, overwrite=overwrite, device=device)
+                  as_half=as_half, overwrite=overwrite, device=device, batch_size=batch_size,
+                  num_workers=num_workers)
     for line in summary.lines("extract"):
         typer.echo(line)
     if not summary.ok:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from visloc.errors import VislocError
+from visloc.errors import InputError, VislocError
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_tensor
 from visloc.features.base import Extractor
@@ -66,6 +66,8 @@ def extract_features(image_dir: str | Path, out: str | Path, *, extractor: str =
         The job summary; the resolved conf is stored in the file's ``visloc_extractor`` attribute.
     """
     image_dir, out = Path(image_dir), Path(out)
+    if batch_size < 1 or (num_workers is not None and num_workers < 0):
+        raise InputError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
     try:
         names = list(image_list) if image_list is not None else list_images(image_dir)
     except ImageError as e:
