@@ -15,6 +15,7 @@ import numpy as np
 
 from visloc.registry import ESTIMATORS
 
+Model = Literal["homography", "fundamental", "essential", "affine"]
 Method = Literal["magsac", "ransac", "lmeds", "poselib"]
 _CV_METHODS = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC, "lmeds": cv2.LMEDS}
 
@@ -23,7 +24,7 @@ _CV_METHODS = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC, "lmeds": cv2.LME
 class EstimatorConf:
     """``threshold``: inlier threshold in pixels; ``min_matches``: fewer give no model."""
 
-    model: Literal["homography", "fundamental", "essential", "affine"] = "homography"
+    model: Model = "homography"
     method: Method = "magsac"
     threshold: float = 3.0
     confidence: float = 0.9999
