@@ -117,6 +117,18 @@ def test_missing_and_corrupt_file(tmp_path):
         read_matches(bad, "a.jpg", "b.jpg")
 
 
+def test_malformed_pair_entry_names_file_and_dataset(tmp_path):
+    path = tmp_path / "matches.h5"
+    with h5py.File(path, "w") as fd:
+        grp = fd.create_group(names_to_pair("a.jpg", "b.jpg"))
+        grp.create_dataset("matches0", data=np.zeros(3, np.int32))  # no matching_scores0
+        fd.create_group(names_to_pair("a.jpg", "c.jpg")).create_group("matches0")  # a group, not a dataset
+    with pytest.raises(MatchStoreError, match=r"matches.h5: /a.jpg/b.jpg/matching_scores0 is missing"):
+        read_matches(path, "a.jpg", "b.jpg")
+    with pytest.raises(MatchStoreError, match=r"matches.h5: /a.jpg/c.jpg/matches0 is a Group, not a dataset"):
+        read_matches(path, "a.jpg", "c.jpg")
+
+
 def test_has_pair_and_done_pairs_include_staged(tmp_path):
     path = tmp_path / "matches.h5"
     stage_matches(path, "a/1.jpg", "b/2.jpg", M0, S0)

@@ -80,7 +80,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def load_conf(cls: type[C], data: Mapping[str, Any] | None = None, where: str = "conf") -> C:
     """Build the frozen dataclass ``cls`` from ``data``; unknown keys raise ``ConfError``."""
     data = dict(data or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"load_conf: expected a dataclass type, got {cls!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")

@@ -65,9 +65,9 @@ def check_utm(x: object, name: str) -> np.ndarray:
 
 
 def _within_radius_kdtree(db: np.ndarray, queries: np.ndarray, radius: float) -> list[np.ndarray]:
-    from scipy.spatial import cKDTree
+    from scipy.spatial import KDTree
 
-    hits = cKDTree(db).query_ball_point(queries, r=radius, return_sorted=True)
+    hits = KDTree(db).query_ball_point(queries, r=radius, return_sorted=True)
     return [np.asarray(h, dtype=np.int64) for h in hits]
 
 
@@ -84,7 +84,7 @@ def _within_radius_brute(db: np.ndarray, queries: np.ndarray, radius: float) -> 
 def positives_within_radius(db_utm: np.ndarray, query_utm: np.ndarray, radius: float = 25.0) -> list[np.ndarray]:
     """Database images within ``radius`` metres (inclusive) of each query.
 
-    Uses ``scipy.spatial.cKDTree`` when scipy is installed, else a chunked numpy brute force; both
+    Uses ``scipy.spatial.KDTree`` when scipy is installed, else a chunked numpy brute force; both
     compare squared distances with ``radius ** 2``.
 
     Args:

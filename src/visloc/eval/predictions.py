@@ -28,7 +28,9 @@ from tqdm import tqdm
 
 import visloc
 from visloc.conf import conf_to_dict
+from visloc.errors import InputError
 from visloc.features.api import extract_image
+from visloc.features.base import Extractor
 from visloc.io import parts
 from visloc.matching.select import check_feature_matcher, descriptor_family, matcher_conf
 from visloc.registry import EXTRACTORS, MATCHERS
@@ -122,9 +124,17 @@ def cache_path(cache_dir: Path, dataset: str, method: Method) -> Path:
 
 
 def read_predictions(path: Path, key: str) -> dict[str, np.ndarray]:
-    """One pair's cached predictions."""
+    """One pair's cached predictions; ``InputError`` naming the file if the entry is malformed."""
     with h5py.File(path, "r") as fd:
-        return {k: v[()] for k, v in fd[key].items()}
+        grp = fd[key]
+        if not isinstance(grp, h5py.Group):
+            raise InputError(f"{path}: cached predictions {key!r} are not a group (malformed file; delete it)")
+        out: dict[str, np.ndarray] = {}
+        for k, v in grp.items():
+            if not isinstance(v, h5py.Dataset):
+                raise InputError(f"{path}: cached predictions {key}/{k} are not a dataset (malformed file; delete it)")
+            out[k] = v[()]
+        return out
 
 
 def _cached_keys(path: Path) -> set[str]:
@@ -145,26 +155,29 @@ class _Predictor:
         self.extractor = None if econf is None else EXTRACTORS.build_conf(str(method.extractor), econf).to(device)
         self.memo: dict[str, tuple[Any, float]] = {}
 
-    def _features(self, name: str, image: np.ndarray) -> tuple[Any, float]:
+    def _features(self, extractor: Extractor, name: str, image: np.ndarray) -> tuple[Any, float]:
         if name not in self.memo:
             if len(self.memo) >= 64:
                 self.memo.pop(next(iter(self.memo)))
             t = time.perf_counter()
-            feats = extract_image(self.extractor, image, self.method.resize_max, self.device)  # type: ignore[arg-type]
+            feats = extract_image(extractor, image, self.method.resize_max, self.device)
             self.memo[name] = (feats, time.perf_counter() - t)
         return self.memo[name]
 
     def __call__(self, key: str, image0: np.ndarray, image1: np.ndarray) -> dict[str, np.ndarray]:
-        if self.extractor is None:
+        extractor = self.extractor
+        if extractor is None:
             from visloc.matching.api import match_images
 
             t = time.perf_counter()
             pred = match_images(self.matcher, image0, image1, self.method.resize_max, self.device)
             dt_extract, dt_match = 0.0, time.perf_counter() - t
             kp0, kp1 = pred.keypoints0, pred.keypoints1
+            if kp0 is None or kp1 is None:  # match_images raises first; this narrows the Optional
+                raise RuntimeError(f"{type(self.matcher).__name__}: an image matcher must return keypoints")
         else:
             name0, name1 = key.split("/", 1)  # keys are "name0/name1" with "/" in names replaced
-            (f0, dt0), (f1, dt1) = self._features(name0, image0), self._features(name1, image1)
+            (f0, dt0), (f1, dt1) = self._features(extractor, name0, image0), self._features(extractor, name1, image1)
             t = time.perf_counter()
             pred = self.matcher(f0.to(self.device), f1.to(self.device))
             dt_extract, dt_match = (dt0 + dt1) / 2, time.perf_counter() - t
@@ -172,7 +185,7 @@ class _Predictor:
         matches, scores = pred.numpy()
         return {"keypoints0": kp0.cpu().numpy(), "keypoints1": kp1.cpu().numpy(),
                 "matches": matches.astype(np.int32), "scores": scores,
-                "time_extract": np.float64(dt_extract), "time_match": np.float64(dt_match)}
+                "time_extract": np.array(dt_extract, np.float64), "time_match": np.array(dt_match, np.float64)}
 
 
 def predict(pairs: Sequence[tuple[str, PairLoader]], method: Method, path: Path, device: str = "cpu",

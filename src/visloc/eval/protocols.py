@@ -17,7 +17,7 @@ import numpy as np
 
 from visloc.eval import metrics
 from visloc.eval.predictions import read_predictions
-from visloc.geometry.estimators import Estimator, EstimatorConf
+from visloc.geometry.estimators import Estimator, EstimatorConf, Model
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,6 @@ def aggregate(results: Sequence[PairResult], auc_key: str | None, thresholds: Se
     return out
 
 
-def default_estimator(model: str, threshold: float) -> Estimator:
+def default_estimator(model: Model, threshold: float) -> Estimator:
     """USAC MAGSAC++ for ``model`` with ``threshold`` pixels."""
-    return Estimator(EstimatorConf(model=model, threshold=threshold))  # type: ignore[arg-type]
+    return Estimator(EstimatorConf(model=model, threshold=threshold))

@@ -52,7 +52,9 @@ class SparseALIKED:
     def score_map(self, comps: list[torch.Tensor], padder: InputPadder) -> torch.Tensor:
         """``[B, 1, H, W]`` score map, the head's first 1x1 conv applied before upsampling."""
         head = self.net.score_head
-        first: nn.Conv2d = head[0]
+        first = head[0]
+        if not isinstance(first, nn.Conv2d):  # ALIKED's score head starts with a 1x1 conv
+            raise TypeError(f"score_head[0]: expected a Conv2d, got {type(first).__name__}")
         size = comps[0].shape[-2:]
         weights = first.weight.split([c.shape[1] for c in comps], dim=1)
         s = F.conv2d(comps[0], weights[0], first.bias)

@@ -49,8 +49,9 @@ class HFNetGlobal(Extractor):
 
     def __init__(self, conf: HFNetGlobalConf) -> None:
         super().__init__(conf)
-        net = fuse_batchnorm(resolve_hfnet(conf.weights, conf.allow_random).eval())
-        self.net: HFNet = net.to(memory_format=torch.channels_last)  # type: ignore[assignment]
+        net = resolve_hfnet(conf.weights, conf.allow_random).eval()
+        fuse_batchnorm(net)  # in place (it returns the same module, typed nn.Module)
+        self.net: HFNet = net.to(memory_format=torch.channels_last)
         self.eval()
 
     @property
@@ -66,7 +67,7 @@ class HFNetGlobal(Extractor):
     def _global(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, 1, H, W]`` (multiples of 8) -> ``[B, G]`` L2-normalised: ``HFNet.forward``'s global branch."""
         net = self.net
-        mean_std: torch.Tensor = net.mean_std  # type: ignore[assignment]  (a buffer)
+        mean_std = net.get_buffer("mean_std")
         x = (image - mean_std[0]) / mean_std[1]
         for block in net.backbone:
             x = block(x)

@@ -117,7 +117,7 @@ def aliked_capabilities(conf: ALIKEDConf) -> Capabilities:
 
 
 for _name in ("aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"):
-    EXTRACTORS.register(_name, ALIKEDConf(model_name=_name), ALIKED,  # type: ignore[arg-type]
+    EXTRACTORS.register(_name, ALIKEDConf(model_name=_name), ALIKED,
                         capabilities=aliked_capabilities)
 def disk_capabilities(conf: DISKConf) -> Capabilities:
     """Local features of the ``disk-128`` family."""

@@ -59,7 +59,7 @@ class SIFT(Extractor):
 
     def __init__(self, conf: SIFTConf) -> None:
         super().__init__(conf)
-        self._sift = cv2.SIFT_create(nfeatures=conf.max_num_keypoints, nOctaveLayers=conf.n_octave_layers,
+        self._sift = cv2.SIFT.create(nfeatures=conf.max_num_keypoints, nOctaveLayers=conf.n_octave_layers,
                                      contrastThreshold=conf.contrast_threshold,
                                      edgeThreshold=conf.edge_threshold)
 
@@ -96,7 +96,7 @@ class ORB(Extractor):
     def __init__(self, conf: ORBConf) -> None:
         super().__init__(conf)
         score = cv2.ORB_HARRIS_SCORE if conf.score_type == "harris" else cv2.ORB_FAST_SCORE
-        self._orb = cv2.ORB_create(nfeatures=conf.max_num_keypoints, scaleFactor=conf.scale_factor,
+        self._orb = cv2.ORB.create(nfeatures=conf.max_num_keypoints, scaleFactor=conf.scale_factor,
                                    nlevels=conf.n_levels, fastThreshold=conf.fast_threshold, scoreType=score)
 
     @property
@@ -112,7 +112,7 @@ class ORB(Extractor):
     def _one(self, image: torch.Tensor) -> Features:
         kps, desc = self._orb.detectAndCompute(_to_uint8(image), None)
         if desc is not None:
-            bits = np.unpackbits(desc, axis=1).astype(np.float32)
+            bits = np.unpackbits(np.asarray(desc, np.uint8), axis=1).astype(np.float32)  # ORB's are uint8
             desc = (2.0 * bits - 1.0) / 16.0  # sqrt(256) = 16
         return _pack(list(kps), desc, 256, input_size(image))
 

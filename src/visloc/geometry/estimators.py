@@ -16,6 +16,7 @@ import numpy as np
 from visloc.conf import ConfError
 from visloc.registry import ESTIMATORS
 
+Model = Literal["homography", "fundamental", "essential", "affine"]
 Method = Literal["magsac", "ransac", "lmeds", "poselib"]
 _CV_METHODS = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC, "lmeds": cv2.LMEDS}
 
@@ -24,7 +25,7 @@ _CV_METHODS = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC, "lmeds": cv2.LME
 class EstimatorConf:
     """``threshold``: inlier threshold in pixels; ``min_matches``: fewer give no model."""
 
-    model: Literal["homography", "fundamental", "essential", "affine"] = "homography"
+    model: Model = "homography"
     method: Method = "magsac"
     threshold: float = 3.0
     confidence: float = 0.9999
@@ -125,7 +126,7 @@ class Estimator:
 
     def _poselib(self, kpts0: np.ndarray, kpts1: np.ndarray, K0: np.ndarray | None = None,
                  K1: np.ndarray | None = None) -> Estimate:
-        import poselib  # optional backend, imported on use
+        import poselib  # pyright: ignore[reportMissingImports]  (optional backend, imported on use; not a dependency)
 
         c = self.conf
         opts = {"max_epipolar_error": c.threshold, "max_reproj_error": c.threshold, "success_prob": c.confidence,
@@ -136,6 +137,8 @@ class Estimator:
         if c.model == "fundamental":
             F, info = poselib.estimate_fundamental(kpts0, kpts1, opts)
             return Estimate(np.asarray(F), np.asarray(info["inliers"], bool))
+        if K0 is None or K1 is None:  # __call__ checks this for the essential model
+            raise ValueError("essential: intrinsics K0 and K1 are required")
         cam0 = {"model": "PINHOLE", "width": 0, "height": 0, "params": [K0[0, 0], K0[1, 1], K0[0, 2], K0[1, 2]]}
         cam1 = {"model": "PINHOLE", "width": 0, "height": 0, "params": [K1[0, 0], K1[1, 1], K1[0, 2], K1[1, 2]]}
         pose, info = poselib.estimate_relative_pose(kpts0, kpts1, cam0, cam1, opts)

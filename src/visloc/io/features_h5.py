@@ -108,7 +108,8 @@ def read_features(path: str | Path, name: str) -> dict[str, np.ndarray]:
         grp = shards.get_item(fd, name, FeatureStoreError)
         if not isinstance(grp, h5py.Group):
             raise FeatureStoreError(f"{path}: no features for image {name!r}")
-        out = {key: grp[key][()] for key in grp.keys() if isinstance(grp[key], h5py.Dataset)}
+        out = {key: shards.read_array(grp, key, FeatureStoreError, path)
+               for key in grp.keys() if isinstance(grp[key], h5py.Dataset)}
     if "descriptors" in out:
         out["descriptors"] = np.ascontiguousarray(out["descriptors"].T, dtype=np.float32)
     for key in ("scores", "global_descriptor"):
@@ -140,7 +141,7 @@ def read_global_descriptors(path: str | Path, names: list[str] | None = None) ->
                 raise FeatureStoreError(f"{path}: no features for image {name!r}")
             if not isinstance(grp.get("global_descriptor"), h5py.Dataset):
                 raise FeatureStoreError(f"{path}: image {name!r} has no global_descriptor")
-            row = grp["global_descriptor"][()]
+            row = shards.read_array(grp, "global_descriptor", FeatureStoreError, path)
             if row.ndim != 1 or (rows and row.shape != rows[0].shape):
                 expected = f"({len(rows[0])},)" if rows else "(G,)"
                 raise FeatureStoreError(f"{path}: global_descriptor of {name!r} has shape {row.shape}, "

@@ -101,8 +101,11 @@ def read_matches(path: str | Path, name0: str, name1: str) -> tuple[np.ndarray, 
         if found is None:
             raise MatchStoreError(f"{path}: no matches for pair ({name0}, {name1})")
         key, reverse = found
-        m0 = fd[key]["matches0"][()].astype(np.int64)
-        s0 = fd[key]["matching_scores0"][()].astype(np.float32)
+        grp = fd[key]
+        if not isinstance(grp, h5py.Group):  # _find checked it; a Group narrows h5py's union for the reads
+            raise MatchStoreError(f"{path}: pair entry {key!r} is not a group (malformed file)")
+        m0 = shards.read_array(grp, "matches0", MatchStoreError, path).astype(np.int64)
+        s0 = shards.read_array(grp, "matching_scores0", MatchStoreError, path).astype(np.float32)
     idx = np.where(m0 != -1)[0]
     matches = np.stack([idx, m0[idx]], -1)
     scores = s0[idx]

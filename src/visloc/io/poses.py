@@ -18,12 +18,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from visloc.errors import VislocError
 from visloc.io.atomic import atomic_write_text
+
+if TYPE_CHECKING:  # pycolmap is imported on use
+    import pycolmap
 
 #: COLMAP camera models and their number of parameters
 CAMERA_MODELS: dict[str, int] = {
@@ -135,7 +139,7 @@ class Camera:
             fx, fy, cx, cy = p[:4]
         return np.array([[fx, 0.0, cx - 0.5], [0.0, fy, cy - 0.5], [0.0, 0.0, 1.0]])
 
-    def to_pycolmap(self, camera_id: int = 1) -> object:
+    def to_pycolmap(self, camera_id: int = 1) -> pycolmap.Camera:
         """The equivalent ``pycolmap.Camera``."""
         import pycolmap
 

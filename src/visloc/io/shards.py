@@ -54,6 +54,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
+import numpy as np
 from h5py import h5l  # pyright: ignore[reportAttributeAccessIssue]  (compiled module)
 
 from visloc.errors import VislocError
@@ -120,6 +121,18 @@ def get_item(fd: h5py.File, name: str, error: type[Exception]) -> h5py.Group | h
         raise error(f"{fd.filename}: {name!r} is stored in {link.filename}, which cannot be opened "
                     "(copy the .shards folder with the file, or consolidate it)")
     return None
+
+
+def read_array(grp: h5py.Group, key: str, error: type[Exception], where: str | Path) -> np.ndarray:
+    """Dataset ``grp[key]`` read into memory; ``error`` naming ``where`` (the file) if it is not a dataset.
+
+    h5py types ``grp[key]`` as a group, dataset or named datatype; a malformed file can hold any of them.
+    """
+    obj = grp.get(key)
+    if not isinstance(obj, h5py.Dataset):
+        found = "missing" if obj is None else f"a {type(obj).__name__}, not a dataset"
+        raise error(f"{where}: {grp.name}/{key} is {found} (malformed file)")
+    return np.asarray(obj[()])
 
 
 def _new_id(tag: str = "") -> str:

@@ -13,10 +13,14 @@ the 2D-3D matches of the right one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from visloc.io.poses import CameraPose
+
+if TYPE_CHECKING:  # only the type; callers hand in their reconstruction
+    import pycolmap
 
 
 def covisibility_clusters(retrieved: Sequence[int], observations: Mapping[int, set[int] | frozenset[int]],
@@ -54,11 +58,11 @@ def covisibility_clusters(retrieved: Sequence[int], observations: Mapping[int, s
     return sorted(clusters, key=lambda c: (-len(c), rank[c[0]]))
 
 
-def reconstruction_observations(rec: object, image_ids: Sequence[int]) -> dict[int, frozenset[int]]:
+def reconstruction_observations(rec: pycolmap.Reconstruction, image_ids: Sequence[int]) -> dict[int, frozenset[int]]:
     """``{image id: 3D point ids it observes}`` for the given registered images of a ``pycolmap.Reconstruction``."""
     out: dict[int, frozenset[int]] = {}
     for image_id in image_ids:
-        image = rec.images[image_id]  # type: ignore[attr-defined]
+        image = rec.images[image_id]
         out[image_id] = frozenset(p.point3D_id for p in image.points2D if p.has_point3D())
     return out
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
+from scipy.spatial import KDTree
 
+from visloc.matching.base import ImageMatcher
 from visloc.types import Features
 
 
@@ -60,15 +61,17 @@ class DensePairs:
                  matcher: torch.nn.Module, max_error: float = 2.0, device: torch.device | str = "cpu") -> None:
         if not max_error > 0:
             raise ValueError(f"max_error: expected > 0 pixels, got {max_error}")
+        if not isinstance(matcher, ImageMatcher):  # MATCHERS.build gives an nn.Module
+            raise TypeError(f"matcher: expected an ImageMatcher, got {type(matcher).__name__}")
         self.db_image, self.db_keypoints, self.matcher = db_image, db_keypoints, matcher
         self.max_error, self.device = float(max_error), torch.device(device)
-        self._trees: dict[str, cKDTree] = {}
+        self._trees: dict[str, KDTree] = {}
 
-    def _tree(self, name: str) -> cKDTree:
+    def _tree(self, name: str) -> KDTree:
         if name not in self._trees:
             if len(self._trees) > 256:
                 self._trees.clear()
-            self._trees[name] = cKDTree(np.asarray(self.db_keypoints(name), np.float64).reshape(-1, 2))
+            self._trees[name] = KDTree(np.asarray(self.db_keypoints(name), np.float64).reshape(-1, 2))
         return self._trees[name]
 
     def __call__(self, query: Query, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +80,7 @@ class DensePairs:
 
         if query.image is None:
             raise ValueError(f"{query.name}: an image matcher needs the query image")
-        pred = match_images(self.matcher, query.image, self.db_image(name), device=self.device)  # type: ignore[arg-type]
+        pred = match_images(self.matcher, query.image, self.db_image(name), device=self.device)
         m, _ = pred.numpy()
         if pred.keypoints0 is None or pred.keypoints1 is None or not len(m):
             return np.zeros((0, 2)), np.zeros(0, np.int64)
@@ -88,4 +91,4 @@ class DensePairs:
             return np.zeros((0, 2)), np.zeros(0, np.int64)
         dist, idx = tree.query(kdb, distance_upper_bound=self.max_error)
         keep = np.isfinite(dist)
-        return kq[keep], idx[keep].astype(np.int64)
+        return kq[keep], np.asarray(idx)[keep].astype(np.int64)  # [M] for the [M, 2] query

@@ -65,6 +65,13 @@ def _essential(image0: pycolmap.Image, image1: pycolmap.Image) -> np.ndarray:
     return tx @ R
 
 
+def _camera(rec: pycolmap.Reconstruction, image_id: int) -> pycolmap.Camera:
+    camera = rec.images[image_id].camera  # None for an image whose camera is not in ``rec``
+    if camera is None:
+        raise ValueError(f"image {image_id} ({rec.images[image_id].name}): its camera is not in the reconstruction")
+    return camera
+
+
 def verify_with_poses(rec: pycolmap.Reconstruction, features: str | Path,
                       matches: Mapping[tuple[int, int], np.ndarray],
                       conf: TriangulationConf) -> dict[tuple[int, int], np.ndarray]:
@@ -84,18 +91,16 @@ def verify_with_poses(rec: pycolmap.Reconstruction, features: str | Path,
 
     def points(image_id: int) -> np.ndarray:
         if image_id not in normalised:
-            image = rec.images[image_id]
-            kpts = features_h5.read_features(features, image.name)["keypoints"]
-            normalised[image_id] = np.asarray(image.camera.cam_from_img(to_colmap_keypoints(kpts)))
+            kpts = features_h5.read_features(features, rec.images[image_id].name)["keypoints"]
+            normalised[image_id] = np.asarray(_camera(rec, image_id).cam_from_img(to_colmap_keypoints(kpts)))
         return normalised[image_id]
 
     out: dict[tuple[int, int], np.ndarray] = {}
     for (i, j), m in matches.items():
         if len(m) == 0:
             continue
-        im0, im1 = rec.images[i], rec.images[j]
-        focal = 0.5 * (im0.camera.mean_focal_length() + im1.camera.mean_focal_length())
-        err = sampson_distance(points(i)[m[:, 0]], points(j)[m[:, 1]], _essential(im0, im1)) * focal
+        focal = 0.5 * (_camera(rec, i).mean_focal_length() + _camera(rec, j).mean_focal_length())
+        err = sampson_distance(points(i)[m[:, 0]], points(j)[m[:, 1]], _essential(rec.images[i], rec.images[j])) * focal
         keep = m[err < conf.max_epipolar_error]
         if len(keep) >= conf.min_verified_matches:
             out[(i, j)] = keep

@@ -44,8 +44,10 @@ class LightGlue(Matcher):
 
     def __init__(self, conf: LightGlueConf) -> None:
         super().__init__(conf)
-        # features=None: kornia builds the network without downloading anything
-        self.net = KF.LightGlue(features=None, input_dim=128, flash=False,
+        # features=None: kornia builds the network without downloading anything (it annotates ``str``
+        # but handles None)
+        self.net = KF.LightGlue(features=None,  # pyright: ignore[reportArgumentType]
+                                input_dim=128, flash=False,
                                 depth_confidence=conf.depth_confidence, width_confidence=conf.width_confidence,
                                 filter_threshold=conf.filter_threshold)
         sd = _rename_legacy_keys(load_state_dict(f"lightglue-{conf.features}", conf.weights),
@@ -96,7 +98,7 @@ def fit_lightglue(conf: LightGlueConf, family: str | None, user_keys: frozenset[
     if family not in WEIGHTS_FOR_FAMILY:
         raise InputError(f"lightglue: no pretrained weights for {family} descriptors (LightGlue has "
                          f"{', '.join(sorted(WEIGHTS_FOR_FAMILY))}); use the nn-mutual or nn-ratio matcher")
-    return dataclasses.replace(conf, features=WEIGHTS_FOR_FAMILY[family])  # type: ignore[arg-type]
+    return dataclasses.replace(conf, features=WEIGHTS_FOR_FAMILY[family])
 
 
 MATCHERS.register("lightglue", LightGlueConf(), LightGlue, capabilities=lightglue_capabilities, adapt=fit_lightglue)

@@ -49,7 +49,7 @@ def nearest_neighbor_match(desc0: torch.Tensor, desc1: torch.Tensor, ratio_thres
     dist_sq = (2.0 - 2.0 * top_sim).clamp(min=0.0)
     matches0 = top_idx[..., 0]
     valid = torch.ones_like(matches0, dtype=torch.bool)
-    if k == 2:
+    if ratio_threshold is not None and k == 2:
         valid &= dist_sq[..., 0] < (ratio_threshold**2) * dist_sq[..., 1]
     if distance_threshold is not None:
         valid &= dist_sq[..., 0] < distance_threshold**2

@@ -147,7 +147,8 @@ def _new_index(conf: IndexConf, dim: int) -> faiss.Index:
     spec = {"flat": "Flat", "hnsw": f"HNSW{conf.hnsw_m}", "ivfpq": f"IVF{conf.nlist},PQ{conf.m}x{conf.nbits}"}
     index = faiss.index_factory(dim, spec[conf.kind], faiss.METRIC_INNER_PRODUCT)
     if conf.kind == "ivfpq":
-        index.do_polysemous_training = False  # only serves Hamming-distance search, and is slow to train
+        # only serves Hamming-distance search, and is slow to train (faiss's stubs lack the attribute)
+        index.do_polysemous_training = False  # pyright: ignore[reportAttributeAccessIssue]
     return index
 
 
@@ -203,9 +204,11 @@ class RetrievalIndex:
 
     def _search_params(self, k: int) -> faiss.SearchParameters | None:
         if self.conf.kind == "ivfpq":
-            return faiss.SearchParametersIVF(nprobe=min(self.conf.nprobe, self.conf.nlist))
-        if self.conf.kind == "hnsw":
-            return faiss.SearchParametersHNSW(efSearch=max(self.conf.ef_search, k))
+            ivf = faiss.SearchParametersIVF()  # faiss's keyword constructor sets the attributes, as here
+            ivf.nprobe = min(self.conf.nprobe, self.conf.nlist)
+            return ivf
+        if self.conf.kind == "hnsw":  # faiss's stubs lack SearchParametersHNSW (faiss has it)
+            return faiss.SearchParametersHNSW(efSearch=max(self.conf.ef_search, k))  # pyright: ignore[reportAttributeAccessIssue]
         return None
 
     def search(self, queries: object, k: int,

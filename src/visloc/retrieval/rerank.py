@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from visloc.conf import ConfError
-from visloc.geometry.estimators import ESTIMATORS
+from visloc.geometry.estimators import ESTIMATORS, Estimate
 from visloc.matching.base import Matcher
 from visloc.types import Features
 
@@ -77,18 +77,18 @@ class RerankResult:
 
     def names(self, db_names: Sequence[str]) -> list[str]:
         """``db_names`` in the new order."""
-        return [db_names[i] for i in self.order]
+        return [db_names[int(i)] for i in self.order]
 
 
 def count_inliers(query_feats: Features, db_feats: Features, matcher: Matcher,
-                  estimator: Callable[[np.ndarray, np.ndarray], object]) -> int:
+                  estimator: Callable[[np.ndarray, np.ndarray], Estimate]) -> int:
     """Inliers of ``estimator`` on the ``matcher``'s matches between two images' local features."""
     with torch.inference_mode():
         m, _ = matcher(query_feats, db_feats).numpy()
     if len(m) == 0:
         return 0
     est = estimator(query_feats.keypoints.numpy()[m[:, 0]], db_feats.keypoints.numpy()[m[:, 1]])
-    return int(est.num_inliers)  # type: ignore[attr-defined]
+    return int(est.num_inliers)
 
 
 def rerank(query_feats: Features, db_feats_list: Sequence[Features],

@@ -233,9 +233,10 @@ def _plot_layers(ax: Any, layers: dict[str, np.ndarray], errors: np.ndarray, tic
     db = layers["database"]
     if len(db):
         ax.plot(*db.T, "-", color="0.2", lw=0.8, label="database cameras")
-        ax.add_collection(LineCollection(np.stack([db, db + ticks], 1), colors="0.2", linewidths=0.8))
+        # segments as a list of [2, 2] arrays: matplotlib's stubs take a sequence (it accepts the array too)
+        ax.add_collection(LineCollection(list(np.stack([db, db + ticks], 1)), colors="0.2", linewidths=0.8))
     if len(errors):
-        ax.add_collection(LineCollection(errors, colors="tab:red", linewidths=1.0, label="position error"))
+        ax.add_collection(LineCollection(list(errors), colors="tab:red", linewidths=1.0, label="position error"))
     if len(layers["gt"]):
         ax.scatter(*layers["gt"].T, s=30, facecolors="none", edgecolors="tab:green", label="query, ground truth")
     if len(layers["pred"]):

@@ -108,7 +108,7 @@ def make_plane(name: str, origin: object, u: object, v: object, size_m: tuple[fl
     if texture.dtype != np.uint8 or texture.ndim != 3 or texture.shape[2] != 3:
         raise ValueError(f"make_plane({name!r}): texture must be uint8 [H, W, 3], got {texture.dtype} "
                          f"{texture.shape}")
-    mips = [np.concatenate([texture, np.full(texture.shape[:2] + (1,), 255, np.uint8)], axis=2)]
+    mips: list[np.ndarray] = [np.concatenate([texture, np.full(texture.shape[:2] + (1,), 255, np.uint8)], axis=2)]
     while min(mips[-1].shape[:2]) >= 2 * _MIN_MIP:
         h, w = mips[-1].shape[:2]
         mips.append(cv2.resize(mips[-1], (w // 2, h // 2), interpolation=cv2.INTER_AREA))
@@ -179,8 +179,9 @@ def _facade_row(conf: SceneConf, rng: np.random.Generator, side: int, photos: di
     line = conf.street_width_m / 2
     prev: tuple[float, float] | None = None  # (setback y, height) of the previous building
     while x < conf.street_length_m + 5.0:
-        bw = min(rng.uniform(*conf.building_width_m), conf.street_length_m + 5.0 - x)
-        bh = rng.uniform(*conf.building_height_m)
+        (w_lo, w_hi), (h_lo, h_hi) = conf.building_width_m, conf.building_height_m  # (min, max), checked
+        bw = min(rng.uniform(w_lo, w_hi), conf.street_length_m + 5.0 - x)
+        bh = rng.uniform(h_lo, h_hi)
         y = side * (line + rng.uniform(0.0, conf.setback_m))
         name = order[(k + (0 if side > 0 else len(order) // 2)) % len(order)]
         tex = photo_texture(rng, photos[name], _texture_size(conf, bw, bh), tint=name in GRAY_PHOTOS)
@@ -251,7 +252,7 @@ def build_world(conf: SceneConf) -> World:
     rng = np.random.default_rng([conf.seed, 1])
     names = set(COLOR_PHOTOS) | set(GRAY_PHOTOS) | set(GROUND_PHOTOS)
     photos = {name: load_photo(name) for name in sorted(names)}
-    order = list(COLOR_PHOTOS + GRAY_PHOTOS)
+    order: list[str] = list(COLOR_PHOTOS + GRAY_PHOTOS)
     rng.shuffle(order)
     planes = _ground(conf, rng, photos)
     planes += _facade_row(conf, rng, 1, photos, order)
