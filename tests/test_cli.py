@@ -245,3 +245,27 @@ def test_extract_conf_from_yaml_and_set_wins(photo_dir, tmp_path):
     bad.write_text("nme: sift\n")
     result = invoke("extract", str(photo_dir), "--conf", str(bad), "--out", str(tmp_path / "g.h5"))
     assert result.exit_code == 2 and "bad.yaml" in result.output
+
+
+def test_consolidate_makes_the_file_listable_by_visititems(photo_dir, tmp_path):
+    import h5py
+
+    from visloc.io import features_h5
+
+    out = tmp_path / "f.h5"
+    assert runner.invoke(app, ["extract", str(photo_dir), "--out", str(out), "--conf", "sift",
+                               "--set", "max_num_keypoints=50"]).exit_code == 0
+
+    def listed() -> list[str]:
+        names: list[str] = []
+        with h5py.File(out, "r") as fd:  # what hloc's list_h5_names does
+            fd.visititems(lambda k, o: names.append(k) if isinstance(o, h5py.Group) and "keypoints" in o else None)
+        return sorted(names)
+
+    expected = features_h5.list_feature_names(out)
+    assert len(expected) == 3 and listed() == []  # external links are not visited
+    result = runner.invoke(app, ["consolidate", str(out)])
+    assert result.exit_code == 0 and f"consolidated {out}" in result.output
+    assert listed() == expected and not (tmp_path / "f.h5.shards").exists()
+    missing = runner.invoke(app, ["consolidate", str(tmp_path / "none.h5")])
+    assert missing.exit_code == 2 and "none.h5: file not found" in missing.stderr

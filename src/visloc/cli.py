@@ -195,6 +195,16 @@ def match_features_cmd(pairs: Annotated[Path, typer.Option(help="Pairs file, 'na
         raise typer.Exit(1)
 
 
+@app.command()
+def consolidate(files: Annotated[list[Path], typer.Argument(help="Feature or match files written by visloc.")]) -> None:
+    """Rewrite sharded feature / match files as single self-contained HDF5 files (for hloc's listing tools)."""
+    from visloc.io.shards import consolidate as consolidate_file
+
+    for path in files:
+        run(consolidate_file, path)
+        typer.echo(f"consolidated {path}")
+
+
 @app.command("match-dense")
 def match_dense_cmd(pairs: Annotated[Path, typer.Option(help="Pairs file, 'name0 name1' per line.")],
                     images: Annotated[Path, typer.Option(help="Image folder (names in the pairs file are "
