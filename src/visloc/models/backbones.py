@@ -18,6 +18,7 @@ outputs of ``features[:k]`` are:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 import torch
 import torchvision
@@ -90,8 +91,11 @@ def imagenet_to_features_state_dict(state_dict: Mapping[str, torch.Tensor], in_c
     return out
 
 
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
+
+
 @torch.no_grad()
-def fuse_batchnorm(module: nn.Module) -> nn.Module:
+def fuse_batchnorm(module: _ModuleT) -> _ModuleT:
     """Fold every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` in an ``nn.Sequential`` into it.
 
     In place; returns ``module``. The outputs are unchanged up to float rounding, and torch eager
