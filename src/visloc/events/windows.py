@@ -19,7 +19,7 @@ as empty windows:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -42,6 +42,8 @@ class Trajectory:
 
     times_us: np.ndarray
     positions: np.ndarray
+    # Derived in __post_init__ (cumulative metres, read-only); exposed as ``distance``.
+    _distance: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         t = np.asarray(self.times_us)
@@ -62,7 +64,7 @@ class Trajectory:
     @property
     def distance(self) -> np.ndarray:
         """``[K]`` cumulative distance travelled (metres) at each sample (non-decreasing, 0 first)."""
-        return self._distance  # type: ignore[attr-defined]
+        return self._distance
 
     def covers(self, t_us: np.ndarray | float) -> np.ndarray:
         """Whether each time lies in ``[times_us[0], times_us[-1]]``."""

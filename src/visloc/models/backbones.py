@@ -18,6 +18,7 @@ outputs of ``features[:k]`` are:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar, cast
 
 import torch
 import torchvision
@@ -44,10 +45,15 @@ def mobilenet_v2_features(width_mult: float = 0.75, in_channels: int = 1) -> nn.
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
     net = torchvision.models.mobilenet_v2(width_mult=width_mult, weights=None)
     features = net.features[:MOBILENET_V2_BLOCKS]
-    stem = features[0][0]
+    block0 = features[0]
+    stem = block0[0] if isinstance(block0, nn.Sequential) else None
+    if not isinstance(block0, nn.Sequential) or not isinstance(stem, nn.Conv2d):
+        raise TypeError("torchvision mobilenet_v2: expected features[0][0] to be a Conv2d")
     if in_channels != stem.in_channels:
-        features[0][0] = nn.Conv2d(in_channels, stem.out_channels, kernel_size=stem.kernel_size, stride=stem.stride,
-                                   padding=stem.padding, bias=False)
+        # torch's stubs type Conv2d's stored sizes tuple[int, ...]; they are the 2-tuples it was built with
+        block0[0] = nn.Conv2d(in_channels, stem.out_channels, kernel_size=cast("tuple[int, int]", stem.kernel_size),
+                              stride=cast("tuple[int, int]", stem.stride),
+                              padding=cast("tuple[int, int] | str", stem.padding), bias=False)
     return features
 
 
@@ -90,8 +96,11 @@ def imagenet_to_features_state_dict(state_dict: Mapping[str, torch.Tensor], in_c
     return out
 
 
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
+
+
 @torch.no_grad()
-def fuse_batchnorm(module: nn.Module) -> nn.Module:
+def fuse_batchnorm(module: _ModuleT) -> _ModuleT:
     """Fold every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` in an ``nn.Sequential`` into it.
 
     In place; returns ``module``. The outputs are unchanged up to float rounding, and torch eager

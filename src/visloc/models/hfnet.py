@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.jit import is_tracing  # pyright: ignore[reportPrivateImportUsage]  # public, not in torch.jit.__all__
 
 from visloc.errors import InputError
 from visloc.export.spec import ExportSpec
@@ -87,6 +88,8 @@ class HFNet(nn.Module):
             weights explicitly).
     """
 
+    mean_std: torch.Tensor  # buffer [2]: gray mean and std
+
     def __init__(self, conf: HFNetConf | None = None) -> None:
         super().__init__()
         conf = conf or HFNetConf()
@@ -134,7 +137,7 @@ class HFNet(nn.Module):
             ``dense_descriptors [B, D, H/8, W/8]`` L2-normalised along D,
             ``global_descriptor [B, G]`` L2-normalised.
         """
-        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+        if not is_tracing() and not torch.compiler.is_compiling():
             _check_input(image)
         x = (image - self.mean_std[0]) / self.mean_std[1]
         local = x

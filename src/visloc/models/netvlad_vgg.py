@@ -14,6 +14,7 @@ import json
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.jit import is_tracing  # pyright: ignore[reportPrivateImportUsage]  # public, not in torch.jit.__all__
 from torchvision.models.vgg import cfgs, make_layers
 
 from visloc.errors import InputError
@@ -78,7 +79,7 @@ class NetVLADVGG16(nn.Module):
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Map [0, 1] RGB ``[B, 3, H, W]`` to the network's input range."""
-        if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != 3):
+        if not is_tracing() and (image.dim() != 4 or image.shape[1] != 3):
             raise ValueError(f"image must be [B, 3, H, W], got shape {tuple(image.shape)}")
         return (image * self.input_scale - self.input_mean[:, None, None]) / self.input_std[:, None, None]
 

@@ -38,6 +38,14 @@ class SuperPointNet(nn.Module):
     ``H`` and ``W`` are multiples of 8; descriptors have unit norm along channels.
     """
 
+    # the layers set from LAYERS in __init__ (by name, so the state-dict keys are the original ones)
+    conv4a: nn.Conv2d
+    conv4b: nn.Conv2d
+    convPa: nn.Conv2d
+    convPb: nn.Conv2d
+    convDa: nn.Conv2d
+    convDb: nn.Conv2d
+
     def __init__(self) -> None:
         super().__init__()
         for name, c_in, c_out, k in LAYERS:

@@ -76,6 +76,8 @@ def _ranks(gt: OxfordParisGnd, ranks_path: Path | None, scores_path: Path | None
             return retrieval.ranks_from_scores(scores), scores_path
         except ValueError as e:
             raise InputError(f"{scores_path}: {e}") from e
+    if ranks_path is None:
+        raise InputError("give exactly one of ranks or scores")
     ranks = load_npy(ranks_path, "ranks")
     try:
         return retrieval.check_ranks(ranks, nq, db), ranks_path
@@ -250,10 +252,10 @@ class RecallReport:
 
 def _positions(utm_path: str | Path | None, names_path: str | Path | None, side: str) -> np.ndarray:
     """UTM ``[N, 2]`` of one side (``db`` or ``query``) from exactly one of its two files."""
-    if (utm_path is None) == (names_path is None):
-        raise InputError(f"give exactly one of the {side} UTM array or the {side} names file")
-    if names_path is not None:
+    if names_path is not None and utm_path is None:
         return pr.read_vg_names(names_path)
+    if utm_path is None or names_path is not None:
+        raise InputError(f"give exactly one of the {side} UTM array or the {side} names file")
     utm = load_npy(utm_path, f"{side} UTM positions")
     try:
         return pr.check_utm(utm, f"{side} UTM positions")

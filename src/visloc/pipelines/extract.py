@@ -23,7 +23,7 @@ from visloc.io import features_h5, shards
 from visloc.io.images import ImageError, list_images
 from visloc.io.jobs import JobSummary
 from visloc.io.parts import parts_dir
-from visloc.io.sources import ImageBatch, ImageSource, ResizeSpec, image_loader
+from visloc.io.sources import ImageBatch, ImageRecord, ImageSource, ResizeSpec, image_loader
 from visloc.pipelines.common import conf_record, conflicting_conf, pick_device
 
 logger = logging.getLogger(__name__)
@@ -105,10 +105,14 @@ def _extract_batch(model: Extractor, batch: ImageBatch, image_dir: Path, out: Pa
     for rec in batch.errors:
         summary.failed.append((rec.name, str(rec.error).removeprefix(f"{image_dir / rec.name}: ")))
         logger.warning("%s", rec.error)
-    groups = [batch.records] if batch.images is not None else []
-    groups += [[r] for r in batch.leftover]
-    for records in groups:
-        images = batch.images if records is batch.records else records[0].image[None]  # type: ignore[index]
+    groups: list[tuple[list[ImageRecord], torch.Tensor]] = []
+    if batch.images is not None:
+        groups.append((batch.records, batch.images))
+    for r in batch.leftover:
+        if r.image is None:  # collate_images puts only good records in leftover
+            raise RuntimeError(f"{r.name}: a leftover record without an image")
+        groups.append(([r], r.image[None]))
+    for records, images in groups:
         feats = extract_tensor(model, images, [r.scale for r in records], [r.original_size for r in records], device)
         for rec, f in zip(records, feats, strict=True):
             features_h5.stage_features(out, rec.name, f.numpy(), as_half=as_half)

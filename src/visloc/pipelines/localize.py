@@ -97,7 +97,7 @@ def read_map_record(map_dir: str | Path) -> tuple[dict[str, Any], MapFiles]:
         missing = [f"files.{k}" for k in parts if not isinstance(names.get(k), str)]
     if missing or not isinstance(names, dict):
         raise MapError(f"{path}: incomplete map record (no {', '.join(missing) or 'files'}); rebuild the map")
-    files = MapFiles(root, *(root / names[k] for k in parts), path)
+    files = MapFiles(root, **{k: root / names[k] for k in parts}, record=path)
     return record, files
 
 
@@ -231,7 +231,10 @@ def _localize_one(localizer: Localizer, name: str, queries: Path, local: Path | 
             feats = features_h5.load_features(glob, name)
             image = read_image(queries / name)
         if glob != local:
-            feats = feats.with_global(features_h5.load_features(glob, name).global_descriptor)
+            g = features_h5.load_features(glob, name).global_descriptor
+            if g is None:
+                raise features_h5.FeatureStoreError(f"{glob}: no global descriptor for image {name!r}")
+            feats = feats.with_global(g)
         camera, estimate_focal = _query_camera(name, feats, cams, map_cameras)
         return localizer.localize(Query(name, feats, image), camera, estimate_focal)
     except (ValueError, RuntimeError, OSError) as e:

@@ -105,7 +105,10 @@ def _read_raw(raw: Path, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, st
         for pair in pairs:
             key = matches_h5.names_to_pair(*pair)
             if key in fd:
-                out[pair] = {k: v[()] for k, v in fd[key].items()}
+                grp = fd[key]
+                if not isinstance(grp, h5py.Group):
+                    raise InputError(f"{raw}: {key!r} is not a group of raw matches")
+                out[pair] = {k: v[()] for k, v in grp.items()}
     return out
 
 

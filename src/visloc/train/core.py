@@ -134,7 +134,7 @@ def process_layout(t: OptimConf) -> Layout:
     return Layout(t.devices, t.num_nodes, False)
 
 
-def resolve_precision(t: OptimConf) -> str:
+def resolve_precision(t: OptimConf) -> Literal["32-true", "16-mixed", "bf16-mixed"]:
     """Lightning's precision string: ``auto`` is 16-mixed when the run can use CUDA, else 32-true."""
     if t.precision == "auto":
         cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
@@ -162,7 +162,7 @@ def build_trainer(
         devices=layout.devices,
         num_nodes=layout.num_nodes,
         strategy="ddp" if layout.distributed else "auto",
-        precision=resolve_precision(t),  # type: ignore[arg-type]
+        precision=resolve_precision(t),
         accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.jit import is_tracing  # pyright: ignore[reportPrivateImportUsage]  # public, not in torch.jit.__all__
 
 
 class NetVLAD(nn.Module):
@@ -62,7 +63,13 @@ class NetVLAD(nn.Module):
     def _set_conv_from_centroids(self) -> None:
         c = self.centroids
         self.conv.weight.copy_((2.0 * self.alpha * c)[:, :, None, None])
-        self.conv.bias.copy_(-self.alpha * c.pow(2).sum(dim=1))
+        self._conv_bias().copy_(-self.alpha * c.pow(2).sum(dim=1))
+
+    def _conv_bias(self) -> torch.Tensor:
+        """``conv.bias [K]``; the conv is built with one."""
+        if self.conv.bias is None:
+            raise RuntimeError("NetVLAD.conv has no bias")
+        return self.conv.bias
 
     @torch.no_grad()
     def set_centroids(self, centroids: torch.Tensor, alpha: float | None = None) -> NetVLAD:
@@ -99,7 +106,8 @@ class NetVLAD(nn.Module):
         if tuple(centroids.shape) != (k, d):
             raise ValueError(f"centroids must be [{k}, {d}], got {tuple(centroids.shape)}")
         self.conv.weight.copy_(weight.reshape(k, d, 1, 1).to(self.conv.weight))
-        self.conv.bias.copy_(bias.to(self.conv.bias) if bias is not None else torch.zeros_like(self.conv.bias))
+        conv_bias = self._conv_bias()
+        conv_bias.copy_(bias.to(conv_bias) if bias is not None else torch.zeros_like(conv_bias))
         self.centroids.copy_(centroids.to(self.centroids))
         return self
 
@@ -143,7 +151,7 @@ class NetVLAD(nn.Module):
             x: local descriptor map.
             mask: optional ``[B, H, W]`` (bool or float weights); positions at 0 are left out.
         """
-        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != self.dim):
+        if not is_tracing() and (x.dim() != 4 or x.shape[1] != self.dim):
             raise ValueError(f"x must be [B, {self.dim}, H, W], got shape {tuple(x.shape)}")
         if self.normalize_input:
             x = F.normalize(x, p=2.0, dim=1)
@@ -153,7 +161,7 @@ class NetVLAD(nn.Module):
         assign = logits.softmax(dim=1).flatten(2)  # [B, K, N]
         if mask is not None:
             bad_mask = mask.dim() != 3 or mask.shape[0] != x.shape[0] or mask.shape[1:] != x.shape[2:]
-            if not torch.jit.is_tracing() and bad_mask:
+            if not is_tracing() and bad_mask:
                 raise ValueError(f"mask must be [B, H, W] matching x, got shape {tuple(mask.shape)}")
             assign = assign * mask.flatten(1).to(assign.dtype)[:, None, :]
         feats = x.flatten(2)  # [B, D, N]

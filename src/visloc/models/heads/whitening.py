@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.jit import is_tracing  # pyright: ignore[reportPrivateImportUsage]  # public, not in torch.jit.__all__
 
 
 class PCAWhitening(nn.Module):
@@ -63,7 +64,7 @@ class PCAWhitening(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Centre and project ``x [B, dim_in]`` to ``[B, dim_out]`` without the final normalisation."""
-        if not torch.jit.is_tracing() and (x.dim() != 2 or x.shape[1] != self.dim_in):
+        if not is_tracing() and (x.dim() != 2 or x.shape[1] != self.dim_in):
             raise ValueError(f"x must be [B, {self.dim_in}], got shape {tuple(x.shape)}")
         return (x - self.mean) @ self.projection.T
 

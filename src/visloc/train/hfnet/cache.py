@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import Dataset
 
 from visloc.errors import InputError
@@ -34,7 +33,7 @@ from visloc.io.atomic import atomic_path, atomic_write_text
 from visloc.train.datasets.augment import photometric_hfnet
 from visloc.train.hfnet.conf import CacheConf, HFNetDistillConf
 from visloc.train.hfnet.data import DistillDataset
-from visloc.train.hfnet.teachers import CELL, Targets
+from visloc.train.hfnet.teachers import CELL, Targets, Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ def _settings(conf: HFNetDistillConf) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def build_cache(conf: HFNetDistillConf, names: list[str], teacher: nn.Module, cache_dir: Path) -> Path:
+def build_cache(conf: HFNetDistillConf, names: list[str], teacher: Teacher, cache_dir: Path) -> Path:
     """Write the targets of every image not yet cached; returns ``cache_dir``; unreadable images are skipped."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     record, settings = cache_dir / "cache.json", _settings(conf)
@@ -149,7 +148,7 @@ def build_cache(conf: HFNetDistillConf, names: list[str], teacher: nn.Module, ca
         t: Targets = teacher(item["image"][None])
         arrays = compress(t.dense[0], t.cells[0], t.global_[0], t.keypoints[0], conf.cache)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # pyright: ignore[reportArgumentType]  # numpy stub: **arrays could bind allow_pickle
     return cache_dir
 
 

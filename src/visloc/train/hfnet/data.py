@@ -11,6 +11,7 @@ run never stops for it. The image sources are ``train.datasets.images``.
 from __future__ import annotations
 
 import logging
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -32,7 +33,15 @@ def training_images(conf: DataConf) -> list[str]:
     return gather_images(conf.folders, conf.lists, conf.builtin)
 
 
-class DistillDataset(Dataset):
+class DistillItem(TypedDict):
+    """One training item: ``image [3, H, W]`` RGB and ``student_image [1, H, W]`` gray, float in [0, 1]."""
+
+    name: str
+    image: torch.Tensor
+    student_image: torch.Tensor
+
+
+class DistillDataset(Dataset[DistillItem]):
     """Random training crops; see the module docstring.
 
     Args:
@@ -63,7 +72,7 @@ class DistillDataset(Dataset):
                 logger.warning("skipping training image %s: %s", name, str(e).splitlines()[0][:120])
         raise InputError(f"data: none of the {len(self.names)} training images can be read")
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+    def __getitem__(self, index: int) -> DistillItem:
         name, rgb = self._load(index % len(self.names))
         c = self.conf
         if not self.augment:

@@ -52,6 +52,8 @@ class DistillationLoss(nn.Module):
         weights: fixed ``w`` for the same terms.
     """
 
+    weights: torch.Tensor  # buffer [3]: fixed weights of the terms
+
     def __init__(
         self,
         learned_weights: bool = True,

@@ -69,6 +69,8 @@ class DistillModule(L.LightningModule):
             when every batch carries cached targets (``dense``, ``cells``, ``global``, ``keypoints``).
     """
 
+    teacher: nn.Module | None  # set with object.__setattr__: deliberately not a child module
+
     def __init__(self, conf: HFNetDistillConf, run_dir: Path | None = None, teacher: nn.Module | None = None) -> None:
         super().__init__()
         self.conf = conf

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from visloc.conf import apply_overrides
 from visloc.errors import InputError
 from visloc.retrieval.vlad import load_vocabulary, save_vocabulary
 from visloc.train.datasets.images import collate
-from visloc.train.hfnet.cache import bytes_report
+from visloc.train.hfnet.cache import CachedDataset, bytes_report
 from visloc.train.hfnet.conf import HFNetDistillConf, check_conf
 from visloc.train.hfnet.data import DistillDataset, training_images
 from visloc.train.hfnet.module import DistillModule
@@ -106,19 +106,17 @@ class HFNetDistill(Recipe):
             load_backbone_weights(module.student, s.backbone_weights)
         return module
 
-    def dataset(self, conf: HFNetDistillConf, run_dir: Path) -> Dataset:
+    def dataset(self, conf: HFNetDistillConf, run_dir: Path) -> DistillDataset | CachedDataset:
         """Online items (the teacher runs on each batch) or centre crops with their cached targets."""
         names = training_images(conf.data)
         if not conf.cache.enabled:
             return DistillDataset(names, conf.data)
-        from visloc.train.hfnet.cache import CachedDataset
-
         return CachedDataset(names, conf, cache_dir(conf, run_dir))
 
     def data(self, conf: HFNetDistillConf, run_dir: Path) -> DataLoader:
         """Shuffled batches of ``train.batch_size`` (the last partial one dropped)."""
         dataset = self.dataset(conf, run_dir)
-        n = len(dataset)  # type: ignore[arg-type]
+        n = len(dataset)
         if n < conf.train.batch_size:
             raise InputError(
                 f"data: {n} items are fewer than train.batch_size={conf.train.batch_size} (raise data.repeat)"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ from visloc.features.aliked_sparse import SparseALIKED
 from visloc.features.learned import ALIKED, ALIKEDConf
 from visloc.retrieval.vlad import learn_vocabulary, load_vocabulary, vlad_torch
 from visloc.train.hfnet.conf import TeacherConf
+
+if TYPE_CHECKING:
+    from visloc.models.netvlad_vgg import NetVLADVGG16
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def cell_distribution(score_map: torch.Tensor, temperature: float, dustbin_score
     return torch.softmax(torch.cat([pixels, dustbin], 1) / temperature, dim=1)
 
 
-def _load_netvlad(path: str) -> nn.Module:
+def _load_netvlad(path: str) -> NetVLADVGG16:
     from visloc.weights.converters.netvlad import load_matconvnet_netvlad, load_pytorch_netvlad
 
     return load_matconvnet_netvlad(path) if Path(path).suffix == ".mat" else load_pytorch_netvlad(path)

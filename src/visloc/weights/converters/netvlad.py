@@ -57,6 +57,13 @@ def _conv_layers(model: NetVLADVGG16) -> list[nn.Conv2d]:
     return [m for m in model.encoder if isinstance(m, nn.Conv2d)]
 
 
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """``conv.bias``; every conv of :class:`NetVLADVGG16`'s encoder is built with one."""
+    if conv.bias is None:
+        raise RuntimeError(f"NetVLADVGG16 encoder conv {conv} has no bias")
+    return conv.bias
+
+
 # --- MatConvNet ------------------------------------------------------------------------------------
 
 
@@ -76,7 +83,7 @@ def _read_mat_net(p: Path) -> tuple[list[Any], Any, Any, Any]:
         raise WeightsError(f"{p}: cannot read as a .mat file ({e.__class__.__name__}: {str(e)[:80]})") from None
     net = mat.get("net")
     layers = getattr(net, "layers", None)
-    if layers is None or not hasattr(net, "meta"):
+    if net is None or layers is None or not hasattr(net, "meta"):
         raise WeightsError(f"{p}: expected a struct 'net' with fields 'layers' and 'meta' "
                            "(netvlad_tf_open's net_class2struct format)")
     layers = list(np.atleast_1d(layers))
@@ -129,16 +136,17 @@ def load_matconvnet_netvlad(path: str | Path) -> NetVLADVGG16:
             name = f"layer {layer.name!r}"
             # MatConvNet filters are H x W x Cin x Cout and applied as a correlation, like PyTorch's
             conv.weight.copy_(_tensor(p, f"{name} filters", w, (kh, kw, cin, cout)).permute(3, 2, 0, 1))
-            conv.bias.copy_(_tensor(p, f"{name} biases", b, (cout,)))
+            _bias(conv).copy_(_tensor(p, f"{name} biases", b, (cout,)))
         a = _tensor(p, "vlad:core assignment filters", assign_w, (VGG_DIM, k))
         c = -_tensor(p, "vlad:core centroids", neg_centroids, (VGG_DIM, k))  # stored negated
         model.pool.load_assignment(a.T, None, c.T)
         if model.whiten is not None:
+            g = model.whiten.out_features  # == whiten_dim
             w, b = _layer_weights(p, wpca, 2)
-            w = _tensor(p, "WPCA filters", w, (VGG_DIM * k, whiten_dim))  # rows d * K + k
-            w = w.reshape(VGG_DIM, k, whiten_dim).permute(2, 1, 0)  # [G, K, D]
-            model.whiten.weight.copy_(w.reshape(whiten_dim, k * VGG_DIM))
-            model.whiten.bias.copy_(_tensor(p, "WPCA biases", b, (whiten_dim,)))
+            w = _tensor(p, "WPCA filters", w, (VGG_DIM * k, g))  # rows d * K + k
+            w = w.reshape(VGG_DIM, k, g).permute(2, 1, 0)  # [G, K, D]
+            model.whiten.weight.copy_(w.reshape(g, k * VGG_DIM))
+            model.whiten.bias.copy_(_tensor(p, "WPCA biases", b, (g,)))
     return model.set_preprocessing(255.0, _average_rgb(p, meta), torch.ones(3)).eval()
 
 
@@ -177,12 +185,14 @@ def load_pytorch_netvlad(path: str | Path) -> NetVLADVGG16:
         for i, conv in enumerate(model.encoder):
             if isinstance(conv, nn.Conv2d):
                 conv.weight.copy_(_take(p, sd, f"encoder.{i}.weight", tuple(conv.weight.shape)))
-                conv.bias.copy_(_take(p, sd, f"encoder.{i}.bias", tuple(conv.bias.shape)))
+                conv_bias = _bias(conv)
+                conv_bias.copy_(_take(p, sd, f"encoder.{i}.bias", tuple(conv_bias.shape)))
         bias = _take(p, sd, "pool.conv.bias", (k,)) if "pool.conv.bias" in sd else None
         model.pool.load_assignment(_take(p, sd, "pool.conv.weight", (k, VGG_DIM, 1, 1)), bias,
                                    _take(p, sd, "pool.centroids", (k, VGG_DIM)))
         if model.whiten is not None:
-            model.whiten.weight.copy_(_take(p, sd, "WPCA.0.weight", (whiten_dim, k * VGG_DIM, 1, 1)).flatten(1))
-            model.whiten.bias.copy_(_take(p, sd, "WPCA.0.bias", (whiten_dim,)))
+            g = model.whiten.out_features  # == whiten_dim
+            model.whiten.weight.copy_(_take(p, sd, "WPCA.0.weight", (g, k * VGG_DIM, 1, 1)).flatten(1))
+            model.whiten.bias.copy_(_take(p, sd, "WPCA.0.bias", (g,)))
     mean, std = PYTORCH_NETVLAD_INPUT.normalisation()
     return model.set_preprocessing(1.0, torch.tensor(mean), torch.tensor(std)).eval()
