@@ -81,7 +81,7 @@ def rerank_conf(top: int, db_features: Optional[Path], model: str, threshold: Op
         fail(f"--rerank: expected >= 0, got {top}")
     if top and db_features is None:
         fail("--rerank needs --db-features (the database images' local features)")
-    return run(RerankConf, top=top, db_features=db_features, model=model, threshold=threshold,  # type: ignore[arg-type]
+    return run(RerankConf, top=top, db_features=db_features, model=model, threshold=threshold,
                matcher=matcher, matcher_overrides=tuple(matcher_overrides or ()), min_inliers=min_inliers)
 
 

@@ -53,7 +53,7 @@ def eval_homography(dataset: Annotated[str, typer.Option(help="synthetic (built 
     if dataset not in ("synthetic", "graf"):
         fail(f"--dataset: {dataset!r} is not one of synthetic, graf")
     method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
-    report = run(evaluate_homography, method, dataset=dataset,  # type: ignore[arg-type]
+    report = run(evaluate_homography, method, dataset=dataset,
                  threshold=threshold if threshold is not None else 3.0, cache_dir=cache, device=device, seed=seed)
     _finish(report, HOMOGRAPHY_COLUMNS, out)
 
@@ -175,11 +175,11 @@ def eval_retrieval(gnd: GndOpt, ranks: RanksOpt = None, scores: ScoresOpt = None
     if index is not None:
         conf = rerank_conf(rerank, db_features, rerank_model, rerank_threshold, rerank_matcher, set_rerank_matcher,
                            rerank_min_inliers)
-        report = run(evaluate_index, gnd, index, features, protocol=protocol,  # type: ignore[arg-type]
+        report = run(evaluate_index, gnd, index, features, protocol=protocol,
                      kappas=kappas, rerank=conf)
     else:
         report = run(evaluate_retrieval, gnd, ranks_path=ranks, scores_path=scores,
-                     protocol=protocol, kappas=kappas)  # type: ignore[arg-type]
+                     protocol=protocol, kappas=kappas)
     typer.echo(report.text())
     if out is not None:
         report.write(out)
