@@ -50,7 +50,7 @@ def data_bdd(labels: LabelsOpt, images: ImagesOpt, out: OutOpt, time: TimesOpt =
     """Select BDD100K's night and dawn/dusk frames and write VGA copies (resumable)."""
     from visloc.data.bdd import NIGHT_TIMES, select_bdd
 
-    summary = run(select_bdd, labels, images, out, tuple(time) if time else NIGHT_TIMES, size)
+    summary = run(select_bdd, labels, images, out, times=tuple(time) if time else NIGHT_TIMES, size=size)
     for line in summary.lines("bdd"):
         typer.echo(line)
     if not summary.ok:

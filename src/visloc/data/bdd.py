@@ -80,7 +80,7 @@ def _write_jpeg(path: Path, image: np.ndarray, quality: int = 95) -> None:
 
 
 def select_bdd(
-    labels: str | Path, images: str | Path, out: str | Path, times: Sequence[str] = NIGHT_TIMES, size: int = 640
+    labels: str | Path, images: str | Path, out: str | Path, *, times: Sequence[str] = NIGHT_TIMES, size: int = 640
 ) -> JobSummary:
     """Copy the selected BDD100K frames at ``size`` px (longest side) to ``out``; see the module docstring.
 
