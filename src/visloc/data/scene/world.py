@@ -43,6 +43,7 @@ class Plane:
         size_m: (width, height) of the rectangle along ``u`` and ``v`` in metres.
         mips: texture pyramid, level 0 first: uint8 RGBA ``[h_l, w_l, 4]`` (alpha 255, so that a warp with a
             zero border tells inside from outside), each level about half the previous.
+        place_id: id of the place the plane belongs to (``World.places`` / ``City.places``), -1 for none.
     """
 
     name: str
@@ -51,6 +52,7 @@ class Plane:
     v: np.ndarray
     size_m: tuple[float, float]
     mips: tuple[np.ndarray, ...]
+    place_id: int = -1
 
     @property
     def texture(self) -> np.ndarray:
