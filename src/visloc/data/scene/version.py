@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 #: bump on every change of the rendered output for a given conf (see the module docstring)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: the record's file name, beside ``scene.yaml`` in the scene's root
 GENERATOR_RECORD = "generator.yaml"
 
