@@ -13,9 +13,9 @@ renderer's own culling).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections import Counter
-import dataclasses
 
 import numpy as np
 
