@@ -157,7 +157,7 @@ def _area(poly: np.ndarray) -> float:
 def _outline(plane: Plane, M: np.ndarray, K: np.ndarray, near: float,
              size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
     """Visible outline of ``plane`` in texel coordinates and in pixels (both [N, 2]), or None if not in view."""
-    h, w = plane.mips[0].shape[:2]
+    w, h = plane.texture_size  # known without making a lazy texture
     poly = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
     poly = clip_polygon(poly, M[2, 0], M[2, 1], M[2, 2] - near)  # z(s, t) = M[2] . (s, t, 1) >= near
     if len(poly) < 3:
