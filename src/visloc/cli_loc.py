@@ -106,12 +106,14 @@ SetDemoExtractor = Annotated[Sets, typer.Option(help="Override key=value of ever
 SetDemoMatcher = Annotated[Sets, typer.Option(help="Override key=value of every method's matcher (repeatable).")]
 Thresholds = Annotated[Optional[str], typer.Option(help="Recall thresholds 'metres,degrees;...' "
                                                         "(default 0.25,2;0.5,5;5,10).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch CPU threads (default torch's, one per core; 1 is "
+                                                        "faster on a machine shared with other jobs).")]
 
 
 def demo(out: DemoOut = Path("visloc-demo"), scene_conf: SceneConfOpt = None, set_scene: SetScene = None,
          method: MethodOpt = None, extractor: DemoExtractor = None, matcher: DemoMatcher = None,
          set_extractor: SetDemoExtractor = None, set_matcher: SetDemoMatcher = None, top_k: TopK = 10,
-         thresholds: Thresholds = None, device: DeviceOpt = None) -> None:
+         thresholds: Thresholds = None, device: DeviceOpt = None, threads: ThreadsOpt = None) -> None:
     """Render the built-in city, map and localize its day/night/fog/blur queries with each method, print recall."""
     import dataclasses
     import time
@@ -122,6 +124,12 @@ def demo(out: DemoOut = Path("visloc-demo"), scene_conf: SceneConfOpt = None, se
     from visloc.pipelines.demo import DEFAULT_METHODS, DEMO_LOCALIZER, DemoMethod, parse_method, run_demo
 
     start = time.perf_counter()
+    if threads is not None:
+        if threads < 1:
+            fail(f"--threads: expected >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     scene = run(load_city_scene_conf, scene_conf, list(set_scene or ()))
     if (extractor or matcher) and method:
         fail("give --method, or --extractor / --matcher for one method, not both")
