@@ -3,7 +3,7 @@
 Steps, each the same call a user would make on their own data:
 
 1. render the demo's world (``visloc.data.scene.city_scene``: the test split of the default city, its six
-   street segments walked both ways, about 185 database frames; 48 query frames with viewpoint offsets, a
+   street segments walked both ways, about 200 database frames; 48 query frames with viewpoint offsets, a
    quarter each by day, night, fog and motion blur; exact poses and intrinsics);
 2. for each method (default: the shipped HF-Net student + mutual nearest neighbours, and SIFT + Lowe's ratio
    with HF-Net's global descriptor for retrieval): ``build_map`` (extract the database images, pair them from
