@@ -281,12 +281,12 @@ def texel_to_world(table: PlaneTable, planes: tuple[Plane, ...], index: np.ndarr
 
     Each computed once per world (cached in the table).
     """
-    cache = table.cache
-    if "A" not in cache:
-        cache["A"] = np.zeros((len(planes), 3, 3))
-        cache["texture_size"] = np.zeros((len(planes), 2), np.int64)
-        cache["A_known"] = np.zeros(len(planes), bool)
-    A, sizes, known = cache["A"], cache["texture_size"], cache["A_known"]
+    entry = table.cache.get("texel_to_world")
+    if entry is None:  # setdefault: threads that race here all get the same arrays
+        n = len(planes)
+        entry = table.cache.setdefault("texel_to_world", (np.zeros((n, 3, 3)), np.zeros((n, 2), np.int64),
+                                                           np.zeros(n, bool)))
+    A, sizes, known = entry
     for i in index[~known[index]].tolist():
         A[i] = planes[i].texel_to_world
         sizes[i] = planes[i].texture_size
