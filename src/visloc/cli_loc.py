@@ -116,7 +116,12 @@ def demo(out: DemoOut = Path("visloc-demo"), scene_conf: SceneConfOpt = None, se
          thresholds: Thresholds = None, device: DeviceOpt = None, threads: ThreadsOpt = None) -> None:
     """Render the built-in city, map and localize its day/night/fog/blur queries with each method, print recall."""
     import dataclasses
+    import os
     import time
+
+    # before torch loads: idle OpenMP threads sleep instead of spinning; on a CPU shared with other jobs spinning
+    # made the demo 5-10x slower (benchmarks/bench_demo.py); an OMP_WAIT_POLICY already set wins
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from visloc.conf import parse_overrides
     from visloc.data.scene.city_scene import load_city_scene_conf
