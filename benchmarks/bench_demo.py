@@ -67,7 +67,8 @@ def main() -> None:
     policy = os.environ.get("OMP_WAIT_POLICY", "unset")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}); {len(summary.scene.db_names)} database "
-          f"and {len(summary.scene.query_names)} query frames; load average {load0[0]:.1f} before, {load1[0]:.1f} after")
+          f"and {len(summary.scene.query_names)} query frames; load average {load0[0]:.1f} before, "
+          f"{load1[0]:.1f} after")
     print("| stage | wall s |")
     print("|---|---:|")
     for name, seconds in _stages(summary):
