@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from visloc.conf import ConfError
 from visloc.data.world.motion import Limits, Profile, plan_profile
 from visloc.data.world.route import Centreline, Route
 
@@ -53,6 +54,22 @@ class VehicleConf:
     cam_height_m: float = 1.5
     cam_forward_m: float = 1.0
     cam_pitch_deg: float = -2.0
+
+    def __post_init__(self) -> None:
+        positive = ("max_speed_mps", "max_accel_mps2", "max_decel_mps2", "max_jerk_mps3", "max_lateral_accel_mps2",
+                    "lane_width_m", "lane_change_m", "cam_height_m")
+        for name in positive:
+            _check(getattr(self, name) > 0, name, "must be > 0", getattr(self, name))
+        for name in ("stop_probability", "lane_change_probability"):
+            _check(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]", getattr(self, name))
+        for name in ("stop_dwell_s", "curb_margin_m", "cam_forward_m"):
+            _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+        _check(-60 <= self.cam_pitch_deg <= 60, "cam_pitch_deg", "must be in [-60, 60]", self.cam_pitch_deg)
+
+
+def _check(ok: bool, name: str, problem: str, value: object) -> None:
+    if not ok:
+        raise ConfError(f"VehicleConf.{name}: {problem}, got {value!r}")
 
 
 @dataclass(frozen=True)
