@@ -119,7 +119,8 @@ def test_trajectory_stays_in_its_streets_within_every_bound() -> None:
     by_id = {s.id: s for s in streets}
     for pts in (traj.position[:, :2], traj.cam_center[:, :2]):
         assert np.any([_inside(pts, by_id[sid]) for sid in route.street_ids], axis=0).all()
-        own = np.array([_inside(p[None], by_id[sid])[0] for p, sid in zip(pts[::50], traj.street_id[::50])])
+        own = np.array([_inside(p[None], by_id[sid])[0] for p, sid in
+                        zip(pts[::50], traj.street_id[::50], strict=True)])
         assert own.mean() > 0.9  # on the street it is said to be on, but for the turns' arcs
     # the camera: mount ahead of the reference point, at its height, looking along the heading
     fwd = np.stack([np.cos(traj.heading), np.sin(traj.heading)], 1)

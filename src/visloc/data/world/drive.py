@@ -80,8 +80,11 @@ class TraversalPlan:
 
 @dataclass(frozen=True)
 class DrivePlan:
-    """The route and every traversal; ``foreign_views``: frames of the quarter-resolution check that show
-    another split (their full-resolution frames are checked again, and not written when they still do)."""
+    """The route and every traversal.
+
+    ``foreign_views`` counts the frames of the low-resolution check that show another split (their
+    full-resolution frames are checked again, and not written when they still do).
+    """
 
     route: Route
     line: Centreline

@@ -48,7 +48,7 @@ class GeoOrigin:
             raise ValueError(f"GeoOrigin: lon_deg must be in [-180, 180), got {self.lon_deg}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _transformer(src: str, dst: str):  # noqa: ANN202 (pyproj is imported on use)
     from pyproj import Transformer
 

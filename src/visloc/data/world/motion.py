@@ -176,7 +176,8 @@ def plan_profile(length: float, stops: list[tuple[float, float]], caps: list[tup
         stops: (position, dwell seconds) where the vehicle comes to rest, strictly inside ``(0, length)``.
         caps: (start, end, max speed) intervals along the path (metres, m/s > 0), disjoint, not containing stops.
         lim: speed, acceleration and jerk limits.
-        start_dwell: seconds at rest before starting; ``end_dwell``: seconds at rest after arriving.
+        start_dwell: seconds at rest before starting.
+        end_dwell: seconds at rest after arriving.
 
     Returns:
         The profile; its speed never exceeds ``lim.max_speed`` or a cap, its acceleration stays within
