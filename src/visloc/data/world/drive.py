@@ -18,8 +18,8 @@ The route is a walk through the streets of the split (:mod:`visloc.data.world.ro
 it in its own condition, lateral offset and speed, with its own stops and lane changes
 (:mod:`visloc.data.world.trajectory`). A frame that would show a place of another split is not written (it
 is listed as skipped in ``world.yaml``); among ``route_tries`` candidate routes the first whose frames (checked
-at a quarter of the resolution) show none is taken, else the one with the fewest. Deterministic per seed;
-resumable (finished frames are skipped, the text files are written last).
+at a quarter of the resolution, at least 64 px wide) show none is taken, else the one with the fewest.
+Deterministic per seed; resumable (finished frames are skipped, the text files are written last).
 """
 
 from __future__ import annotations
@@ -149,12 +149,13 @@ def _plan_candidate(conf: DriveConf, graph: StreetGraph, split: Split, r: int) -
 
 
 def _foreign_views(city: City, plan: DrivePlan, conf: DriveConf, split: Split, limit: int, show: bool) -> int:
-    """Frames of ``plan`` (at a quarter of the resolution) showing another split; stops counting past ``limit``."""
+    """Frames of ``plan`` (at low resolution) showing another split; stops counting past ``limit``."""
     from visloc.data.scene.city_views import foreign_fraction
     from visloc.data.scene.render import render
 
-    size = (max(conf.width // 4, 8), max(conf.height // 4, 8))
-    K = intrinsics(conf.focal * size[0] / conf.width, *size)
+    scale = max(0.25, min(1.0, 64 / conf.width))  # a quarter of the resolution, at least 64 px wide
+    size = (round(conf.width * scale), round(conf.height * scale))
+    K = intrinsics(conf.focal * scale, *size)
     count = 0
     items = [(tp, int(i)) for tp in plan.traversals for i in tp.render_index]
     for tp, i in progress(items, total=len(items), desc="drive: checking the route's views", enabled=show):
