@@ -107,7 +107,9 @@ def test_poses_match_positions_and_gps(drive_run) -> None:
         assert np.abs(e - p["utm_e"]).max() < 1e-3 and np.abs(n - p["utm_n"]).max() < 1e-3
 
 
-def _inside_any(xy: np.ndarray, streets) -> np.ndarray:
+def _inside_any(xy: np.ndarray, streets, ext: float) -> np.ndarray:
+    """Inside the band of one of ``streets`` (facade line to facade line), prolonged by ``ext`` at both ends into
+    the intersections (segments end at the intersections' edges)."""
     ok = np.zeros(len(xy), bool)
     for st in streets:
         a, b = np.asarray(st.start), np.asarray(st.end)
@@ -115,7 +117,7 @@ def _inside_any(xy: np.ndarray, streets) -> np.ndarray:
         u = (b - a) / length
         rel = xy - a
         along, across = rel @ u, rel @ np.array([-u[1], u[0]])
-        ok |= (along >= -st.width_m / 2) & (along <= length + st.width_m / 2) & (np.abs(across) <= st.width_m / 2)
+        ok |= (along >= -ext) & (along <= length + ext) & (np.abs(across) <= st.width_m / 2)
     return ok
 
 
@@ -126,7 +128,7 @@ def test_positions_on_streets_of_the_split(drive_run, city) -> None:
     for tf in files.traversals:
         p = read_poses_csv(tf.poses_csv)
         assert set(p["street_id"].tolist()) <= ids
-        assert _inside_any(np.stack([p["x"], p["y"]], 1), streets).all()
+        assert _inside_any(np.stack([p["x"], p["y"]], 1), streets, max(s.width_m for s in city.streets)).all()
 
 
 def test_speed_and_acceleration_bounds_and_stops(drive_run) -> None:

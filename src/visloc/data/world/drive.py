@@ -17,8 +17,8 @@ simulator interpolates its own views between them.
 The route is a walk through the streets of the split (:mod:`visloc.data.world.route`); each traversal drives
 it in its own condition, lateral offset and speed, with its own stops and lane changes
 (:mod:`visloc.data.world.trajectory`). A frame that would show a place of another split is not written (it
-is listed as skipped in ``world.yaml``); among ``route_tries`` candidate routes the first whose frames (checked
-at a quarter of the resolution, at least 64 px wide) show none is taken, else the one with the fewest.
+is listed as skipped in ``world.yaml``); among ``route_tries`` candidate routes the first whose views (two per second
+of drive, at a quarter of the resolution, at least 64 px wide) show none is taken, else the one with the fewest.
 Deterministic per seed; resumable (finished frames are skipped, the text files are written last).
 """
 
@@ -157,13 +157,26 @@ def _foreign_views(city: City, plan: DrivePlan, conf: DriveConf, split: Split, l
     size = (round(conf.width * scale), round(conf.height * scale))
     K = intrinsics(conf.focal * scale, *size)
     count = 0
-    items = [(tp, int(i)) for tp in plan.traversals for i in tp.render_index]
+    every = max(1, conf.render_hz // 2)  # two views per second of each drive are enough to choose a route
+    items = [(tp, int(i)) for tp in plan.traversals for i in tp.render_index[::every]]
     for tp, i in progress(items, total=len(items), desc="drive: checking the route's views", enabled=show):
         frame = render(city, K, tp.pose(i), size=size)  # pyright: ignore[reportArgumentType]  # City is World-like
         count += foreign_fraction(frame.place_id, city, split) > 0
         if count > limit:
             break
     return count
+
+
+def closed_ends(city: City) -> set[tuple[int, int]]:
+    """``(street id, 0 | 1)`` of the street starts (0) and ends (1) closed by a wall (the city's ``end`` places
+    that stand across a street, at a split border)."""
+    out = set()
+    for p in city.places:
+        if p.kind == "end" and p.street_id >= 0:
+            st = city.streets[p.street_id]
+            c = np.asarray(p.center[:2])
+            out.add((st.id, int(np.linalg.norm(c - st.end) < np.linalg.norm(c - st.start))))
+    return out
 
 
 def plan_drive(conf: DriveConf, city: City, split: Split, show: bool = False) -> DrivePlan:
@@ -175,7 +188,7 @@ def plan_drive(conf: DriveConf, city: City, split: Split, show: bool = False) ->
     streets = city.streets_of(split)
     if not streets:
         raise ConfError(f"DriveConf.city: the {split} split has no street entirely inside it")
-    graph = street_graph(streets)
+    graph = street_graph(city.streets, {s.id for s in streets}, closed_ends(city))
     best: DrivePlan | None = None
     for r in range(conf.route_tries):
         plan = _plan_candidate(conf, graph, split, r)

@@ -101,7 +101,7 @@ class DriveConf:
         for i, t in enumerate(self.traversals):
             where = f"traversals[{i}]"
             _check(bool(_NAME.match(t.name)), f"{where}.name", "must be letters, digits, '_' or '-'", t.name)
-            _check(names.count(t.name) == 1, f"{where}.name", "must be unique", t.name)
+            _check(t.name not in names[:i], f"{where}.name", "must be unique", t.name)
             _check(0 < t.speed_scale <= 2, f"{where}.speed_scale", "must be in (0, 2]", t.speed_scale)
             _check(abs(t.lateral_offset_m) < self.turn_radius_m, f"{where}.lateral_offset_m",
                    f"must be smaller than turn_radius_m = {self.turn_radius_m} in size", t.lateral_offset_m)

@@ -1,16 +1,17 @@
 """Vehicle routes through the street graph of one split, and the smooth centre line of a route.
 
-The street graph: nodes are the ends of the streets (intersections, or the city's edge), merged when closer
-than ``tol_m``; edges are streets. A route is a walk along connected streets (no U-turns, unused streets
-first) from a random node. Its centre line is made smooth by a circular arc of radius ``turn_radius_m`` at each
-turn, tangent to both streets' centre lines (a fillet), and sampled densely: positions, unit tangents, left
-normals and signed curvature (positive for a left turn) at a spacing of ``step_m`` of arc length ``s``.
-World frame: metres, x east, y north (the ground plane).
+The street graph: street segments end at the edges of their intersections; the ends closer than ``join_m``
+(default: the widest street, plus 1 m) meet at one node, placed where the centre lines cross (least squares). An
+end closed by a wall (a split border) gets a node of its own at the wall: a dead end. A route is a walk along
+connected streets (no U-turns, unused streets first) from a random node, through the nodes' centres. Its centre
+line is made smooth by a circular arc of radius ``turn_radius_m`` at each turn, tangent to both streets' centre
+lines (a fillet), and sampled densely: positions, unit tangents, left normals and signed curvature (positive for
+a left turn) at a spacing of ``step_m`` of arc length ``s``. World frame: metres, x east, y north.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,12 +21,12 @@ from visloc.data.scene.places import Street
 
 @dataclass(frozen=True)
 class StreetGraph:
-    """Streets as edges between merged end points.
+    """Streets as edges between intersections.
 
     Attributes:
         nodes: float64 [V, 2] node positions (metres).
-        edges: (street id, node a, node b, length m, width m) per street.
-        node_half_width: float64 [V], half the widest street at each node (metres).
+        edges: (street id, node a at the street's start, node b at its end, length m, width m) per street kept.
+        node_half_width: float64 [V], half the widest street meeting at each node (metres; 0 at a dead end).
     """
 
     nodes: np.ndarray
@@ -37,27 +38,71 @@ class StreetGraph:
         return [k for k, e in enumerate(self.edges) if node in (e[1], e[2])]
 
 
-def street_graph(streets: Sequence[Street], tol_m: float = 0.5) -> StreetGraph:
-    """The graph of ``streets`` (ends closer than ``tol_m`` become one node)."""
-    nodes: list[np.ndarray] = []
+def _clusters(ends: np.ndarray, join_m: float) -> np.ndarray:
+    """Label [E] of each end point [E, 2]: ends closer than ``join_m`` (transitively) share a label."""
+    parent = np.arange(len(ends))
 
-    def node_of(p: tuple[float, float]) -> int:
-        q = np.asarray(p, np.float64)
-        for i, n in enumerate(nodes):
-            if np.linalg.norm(n - q) < tol_m:
-                return i
-        nodes.append(q)
-        return len(nodes) - 1
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
 
+    d = np.linalg.norm(ends[:, None] - ends[None], axis=2)
+    for i, j in zip(*np.nonzero(np.triu(d < join_m, 1)), strict=True):
+        parent[root(int(i))] = root(int(j))
+    return np.array([root(i) for i in range(len(ends))])
+
+
+def _crossing(points: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Least-squares crossing [2] of the lines through ``points`` [n, 2] along unit ``dirs`` [n, 2]."""
+    P = np.eye(2)[None] - dirs[:, :, None] * dirs[:, None, :]
+    A, b = P.sum(0), np.einsum("nij,nj->i", P, points)
+    if abs(np.linalg.det(A)) < 1e-6:  # parallel streets only: the middle of their ends
+        return points.mean(0)
+    return np.linalg.solve(A, b)
+
+
+def street_graph(streets: Sequence[Street], keep: Collection[int] | None = None,
+                 blocked: Collection[tuple[int, int]] = (), join_m: float | None = None) -> StreetGraph:
+    """The graph of the streets ``keep`` (ids; default all), with the intersections of all ``streets``.
+
+    Args:
+        streets: every street of the city (their ends make the intersections).
+        keep: ids of the streets that are edges.
+        blocked: ``(street id, 0 | 1)``: the street's start (0) or end (1) is closed (a dead end there).
+        join_m: ends closer than this meet at one node; default the widest street plus 1 m.
+    """
+    keep = {s.id for s in streets} if keep is None else set(keep)
+    blocked = set(blocked)
+    join = max(s.width_m for s in streets) + 1.0 if join_m is None else join_m
+    ends = np.array([p for s in streets for p in (s.start, s.end)], np.float64).reshape(-1, 2)
+    dirs = np.array([d for s in streets for d in _unit_dirs(s)]).reshape(-1, 2)
+    labels = _clusters(ends, join)
+    roots = sorted(set(labels.tolist()))
+    nodes = [_crossing(ends[labels == r], dirs[labels == r]) for r in roots]
+    half = [max(s.width_m for k, s in enumerate(streets) if r in labels[2 * k:2 * k + 2]) / 2 for r in roots]
+    index = {r: i for i, r in enumerate(roots)}
     edges = []
-    for st in streets:
-        a, b = node_of(st.start), node_of(st.end)
-        if a != b:
-            edges.append((st.id, a, b, float(np.linalg.norm(np.subtract(st.end, st.start))), float(st.width_m)))
-    half = np.zeros(len(nodes))
-    for _, a, b, _, w in edges:
-        half[a], half[b] = max(half[a], w / 2), max(half[b], w / 2)
-    return StreetGraph(np.array(nodes, np.float64).reshape(-1, 2), tuple(edges), half)
+    for k, st in enumerate(streets):
+        if st.id not in keep:
+            continue
+        ab = []
+        for e in (0, 1):
+            if (st.id, e) in blocked:  # a node of its own at the wall
+                nodes.append(ends[2 * k + e])
+                half.append(0.0)
+                ab.append(len(nodes) - 1)
+            else:
+                ab.append(index[int(labels[2 * k + e])])
+        edges.append((st.id, ab[0], ab[1], float(np.linalg.norm(nodes[ab[1]] - nodes[ab[0]])), float(st.width_m)))
+    return StreetGraph(np.array(nodes, np.float64).reshape(-1, 2), tuple(edges), np.array(half, np.float64))
+
+
+def _unit_dirs(st: Street) -> tuple[np.ndarray, np.ndarray]:
+    d = np.subtract(st.end, st.start).astype(np.float64)
+    d /= np.linalg.norm(d)
+    return d, d
 
 
 @dataclass(frozen=True)
@@ -139,6 +184,7 @@ class Centreline:
         node_s: float64 [K + 1] arc length at each node's passage (the middle of its arc).
         arc_start, arc_end: float64 [K + 1] arc length where each node's arc begins and ends (equal to
             ``node_s`` where the route goes straight on; the first and last nodes have none).
+        tan_len: float64 [K + 1] distance from each node to its arc's ends along the streets (0: straight on).
     """
 
     s: np.ndarray
@@ -150,6 +196,7 @@ class Centreline:
     node_s: np.ndarray
     arc_start: np.ndarray
     arc_end: np.ndarray
+    tan_len: np.ndarray
 
 
 def _turns(nodes: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,7 +235,7 @@ def centreline(route: Route, turn_radius_m: float, step_m: float = 0.05) -> Cent
     s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
     node_s, arc_start, arc_end = _node_positions(s, leg, theta, tan_len, turn_radius_m)
     normal = np.stack([-tangent[:, 1], tangent[:, 0]], 1)
-    return Centreline(s, xy, tangent, normal, curv, edge.astype(np.int64), node_s, arc_start, arc_end)
+    return Centreline(s, xy, tangent, normal, curv, edge.astype(np.int64), node_s, arc_start, arc_end, tan_len)
 
 
 def _arc(corner: np.ndarray, u_in: np.ndarray, theta: float, radius: float, step: float,

@@ -118,14 +118,23 @@ class VehiclePath:
     caps: list[tuple[float, float, float]]
 
 
+#: a stop is this far before the intersection (metres)
+_STOP_LINE_M = 1.5
+
+
 def _smoothstep(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     u = np.clip(u, 0.0, 1.0)
     return u ** 3 * (10 - 15 * u + 6 * u * u), 30 * u * u * (1 - u) ** 2
 
 
-def _stop_back(line: Centreline, route: Route, k: int) -> float:
-    """How far before node ``k``'s arc its stop line is (metres): outside the crossing street."""
-    return max(float(route.node_half_width[k]), float(line.node_s[k] - line.arc_start[k])) + 1.5
+def _entry(line: Centreline, route: Route, k: int) -> float:
+    """Arc length where the route enters node ``k``'s intersection (or its arc, if that comes first)."""
+    return float(line.arc_start[k] + min(0.0, line.tan_len[k] - route.node_half_width[k]))
+
+
+def _exit(line: Centreline, route: Route, k: int) -> float:
+    """Arc length where the route leaves node ``k``'s intersection (or its arc, if that ends later)."""
+    return float(line.arc_end[k] + max(0.0, route.node_half_width[k] - line.tan_len[k]))
 
 
 def lateral_profile(line: Centreline, route: Route, conf: VehicleConf, offset_m: float,
@@ -139,8 +148,8 @@ def lateral_profile(line: Centreline, route: Route, conf: VehicleConf, offset_m:
     L = conf.lane_change_m
     for k, width in enumerate(route.widths):
         fits = abs(home - conf.lane_width_m) <= width / 2 - conf.curb_margin_m
-        a = line.arc_end[k] + _stop_back(line, route, k) + 0.5  # the street's straight stretch
-        b = line.arc_start[k + 1] - _stop_back(line, route, k + 1) - 0.5
+        a = _exit(line, route, k) + 2.0  # the street's stretch between its intersections, clear of stop lines
+        b = _entry(line, route, k + 1) - _STOP_LINE_M - 2.0
         room = b - a - 2 * L - 5.0
         if not fits or room <= 0 or rng.random() >= conf.lane_change_probability:
             continue
@@ -167,7 +176,7 @@ def vehicle_path(line: Centreline, route: Route, conf: VehicleConf, offset_m: fl
     s_c = line.s[keep]
     stops = []
     for k in range(1, len(route.street_ids)):
-        sc = line.arc_start[k] - _stop_back(line, route, k)
+        sc = _entry(line, route, k) - _STOP_LINE_M
         if rng.random() < conf.stop_probability and s_c[0] + 5 < sc < s_c[-1] - 5:
             stops.append((float(np.interp(sc, s_c, s)), conf.stop_dwell_s))
     caps = _curve_caps(s, heading, conf.max_lateral_accel_mps2, conf.max_speed_mps * speed_scale)
