@@ -160,7 +160,7 @@ def _foreign_views(city: City, plan: DrivePlan, conf: DriveConf, split: Split, l
     every = max(1, conf.render_hz // 2)  # two views per second of each drive are enough to choose a route
     items = [(tp, int(i)) for tp in plan.traversals for i in tp.render_index[::every]]
     for tp, i in progress(items, total=len(items), desc="drive: checking the route's views", enabled=show):
-        frame = render(city, K, tp.pose(i), size=size)  # pyright: ignore[reportArgumentType]  # City is World-like
+        frame = render(city, K, tp.pose(i), size=size)
         count += foreign_fraction(frame.place_id, city, split) > 0
         if count > limit:
             break
@@ -168,8 +168,10 @@ def _foreign_views(city: City, plan: DrivePlan, conf: DriveConf, split: Split, l
 
 
 def closed_ends(city: City) -> set[tuple[int, int]]:
-    """``(street id, 0 | 1)`` of the street starts (0) and ends (1) closed by a wall (the city's ``end`` places
-    that stand across a street, at a split border)."""
+    """``(street id, 0 | 1)`` of the street starts (0) and ends (1) closed by a wall.
+
+    The walls are the city's ``end`` places that stand across a street (at a split border).
+    """
     out = set()
     for p in city.places:
         if p.kind == "end" and p.street_id >= 0:
@@ -183,7 +185,8 @@ def plan_drive(conf: DriveConf, city: City, split: Split, show: bool = False) ->
     """The route and traversals of ``conf`` in ``split`` (deterministic per seed; see the module docstring).
 
     Raises:
-        ConfError: the split has no street, a traversal's lane does not fit, the turn radius does not fit.
+        ConfError: the split has no street, a traversal's lane does not fit, the turn radius does not fit, a
+            candidate route would write more frames or poses than the budgets (checked before rendering).
     """
     streets = city.streets_of(split)
     if not streets:
@@ -192,6 +195,7 @@ def plan_drive(conf: DriveConf, city: City, split: Split, show: bool = False) ->
     best: DrivePlan | None = None
     for r in range(conf.route_tries):
         plan = _plan_candidate(conf, graph, split, r)
+        _check_budget(conf, plan)  # before any view is rendered
         limit = best.foreign_views if best is not None else sum(len(t.render_index) for t in plan.traversals)
         n = _foreign_views(city, plan, conf, split, limit, show)
         if best is None or n < best.foreign_views:
@@ -315,7 +319,6 @@ def generate_drive(conf: DriveConf, out: str | Path, *, split: str, progress: bo
         return _files_on_disk(conf, out, writer.summary)
     city = build_city(conf.city)
     plan = plan_drive(conf, city, split_, progress)
-    _check_budget(conf, plan)
     start(job)
     cities: dict[str, City] = {city.season: city}
     frames = [_render_traversal(conf, tp, i, cities, split_, writer, progress) for i, tp in enumerate(plan.traversals)]
