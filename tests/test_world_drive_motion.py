@@ -115,7 +115,7 @@ def test_trajectory_stays_in_its_streets_within_every_bound() -> None:
     assert np.max(traj.speed ** 2 * kappa) <= conf.max_lateral_accel_mps2 * 1.01
     assert len(path.stops) == len(route.street_ids) - 1  # a stop before every intersection passed
     lateral = np.round(traj.lateral, 6)
-    assert {-0.75, -3.25} <= set(lateral.tolist())  # home lane with its offset, and a lane change
+    assert {-0.75, 1.75} <= set(lateral.tolist())  # home lane with its offset, and a lane change to the left
     by_id = {s.id: s for s in streets}
     for pts in (traj.position[:, :2], traj.cam_center[:, :2]):
         assert np.any([_inside(pts, by_id[sid]) for sid in route.street_ids], axis=0).all()

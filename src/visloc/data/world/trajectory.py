@@ -2,9 +2,9 @@
 
 The vehicle's reference point moves on the ground (z = 0) at signed lateral distance ``d(s)`` (metres, > 0 to
 the left) from the route's smoothed centre line: ``p(s) = c(s) + d(s) n(s)``. ``d`` is the home lane's centre
-(``-lane_width_m / 2``, right-hand traffic) plus the traversal's constant lateral offset, plus lane changes to
-the next lane to the right (``-lane_width_m``) and back on straight stretches of streets wide enough for it, each
-a quintic smooth step over ``lane_change_m``. Its heading follows ``p'(s) = (1 - kappa d) t + d' n``.
+(``-lane_width_m / 2``, right-hand traffic) plus the traversal's constant lateral offset, plus lane changes
+into the lane on the left (``+lane_width_m``: overtaking, on the city's two-lane streets) and back, on straight
+stretches of streets wide enough for it, each a quintic smooth step over ``lane_change_m``. Its heading follows ``p'(s) = (1 - kappa d) t + d' n``.
 
 The speed profile (:mod:`visloc.data.world.motion`) runs along the vehicle's own path length: speed at most
 ``max_speed * speed_scale``, lateral acceleration at most ``max_lateral_accel`` on curves, bounded acceleration
@@ -28,13 +28,13 @@ from visloc.data.world.route import Centreline, Route
 
 @dataclass(frozen=True)
 class VehicleConf:
-    """The vehicle's motion and camera mount (checked by the generator's conf).
+    """The vehicle's motion, lanes and camera mount (every field checked, ``ConfError`` naming it).
 
     Attributes:
         max_speed_mps, max_accel_mps2, max_decel_mps2, max_jerk_mps3, max_lateral_accel_mps2: motion limits.
         stop_probability: chance of a stop before each intersection passed; ``stop_dwell_s``: its dwell.
         lane_width_m: lane width (home lane centre at ``-lane_width_m / 2``); ``curb_margin_m``: least distance
-            from the vehicle's reference point to the facade line.
+            from the vehicle's reference point to the facade line (the pavement and half the vehicle).
         lane_change_probability: chance of a lane change (there and back) on each street that allows one;
             ``lane_change_m``: length of one change.
         cam_height_m, cam_forward_m, cam_pitch_deg: the camera mount.
@@ -48,7 +48,7 @@ class VehicleConf:
     stop_probability: float = 0.4
     stop_dwell_s: float = 3.0
     lane_width_m: float = 2.5
-    curb_margin_m: float = 1.0
+    curb_margin_m: float = 2.0
     lane_change_probability: float = 0.5
     lane_change_m: float = 20.0
     cam_height_m: float = 1.5
@@ -141,13 +141,13 @@ def lateral_profile(line: Centreline, route: Route, conf: VehicleConf, offset_m:
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Signed lateral distance ``d`` [M] and its derivative ``d'`` [M] along the centre line.
 
-    Lane changes (there, at least 5 m in the next lane, back) keep clear of the stop lines at both ends.
+    Lane changes (there, at least 5 m in the lane on the left, back) keep clear of the stop lines at both ends.
     """
     home = -conf.lane_width_m / 2 + offset_m
     d, dd = np.full(len(line.s), home), np.zeros(len(line.s))
     L = conf.lane_change_m
     for k, width in enumerate(route.widths):
-        fits = abs(home - conf.lane_width_m) <= width / 2 - conf.curb_margin_m
+        fits = abs(home + conf.lane_width_m) <= width / 2 - conf.curb_margin_m
         a = _exit(line, route, k) + 2.0  # the street's stretch between its intersections, clear of stop lines
         b = _entry(line, route, k + 1) - _STOP_LINE_M - 2.0
         room = b - a - 2 * L - 5.0
@@ -157,8 +157,8 @@ def lateral_profile(line: Centreline, route: Route, conf: VehicleConf, offset_m:
         hold = 5.0 + rng.uniform(0, room - (start - a))
         for s0, sign in ((start, 1.0), (start + L + hold, -1.0)):
             h, dh = _smoothstep((line.s - s0) / L)
-            d -= sign * conf.lane_width_m * h
-            dd -= sign * conf.lane_width_m * dh / L
+            d += sign * conf.lane_width_m * h
+            dd += sign * conf.lane_width_m * dh / L
     return d, dd
 
 
