@@ -64,6 +64,9 @@ def test_layout_and_files(drive_run) -> None:
         assert all((files.root / n).is_file() for n in names)
         assert sorted(read_poses(tf.poses)) == sorted(names) == sorted(read_cameras(tf.cameras))
         assert len(list((files.root / tf.name / "frames").iterdir())) == len(names)
+    again = generate_drive(conf, files.root, split=SPLIT, progress=False)  # a finished job returns at once
+    assert again.summary.done == 0 and again.summary.already_done == sum(len(t.frames) for t in files.traversals)
+    assert again.traversals == files.traversals
 
 
 def test_timestamps_at_the_requested_rates(drive_run) -> None:
