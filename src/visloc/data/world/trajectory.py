@@ -4,7 +4,8 @@ The vehicle's reference point moves on the ground (z = 0) at signed lateral dist
 the left) from the route's smoothed centre line: ``p(s) = c(s) + d(s) n(s)``. ``d`` is the home lane's centre
 (``-lane_width_m / 2``, right-hand traffic) plus the traversal's constant lateral offset, plus lane changes
 into the lane on the left (``+lane_width_m``: overtaking, on the city's two-lane streets) and back, on straight
-stretches of streets wide enough for it, each a quintic smooth step over ``lane_change_m``. Its heading follows ``p'(s) = (1 - kappa d) t + d' n``.
+stretches of streets wide enough for it, each a quintic smooth step over ``lane_change_m``. Its heading follows
+``p'(s) = (1 - kappa d) t + d' n``.
 
 The speed profile (:mod:`visloc.data.world.motion`) runs along the vehicle's own path length: speed at most
 ``max_speed * speed_scale``, lateral acceleration at most ``max_lateral_accel`` on curves, bounded acceleration
