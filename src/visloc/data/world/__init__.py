@@ -28,7 +28,10 @@ class GeneratorEntry:
 
 
 #: kind -> generator (the conf class must have a ``city: CityConf`` field; ``--seed`` sets ``city.seed``)
-GENERATORS: dict[str, GeneratorEntry] = {}
+GENERATORS: dict[str, GeneratorEntry] = {
+    "drive": GeneratorEntry("visloc.data.world.drive", "DriveConf", "generate_drive",
+                            "vehicle traversals of one route: frames, poses at up to 1000 Hz, pseudo-GPS"),
+}
 
 
 def generator_names() -> list[str]:
