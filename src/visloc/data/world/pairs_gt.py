@@ -104,8 +104,10 @@ def warp(uv0: np.ndarray, z0: np.ndarray, K0: np.ndarray, pose0: CameraPose, K1:
     Args:
         uv0: ``[N, 2]`` pixels of image 0.
         z0: ``[N]`` their z-depths in camera 0 (metres).
-        K0, K1: [3, 3] intrinsics.
-        pose0, pose1: ``cam_from_world`` of both cameras.
+        K0: [3, 3] intrinsics of image 0.
+        pose0: ``cam_from_world`` of camera 0.
+        K1: [3, 3] intrinsics of image 1.
+        pose1: ``cam_from_world`` of camera 1.
 
     Returns:
         ``uv1 [N, 2]`` float64 (meaningless where ``z1 <= 0``) and ``z1 [N]``, the z-depths in camera 1.
@@ -125,9 +127,12 @@ def correspondences(uv0: np.ndarray, depth0: np.ndarray, K0: np.ndarray, pose0: 
 
     Args:
         uv0: ``[N, 2]`` pixel positions of image 0 (sub-pixel allowed).
-        depth0, depth1: ``[H, W]`` depth maps of both images (metres, no surface as 0 or inf).
-        K0, K1: [3, 3] intrinsics (OpenCV, pixel centre at 0).
-        pose0, pose1: ``cam_from_world``.
+        depth0: ``[H0, W0]`` depth map of image 0 (metres, no surface as 0 or inf).
+        K0: [3, 3] intrinsics of image 0 (OpenCV, pixel centre at 0).
+        pose0: ``cam_from_world`` of camera 0.
+        depth1: ``[H1, W1]`` depth map of image 1.
+        K1: [3, 3] intrinsics of image 1.
+        pose1: ``cam_from_world`` of camera 1.
         rel_tol: relative depth tolerance of the occlusion check.
 
     Returns:
@@ -260,9 +265,14 @@ def gt_matches(kp0: np.ndarray, kp1: np.ndarray, depth0: np.ndarray, K0: np.ndar
     supervision, pass :func:`grid_points` of the coarse cells as ``kp0`` / ``kp1`` with ``pos_th = stride / 2``.
 
     Args:
-        kp0: ``[N0, 2]`` keypoints of image 0 (pixels, centre at 0); kp1: ``[N1, 2]`` of image 1.
-        depth0, depth1: ``[H, W]`` depth maps (metres, no surface as 0 or inf).
-        K0, K1: [3, 3] intrinsics; pose0, pose1: ``cam_from_world``.
+        kp0: ``[N0, 2]`` keypoints of image 0 (pixels, centre at 0).
+        kp1: ``[N1, 2]`` keypoints of image 1.
+        depth0: ``[H0, W0]`` depth map of image 0 (metres, no surface as 0 or inf).
+        K0: [3, 3] intrinsics of image 0.
+        pose0: ``cam_from_world`` of camera 0.
+        depth1: ``[H1, W1]`` depth map of image 1.
+        K1: [3, 3] intrinsics of image 1.
+        pose1: ``cam_from_world`` of camera 1.
         pos_th: largest reprojection distance of a match (pixels).
         neg_th: smallest distance to every keypoint of a co-visible unmatched keypoint (pixels, >= pos_th).
         rel_tol: relative depth tolerance of the occlusion check.
@@ -289,7 +299,7 @@ def gt_matches(kp0: np.ndarray, kp1: np.ndarray, depth0: np.ndarray, K0: np.ndar
 
 
 def _near_surface(depth: np.ndarray, kp: np.ndarray) -> np.ndarray:
-    """bool ``[N]``: a surface pixel within one pixel (3 x 3) of the nearest pixel of each keypoint."""
+    """Bool ``[N]``: a surface pixel within one pixel (3 x 3) of the nearest pixel of each keypoint."""
     d = _check_depth(depth, "gt_matches")
     H, W = d.shape
     grown = cv2.dilate(_surface(d).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
