@@ -28,7 +28,10 @@ class GeneratorEntry:
 
 
 #: kind -> generator (the conf class must have a ``city: CityConf`` field; ``--seed`` sets ``city.seed``)
-GENERATORS: dict[str, GeneratorEntry] = {}
+GENERATORS: dict[str, GeneratorEntry] = {
+    "pairs": GeneratorEntry("visloc.data.world.pairs", "PairsConf", "generate_pairs",
+                            "image pairs with depth, poses, overlap and difficulty bins (MegaDepth-like)"),
+}
 
 
 def generator_names() -> list[str]:

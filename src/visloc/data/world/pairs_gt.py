@@ -36,8 +36,8 @@ from visloc.io.poses import CameraPose
 UNMATCHED = -1
 #: matches0 / matches1 value of a keypoint whose label is uncertain (between the thresholds, no reliable depth)
 IGNORE = -2
-#: relative tolerance of the planarity test of a 2 x 2 depth cell (float32 depth has ~6e-8 relative rounding)
-PLANAR_TOL = 1e-5
+#: relative tolerance of the planarity test of a 2 x 2 depth cell (the renderer's float32 planes stay below 3e-7)
+PLANAR_TOL = 2e-6
 #: default relative depth tolerance of the occlusion check
 REL_TOL = 0.1
 
@@ -78,10 +78,10 @@ def sample_depth(depth: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndar
     np.divide(1.0, d, out=inv, where=surf)
     u, v = pts[:, 0], pts[:, 1]
     inside = np.isfinite(u) & np.isfinite(v) & (u >= -0.5) & (u < W - 0.5) & (v >= -0.5) & (v < H - 0.5)
-    uc = np.clip(np.nan_to_num(u), 0.0, W - 1.0)
-    vc = np.clip(np.nan_to_num(v), 0.0, H - 1.0)
-    x0 = np.minimum(np.floor(uc).astype(np.int64), W - 2)
-    y0 = np.minimum(np.floor(vc).astype(np.int64), H - 2)
+    uc = np.clip(np.nan_to_num(u), -0.5, W - 0.5)
+    vc = np.clip(np.nan_to_num(v), -0.5, H - 0.5)
+    x0 = np.clip(np.floor(uc).astype(np.int64), 0, W - 2)  # the border half-pixels extrapolate the edge cell
+    y0 = np.clip(np.floor(vc).astype(np.int64), 0, H - 2)
     fx, fy = uc - x0, vc - y0
     corners = [(y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)]
     i00, i01, i10, i11 = (inv[r, c] for r, c in corners)
@@ -89,7 +89,8 @@ def sample_depth(depth: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndar
     scale = np.maximum.reduce([i00, i01, i10, i11])
     planar = cell_surface & (np.abs(i00 + i11 - i01 - i10) <= PLANAR_TOL * scale)
     bilinear = (1 - fy) * ((1 - fx) * i00 + fx * i01) + fy * ((1 - fx) * i10 + fx * i11)
-    yn, xn = np.rint(vc).astype(np.int64), np.rint(uc).astype(np.int64)
+    yn = np.clip(np.rint(vc).astype(np.int64), 0, H - 1)
+    xn = np.clip(np.rint(uc).astype(np.int64), 0, W - 1)
     inv_out = np.where(planar, bilinear, inv[yn, xn])
     valid = inside & (planar | surf[yn, xn]) & (inv_out > 0)
     z = np.full(len(pts), np.nan)
