@@ -234,13 +234,13 @@ class GtMatches:
 
 def _nearest(points: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index and distance of the nearest of ``targets [M, 2]`` to each of ``points [N, 2]`` (inf if none)."""
-    from scipy.spatial import cKDTree
+    from scipy.spatial import KDTree
 
     n = len(points)
     ok = np.isfinite(points).all(1)
     idx, dist = np.zeros(n, np.int64), np.full(n, np.inf)
     if len(targets) and ok.any():
-        d, j = cKDTree(targets).query(points[ok])
+        d, j = KDTree(targets).query(points[ok])
         idx[ok], dist[ok] = j, d
     return idx, dist
 

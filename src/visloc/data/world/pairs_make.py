@@ -89,7 +89,7 @@ def _image(ctx: _Context, frame: Frame, cond: ConditionConf, rng: np.random.Gene
 
     if cond.season != ctx.city().season:
         city = ctx.city(cond.season)
-        frame = render(city, ctx.K, frame.pose, size=frame.depth.shape[::-1])  # pyright: ignore[reportArgumentType]
+        frame = render(city, ctx.K, frame.pose, size=frame.depth.shape[::-1])
     return frame.image if cond.is_identity else condition_image(frame, cond, rng)
 
 
