@@ -155,13 +155,21 @@ def test_a_pixel_mapped_there_and_back_lands_within_005_px(dataset: Path) -> Non
 
 
 def test_conditions_per_image_come_from_the_conf(tmp_path: Path) -> None:
-    conf = dataclasses.replace(CONF, num_pairs=1, conditions1=(ConditionConf(time="night"),))
+    winter = ConditionConf(season="winter")
+    conf = dataclasses.replace(CONF, num_pairs=1, conditions0=(winter,), conditions1=(ConditionConf(time="night"),))
     generate_pairs(conf, tmp_path, split=SPLIT, progress=False)
     row = read_info(tmp_path / "pairs_info.csv")[0]
-    assert (row.condition0, row.condition1) == ("day", "night")
+    assert (row.condition0, row.condition1) == ("winter", "night")
     _, poses = _view(tmp_path)
-    day = render(build_city(CITY), intrinsics(CITY.focal, CITY.width, CITY.height), poses[row.name1]).image
+    K = intrinsics(CITY.focal, CITY.width, CITY.height)
+    summer = build_city(CITY)
+    day = render(summer, K, poses[row.name1]).image
     assert read_image(tmp_path / row.name1).mean() < 0.5 * day.mean()
+    # winter: rendered from the winter city (textures swapped, same geometry: the depth is the summer one)
+    image0, summer0 = read_image(tmp_path / row.name0), render(summer, K, poses[row.name0])
+    assert np.abs(image0.astype(float) - summer0.image).mean() > 5
+    depth0 = read_depth(tmp_path / depth_name(row.name0))
+    assert np.array_equal(depth0, np.where(np.isinf(summer0.depth), 0, summer0.depth))
 
 
 @pytest.mark.parametrize(("change", "field"), [
