@@ -18,8 +18,16 @@ from visloc.data.scene.condition_conf import ConditionConf
 from visloc.data.scene.render import intrinsics, render
 from visloc.data.world import generator_conf
 from visloc.data.world.pairs import PairsConf, generate_pairs
-from visloc.data.world.pairs_files import depth_name, read_depth, read_info
-from visloc.data.world.pairs_gt import baseline_m, correspondences, grid_points, pair_overlap, rotation_angle_deg
+from visloc.data.world.pairs_files import depth_name, read_depth, read_info, read_pair
+from visloc.data.world.pairs_gt import (
+    UNMATCHED,
+    baseline_m,
+    correspondences,
+    grid_points,
+    gt_matches,
+    pair_overlap,
+    rotation_angle_deg,
+)
 from visloc.io.images import read_image
 from visloc.io.pairs import read_pairs
 from visloc.io.poses import read_cameras, read_poses
@@ -82,10 +90,13 @@ def test_views_show_only_places_of_the_split_and_depth_is_the_rendered_one(datas
     split_of = city.place_split()
     skies = 0
     for name, pose in poses.items():
-        frame = render(city, cameras[name].K_opencv, pose)
+        frame = render(city, cameras[name].K_opencv, pose)  # re-rendered from the stored camera
+        path = dataset / depth_name(name)
         seen = frame.place_id[frame.place_id >= 0]
         assert seen.size > 0 and (split_of[seen] == 2).all(), name  # 2: test
-        depth = read_depth(dataset / depth_name(name))
+        assert np.array_equal(read_depth(path, "place"), frame.place_id)  # the stored place ids are those
+        assert np.array_equal(read_depth(path, "plane"), frame.plane_index)
+        depth = read_depth(path)
         assert depth.dtype == np.float32 and depth.shape == (CITY.height, CITY.width)
         sky = np.isinf(frame.depth)
         skies += int(sky.sum())
@@ -109,13 +120,11 @@ def test_cameras_poses_and_pairs_parse_with_the_project_readers(dataset: Path) -
 def test_overlap_angle_and_baseline_recomputed_from_the_files_match(dataset: Path) -> None:
     cameras, poses = _view(dataset)
     for row in read_info(dataset / "pairs_info.csv"):
-        K0, K1 = cameras[row.name0].K_opencv, cameras[row.name1].K_opencv
-        d0, d1 = read_depth(dataset / depth_name(row.name0)), read_depth(dataset / depth_name(row.name1))
-        p0, p1 = poses[row.name0], poses[row.name1]
-        o01, o10, o = pair_overlap(d0, K0, p0, d1, K1, p1, stride=CONF.overlap_stride, rel_tol=CONF.depth_rel_tol)
+        view0, view1 = read_pair(dataset, row.name0, row.name1, cameras=cameras, poses=poses)
+        o01, o10, o = pair_overlap(view0, view1, stride=CONF.overlap_stride, rel_tol=CONF.depth_rel_tol)
         assert (o01, o10, o) == pytest.approx((row.overlap_0to1, row.overlap_1to0, row.overlap), abs=1e-7)
-        assert rotation_angle_deg(p0, p1) == pytest.approx(row.angle_deg, abs=1e-5)
-        assert baseline_m(p0, p1) == pytest.approx(row.baseline_m, abs=1e-5)
+        assert rotation_angle_deg(view0.pose, view1.pose) == pytest.approx(row.angle_deg, abs=1e-5)
+        assert baseline_m(view0.pose, view1.pose) == pytest.approx(row.baseline_m, abs=1e-5)
         assert CONF.baseline_m[0] - 1e-6 <= row.baseline_m <= CONF.baseline_m[1] + 1e-6
 
 
@@ -132,26 +141,29 @@ def test_difficulty_bins_are_assigned_as_documented(dataset: Path) -> None:
 
 
 def test_a_pixel_mapped_there_and_back_lands_within_005_px(dataset: Path) -> None:
-    city = build_city(CITY)
-    cameras, poses = _view(dataset)
-    name0, name1 = read_pairs(dataset / "pairs.txt")[0]
-    K0, K1, p0, p1 = cameras[name0].K_opencv, cameras[name1].K_opencv, poses[name0], poses[name1]
-    d0, d1 = read_depth(dataset / depth_name(name0)), read_depth(dataset / depth_name(name1))
-    ids0, ids1 = render(city, K0, p0).plane_index, render(city, K1, p1).plane_index
-    uv0 = grid_points((CITY.width, CITY.height), 1)
-    uv1, ok = correspondences(uv0, d0, K0, p0, d1, K1, p1)
-    back, ok_back = correspondences(uv1[ok], d1, K1, p1, d0, K0, p0)
+    for name0, name1 in read_pairs(dataset / "pairs.txt")[:3]:
+        view0, view1 = read_pair(dataset, name0, name1)
+        uv0 = grid_points(view0.size, 1)
+        uv1, ok = correspondences(uv0, view0, view1)
+        back, ok_back = correspondences(uv1[ok], view1, view0)  # sub-pixel: exact with the stored plane labels
+        assert ok_back.sum() > 0.9 * ok.sum() > 1000
+        assert np.linalg.norm(back[ok_back] - uv0[ok][ok_back], axis=1).max() < 0.05
 
-    def interior(ids: np.ndarray, uv: np.ndarray) -> np.ndarray:  # 3 x 3 neighbourhood on one plane
-        H, W = ids.shape
-        u = np.clip(np.rint(uv[:, 0]).astype(int), 1, W - 2)
-        v = np.clip(np.rint(uv[:, 1]).astype(int), 1, H - 2)
-        win = np.stack([ids[v + dv, u + du] for dv in (-1, 0, 1) for du in (-1, 0, 1)], 1)
-        return (win == win[:, :1]).all(1)
 
-    keep = ok_back & interior(ids0, uv0[ok]) & interior(ids1, uv1[ok])
-    assert keep.sum() > 1000
-    assert np.linalg.norm(back[keep] - uv0[ok][keep], axis=1).max() < 0.05
+def test_gt_matches_recover_shuffled_projections_on_a_stored_pair(dataset: Path) -> None:
+    view0, view1 = read_pair(dataset, *read_pairs(dataset / "pairs.txt")[0])
+    rng = np.random.default_rng(0)
+    kp0 = rng.uniform((0, 0), (CITY.width - 1, CITY.height - 1), (300, 2))
+    proj, ok = correspondences(kp0, view0, view1)
+    order = rng.permutation(np.flatnonzero(ok))
+    kp1 = proj[order] + rng.normal(0.0, 0.3, (len(order), 2))  # the co-visible ones, shuffled, 0.3 px noise
+    gt = gt_matches(kp0, kp1, view0, view1)
+    truth = np.full(len(kp0), UNMATCHED)
+    truth[order] = np.arange(len(order))
+    matched = gt.matches0 >= 0
+    assert matched.sum() > 0.8 * len(order)  # the rest: ignored (a neighbour's projection within 5 px, edges)
+    assert np.array_equal(gt.matches0[matched], truth[matched])
+    assert (gt.matches0[~ok] < 0).all()
 
 
 def test_conditions_per_image_come_from_the_conf(tmp_path: Path) -> None:

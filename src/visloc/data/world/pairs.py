@@ -84,7 +84,7 @@ class PairsConf:
         angle_bins_deg: ``num_overlap_bins - 1`` increasing rotation-angle edges of the angle levels.
         balance_bins: draw pair ``i`` of level ``i % num_overlap_bins`` (equal counts per level).
         overlap_stride: overlap counted on every ``overlap_stride``-th pixel in both directions.
-        depth_rel_tol: relative depth tolerance of the occlusion check (overlap and ground truth).
+        depth_rel_tol: relative depth tolerance of the occlusion check of the overlap (``flow.REL_TOL``).
         max_foreign: tolerated share of non-sky pixels showing another split's places.
         conditions0, conditions1: conditions of images 0 and 1, one drawn per pair from each.
         tries_per_view: second cameras tried around one first camera before a new first camera is drawn.
@@ -106,7 +106,7 @@ class PairsConf:
     angle_bins_deg: tuple[float, ...] = (15.0, 30.0)
     balance_bins: bool = True
     overlap_stride: int = 4
-    depth_rel_tol: float = 0.1
+    depth_rel_tol: float = 0.01
     max_foreign: float = 0.0
     conditions0: tuple[ConditionConf, ...] = (ConditionConf(),)
     conditions1: tuple[ConditionConf, ...] = (ConditionConf(),)

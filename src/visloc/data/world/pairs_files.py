@@ -3,8 +3,10 @@
 Layout of the dataset folder (image names are relative to it, the image root)::
 
     images/000000_0.png, images/000000_1.png ...   the two images of each pair, PNG RGB 8 bit
-    depth/000000_0.h5 ...        float32 [H, W] z-depth in metres (along the optical axis), 0 = sky; HDF5
-                                 dataset ``depth`` (MegaDepth's layout, as glue-factory reads it), gzip
+    depth/000000_0.h5 ...        HDF5, gzip: ``depth`` float32 [H, W] z-depth in metres (along the optical
+                                 axis), 0 = sky (MegaDepth's layout, as glue-factory reads it); ``plane``
+                                 int32 [H, W] the city's plane index (-1 sky: the labels that make sub-pixel
+                                 depth exact, ``pairs_gt.View``); ``place`` int32 [H, W] place id (-1 sky)
     meta/000000.json             the pair's record (written last per pair: it marks the pair done)
     cameras.txt                  name PINHOLE W H fx fy cx cy   (visloc.io.poses, COLMAP: pixel centre at 0.5)
     poses.txt                    name qw qx qy qz tx ty tz      (cam_from_world, as COLMAP)
@@ -24,8 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from visloc.data.scene.render import Frame
+from visloc.data.world.pairs_gt import View
 from visloc.errors import InputError
 from visloc.io.atomic import atomic_path, atomic_write_text
+from visloc.io.poses import Camera, CameraPose, read_cameras, read_poses
 
 #: the columns of ``pairs_info.csv``
 INFO_COLUMNS = ("name0", "name1", "overlap", "overlap_0to1", "overlap_1to0", "angle_deg", "baseline_m",
@@ -47,28 +52,49 @@ def depth_name(image_name: str) -> str:
     return f"depth/{Path(image_name).stem}.h5"
 
 
-def write_depth(path: Path, depth: np.ndarray) -> Path:
-    """Write a renderer depth map (``inf`` = sky) as float32 HDF5 ``depth`` with 0 = sky, atomically."""
+def write_depth(path: Path, frame: Frame) -> Path:
+    """Write a frame's depth (``inf`` = sky -> 0), plane index and place id to one HDF5 file, atomically."""
     import h5py
 
-    d = np.asarray(depth, np.float32)
-    if d.ndim != 2:
-        raise ValueError(f"write_depth: depth must be [H, W], got {d.shape}")
+    d = np.asarray(frame.depth, np.float32)
     d = np.where(np.isfinite(d) & (d > 0), d, np.float32(0.0)).astype(np.float32)
+    opts: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("depth", data=d, compression="gzip", compression_opts=4, shuffle=True)
+        f.create_dataset("depth", data=d, **opts)
+        f.create_dataset("plane", data=np.asarray(frame.plane_index, np.int32), **opts)
+        f.create_dataset("place", data=np.asarray(frame.place_id, np.int32), **opts)
     return path
 
 
-def read_depth(path: str | Path) -> np.ndarray:
-    """float32 ``[H, W]`` z-depth in metres of a ``depth/*.h5`` file, 0 where the image sees the sky."""
+def read_depth(path: str | Path, key: str = "depth") -> np.ndarray:
+    """A dataset of a ``depth/*.h5`` file: ``depth`` float32 [H, W] metres, 0 = sky; ``plane`` / ``place`` int32."""
     import h5py
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: depth file not found")
+    if key not in ("depth", "plane", "place"):
+        raise ValueError(f"read_depth: key must be depth, plane or place, got {key!r}")
     with h5py.File(path, "r") as f:
-        return np.asarray(f["depth"], dtype=np.float32)
+        return np.asarray(f[key], dtype=np.float32 if key == "depth" else np.int32)
+
+
+def read_pair(root: str | Path, name0: str, name1: str, *, cameras: dict[str, Camera] | None = None,
+              poses: dict[str, CameraPose] | None = None) -> tuple[View, View]:
+    """The two :class:`~visloc.data.world.pairs_gt.View` of a pair of the dataset at ``root`` (with labels).
+
+    ``cameras`` / ``poses`` (as read by ``read_cameras`` / ``read_poses``) are read from ``root`` when not given.
+    """
+    root = Path(root)
+    cameras = read_cameras(root / "cameras.txt") if cameras is None else cameras
+    poses = read_poses(root / "poses.txt") if poses is None else poses
+    views = []
+    for name in (name0, name1):
+        if name not in cameras or name not in poses:
+            raise InputError(f"{root}: no camera or pose for image {name!r}")
+        path = root / depth_name(name)
+        views.append(View(read_depth(path), cameras[name].K_opencv, poses[name], read_depth(path, "plane")))
+    return views[0], views[1]
 
 
 @dataclass(frozen=True)

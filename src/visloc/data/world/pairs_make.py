@@ -22,7 +22,7 @@ from visloc.data.world.pairs_files import (
     write_depth,
     write_info,
 )
-from visloc.data.world.pairs_gt import pair_overlap, rotation_angle_deg
+from visloc.data.world.pairs_gt import View, pair_overlap, rotation_angle_deg
 from visloc.io.pairs import read_pairs, write_pairs
 from visloc.io.poses import Camera, CameraPose, write_cameras, write_poses
 
@@ -70,8 +70,8 @@ def _search(ctx: _Context, rng: np.random.Generator, target: int | None) -> _Fou
         frame1 = _render(ctx, ctx.city(), as_written(pose1))
         if frame1 is None:
             continue
-        overlaps = pair_overlap(frame0.depth, ctx.K, frame0.pose, frame1.depth, ctx.K, frame1.pose,
-                                stride=conf.overlap_stride, rel_tol=conf.depth_rel_tol)
+        overlaps = pair_overlap(_view(frame0), _view(frame1), stride=conf.overlap_stride,
+                                rel_tol=conf.depth_rel_tol)
         if not conf.min_overlap < overlaps[2] <= conf.max_overlap:
             continue
         angle = rotation_angle_deg(frame0.pose, frame1.pose)
@@ -80,6 +80,10 @@ def _search(ctx: _Context, rng: np.random.Generator, target: int | None) -> _Fou
             continue
         return _Found((frame0, frame1), overlaps, angle, levels, t + 1)
     return None
+
+
+def _view(frame: Frame) -> View:
+    return View(frame.depth, frame.K, frame.pose, frame.plane_index)
 
 
 def _image(ctx: _Context, frame: Frame, cond: ConditionConf, rng: np.random.Generator) -> np.ndarray:
@@ -117,7 +121,7 @@ def make_pair(ctx: _Context, writer: ItemWriter, index: int) -> None:
     for k, (name, frame, cond) in enumerate(zip(names, found.frames, conds, strict=True)):
         image = _image(ctx, frame, cond, job_rng(conf.city.seed, KIND, ctx.split, index, 2 + k))
         writer.write_image(name, image, count=False)
-        write_depth(writer.path(depth_name(name)), frame.depth)
+        write_depth(writer.path(depth_name(name)), frame)
     f0, f1 = found.frames
     o01, o10, o = found.overlaps
     info = PairInfo(names[0], names[1], o, o01, o10, found.angle_deg, float(np.linalg.norm(f1.pose.center
