@@ -14,7 +14,6 @@ from visloc.data.scene.city_conf import CityConf
 from visloc.data.scene.city_views import (
     foreign_fraction,
     look_at,
-    place_id_image,
     sample_street_pose,
     visible_places,
 )
@@ -156,7 +155,8 @@ def test_rendered_street_view_of_a_split(small: City):
     rng = np.random.default_rng(1)
     pose, _ = sample_street_pose(small, rng, "train", yaw_deg=0.0)
     frame = render(small, intrinsics(SMALL.focal, SMALL.width, SMALL.height), pose)
-    ids = place_id_image(small, frame.plane_index)
+    ids = frame.place_id
+    np.testing.assert_array_equal(ids, np.where(frame.plane_index >= 0, small.plane_place_ids[frame.plane_index], -1))
     assert (ids >= 0).mean() > 0.5 and foreign_fraction(ids, small, "train") == 0.0
     assert 0 < len(small.textures) < len(small.planes)
 
