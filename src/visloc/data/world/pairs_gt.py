@@ -113,13 +113,16 @@ def grid_points(size: tuple[int, int], stride: int) -> np.ndarray:
 
 
 def overlap_ratio(view0: View, view1: View, *, stride: int = 4, rel_tol: float = REL_TOL) -> float:
-    """Share of the pixels of image 0 that are co-visible in image 1 (:func:`correspondences` valid).
+    """Share of the pixels of image 0 that are co-visible in image 1.
 
-    The pixels are those of :func:`grid_points` with ``stride`` (1: every pixel, then the share of valid pixels of
-    ``flow``); the denominator counts every grid pixel, sky included, so a view half filled by sky overlaps at
-    most 0.5. Not symmetric: see :func:`pair_overlap`.
+    Co-visible as ``map_pixels`` decides (:func:`correspondences` without the round trip, which changes only
+    points within a pixel of an occluding edge), so with ``stride = 1`` this is the share of valid pixels of
+    ``visloc.data.scene.flow.flow``. The pixels are those of :func:`grid_points` with ``stride``; the denominator
+    counts every grid pixel, sky included, so a view half filled by sky overlaps at most 0.5. Not symmetric: see
+    :func:`pair_overlap`.
     """
-    _, valid = correspondences(grid_points(view0.size, stride), view0, view1, rel_tol=rel_tol)
+    uv0 = grid_points(view0.size, stride)
+    _, valid = correspondences(uv0, view0, view1, rel_tol=rel_tol, cycle_px=None)
     return float(valid.mean())
 
 

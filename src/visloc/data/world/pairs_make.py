@@ -64,17 +64,19 @@ def _search(ctx: _Context, rng: np.random.Generator, target: int | None) -> _Fou
             frame0 = _first_view(ctx, rng)
             if frame0 is None:
                 continue
-        pose1 = second_pose(frame0.pose, rng, conf)
+        pose1 = as_written(second_pose(frame0.pose, rng, conf))
+        angle = rotation_angle_deg(frame0.pose, pose1)
+        if target is not None and conf.levels(conf.max_overlap, angle)[2] > target:
+            continue  # the angle alone makes the pair harder than its due level: no need to render it
         if not on_street(ctx.city(), pose1.center, ctx.split, conf.street_margin_m):
             continue
-        frame1 = _render(ctx, ctx.city(), as_written(pose1))
+        frame1 = _render(ctx, ctx.city(), pose1)
         if frame1 is None:
             continue
         overlaps = pair_overlap(_view(frame0), _view(frame1), stride=conf.overlap_stride,
                                 rel_tol=conf.depth_rel_tol)
         if not conf.min_overlap < overlaps[2] <= conf.max_overlap:
             continue
-        angle = rotation_angle_deg(frame0.pose, frame1.pose)
         levels = conf.levels(overlaps[2], angle)
         if target is not None and levels[2] != target:
             continue
