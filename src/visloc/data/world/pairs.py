@@ -29,7 +29,6 @@ The files: :mod:`visloc.data.world.pairs_files`.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,15 +40,14 @@ from visloc.conf import ConfError
 from visloc.data.scene.city_conf import CityConf
 from visloc.data.scene.condition_conf import ConditionConf
 from visloc.data.scene.places import Split
-from visloc.data.world.base import WorldJob, check_frame_budget, check_split, progress
+from visloc.data.world.base import WorldJob, check_frame_budget, check_split
+from visloc.data.world.base import progress as progress_bar
 from visloc.data.world.pairs_files import PairInfo
 from visloc.io.jobs import JobSummary
 from visloc.io.poses import CameraPose
 
 if TYPE_CHECKING:
     from visloc.data.scene.city import City
-
-logger = logging.getLogger(__name__)
 
 KIND = "pairs"
 #: names of the difficulty levels when there are three
@@ -294,13 +292,9 @@ def generate_pairs(conf: PairsConf, out: str | Path, *, split: Split, progress: 
     if start(job):
         return finish_pairs(job, writer, done=True)
     ctx = _Context(conf, split_)
-    for i in _progress(range(conf.num_pairs), conf.num_pairs, progress):
+    for i in progress_bar(range(conf.num_pairs), total=conf.num_pairs, desc=KIND, enabled=progress):
         make_pair(ctx, writer, i)
     return finish_pairs(job, writer, done=False)
-
-
-def _progress(items: range, total: int, enabled: bool) -> Any:
-    return progress(items, total=total, desc=f"{KIND}", enabled=enabled)
 
 
 __all__ = ["LEVEL_NAMES", "PairInfo", "PairsConf", "PairsFiles", "as_written", "camera_pose", "generate_pairs",
