@@ -28,7 +28,10 @@ class GeneratorEntry:
 
 
 #: kind -> generator (the conf class must have a ``city: CityConf`` field; ``--seed`` sets ``city.seed``)
-GENERATORS: dict[str, GeneratorEntry] = {}
+GENERATORS: dict[str, GeneratorEntry] = {
+    "landmarks": GeneratorEntry("visloc.data.world.landmarks", "LandmarksConf", "generate_landmarks",
+                                "GLDv2-layout landmark classes (train / val) or a Revisited-Oxford test set (test)"),
+}
 
 
 def generator_names() -> list[str]:

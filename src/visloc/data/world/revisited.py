@@ -72,6 +72,7 @@ class RevisitedConf:
         easy_min_overlap, easy_max_angle_deg, easy_max_scale, easy_conditions: the easy rule (module doc).
         hard_min_overlap, hard_max_angle_deg, hard_max_scale: the hard rule.
         junk_min_pixels: pixels of the query landmark that make a non-positive view junk.
+        query_condition: the condition of the queries.
     """
 
     name: str = "rworld"
@@ -88,6 +89,7 @@ class RevisitedConf:
     hard_max_angle_deg: float = 75.0
     hard_max_scale: float = 3.5
     junk_min_pixels: int = 200
+    query_condition: str = "day"
 
     def __post_init__(self) -> None:
         _check(self.name.isidentifier(), "name", "must be a plain identifier (letters, digits, _)", self.name)
