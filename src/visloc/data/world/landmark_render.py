@@ -168,7 +168,7 @@ class Renderer:
         if role == "query":
             return condition_name(parse_condition(self.conf.revisited.query_condition))
         rng = job_rng(self.conf.city.seed, KIND, self.split, ROLES[role], landmark.id, view)
-        names = self.conf.conditions
+        names = (self.conf.revisited.db_conditions if role == "db" else ()) or self.conf.conditions
         return condition_name(parse_condition(names[int(rng.integers(len(names)))]))
 
     def render(self, landmark: Landmark, role: str, view: int) -> Rendered | None:

@@ -8,7 +8,8 @@ facades (a random facade of the group, up to ``target_spread`` of its half-width
 centre, at least 1 m above the ground); a camera on the street in front of it, ``angle_deg`` off the facade
 normal horizontally and ``distance_m`` from the target horizontally, capped so that the camera stays between
 the facade and the facade line across the street (``street width - 0.5 m``, measured along the normal); at
-``height_m`` above the ground, looking at the target (level roll, :func:`city_views.look_at`). With probability
+``height_m`` above the ground, looking at the target (level roll, :func:`city_views.look_at`), the target
+lowered if need be (not below 1 m) so that the camera looks up by at most ``max_pitch_deg``. With probability
 ``occluder_prob`` a board stands between camera and target (a copy of one of the split's boards, so the
 place-id buffer shows a place of the split): ``occluder_at`` of the way from the camera, up to 1 m to the side,
 ``occluder_size_m`` wide and high, standing on the ground and facing the camera. It is rendered on its own
@@ -49,6 +50,8 @@ class ViewConf:
         distance_m: (min, max) horizontal distance from the camera to the target point.
         angle_deg: largest horizontal angle between the facade normal and the direction to the camera.
         height_m: (min, max) camera height above the ground.
+        max_pitch_deg: the target is lowered (down to 1 m above the ground) so that the camera looks up by at
+            most this much.
         target_spread: how far off the facade centre the target may lie (share of half-width / half-height).
         occluder_prob: chance that a board stands between camera and target.
         occluder_at: (min, max) share of the camera-target distance at which the board stands.
@@ -58,6 +61,7 @@ class ViewConf:
     distance_m: tuple[float, float] = (5.0, 30.0)
     angle_deg: float = 55.0
     height_m: tuple[float, float] = (1.2, 4.0)
+    max_pitch_deg: float = 25.0
     target_spread: float = 0.5
     occluder_prob: float = 0.2
     occluder_at: tuple[float, float] = (0.3, 0.7)
@@ -68,7 +72,7 @@ class ViewConf:
         _check_pair(self, "height_m", 0.2, 100.0)
         _check_pair(self, "occluder_at", 0.05, 0.95)
         _check_pair(self, "occluder_size_m", 0.1, 50.0)
-        for f, hi in (("angle_deg", 85.0), ("target_spread", 1.0), ("occluder_prob", 1.0)):
+        for f, hi in (("angle_deg", 85.0), ("max_pitch_deg", 80.0), ("target_spread", 1.0), ("occluder_prob", 1.0)):
             if not 0.0 <= getattr(self, f) <= hi:
                 raise ConfError(f"ViewConf.{f}: must be in [0, {hi}], got {getattr(self, f)!r}")
 
@@ -126,8 +130,16 @@ def coverage(place_id: np.ndarray, lookup: np.ndarray, landmark_id: int) -> Cove
 
 @dataclass(frozen=True, eq=False)
 class ViewSpec:
-    """One drawn view: ``pose`` (cam_from_world), ``target`` [3], its horizontal ``distance_m`` and ``angle_deg``,
-    camera ``height_m``, and the occluding board plane or None."""
+    """One drawn view.
+
+    Attributes:
+        pose: ``cam_from_world``.
+        target: [3] world point the camera looks at (metres).
+        distance_m: horizontal camera-target distance.
+        angle_deg: horizontal angle between the facade normal and the direction to the camera (>= 0).
+        height_m: camera height above the ground.
+        occluder: the occluding board (a plane), or None.
+    """
 
     pose: CameraPose
     target: np.ndarray
@@ -154,7 +166,6 @@ def sample_view(city: Any, landmark: Landmark, rng: np.random.Generator, conf: V
     c = np.asarray(place.center, dtype=np.float64)
     s, t = rng.uniform(-1, 1, 2) * conf.target_spread
     target = c + u * s * w / 2 + _UP * t * h / 2
-    target[2] = max(float(target[2]), 1.0)
     angle = float(rng.uniform(-conf.angle_deg, conf.angle_deg))
     a = np.radians(angle)
     street_w = city.streets[place.street_id].width_m if place.street_id >= 0 else conf.distance_m[1]
@@ -164,6 +175,7 @@ def sample_view(city: Any, landmark: Landmark, rng: np.random.Generator, conf: V
     direction = np.cos(a) * n + np.sin(a) * u
     center = np.array([target[0], target[1], 0.0]) + dist * direction
     center[2] = height
+    target[2] = max(1.0, min(float(target[2]), height + dist * np.tan(np.radians(conf.max_pitch_deg))))
     pose = look_at(center, target)
     occluder = None
     if boards and rng.random() < conf.occluder_prob:

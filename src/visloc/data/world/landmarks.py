@@ -1,5 +1,4 @@
-"""``landmarks``: a GLDv2-like landmark classification set (train / val split) or a Revisited-Oxford-style
-retrieval test set (test split), rendered from the city.
+"""``landmarks``: a GLDv2-like classification set (train / val) or a Revisited-Oxford-style test set (test).
 
 **Train / val** (:func:`generate_landmarks` with ``split="train"`` or ``"val"``): one class per landmark of the
 split (``Place.landmark_id``: a facade or a group of facades), ``views_per_landmark`` views each, drawn by
@@ -75,8 +74,8 @@ DEFAULT_CONDITIONS = ("day", "day", "day", "day", "dusk", "night", "mist", "fog"
 
 
 def _query_views() -> ViewConf:
-    return ViewConf(distance_m=(10.0, 25.0), angle_deg=15.0, height_m=(1.4, 2.0), target_spread=0.2,
-                    occluder_prob=0.0)
+    return ViewConf(distance_m=(10.0, 25.0), angle_deg=15.0, height_m=(1.4, 2.0), max_pitch_deg=15.0,
+                    target_spread=0.2, occluder_prob=0.0)
 
 
 @dataclass(frozen=True)
@@ -135,11 +134,15 @@ class LandmarksConf:
             raise ConfError(f"LandmarksConf.jpeg_quality: must be in [1, 100], got {self.jpeg_quality!r}")
         if not self.conditions:
             raise ConfError("LandmarksConf.conditions: must name at least one condition, got ()")
-        for name in (*self.conditions, *self.revisited.easy_conditions, self.revisited.query_condition):
-            try:
-                parse_condition(name)
-            except ConfError as e:
-                raise ConfError(f"LandmarksConf.conditions: {e}") from None
+        r = self.revisited
+        for where, names in (("conditions", self.conditions), ("revisited.db_conditions", r.db_conditions),
+                             ("revisited.easy_conditions", r.easy_conditions),
+                             ("revisited.query_condition", (r.query_condition,))):
+            for name in names:
+                try:
+                    parse_condition(name)
+                except ConfError as e:
+                    raise ConfError(f"LandmarksConf.{where}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,11 @@ def view_record(writer: ItemWriter, renderer: Renderer, landmark: Landmark, role
     """The record of one view: read from ``.views/`` when done, else rendered, its image written, then recorded.
 
     Args:
+        writer: the job's item writer.
+        renderer: the job's renderer.
+        landmark: the landmark the view is for.
+        role: ``view``, ``query`` or ``db``.
+        view: the view's index within its landmark and role.
         name: the image's path relative to the dataset folder (a given-up view writes only its record).
         on_render: called with the accepted draw before the record is written; returns extra record fields
             (and may write side files, which are then in place whenever the record is).

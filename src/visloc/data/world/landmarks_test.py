@@ -2,9 +2,10 @@
 
 Of the test split's landmarks, ``revisited.query_landmarks`` (the first of a seeded permutation; 0: all) are
 *query landmarks*: each gets ``queries_per_landmark`` queries (``query_views``: frontal, eye height, no occluder,
-``query_condition``) and ``db_views_per_landmark`` database views (``views`` and ``conditions``, as the class
-images of train). Every other test landmark is a *distractor*: ``distractor_views_per_landmark`` database views.
-The same rejection rule as train applies to every image (another split in view, too little landmark).
+``query_condition``) and ``db_views_per_landmark`` database views (``views`` as the class images of train, under
+``revisited.db_conditions``). Every other test landmark is a *distractor*: ``distractor_views_per_landmark``
+database views. The same rejection rule as train applies to every image (another split in view, too little
+landmark).
 
 Each query keeps its sample points (``revisited.query_samples``); each database view is compared with every
 query whose landmark it shows (``revisited.pair_stats``), distractors included, so a distractor view that

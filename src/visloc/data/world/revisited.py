@@ -35,6 +35,7 @@ the view is too distorted.
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from typing import Literal
 import numpy as np
 
 from visloc.conf import ConfError
+from visloc.data.scene.conditions import condition_name, parse_condition
 from visloc.data.scene.render import project, unproject
 from visloc.io.atomic import atomic_path
 from visloc.io.poses import CameraPose
@@ -73,6 +75,8 @@ class RevisitedConf:
         hard_min_overlap, hard_max_angle_deg, hard_max_scale: the hard rule.
         junk_min_pixels: pixels of the query landmark that make a non-positive view junk.
         query_condition: the condition of the queries.
+        db_conditions: the conditions the database views draw from (as ``LandmarksConf.conditions``); empty:
+            ``LandmarksConf.conditions``.
     """
 
     name: str = "rworld"
@@ -83,13 +87,15 @@ class RevisitedConf:
     sample_points: int = 600
     easy_min_overlap: float = 0.5
     easy_max_angle_deg: float = 30.0
-    easy_max_scale: float = 1.6
+    easy_max_scale: float = 2.0
     easy_conditions: tuple[str, ...] = ("day",)
     hard_min_overlap: float = 0.25
     hard_max_angle_deg: float = 75.0
-    hard_max_scale: float = 3.5
+    hard_max_scale: float = 4.0
     junk_min_pixels: int = 200
     query_condition: str = "day"
+    db_conditions: tuple[str, ...] = ("day", "day", "day", "day", "dusk", "night", "fog", "rain", "blur", "winter",
+                                      "autumn", "night+rain")
 
     def __post_init__(self) -> None:
         _check(self.name.isidentifier(), "name", "must be a plain identifier (letters, digits, _)", self.name)
@@ -176,10 +182,19 @@ def pair_stats(query: QuerySamples, place_id: np.ndarray, K: np.ndarray, pose: C
                      max(na, nb) / max(min(na, nb), 1e-12), pixels, condition)
 
 
+@functools.lru_cache(maxsize=16)
+def _canonical(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(condition_name(parse_condition(n)) for n in names)
+
+
 def label_pair(stats: PairStats, conf: RevisitedConf) -> Label | None:
-    """``easy`` / ``hard`` / ``junk`` / None (negative) of a pair by the thresholds of ``conf`` (module doc)."""
+    """``easy`` / ``hard`` / ``junk`` / None (negative) of a pair by the thresholds of ``conf`` (module doc).
+
+    ``stats.condition`` is a canonical condition name (``condition_name``); ``easy_conditions`` may be any
+    spelling of one.
+    """
     if (stats.overlap >= conf.easy_min_overlap and stats.angle_deg <= conf.easy_max_angle_deg
-            and stats.scale <= conf.easy_max_scale and stats.condition in conf.easy_conditions):
+            and stats.scale <= conf.easy_max_scale and stats.condition in _canonical(conf.easy_conditions)):
         return "easy"
     if (stats.overlap >= conf.hard_min_overlap and stats.angle_deg <= conf.hard_max_angle_deg
             and stats.scale <= conf.hard_max_scale):
