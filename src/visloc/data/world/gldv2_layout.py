@@ -1,18 +1,20 @@
 """Google Landmarks v2 (GLDv2) train layout: write it (the built-in world's landmarks) and read it (real or built).
 
-Layout facts, as checked against the publisher's README (cvdfoundation/google-landmark, README and
-``download-dataset.sh``) and DELF's ``build_image_dataset`` instructions:
+Layout facts, and where they were checked (the publisher's repository cvdfoundation/google-landmark: README
+and ``download-dataset.sh``; its issues #4 and #8; DELF's GLDv2 training instructions):
 
-- ``train.csv``: header ``id,url,landmark_id``; ``id`` a 16-character (lower-case hex) string, ``url`` a
-  string, ``landmark_id`` an integer.
-- ``train_clean.csv``: header ``landmark_id,images``; ``images`` the space-separated ids of the class's
-  images (the clean subset, contributed to GLDv2 by team smlyaka).
+- ``train.csv``: header ``id,url,landmark_id``; ``id`` a 16-character string (lower-case hex in the published
+  ids and paths), ``url`` a string, ``landmark_id`` an integer (README).
+- ``train_clean.csv``: header ``landmark_id,images``; ``images`` the space-separated ids of the class's images
+  (the clean subset, contributed by team smlyaka; DELF's ``build_image_dataset`` reads it).
 - Images: ``<a>/<b>/<c>/<id>.jpg`` with ``a``, ``b``, ``c`` the first three characters of the id
-  (``0123456789abcdef`` lies at ``0/1/2/0123456789abcdef.jpg``), the tree found inside every tar.
-- Tars: ``images_000.tar``, ``images_001.tar``, ... (the train set has 500), each with an md5sum file
-  ``md5.images_000.txt`` in md5sum's format: ``<32-hex md5>  images_000.tar`` (two spaces).
-- DELF reads ``gldv2_dataset/train/train.csv``, ``.../train/train_clean.csv`` and the images extracted
-  into ``.../train/*/*/*/``: one folder holds the CSVs, the tars, their md5 files and the image tree.
+  (``0123456789abcdef`` lies at ``0/1/2/0123456789abcdef.jpg``), the tree inside every tar (README).
+- Tars: ``images_000.tar`` ... ``images_499.tar`` for train (README), each with an md5 file
+  ``md5.images_000.txt``; the download script compares the first field of ``md5sum``'s output with the first
+  field of that file, and users check them with ``md5sum -c`` (issue #8), i.e. md5sum's format:
+  ``<32-hex md5>  images_000.tar`` (two spaces).
+- DELF reads ``gldv2_dataset/train/train.csv``, ``.../train/train_clean.csv`` and the images extracted into
+  ``.../train/*/*/*/``: one folder holds the CSVs, the tars, their md5 files and the extracted tree.
   ``Gldv2Train`` reads that folder, with the images extracted or still packed in the tars.
 
 Written tars are reproducible: members in the given order, regular files only (no directory entries),

@@ -1,7 +1,9 @@
 """Views of the city's landmarks: which places make a landmark, where a camera looks at it, what it covers.
 
-A *landmark* is a City landmark class (``Place.landmark_id >= 0``: a facade, or a group of adjacent facades of
-one building style); its places all lie in one block, so in one split.
+A *landmark* is a City landmark class (``Place.landmark_id >= 0``) made of facades: a facade, or a group of
+adjacent facades of one building style; its places all lie in one block, so in one split. Boards and closing
+walls carry landmark ids too but are no classes here (a 1.4 m board is never a photo's main subject from the
+street; closing walls end streets at district borders); in views they count as other landmarks.
 
 One view of a landmark (:func:`sample_view`, all draws from the given generator): a target point on one of its
 facades (a random facade of the group, up to ``target_spread`` of its half-width / half-height off the
@@ -86,8 +88,8 @@ class Landmark:
     split: Split
 
 
-def landmarks_of(city: Any, split: Split) -> list[Landmark]:
-    """The landmarks of ``split``, by increasing id.
+def landmarks_of(city: Any, split: Split, kinds: tuple[str, ...] = ("facade",)) -> list[Landmark]:
+    """The landmarks of ``split`` whose places are all of ``kinds``, by increasing id.
 
     Raises:
         ValueError: a landmark has places in two splits (the city breaks its contract).
@@ -101,7 +103,7 @@ def landmarks_of(city: Any, split: Split) -> list[Landmark]:
         splits = {p.split for p in groups[lid]}
         if len(splits) != 1:
             raise ValueError(f"landmark {lid} has places in several splits {sorted(splits)}")
-        if splits == {split}:
+        if splits == {split} and all(p.kind in kinds for p in groups[lid]):
             out.append(Landmark(lid, tuple(p.id for p in groups[lid]), split))
     return out
 

@@ -74,7 +74,7 @@ DEFAULT_CONDITIONS = ("day", "day", "day", "day", "dusk", "night", "mist", "fog"
 
 
 def _query_views() -> ViewConf:
-    return ViewConf(distance_m=(10.0, 25.0), angle_deg=15.0, height_m=(1.4, 2.0), max_pitch_deg=15.0,
+    return ViewConf(distance_m=(6.0, 20.0), angle_deg=15.0, height_m=(1.4, 2.0), max_pitch_deg=15.0,
                     target_spread=0.2, occluder_prob=0.0)
 
 

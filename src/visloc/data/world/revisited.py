@@ -30,7 +30,9 @@ easy_max_angle_deg``, ``scale <= easy_max_scale`` and the condition is one of ``
 hard_max_scale``; otherwise **junk** when ``d`` shows at least ``junk_min_pixels`` pixels of the query
 landmark (any of its places) or any sample point at all; otherwise a negative. Defaults follow the revisited
 annotation's wording: *junk* when less than 25 % of the object is visible (``hard_min_overlap = 0.25``) or
-the view is too distorted.
+the view is too distorted. The default easy conditions are the mild ones (day, a season's textures and tint,
+mist, sensor noise); night, dusk, fog, rain and blur make a view hard at best, as a strong change of
+illumination does in the revisited annotation.
 """
 
 from __future__ import annotations
@@ -88,14 +90,14 @@ class RevisitedConf:
     easy_min_overlap: float = 0.5
     easy_max_angle_deg: float = 30.0
     easy_max_scale: float = 2.0
-    easy_conditions: tuple[str, ...] = ("day",)
+    easy_conditions: tuple[str, ...] = ("day", "autumn", "winter", "mist", "noise")
     hard_min_overlap: float = 0.25
     hard_max_angle_deg: float = 75.0
     hard_max_scale: float = 4.0
     junk_min_pixels: int = 200
     query_condition: str = "day"
-    db_conditions: tuple[str, ...] = ("day", "day", "day", "day", "dusk", "night", "fog", "rain", "blur", "winter",
-                                      "autumn", "night+rain")
+    db_conditions: tuple[str, ...] = ("day", "day", "day", "autumn", "winter", "mist", "noise", "dusk", "night",
+                                      "fog", "rain", "blur", "night+rain", "dusk+fog")
 
     def __post_init__(self) -> None:
         _check(self.name.isidentifier(), "name", "must be a plain identifier (letters, digits, _)", self.name)
