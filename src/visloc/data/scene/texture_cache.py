@@ -36,6 +36,8 @@ MATERIAL_PHOTOS = ("brick", "gravel", "grass", "moon", "cell", "coins")
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples/data")
 #: opencv-doc photos smaller than this (either side) are skipped
 _MIN_SIDE = 200
+#: photos larger than this (either side) are shrunk once when read
+_MAX_SIDE = 1024
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,7 +62,10 @@ def photo_names(extra: bool) -> tuple[str, ...]:
 
 @functools.cache
 def photo(name: str) -> np.ndarray:
-    """uint8 RGB ``[H, W, 3]`` of a library photo (``skimage.data`` name or ``cv:<file>``), read once, read-only."""
+    """uint8 RGB ``[H, W, 3]`` of a library photo (``skimage.data`` name or ``cv:<file>``), read once, read-only.
+
+    Photos larger than 1024 pixels are shrunk to 1024 on their longer side.
+    """
     if name.startswith("cv:"):
         bgr = cv2.imread(str(OPENCV_DOC / name[3:]), cv2.IMREAD_COLOR)
         if bgr is None:
@@ -68,6 +73,9 @@ def photo(name: str) -> np.ndarray:
         img = np.ascontiguousarray(bgr[..., ::-1])
     else:
         img = load_photo(name)
+    scale = _MAX_SIDE / max(img.shape[:2])
+    if scale < 1:  # textures are at most a few hundred texels wide: smaller photos crop and resize faster
+        img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
     img.setflags(write=False)
     return img
 
