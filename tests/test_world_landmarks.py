@@ -210,3 +210,17 @@ def test_cli_generates_and_names_bad_fields(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["data", "world", "landmarks", "--out", str(tmp_path / "bad"), "--set",
                               "views_per_landmark=0"])
     assert bad.exit_code == 2 and "LandmarksConf.views_per_landmark: must be >= 1" in bad.output
+
+
+def test_a_plane_at_the_image_edge_with_a_one_pixel_box_renders() -> None:
+    """Views of small cities meet planes whose drawing box is 1 x 1 pixel (cv2.compare once failed on those)."""
+    from visloc.data.scene.render import intrinsics, render
+    from visloc.data.scene.world import World, make_plane
+    from visloc.io.poses import CameraPose
+
+    # pixels x, y in [-0.4, -0.02]: the box is pixel (0, 0) alone (within the renderer's sub-pixel margin)
+    plane = make_plane("dot", (-8.8, -8.8, 20.0), (1, 0, 0), (0, 1, 0), (0.76, 0.76),
+                       np.full((4, 4, 3), 200, np.uint8), place_id=0)
+    frame = render(World(CITY, (plane,)), intrinsics(10.0, 9, 9),  # type: ignore[arg-type]
+                   CameraPose(np.eye(3), np.zeros(3)), size=(9, 9))
+    assert frame.place_id.shape == (9, 9) and (frame.place_id == 0).sum() == 0  # no pixel centre inside
