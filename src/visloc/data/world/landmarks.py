@@ -1,7 +1,8 @@
 """``landmarks``: a GLDv2-like classification set (train / val) or a Revisited-Oxford-style test set (test).
 
 **Train / val** (:func:`generate_landmarks` with ``split="train"`` or ``"val"``): one class per landmark of the
-split (``Place.landmark_id``: a facade or a group of facades), ``views_per_landmark`` views each, drawn by
+split made of facades (``Place.landmark_id``: a facade or a group of adjacent facades; boards and closing walls
+are no classes), ``views_per_landmark`` views each, drawn by
 :func:`visloc.data.world.landmark_views.sample_view` within ``views`` (distance, angle, height, target on the
 facade, occluding boards) under a condition drawn from ``conditions`` (a ``ConditionConf`` name each; repeat a
 name to weight it; a season renders the city of that season). A view is **rejected** and redrawn (up to
@@ -256,6 +257,8 @@ def _write_classes(renderer: Renderer, writer: ItemWriter, show: bool) -> tuple[
                     conf.min_views)
         for rec in classes.pop(lid):
             (out / rec.name).unlink(missing_ok=True)
+    if not classes:
+        logger.warning("landmarks: no class of the %s split kept a view; train.csv lists no image", renderer.split)
     records = [r for lid in sorted(classes) for r in classes[lid]]
     ids = [Path(r.name).stem for r in records]
     if len(set(ids)) != len(ids):
