@@ -39,6 +39,7 @@ class CityBuilder:
         self.blocks: list[Block] = []
         self.num_landmarks = 0
         self.splits = block_splits(conf)
+        self.street_splits = segment_splits(conf, self.splits)
         nc, nr = conf.num_block_columns, conf.num_block_rows
         self.width_x = self.rng.uniform(*conf.street_width_m, nr + 1)  # east-west street j: its width (along y)
         self.width_y = self.rng.uniform(*conf.street_width_m, nc + 1)  # north-south street i: its width (along x)
@@ -120,7 +121,10 @@ class CityBuilder:
         self.blocks.append(Block(bid, (float(x0), float(y0), float(x1), float(y1)), self.splits[bid]))
         corners = [(i, j), (i + 1, j), (i + 1, j + 1), (i, j + 1)]  # intersections at the sides' start corners
         for k, (start, normal, length, street) in enumerate(self.block_sides(i, j)):
-            tall = (self.border_corner(corners[k], bid), self.border_corner(corners[(k + 1) % 4], bid))
+            if self.street_splits[street] is None:  # a district border: the whole row is as high as the highest
+                tall = (True, True, True)
+            else:
+                tall = (self.border_corner(corners[k], bid), False, self.border_corner(corners[(k + 1) % 4], bid))
             self.add_row(bid, street, start, normal, length, setbacks=True, tall=tall)
 
     def border_corner(self, intersection: tuple[int, int], block: int) -> bool:
@@ -130,13 +134,13 @@ class CityBuilder:
         return any(o >= 0 and self.splits[o] != self.splits[block] for o in others)
 
     def add_row(self, block: int, street: int, start: np.ndarray, normal: np.ndarray, length: float, *,
-                setbacks: bool, tall: tuple[bool, bool] = (False, False)) -> None:
+                setbacks: bool, tall: tuple[bool, bool, bool] = (False, False, False)) -> None:
         """Buildings along a facade line from ``start`` (seen from the street, left to right), ``length`` long.
 
-        Corner buildings (first and last) stand on the facade line, and are as high as the highest building where
-        ``tall`` says so (corners at a district border: no view looks over them into another district); the
-        others are set back at random, with a side wall (as high as the building in front) where two neighbours'
-        setbacks differ.
+        Corner buildings (first and last) stand on the facade line; the others are set back at random, with a
+        side wall (as high as the building in front) where two neighbours' setbacks differ. ``tall`` = (first,
+        middle ones, last): which are as high as the highest building (rows along a district border and corners
+        where districts meet, so that no street view looks over them into another district).
         """
         conf = self.conf
         u = np.cross(_Z, normal)
@@ -145,8 +149,10 @@ class CityBuilder:
         depths = [0.0 if (k in (0, n - 1) or not setbacks) else float(self.rng.uniform(0.0, conf.setback_m))
                   for k in range(n)]
         heights = self.rng.uniform(*conf.facade_height_m, n)
+        if tall[1]:
+            heights[1:-1] = conf.facade_height_m[1]
         heights[0] = conf.facade_height_m[1] if tall[0] else heights[0]
-        heights[-1] = conf.facade_height_m[1] if tall[1] else heights[-1]
+        heights[-1] = conf.facade_height_m[1] if tall[2] else heights[-1]
         s, landmark, group = 0.0, -1, 0
         for k in range(n):
             if landmark < 0 or group >= 3 or self.rng.random() < 0.6:
@@ -208,8 +214,7 @@ class CityBuilder:
     def add_streets(self) -> None:
         """Street segments (ids in :func:`segment_blocks` order) and their ground: two halves, cut in pieces."""
         conf = self.conf
-        seg_splits = segment_splits(conf, self.splits)
-        for sid, ((axis, index, pos, blocks), split) in enumerate(zip(segment_blocks(conf), seg_splits,
+        for sid, ((axis, index, pos, blocks), split) in enumerate(zip(segment_blocks(conf), self.street_splits,
                                                                       strict=True)):
             if axis == "x":
                 a, b = self.x_street[pos] + self.width_y[pos], self.x_street[pos + 1]

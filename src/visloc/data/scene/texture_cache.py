@@ -34,8 +34,6 @@ GRAY_PHOTOS = ("camera", "coins", "moon", "page", "text", "clock", "cell", "bric
 MATERIAL_PHOTOS = ("brick", "gravel", "grass", "moon", "cell", "coins")
 #: where Debian's opencv-doc keeps its sample photos
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples/data")
-#: opencv-doc photos smaller than this (either side) are skipped
-_MIN_SIDE = 200
 #: photos larger than this (either side) are shrunk once when read
 _MAX_SIDE = 1024
 
@@ -45,14 +43,7 @@ def opencv_photo_names() -> tuple[str, ...]:
     """Names (``cv:<file>``) of the opencv-doc photos installed here, sorted; empty when opencv-doc is absent."""
     if not OPENCV_DOC.is_dir():
         return ()
-    names = []
-    for path in sorted(OPENCV_DOC.iterdir()):
-        if path.suffix.lower() not in (".jpg", ".png"):
-            continue
-        header = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8)  # cheap size probe
-        if header is not None and min(header.shape[:2]) * 8 >= _MIN_SIDE:
-            names.append(f"cv:{path.name}")
-    return tuple(names)
+    return tuple(f"cv:{p.name}" for p in sorted(OPENCV_DOC.iterdir()) if p.suffix.lower() in (".jpg", ".png"))
 
 
 def photo_names(extra: bool) -> tuple[str, ...]:

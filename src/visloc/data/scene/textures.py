@@ -350,7 +350,8 @@ def _season_cover(rng: np.random.Generator, img: np.ndarray, spec: TextureSpec) 
         colours = rng.uniform([0.5, 0.15, 0.0], [0.95, 0.55, 0.1], (n, 3)).astype(np.float32)
         r = max(1, round(0.06 * spec.px_per_m))
         for dy in range(-r, r + 1):
-            img[np.clip(ys + dy, 0, h - 1), np.clip(xs, 0, w - 1)] = colours
+            for dx in range(-r, r + 1):
+                img[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)] = colours
     elif spec.season == "winter":
         cover = np.clip(0.7 + 0.35 * smooth_noise(rng, (w, h), 10), 0.3, 0.95)
         snow = np.array([0.9, 0.92, 0.96], np.float32) * detail(rng, (w, h), 0.04)
