@@ -31,6 +31,8 @@ class GeneratorEntry:
 GENERATORS: dict[str, GeneratorEntry] = {
     "drive": GeneratorEntry("visloc.data.world.drive", "DriveConf", "generate_drive",
                             "vehicle traversals of one route: frames, poses at up to 1000 Hz, pseudo-GPS"),
+    "landmarks": GeneratorEntry("visloc.data.world.landmarks", "LandmarksConf", "generate_landmarks",
+                                "GLDv2-layout landmark classes (train / val) or a Revisited-Oxford test set (test)"),
     "pairs": GeneratorEntry("visloc.data.world.pairs", "PairsConf", "generate_pairs",
                             "image pairs with depth, poses, overlap and difficulty bins (MegaDepth-like)"),
 }
