@@ -66,7 +66,7 @@ class RevisitedConf:
     """The landmark test set (test split) in the Revisited Oxford layout.
 
     Attributes:
-        name: dataset name: ``gnd_<name>.pkl``, image names ``<name>_q<k>`` / ``<name>_<k>``.
+        name: dataset name: ``gnd_<name>.pkl``, images ``<name>_q<landmark>_<k>`` / ``<name>_<landmark>_<k>``.
         query_landmarks: landmarks that get queries (the first of a seeded permutation of the test split's
             landmarks); 0: all. The others get database views only (distractors).
         queries_per_landmark: queries per query landmark (frontal-ish day views, see ``LandmarksConf``).
