@@ -8,7 +8,7 @@ at any heading, on the default ``CityConf`` (about 1,500 planes). The focal leng
 at 640), so both sizes see the same field of view. Every view is rendered once untimed first, so that the city's
 lazy textures are made (that cost, ``first frame ms``, is reported apart) and then timed: ``fps`` is the median
 wall-clock rate, ``cpu fps`` the median rate in process CPU time (the better measure on a shared machine), for each
-number of OpenCV threads. ``drawn`` is the median number of planes kept by the world-level culling per frame.
+number of OpenCV threads. ``kept`` is the median number of planes kept by the world-level culling per frame.
 Targets: >= 30 fps at 640x480 and >= 100 fps at 346x260 in the city, single process.
 ``--quick``: 2 frames, 1 thread (the whole code path in seconds; the numbers mean little).
 """
@@ -43,7 +43,7 @@ def measure(world: PlaneWorld, poses: Sequence[CameraPose], size: tuple[int, int
     """Median fps (wall and CPU), median first-frame time (ms) and median planes kept by culling."""
     W, H = size
     K = intrinsics(500.0 * W / 640, W, H)
-    wall, cpu, first, drawn = [], [], [], []
+    wall, cpu, first, kept = [], [], [], []
     table = plane_table(world)
     for pose in poses:
         t0 = time.perf_counter()
@@ -53,9 +53,9 @@ def measure(world: PlaneWorld, poses: Sequence[CameraPose], size: tuple[int, int
         render(world, K, pose, size=size)
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
-        drawn.append(len(cull(table, K, pose, size, world.conf.near_m, far_default(world)).index))
+        kept.append(len(cull(table, K, pose, size, world.conf.near_m, far_default(world)).index))
     return {"fps": 1.0 / float(np.median(wall)), "cpu fps": 1.0 / max(float(np.median(cpu)), 1e-9),
-            "first": 1000.0 * float(np.median(first)), "drawn": float(np.median(drawn))}
+            "first": 1000.0 * float(np.median(first)), "kept": float(np.median(kept))}
 
 
 def cases(frames: int) -> list[tuple[str, str, PlaneWorld, Callable[[], list[CameraPose]]]]:
@@ -85,7 +85,7 @@ def main() -> None:
     planes = {name: len(world.planes) for name, _, world, _ in rows}
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, cv2 {cv2.__version__}, "
           f"median over {args.frames} frames; street {planes['street']} planes, city {planes['city']} planes")
-    print("| world | views | size | threads | fps | cpu fps | first frame ms | drawn |")
+    print("| world | views | size | threads | fps | cpu fps | first frame ms | kept |")
     print("|---|---|---|---|---|---|---|---|")
     for name, views, world, make_poses in rows:
         poses = make_poses()
@@ -94,7 +94,7 @@ def main() -> None:
                 cv2.setNumThreads(threads)
                 r = measure(world, poses, (W, H))
                 print(f"| {name} | {views} | {W}x{H} | {threads} | {r['fps']:.1f} | {r['cpu fps']:.1f} | "
-                      f"{r['first']:.1f} | {r['drawn']:.0f} |", flush=True)
+                      f"{r['first']:.1f} | {r['kept']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def test_bench_scene_quick(tmp_path):
     sizes = ("640x480", "346x260")
     assert [(r["world"], r["views"], r["size"]) for r in rows] == [v + (s,) for v in views for s in sizes]
     assert all(r["threads"] == "1" and float(r["fps"]) > 0 and float(r["cpu fps"]) > 0 for r in rows)
-    assert all(int(r["drawn"]) > 0 for r in rows)
+    assert all(int(r["kept"]) > 0 for r in rows)
 
 
 def test_bench_faiss_quick(tmp_path):

@@ -154,3 +154,16 @@ def test_boxes_of_a_few_pixels_render_the_same_with_and_without_culling():
     np.testing.assert_array_equal(a.plane_index, b.plane_index)
     assert a.plane_index[0, 159] == 0 and (a.plane_index == 0).sum() == 1
     assert (a.plane_index == 1).sum() == 0  # its box holds pixel centres, the texture none
+
+
+def test_threads_rendering_one_world_get_the_serial_frames():
+    """The per-world caches are filled safely when threads render a fresh world at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    poses = [CameraPose(np.eye(3), [0.2 * k, 0.0, 0.0]) for k in range(6)]
+    serial = [render(_mixed_world(), K, pose).image for pose in poses]
+    world = _mixed_world()
+    with ThreadPoolExecutor(4) as pool:
+        frames = list(pool.map(lambda pose: render(world, K, pose).image, poses))
+    for a, b in zip(serial, frames, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from visloc.data.scene.cull import F32_SLACK, PlaneTable
+from visloc.data.scene.cull import F32_SLACK, PlaneTable, corner_max, corner_min
 from visloc.data.scene.world import Plane
 from visloc.io.poses import CameraPose
 
@@ -276,17 +276,22 @@ def _tiny_mask(inv: np.ndarray, inv_roi: np.ndarray, ids_roi: np.ndarray, index:
     return write.astype(np.uint8) * np.uint8(255)
 
 
-def texel_to_world(table: PlaneTable, planes: tuple[Plane, ...], index: np.ndarray) -> np.ndarray:
-    """``[N, 3, 3]`` ``plane.texel_to_world`` of ``planes[index]``, each computed once per world (cached)."""
-    cache = table.cache
-    if "A" not in cache:
-        cache["A"] = np.zeros((len(planes), 3, 3))
-        cache["A_known"] = np.zeros(len(planes), bool)
-    A, known = cache["A"], cache["A_known"]
+def texel_to_world(table: PlaneTable, planes: tuple[Plane, ...], index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, 3, 3]`` ``plane.texel_to_world`` and int ``[N, 2]`` ``plane.texture_size`` of ``planes[index]``.
+
+    Each computed once per world (cached in the table).
+    """
+    entry = table.cache.get("texel_to_world")
+    if entry is None:  # setdefault: threads that race here all get the same arrays
+        n = len(planes)
+        entry = table.cache.setdefault("texel_to_world", (np.zeros((n, 3, 3)), np.zeros((n, 2), np.int64),
+                                                           np.zeros(n, bool)))
+    A, sizes, known = entry
     for i in index[~known[index]].tolist():
         A[i] = planes[i].texel_to_world
+        sizes[i] = planes[i].texture_size
         known[i] = True
-    return A[index]
+    return A[index], sizes[index]
 
 
 @dataclass(frozen=True)
@@ -294,14 +299,15 @@ class Prepared:
     """Geometry of a view's planes that need no clipping, computed for all of them at once (:func:`prepare`).
 
     Per plane ``k`` of the batch: ``simple[k]`` (no clipping needed; else draw with :func:`draw_plane`),
-    ``roi[k]`` (``None``: no pixel), ``ratio[k]``, ``bounds[k]`` and ``B[k]`` as :func:`raster` takes them,
-    ``normal[k]`` and ``M2[k]`` (the plane's normal and texel origin in the camera frame, for its exact ``g``).
+    ``box[k]`` = (x0, y0, w, h) (``w == 0``: no pixel), ``ratio[k]``, ``bounds[k]`` (lowest, highest and highest
+    writable ``1/z``) and ``B[k]`` as :func:`raster` takes them, ``normal[k]`` and ``M2[k]`` (the plane's normal
+    and texel origin in the camera frame, for its exact ``g``).
     """
 
     simple: list[bool]
-    roi: list[tuple[int, int, int, int] | None]
+    box: list[list[int]]
     ratio: list[float]
-    bounds: list[tuple[float, float, float]]
+    bounds: list[list[float]]
     B: np.ndarray
     normal: np.ndarray
     M2: np.ndarray
@@ -321,55 +327,59 @@ def prepare(A: np.ndarray, texture_size: np.ndarray, view: View, size: tuple[int
     every value computed here is what :func:`draw_plane` computes (stacked matrix products are the same products).
     """
     W, H = size
+    N = len(A)
     M = view.pose.R @ A  # [N, 3, 3]
     M[:, :, 2] += view.pose.t
     w, h = texture_size[:, 0].astype(np.float64), texture_size[:, 1].astype(np.float64)
-    rect = np.stack([np.stack([-0.5 + 0 * w, -0.5 + 0 * h], 1), np.stack([w - 0.5, -0.5 + 0 * h], 1),
-                     np.stack([w - 0.5, h - 0.5], 1), np.stack([-0.5 + 0 * w, h - 0.5], 1)], 1)  # [N, 4, 2]
-    poly = np.concatenate([rect, np.ones(rect.shape[:2] + (1,))], 2)
-    cam = poly @ np.swapaxes(M, 1, 2)  # [N, 4, 3]
-    z = cam[:, :, 2]
-    margin = 1e-9 * (np.abs(z).max(1) + view.near)
-    front = z.min(1) - view.near > margin
+    poly = np.ones((N, 4, 3))
+    poly[:, :, :2] = -0.5
+    poly[:, 1:3, 0] = (w - 0.5)[:, None]
+    poly[:, 2:4, 1] = (h - 0.5)[:, None]
+    cam = poly @ np.swapaxes(M, 1, 2)  # [N, 4, 3]: the corners in the camera frame
+    z = cam[:, :, 2].T  # [4, N]
+    front = corner_min(z) - view.near > 1e-9 * (corner_max(np.abs(z)) + view.near)
     with np.errstate(divide="ignore", invalid="ignore"):
         pix = (cam @ view.K.T)[:, :, :2] / cam[:, :, 2:]
         inside = (pix @ _BOUNDS_AB + np.array([1.0, W, 1.0, H]) >= 0).all((1, 2))
     simple = front & inside
-    x0 = np.maximum(0, np.floor(pix[:, :, 0].min(1)))
-    y0 = np.maximum(0, np.floor(pix[:, :, 1].min(1)))
-    x1 = np.minimum(W - 1, np.ceil(pix[:, :, 0].max(1)))
-    y1 = np.minimum(H - 1, np.ceil(pix[:, :, 1].max(1)))
+    x, y = pix[:, :, 0].T, pix[:, :, 1].T  # [4, N]
+    x0, y0 = np.maximum(0.0, np.floor(corner_min(x))), np.maximum(0.0, np.floor(corner_min(y)))
+    x1, y1 = np.minimum(W - 1.0, np.ceil(corner_max(x))), np.minimum(H - 1.0, np.ceil(corner_max(y)))
     nonempty = simple & (x1 >= x0) & (y1 >= y0)
-    x, y = pix[:, :, 0], pix[:, :, 1]
-    area = 0.5 * np.abs((x * np.roll(y, -1, axis=1)).sum(1) - (y * np.roll(x, -1, axis=1)).sum(1))
+    xr, yr = np.roll(pix[:, :, 0], -1, axis=1), np.roll(pix[:, :, 1], -1, axis=1)
+    area = 0.5 * np.abs((pix[:, :, 0] * yr).sum(1) - (pix[:, :, 1] * xr).sum(1))
     ratio = (w * h) / np.maximum(area, 1e-6)
-    x0, y0, x1, y1 = (np.where(nonempty, v, 0.0) for v in (x0, y0, x1, y1))
-    T = np.zeros((len(A), 3, 3))
+    x0, y0 = np.where(nonempty, x0, 0.0), np.where(nonempty, y0, 0.0)
+    rw, rh = np.where(nonempty, x1 - x0 + 1, 0.0), np.where(nonempty, y1 - y0 + 1, 0.0)
+    T = np.zeros((N, 3, 3))
     T[:, 0, 0] = T[:, 1, 1] = T[:, 2, 2] = 1.0
     T[:, 0, 2], T[:, 1, 2] = -x0, -y0
     B = (T @ view.K) @ M
     a, b = M[:, :, 0], M[:, :, 1]
     normal = np.stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
                        a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]], 1)
-    bounds = _bounds(normal, M[:, :, 2], pix, (x0, y0, x1, y1), view)
-    rois = [(int(a0), int(b0), int(a1 - a0) + 1, int(b1 - b0) + 1) if ok else None
-            for a0, b0, a1, b1, ok in zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist(), nonempty.tolist(),
-                                          strict=True)]
-    return Prepared(simple.tolist(), rois, ratio.tolist(), bounds, B, normal, np.ascontiguousarray(M[:, :, 2]))
+    M2 = np.ascontiguousarray(M[:, :, 2])
+    bounds = _bounds(normal, M2, (x, y), (x0, y0, x0 + rw - 1, y0 + rh - 1), view)
+    box = np.stack([x0, y0, rw, rh], 1).astype(np.int64).tolist()
+    return Prepared(simple.tolist(), box, ratio.tolist(), bounds, B, normal, M2)
 
 
-def _bounds(normal: np.ndarray, origin: np.ndarray, pix: np.ndarray, box: tuple[np.ndarray, ...],
-            view: View) -> list[tuple[float, float, float]]:
-    """(lowest, highest, highest writable) ``1/z`` of each plane over its box, widened as in :func:`draw_plane`."""
+def _bounds(normal: np.ndarray, origin: np.ndarray, pix: tuple[np.ndarray, np.ndarray], box: tuple[np.ndarray, ...],
+            view: View) -> list[list[float]]:
+    """(lowest, highest, highest writable) ``1/z`` of each plane over its box, widened as in :func:`draw_plane`.
+
+    ``pix`` is the outline's (x, y), each ``[4, N]``.
+    """
     x0, y0, x1, y1 = box
     offset = (normal * origin).sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         g = normal @ view.K_inv / offset[:, None]  # [N, 3]; only for bounds, widened below
-        corners = np.stack([g[:, 0] * xx + g[:, 1] * yy + g[:, 2] for xx in (x0, x1) for yy in (y0, y1)], 1)
-        slack = 2 * F32_SLACK * (np.abs(g[:, 0]) * (x1 + 1) + np.abs(g[:, 1]) * (y1 + 1) + np.abs(g[:, 2]))
-        lo, hi = corners.min(1) - slack, corners.max(1) + slack
-        top = (pix @ g[:, :2, None])[:, :, 0].max(1) + g[:, 2] + np.abs(g[:, 0]) + np.abs(g[:, 1]) + slack
+        g0, g1, g2 = g[:, 0], g[:, 1], g[:, 2]
+        corners = np.stack([g0 * x0 + g1 * y0, g0 * x1 + g1 * y0, g0 * x0 + g1 * y1, g0 * x1 + g1 * y1]) + g2
+        slack = 2 * F32_SLACK * (np.abs(g0) * (x1 + 1) + np.abs(g1) * (y1 + 1) + np.abs(g2))
+        lo, hi = corner_min(corners) - slack, corner_max(corners) + slack
+        top = corner_max(g0 * pix[0] + g1 * pix[1]) + g2 + np.abs(g0) + np.abs(g1) + slack
         bound = np.fmin(np.fmin(hi, top), view.near32)
-    bad = ~np.isfinite(lo) | ~np.isfinite(hi)  # edge-on: never skip on bounds
-    lo, hi, bound = np.where(bad, -np.inf, lo), np.where(bad, np.inf, hi), np.where(bad, np.inf, bound)
-    return list(zip(lo.tolist(), hi.tolist(), bound.tolist(), strict=True))
+    bad = ~(np.isfinite(lo) & np.isfinite(hi))  # edge-on: never skip on bounds
+    out = np.stack([np.where(bad, -np.inf, lo), np.where(bad, np.inf, hi), np.where(bad, np.inf, bound)], 1)
+    return out.tolist()

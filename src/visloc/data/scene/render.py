@@ -167,7 +167,7 @@ def render(world: PlaneWorld, K: np.ndarray, pose: CameraPose, size: tuple[int, 
         _draw_visible(world, table, cull(table, K, pose, (W, H), near, far), view, buffers)
     else:
         index = np.arange(len(world.planes))
-        for i, A in zip(index.tolist(), texel_to_world(table, world.planes, index), strict=True):
+        for i, A in zip(index.tolist(), texel_to_world(table, world.planes, index)[0], strict=True):
             draw_plane(world.planes[i], A, i, view, buffers)
     with np.errstate(divide="ignore"):
         depth = np.float32(1.0) / buffers.inv_depth
@@ -179,8 +179,7 @@ def render(world: PlaneWorld, K: np.ndarray, pose: CameraPose, size: tuple[int, 
 def _draw_visible(world: PlaneWorld, table: PlaneTable, visible: Visible, view: View, buffers: Buffers) -> None:
     """Draw the planes kept by the cull, nearest first; those that need no clipping from stacked geometry."""
     planes, index = world.planes, visible.index
-    A = texel_to_world(table, planes, index)
-    sizes = np.array([planes[i].texture_size for i in index.tolist()], np.int64).reshape(-1, 2)
+    A, sizes = texel_to_world(table, planes, index)
     batch = prepare(A, sizes, view, (buffers.ids.shape[1], buffers.ids.shape[0]))
     inv_depth, K_inv_T = buffers.inv_depth, view.K_inv.T
     for k, (i, (x0, y0, x1, y1), bound) in enumerate(zip(index.tolist(), visible.box.tolist(),
@@ -189,12 +188,13 @@ def _draw_visible(world: PlaneWorld, table: PlaneTable, visible: Visible, view: 
             if float(inv_depth[y0:y1 + 1, x0:x1 + 1].min()) <= bound:  # else hidden: nothing would be written
                 draw_plane(planes[i], A[k], i, view, buffers)
             continue
-        roi = batch.roi[k]
-        if roi is None:
-            continue
+        bx0, by0, rw, rh = batch.box[k]
+        lo, hi, top = batch.bounds[k]
+        if rw == 0 or float(inv_depth[by0:by0 + rh, bx0:bx0 + rw].min()) > top:
+            continue  # no pixel, or hidden behind what is drawn
         normal = batch.normal[k]
         offset = float(normal @ batch.M2[k])  # exactly as draw_plane: the plane is normal . X = offset
         if abs(offset) < 1e-9 * math.sqrt(float(normal @ normal)):
             continue  # seen edge-on
-        raster(planes[i], i, roi, (K_inv_T @ normal) / offset, batch.bounds[k], batch.ratio[k], batch.B[k], view,
-               buffers)
+        raster(planes[i], i, (bx0, by0, rw, rh), (K_inv_T @ normal) / offset, (lo, hi, top), batch.ratio[k],
+               batch.B[k], view, buffers)
