@@ -38,7 +38,7 @@ import numpy as np
 
 from visloc.conf import ConfError
 from visloc.data.scene.city_conf import CityConf
-from visloc.data.scene.condition_conf import ConditionConf
+from visloc.data.scene.condition_conf import ConditionConf, parse_condition
 from visloc.data.scene.places import Split
 from visloc.data.world.base import WorldJob, check_frame_budget, check_split
 from visloc.data.world.base import progress as progress_bar
@@ -52,6 +52,17 @@ if TYPE_CHECKING:
 KIND = "pairs"
 #: names of the difficulty levels when there are three
 LEVEL_NAMES = ("easy", "medium", "hard")
+
+
+def _check_conditions(name: str, conds: tuple[str, ...]) -> None:
+    """A non-empty list of names ``parse_condition`` reads (e.g. ``day``, ``night+fog``)."""
+    if not conds:
+        _fail(name, "must be a non-empty list of condition names (e.g. day, night+fog)", conds)
+    for c in conds:
+        try:
+            parse_condition(c)
+        except ConfError as e:
+            _fail(name, f"bad condition name ({e})", c)
 
 
 def _fail(where: str, problem: str, value: object) -> None:
@@ -106,8 +117,8 @@ class PairsConf:
     overlap_stride: int = 4
     depth_rel_tol: float = 0.01
     max_foreign: float = 0.0
-    conditions0: tuple[ConditionConf, ...] = (ConditionConf(),)
-    conditions1: tuple[ConditionConf, ...] = (ConditionConf(),)
+    conditions0: tuple[str, ...] = ("day",)
+    conditions1: tuple[str, ...] = ("day",)
     tries_per_view: int = 6
     max_tries: int = 300
 
@@ -135,9 +146,11 @@ class PairsConf:
         if not 0.0 <= self.max_foreign < 1.0:
             _fail("max_foreign", "must be in [0, 1)", self.max_foreign)
         for name in ("conditions0", "conditions1"):
-            conds = getattr(self, name)
-            if not conds or not all(isinstance(c, ConditionConf) for c in conds):
-                _fail(name, "must be a non-empty list of ConditionConf", conds)
+            _check_conditions(name, getattr(self, name))
+
+    def condition(self, which: int, k: int) -> ConditionConf:
+        """The ``k``-th condition of image ``which`` (0 or 1), parsed."""
+        return parse_condition((self.conditions0, self.conditions1)[which][k])
 
     @property
     def num_levels(self) -> int:

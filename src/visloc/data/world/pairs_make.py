@@ -117,8 +117,8 @@ def make_pair(ctx: _Context, writer: ItemWriter, index: int) -> None:
         writer.skip(meta_name(index), f"no pair{level} in {conf.max_tries} tries (PairsConf.max_tries)")
         return
     pick = job_rng(conf.city.seed, KIND, ctx.split, index, 1)
-    conds = (conf.conditions0[int(pick.integers(len(conf.conditions0)))],
-             conf.conditions1[int(pick.integers(len(conf.conditions1)))])
+    conds = (conf.condition(0, int(pick.integers(len(conf.conditions0)))),
+             conf.condition(1, int(pick.integers(len(conf.conditions1)))))
     names = image_names(index)
     for k, (name, frame, cond) in enumerate(zip(names, found.frames, conds, strict=True)):
         image = _image(ctx, frame, cond, job_rng(conf.city.seed, KIND, ctx.split, index, 2 + k))
