@@ -151,6 +151,10 @@ def test_cli_passes_kind_seed_split_out_and_overrides(tmp_path: Path, tiny_kind:
     assert "world tiny (val): 2 new, 0 already done, 0 skipped" in result.output
     record = yaml.safe_load((tmp_path / RECORD).read_text())
     assert (record["seed"], record["split"], record["conf"]["count"]) == (7, "val", 2)
+    by_set = runner.invoke(app, ["data", "world", "tiny", "--out", str(tmp_path / "s"), "--set", "city.seed=5",
+                                 "--quiet"])
+    assert by_set.exit_code == 0, by_set.output
+    assert yaml.safe_load((tmp_path / "s" / RECORD).read_text())["seed"] == 5  # --seed unset: --set's seed stands
     bad = runner.invoke(app, ["data", "world", "tiny", "--split", "dev", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and "split: must be one of" in bad.output
     unknown = runner.invoke(app, ["data", "world", "nope", "--out", str(tmp_path / "c")])

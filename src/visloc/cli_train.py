@@ -60,7 +60,8 @@ def data_bdd(labels: LabelsOpt, images: ImagesOpt, out: OutOpt, time: TimesOpt =
 
 WORLD_KINDS = "landmarks, pairs, drive, distill"
 KindArg = Annotated[str, typer.Argument(help=f"What to generate: {WORLD_KINDS}.")]
-SeedOpt = Annotated[int, typer.Option(help="World seed (the city's CityConf.seed); same seed, same dataset.")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="World seed (sets city.seed, default the conf's: 0); same "
+                                                    "seed, same dataset.")]
 SplitOpt = Annotated[str, typer.Option(help="City split whose places the dataset shows: train, val or test.")]
 WorldOutOpt = Annotated[Path, typer.Option(help="Dataset folder (resumed when it holds the same job).")]
 WorldSetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Conf override key=value (repeatable), "
@@ -69,7 +70,7 @@ QuietOpt = Annotated[bool, typer.Option(help="No progress bars.")]
 
 
 @data_app.command("world")
-def data_world(kind: KindArg, out: WorldOutOpt, seed: SeedOpt = 0, split: SplitOpt = "train",
+def data_world(kind: KindArg, out: WorldOutOpt, seed: SeedOpt = None, split: SplitOpt = "train",
                set_: WorldSetOpt = None, quiet: QuietOpt = False) -> None:
     """Generate a dataset from the built-in city (deterministic per seed; atomic, resumable writes)."""
     from visloc.data.world import run_generator

@@ -17,6 +17,7 @@ same whether it was written in the first run or after a resume.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from visloc.io.atomic import atomic_path, atomic_write_text
 from visloc.io.jobs import JobSummary
 
 #: bump on any change of what a generator writes for the same conf (a stored dataset is then not resumed)
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 #: the completion record, written last
 RECORD = "world.yaml"
 #: the record of a job in progress (removed by :func:`finish`)
@@ -86,9 +87,22 @@ class WorldJob:
     out: Path
 
     def record(self) -> dict[str, Any]:
-        """The job's identity, as written to ``.world-job.yaml`` and ``world.yaml``."""
+        """The job's identity, as written to ``.world-job.yaml`` and ``world.yaml``.
+
+        ``photos`` names the texture photo library (count and sha256 of the names): with ``extra_photos`` it
+        depends on whether opencv-doc is installed, so a dataset is never resumed with another library.
+        """
         return {"generator": "visloc.data.world", "kind": self.kind, "version": WORLD_VERSION,
-                "split": self.split, "seed": self.seed, "conf": conf_to_dict(self.conf)}
+                "split": self.split, "seed": self.seed, "conf": conf_to_dict(self.conf), "photos": _photos(self.conf)}
+
+
+def _photos(conf: Any) -> str:
+    """``"<count> <sha256 of the names>"`` of the photos the conf's city draws textures from."""
+    from visloc.data.scene.texture_cache import photo_names
+
+    city = getattr(conf, "city", None)
+    names = photo_names(bool(getattr(city, "extra_photos", False)))
+    return f"{len(names)} {hashlib.sha256(' '.join(names).encode()).hexdigest()[:16]}"
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
@@ -115,7 +129,7 @@ def _read_record(path: Path) -> dict[str, Any] | None:
 
 
 def _identity(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record.get(k) for k in ("generator", "kind", "version", "split", "seed", "conf")}
+    return {k: record.get(k) for k in ("generator", "kind", "version", "split", "seed", "conf", "photos")}
 
 
 def _check_same(job: WorldJob, path: Path, stored: dict[str, Any]) -> None:
