@@ -90,6 +90,16 @@ def test_train_log_summary_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_demo_quick(tmp_path):
+    text = run_quick("bench_demo.py", tmp_path)
+    rows = table_with(text, "wall s")
+    assert rows[0]["stage"] == "render" and rows[-1]["stage"].startswith("**whole demo**")
+    assert all(float(r["wall s"]) >= 0 for r in rows)
+    recall = table_with(text, "condition")
+    assert {r["condition"] for r in recall} == {"day", "night", "fog", "blur", "all"}
+
+
+@pytest.mark.slow
 def test_bench_speed_quick(tmp_path):
     out = tmp_path / "bench.json"
     rows = table_with(run_quick("bench_speed.py", tmp_path, "--out", str(out)), "median ms")

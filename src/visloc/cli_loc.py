@@ -90,36 +90,66 @@ def localize(map_dir: MapOpt, queries: QueriesOpt, out: PosesOut, cameras: Query
         fail("no query image could be read")
 
 
-DemoOut = Annotated[Path, typer.Option(help="Output folder: scene/, map/, poses.txt, report.json, map.png.")]
-SceneConfOpt = Annotated[Optional[Path], typer.Option(help="Scene conf YAML (visloc.data.scene.SceneConf fields).")]
-SetScene = Annotated[Sets, typer.Option(help="Scene override key=value, e.g. seed=3 or num_queries=30 (repeatable).")]
-DemoExtractor = Annotated[Optional[str], typer.Option(help="Registered extractor or YAML file (default: the map's, "
-                                                           "vlad-aliked).")]
+DemoOut = Annotated[Path, typer.Option(help="Output folder: scene/, one folder per method (map/, poses.txt, "
+                                              "report.json, map.png), report.json.")]
+SceneConfOpt = Annotated[Optional[Path], typer.Option(help="Scene conf YAML (visloc.data.scene.CitySceneConf fields; "
+                                                           "configs/demo_default.yaml).")]
+SetScene = Annotated[Sets, typer.Option(help="Scene override key=value, e.g. num_queries=24, db_spacing_m=10 or "
+                                             "city.seed=3 (repeatable).")]
+MethodOpt = Annotated[Optional[list[str]], typer.Option("--method", help="EXTRACTOR+MATCHER compared (repeatable; "
+                                                                         "default hfnet+nn-mutual and "
+                                                                         "sift+nn-ratio).")]
+DemoExtractor = Annotated[Optional[str], typer.Option(help="One method's extractor (registered or YAML; with "
+                                                           "--matcher, instead of --method).")]
+DemoMatcher = Annotated[Optional[str], typer.Option(help="One method's matcher (default nn-mutual with --extractor).")]
+SetDemoExtractor = Annotated[Sets, typer.Option(help="Override key=value of every method's extractor (repeatable).")]
+SetDemoMatcher = Annotated[Sets, typer.Option(help="Override key=value of every method's matcher (repeatable).")]
 Thresholds = Annotated[Optional[str], typer.Option(help="Recall thresholds 'metres,degrees;...' "
                                                         "(default 0.25,2;0.5,5;5,10).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch CPU threads (default torch's, one per core; 1 is "
+                                                        "faster on a machine shared with other jobs).")]
 
 
 def demo(out: DemoOut = Path("visloc-demo"), scene_conf: SceneConfOpt = None, set_scene: SetScene = None,
-         extractor: DemoExtractor = None, set_extractor: SetExtractor = None, matcher: MatcherOpt = "lightglue",
-         set_matcher: SetMatcher = None, top_k: TopK = 5, thresholds: Thresholds = None,
-         device: DeviceOpt = None) -> None:
-    """Render the built-in street scene, build its map, localize its day/night/blur queries, print recall."""
+         method: MethodOpt = None, extractor: DemoExtractor = None, matcher: DemoMatcher = None,
+         set_extractor: SetDemoExtractor = None, set_matcher: SetDemoMatcher = None, top_k: TopK = 10,
+         thresholds: Thresholds = None, device: DeviceOpt = None, threads: ThreadsOpt = None) -> None:
+    """Render the built-in city, map and localize its day/night/fog/blur queries with each method, print recall."""
     import dataclasses
+    import os
     import time
 
-    from visloc.data.scene.config import load_scene_conf
+    # before torch loads: idle OpenMP threads sleep instead of spinning; on a CPU shared with other jobs spinning
+    # made the demo 5-10x slower (benchmarks/bench_demo.py); an OMP_WAIT_POLICY already set wins
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    from visloc.conf import parse_overrides
+    from visloc.data.scene.city_scene import load_city_scene_conf
     from visloc.eval.localization import DEFAULT_THRESHOLDS, parse_thresholds
-    from visloc.pipelines.demo import DEMO_LOCALIZER, run_demo
+    from visloc.pipelines.demo import DEFAULT_METHODS, DEMO_LOCALIZER, DemoMethod, parse_method, run_demo
 
     start = time.perf_counter()
-    scene = run(load_scene_conf, scene_conf, list(set_scene or ()))
-    ext_name, ext_ov = (None, list(set_extractor or ())) if extractor is None \
-        else resolve_conf(extractor, set_extractor)
-    match_name, match_ov = resolve_conf(matcher, set_matcher)
+    if threads is not None:
+        if threads < 1:
+            fail(f"--threads: expected >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    scene = run(load_city_scene_conf, scene_conf, list(set_scene or ()))
+    if (extractor or matcher) and method:
+        fail("give --method, or --extractor / --matcher for one method, not both")
+    if extractor or matcher:
+        ext_name, ext_ov = resolve_conf(extractor or "hfnet", None)
+        match_name, match_ov = resolve_conf(matcher or "nn-mutual", None)
+        methods = [DemoMethod(ext_name, match_name, ext_ov, match_ov)]
+    else:
+        methods = [run(parse_method, m) for m in method] if method else list(DEFAULT_METHODS)
     thr = run(parse_thresholds, thresholds) if thresholds is not None else DEFAULT_THRESHOLDS
     localizer = run(dataclasses.replace, DEMO_LOCALIZER, num_retrieved=top_k)
-    summary = run(run_demo, out, scene=scene, extractor=ext_name, extractor_overrides=ext_ov, matcher=match_name,
-                  matcher_overrides=match_ov, localizer=localizer, thresholds=thr, device=device)
+    summary = run(run_demo, out, scene=scene, methods=methods,
+                  extractor_overrides=run(parse_overrides, list(set_extractor or ())),
+                  matcher_overrides=run(parse_overrides, list(set_matcher or ())), localizer=localizer,
+                  thresholds=thr, device=device)
     for line in summary.lines():
         typer.echo(line)
     typer.echo(f"demo finished in {time.perf_counter() - start:.0f} s")

@@ -1,10 +1,10 @@
 """The version of the scene generator, recorded beside every rendering (``generator.yaml``).
 
-A rendering is a pure function of its ``SceneConf`` and of this package's code (world layout,
-renderer, trajectories, query conditions). ``scene.yaml`` records the conf; ``GENERATOR_VERSION``
-stands for the code: bump it in any change that alters the images, depths, poses or conditions
-written for the same conf, so that a stored rendering (``visloc demo`` reuses one whose record
-matches) is rendered again instead of being reused stale.
+A rendering is a pure function of its conf (``SceneConf``, or ``CitySceneConf`` for the demo's city) and of
+this package's code (world or city layout, textures, renderer, trajectories, query conditions). ``scene.yaml``
+records the conf; ``GENERATOR_VERSION`` stands for the code: bump it in any change that alters the images,
+depths, poses or conditions written for the same conf, so that a stored rendering (``visloc demo`` reuses one
+whose record matches) is rendered again instead of being reused stale.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import yaml
 
-#: bump on every change of the rendered output for a given conf (see the module docstring)
-GENERATOR_VERSION = 1
+#: bump on every change of the rendered output for a given conf (see the module docstring); 2: the demo's
+#: city scene (``generate_city_scene``)
+GENERATOR_VERSION = 2
 #: the record's file name, beside ``scene.yaml`` in the scene's root
 GENERATOR_RECORD = "generator.yaml"
 
