@@ -106,12 +106,30 @@ def test_gray_input(name, ready_extractor, astronaut_320):
 
 
 def _same_features(a: Features, b: Features) -> None:
-    """Batched and single-image features agree up to float rounding."""
-    assert a.image_size == b.image_size and a.num_keypoints == b.num_keypoints
-    torch.testing.assert_close(a.keypoints, b.keypoints, atol=1e-3, rtol=0)
-    torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-4)
-    if a.has_local and a.num_keypoints:
-        assert (a.descriptors * b.descriptors).sum(-1).min() > 0.9999
+    """Batched and single-image features agree up to float rounding.
+
+    A batched convolution rounds differently from a single-image one, so a keypoint whose score sits at
+    the detection threshold may be kept in one and not the other: at most 1 % of the keypoints (and at
+    least one) may be missing from either side; every other keypoint must agree in position, score and
+    descriptor.
+    """
+    assert a.image_size == b.image_size
+    if a.num_keypoints == b.num_keypoints:  # the same keypoints, in the same order (SIFT repeats positions)
+        torch.testing.assert_close(a.keypoints, b.keypoints, atol=1e-3, rtol=0)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-4)
+        if a.has_local and a.num_keypoints:
+            assert (a.descriptors * b.descriptors).sum(-1).min() > 0.9999
+    elif a.num_keypoints and b.num_keypoints:
+        dist = torch.cdist(a.keypoints.double(), b.keypoints.double())
+        nearest, j = dist.min(dim=1)
+        same = nearest <= 1e-3
+        allowed = max(1, round(0.01 * max(a.num_keypoints, b.num_keypoints)))
+        assert a.num_keypoints - int(same.sum()) <= allowed and b.num_keypoints - int(same.sum()) <= allowed
+        torch.testing.assert_close(a.scores[same], b.scores[j[same]], atol=1e-4, rtol=1e-4)
+        if a.has_local:
+            assert (a.descriptors[same] * b.descriptors[j[same]]).sum(-1).min() > 0.9999
+    else:
+        raise AssertionError(f"{a.num_keypoints} keypoints batched, {b.num_keypoints} alone")
     if a.global_descriptor is not None:
         assert b.global_descriptor is not None
         assert float(a.global_descriptor @ b.global_descriptor) > 0.9999

@@ -374,3 +374,14 @@ def test_kill_during_commit_keeps_committed_items(tmp_path, layout, kind, nth, p
         listed_shards = set(json.loads(fd.attrs[shards.SHARDS_ATTR]))
     on_disk = {f"feats.h5.shards/{p.name}" for p in shards.shards_dir(path).iterdir()}
     assert on_disk == listed_shards  # orphans and temporaries collected
+
+
+def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path: Path) -> None:
+    import os
+
+    from visloc.io.atomic import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert os.stat(atomic).st_mode & 0o777 == os.stat(plain).st_mode & 0o777

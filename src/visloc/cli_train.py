@@ -7,7 +7,8 @@ import typer
 
 from visloc.cli_common import run
 
-data_app = typer.Typer(help="Prepare training data from public datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare training data: public datasets, and datasets generated from the built-in world.",
+                      no_args_is_help=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Recipe YAML (e.g. configs/hfnet_distill.yaml).")]
 OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Dot-overrides, e.g. train.max_steps=2000.")]
@@ -55,3 +56,25 @@ def data_bdd(labels: LabelsOpt, images: ImagesOpt, out: OutOpt, time: TimesOpt =
         typer.echo(line)
     if not summary.ok:
         raise typer.Exit(1)
+
+
+WORLD_KINDS = "landmarks, pairs, drive, distill"
+KindArg = Annotated[str, typer.Argument(help=f"What to generate: {WORLD_KINDS}.")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="World seed (sets city.seed, default the conf's: 0); same "
+                                                    "seed, same dataset.")]
+SplitOpt = Annotated[str, typer.Option(help="City split whose places the dataset shows: train, val or test.")]
+WorldOutOpt = Annotated[Path, typer.Option(help="Dataset folder (resumed when it holds the same job).")]
+WorldSetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Conf override key=value (repeatable), "
+                                                                        "e.g. city.num_streets_x=3.")]
+QuietOpt = Annotated[bool, typer.Option(help="No progress bars.")]
+
+
+@data_app.command("world")
+def data_world(kind: KindArg, out: WorldOutOpt, seed: SeedOpt = None, split: SplitOpt = "train",
+               set_: WorldSetOpt = None, quiet: QuietOpt = False) -> None:
+    """Generate a dataset from the built-in city (deterministic per seed; atomic, resumable writes)."""
+    from visloc.data.world import run_generator
+
+    files = run(run_generator, kind, out, split=split, seed=seed, overrides=list(set_ or ()), progress=not quiet)
+    for line in files.summary.lines(f"world {kind} ({split})"):
+        typer.echo(line)

@@ -16,6 +16,19 @@ def tmp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
+def _umask() -> int:
+    """The process's file-creation mask: from /proc on Linux, else by setting and restoring it (no getter)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file's (or a folder's) data and metadata to the disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -50,6 +63,8 @@ def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; a published file gets the permissions a plain open() would have given it
+        os.chmod(tmp_path, 0o666 & ~_umask())
         if durable:
             fsync_path(tmp_path)
         os.replace(tmp_path, path)

@@ -24,9 +24,9 @@ from visloc.data.scene.version import GENERATOR_VERSION
 from visloc.data.scene.world import Plane, World, build_world, make_plane
 
 __all__ = [
-    "CONDITION_PRESETS", "ConditionConf", "ConditionModel", "apply_conditions", "condition_name", "parse_condition",
-    "GENERATOR_VERSION", "BlurConf", "FlowField", "Frame", "NightConf", "OffsetConf", "Plane", "SceneConf",
-    "SceneFiles", "World", "apply_condition", "blur", "build_world", "db_poses", "generate_scene", "intrinsics",
-    "load_scene_conf", "make_plane", "map_pixels", "night", "pose_from_heading", "project", "query_poses",
+    "CONDITION_PRESETS", "GENERATOR_VERSION", "BlurConf", "ConditionConf", "ConditionModel", "FlowField", "Frame",
+    "NightConf", "OffsetConf", "Plane", "SceneConf", "SceneFiles", "World", "apply_condition", "apply_conditions",
+    "blur", "build_world", "condition_name", "db_poses", "generate_scene", "intrinsics", "load_scene_conf",
+    "make_plane", "map_pixels", "night", "parse_condition", "pose_from_heading", "project", "query_poses",
     "read_conditions", "render", "smooth_walk", "unproject",
 ]

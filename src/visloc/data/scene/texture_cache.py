@@ -24,9 +24,13 @@ from visloc.data.scene.world import load_photo
 
 log = logging.getLogger(__name__)
 
-#: colour photos of skimage.data
+#: colour photos of skimage.data (not the Middlebury motorcycle pair: it is an evaluation suite, see HELD_OUT)
 COLOR_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
-                "colorwheel", "motorcycle_left", "motorcycle_right")
+                "colorwheel")
+#: photos that evaluation suites use and that a texture must therefore never show, so that a model trained on
+#: the world is held out on them: the motorcycle stereo pair (skimage.data) and graf (opencv-doc graf1-6.png)
+HELD_OUT = ("motorcycle_left", "motorcycle_right", "cv:graf1.png", "cv:graf2.png", "cv:graf3.png", "cv:graf4.png",
+            "cv:graf5.png", "cv:graf6.png")
 #: greyscale photos of skimage.data (tinted where used)
 GRAY_PHOTOS = ("camera", "coins", "moon", "page", "text", "clock", "cell", "brick", "gravel", "grass", "horse",
                "microaneurysms")
@@ -40,10 +44,11 @@ _MAX_SIDE = 1024
 
 @functools.lru_cache(maxsize=1)
 def opencv_photo_names() -> tuple[str, ...]:
-    """Names (``cv:<file>``) of the opencv-doc photos installed here, sorted; empty when opencv-doc is absent."""
+    """Names (``cv:<file>``) of the opencv-doc photos installed here, sorted, less ``HELD_OUT``; empty without it."""
     if not OPENCV_DOC.is_dir():
         return ()
-    return tuple(f"cv:{p.name}" for p in sorted(OPENCV_DOC.iterdir()) if p.suffix.lower() in (".jpg", ".png"))
+    names = (f"cv:{p.name}" for p in sorted(OPENCV_DOC.iterdir()) if p.suffix.lower() in (".jpg", ".png"))
+    return tuple(n for n in names if n not in HELD_OUT)
 
 
 def photo_names(extra: bool) -> tuple[str, ...]:
