@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 #: bump on every change of the rendered output for a given conf (see the module docstring); 2: the demo's
-#: city scene (``generate_city_scene``)
-GENERATOR_VERSION = 2
+#: city scene (``generate_city_scene``); 3: city textures without the evaluation photos
+GENERATOR_VERSION = 3
 #: the record's file name, beside ``scene.yaml`` in the scene's root
 GENERATOR_RECORD = "generator.yaml"
 
