@@ -28,7 +28,10 @@ class GeneratorEntry:
 
 
 #: kind -> generator (the conf class must have a ``city: CityConf`` field; ``--seed`` sets ``city.seed``)
-GENERATORS: dict[str, GeneratorEntry] = {}
+GENERATORS: dict[str, GeneratorEntry] = {
+    "distill": GeneratorEntry("visloc.data.world.distill", "DistillConf", "generate_distill",
+                              "street views at random poses and conditions, for HF-Net distillation"),
+}
 
 
 def generator_names() -> list[str]:
