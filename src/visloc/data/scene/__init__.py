@@ -4,7 +4,17 @@ Nothing is downloaded: textures come from ``skimage.data``. See :mod:`visloc.dat
 files written, :mod:`visloc.data.scene.render` for the camera conventions.
 """
 
-from visloc.data.scene.conditions import apply_condition, blur, night
+from visloc.data.scene.conditions import (
+    CONDITION_PRESETS,
+    ConditionConf,
+    ConditionModel,
+    apply_condition,
+    apply_conditions,
+    blur,
+    condition_name,
+    night,
+    parse_condition,
+)
 from visloc.data.scene.config import BlurConf, NightConf, OffsetConf, SceneConf, load_scene_conf
 from visloc.data.scene.generate import SceneFiles, generate_scene, read_conditions
 from visloc.data.scene.render import Frame, intrinsics, project, render, unproject
@@ -13,6 +23,7 @@ from visloc.data.scene.version import GENERATOR_VERSION
 from visloc.data.scene.world import Plane, World, build_world, make_plane
 
 __all__ = [
+    "CONDITION_PRESETS", "ConditionConf", "ConditionModel", "apply_conditions", "condition_name", "parse_condition",
     "GENERATOR_VERSION", "BlurConf", "Frame", "NightConf", "OffsetConf", "Plane", "SceneConf", "SceneFiles", "World",
     "apply_condition", "blur", "build_world", "db_poses", "generate_scene", "intrinsics", "load_scene_conf",
     "make_plane", "night", "pose_from_heading", "project", "query_poses", "read_conditions", "render", "smooth_walk",
