@@ -14,12 +14,16 @@ is affine) and then against the image, so planes that are partly behind the came
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from visloc.data.scene.world import Plane, World
 from visloc.io.poses import CameraPose
+
+if TYPE_CHECKING:
+    from visloc.data.scene.city import City
 
 #: sky colour at the top and at the bottom of the image (RGB, uint8)
 _SKY_TOP = np.array([120, 160, 215], np.float32)
@@ -112,7 +116,7 @@ def _area(poly: np.ndarray) -> float:
 def _outline(plane: Plane, M: np.ndarray, K: np.ndarray, near: float,
              size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
     """Visible outline of ``plane`` in texel coordinates and in pixels (both [N, 2]), or None if not in view."""
-    h, w = plane.mips[0].shape[:2]
+    w, h = plane.texture_size  # known without making a lazy texture
     poly = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
     poly = clip_polygon(poly, M[2, 0], M[2, 1], M[2, 2] - near)  # z(s, t) = M[2] . (s, t, 1) >= near
     if len(poly) < 3:
@@ -185,7 +189,7 @@ def sky(size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(rows[:, None, :], (H, W, 3)))
 
 
-def render(world: World, K: np.ndarray, pose: CameraPose, size: tuple[int, int] | None = None,
+def render(world: World | City, K: np.ndarray, pose: CameraPose, size: tuple[int, int] | None = None,
            near: float | None = None) -> Frame:
     """Render ``world`` seen by a pinhole camera.
 

@@ -14,6 +14,7 @@ world point ``origin + (s + 0.5) * su * u + (t + 0.5) * sv * v`` with ``su = wid
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -31,6 +32,25 @@ GROUND_PHOTOS = ("gravel", "brick", "grass")
 _MIN_MIP = 8
 
 
+class MipSource(Protocol):
+    """Gives a plane's texture pyramid (uint8 RGBA levels, level 0 first) when called."""
+
+    def __call__(self) -> tuple[np.ndarray, ...]:
+        """The pyramid."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class FixedMips:
+    """A texture pyramid held in memory (the old street's planes, tests)."""
+
+    levels: tuple[np.ndarray, ...]
+
+    def __call__(self) -> tuple[np.ndarray, ...]:
+        """The pyramid."""
+        return self.levels
+
+
 @dataclass(frozen=True, eq=False)
 class Plane:
     """A textured rectangle.
@@ -41,8 +61,8 @@ class Plane:
         u: [3] unit world direction of increasing texture column ``s``.
         v: [3] unit world direction of increasing texture row ``t`` (orthogonal to ``u``).
         size_m: (width, height) of the rectangle along ``u`` and ``v`` in metres.
-        mips: texture pyramid, level 0 first: uint8 RGBA ``[h_l, w_l, 4]`` (alpha 255, so that a warp with a
-            zero border tells inside from outside), each level about half the previous.
+        texture_size: (width, height) of the level-0 texture in texels (known without making the texture).
+        source: gives the texture pyramid (:attr:`mips`); the city's sources make it lazily and cache it.
         place_id: id of the place the plane belongs to (``World.places`` / ``City.places``), -1 for none.
     """
 
@@ -51,8 +71,17 @@ class Plane:
     u: np.ndarray
     v: np.ndarray
     size_m: tuple[float, float]
-    mips: tuple[np.ndarray, ...]
+    texture_size: tuple[int, int]
+    source: MipSource
     place_id: int = -1
+
+    @property
+    def mips(self) -> tuple[np.ndarray, ...]:
+        """Texture pyramid, level 0 first: uint8 RGBA ``[h_l, w_l, 4]``, each level about half the previous.
+
+        Alpha is 255, so that a warp with a zero border tells inside from outside. City planes make it on first use.
+        """
+        return self.source()
 
     @property
     def texture(self) -> np.ndarray:
@@ -67,13 +96,13 @@ class Plane:
     @property
     def texel_to_world(self) -> np.ndarray:
         """[3, 3] ``A`` with ``X_world = A @ (s, t, 1)`` for level-0 texel coordinates ``(s, t)``."""
-        h, w = self.mips[0].shape[:2]
+        w, h = self.texture_size
         su, sv = self.size_m[0] / w, self.size_m[1] / h
         return np.stack([su * self.u, sv * self.v, self.origin + 0.5 * su * self.u + 0.5 * sv * self.v], axis=1)
 
     def world_to_texel(self, points: np.ndarray) -> np.ndarray:
         """Level-0 texel coordinates ``[N, 2]`` of world points ``[N, 3]`` lying on the plane."""
-        h, w = self.mips[0].shape[:2]
+        w, h = self.texture_size
         d = np.asarray(points, dtype=np.float64) - self.origin
         s = d @ self.u * (w / self.size_m[0]) - 0.5
         t = d @ self.v * (h / self.size_m[1]) - 0.5
@@ -88,9 +117,31 @@ class World:
     planes: tuple[Plane, ...]
 
 
+def build_mips(texture: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Texture pyramid of uint8 RGB ``[H, W, 3]``: RGBA levels (alpha 255), halved down to about ``_MIN_MIP``."""
+    mips: list[np.ndarray] = [np.concatenate([texture, np.full(texture.shape[:2] + (1,), 255, np.uint8)], axis=2)]
+    while min(mips[-1].shape[:2]) >= 2 * _MIN_MIP:
+        h, w = mips[-1].shape[:2]
+        mips.append(cv2.resize(mips[-1], (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+    return tuple(mips)
+
+
+def plane_frame(name: str, origin: object, u: object, v: object,
+                size_m: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked ``(origin, u, v)`` float64 [3] each, ``u`` and ``v`` normalised; raises ValueError when invalid."""
+    u_arr = np.asarray(u, dtype=np.float64)
+    v_arr = np.asarray(v, dtype=np.float64)
+    u_arr, v_arr = u_arr / np.linalg.norm(u_arr), v_arr / np.linalg.norm(v_arr)
+    if abs(float(u_arr @ v_arr)) > 1e-9:
+        raise ValueError(f"make_plane({name!r}): u and v must be orthogonal")
+    if min(size_m) <= 0:
+        raise ValueError(f"make_plane({name!r}): size_m must be positive, got {size_m}")
+    return np.asarray(origin, dtype=np.float64), u_arr, v_arr
+
+
 def make_plane(name: str, origin: object, u: object, v: object, size_m: tuple[float, float],
-               texture: np.ndarray) -> Plane:
-    """Build a plane and its texture pyramid.
+               texture: np.ndarray, place_id: int = -1) -> Plane:
+    """Build a plane and its texture pyramid (held in memory).
 
     Args:
         name: identifier.
@@ -99,23 +150,14 @@ def make_plane(name: str, origin: object, u: object, v: object, size_m: tuple[fl
         v: [3] direction of texture rows (normalised here; must be orthogonal to ``u``).
         size_m: (width, height) in metres, both > 0.
         texture: uint8 RGB ``[H, W, 3]``.
+        place_id: the place the plane belongs to, -1 for none.
     """
-    u_arr = np.asarray(u, dtype=np.float64)
-    v_arr = np.asarray(v, dtype=np.float64)
-    u_arr, v_arr = u_arr / np.linalg.norm(u_arr), v_arr / np.linalg.norm(v_arr)
-    if abs(float(u_arr @ v_arr)) > 1e-9:
-        raise ValueError(f"make_plane({name!r}): u and v must be orthogonal")
-    if min(size_m) <= 0:
-        raise ValueError(f"make_plane({name!r}): size_m must be positive, got {size_m}")
+    o, u_arr, v_arr = plane_frame(name, origin, u, v, size_m)
     if texture.dtype != np.uint8 or texture.ndim != 3 or texture.shape[2] != 3:
         raise ValueError(f"make_plane({name!r}): texture must be uint8 [H, W, 3], got {texture.dtype} "
                          f"{texture.shape}")
-    mips: list[np.ndarray] = [np.concatenate([texture, np.full(texture.shape[:2] + (1,), 255, np.uint8)], axis=2)]
-    while min(mips[-1].shape[:2]) >= 2 * _MIN_MIP:
-        h, w = mips[-1].shape[:2]
-        mips.append(cv2.resize(mips[-1], (w // 2, h // 2), interpolation=cv2.INTER_AREA))
-    return Plane(name, np.asarray(origin, dtype=np.float64), u_arr, v_arr, (float(size_m[0]), float(size_m[1])),
-                 tuple(mips))
+    return Plane(name, o, u_arr, v_arr, (float(size_m[0]), float(size_m[1])),
+                 (int(texture.shape[1]), int(texture.shape[0])), FixedMips(build_mips(texture)), place_id)
 
 
 def load_photo(name: str) -> np.ndarray:
