@@ -33,7 +33,7 @@ from visloc.conf import ConfError
 from visloc.data.scene.city import City, build_city
 from visloc.data.scene.city_conf import CityConf
 from visloc.data.scene.city_views import sample_street_pose
-from visloc.data.scene.condition_conf import CONDITION_PRESETS, ConditionConf, condition_name, parse_condition
+from visloc.data.scene.conditions import CONDITION_PRESETS, ConditionConf, condition_name, parse_condition
 from visloc.data.scene.places import Split
 from visloc.data.scene.render import intrinsics
 from visloc.data.world.base import ItemWriter, WorldJob, check_frame_budget, finish, job_rng, start
@@ -73,7 +73,8 @@ class DistillConf:
     probability; parts are ``CONDITION_PRESETS`` names.
 
     Attributes:
-        city: the city (its ``seed`` is the world seed).
+        city: the city (its ``seed`` is the world seed); by default without opencv-doc's photos, which hold
+            the graf evaluation pair (and the same city on every machine).
         num_views: views written.
         max_views: the frame budget; ``num_views`` above it fails at once.
         width, height: image size (pixels, >= 32).
@@ -85,8 +86,8 @@ class DistillConf:
         image_format: ``jpg`` or ``png``; ``jpeg_quality`` 1..100 for jpg.
     """
 
-    city: CityConf = field(default_factory=CityConf)
-    num_views: int = 4000
+    city: CityConf = field(default_factory=lambda: CityConf(extra_photos=False))
+    num_views: int = 3000
     max_views: int = 200_000
     width: int = 640
     height: int = 480
