@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import shutil
 from dataclasses import dataclass, field
 from functools import cache
@@ -68,9 +69,10 @@ def _check_choice(conf: DistillConf, names: str, weights: str, none_ok: bool) ->
 class DistillConf:
     """What :func:`generate_distill` renders; every field is checked at construction.
 
-    The condition of a view is ``time + season + weather + extras``: one time of day, one season and one
-    weather (``none``: clear) drawn by their weights, and each extra (blur, noise, exposure) with its own
-    probability; parts are ``CONDITION_PRESETS`` names.
+    The condition of a view is ``time + season + weather + exposure + extras``: one time of day, one season,
+    one weather and one exposure (``none``: clear, unchanged) drawn by their weights, and each extra (blur,
+    noise) with its own probability; parts are ``CONDITION_PRESETS`` names, and the extras must set fields
+    that no group sets (``fog`` as an extra would clash with the weathers).
 
     Attributes:
         city: the city (its ``seed`` is the world seed); by default without opencv-doc's photos, which hold
@@ -98,8 +100,10 @@ class DistillConf:
     season_weights: tuple[float, ...] = (0.5, 0.25, 0.25)
     weathers: tuple[str, ...] = ("none", "mist", "fog", "drizzle", "rain")
     weather_weights: tuple[float, ...] = (0.6, 0.1, 0.1, 0.1, 0.1)
-    extras: tuple[str, ...] = ("blur", "noise", "underexposed", "overexposed")
-    extra_probs: tuple[float, ...] = (0.1, 0.2, 0.05, 0.05)
+    exposures: tuple[str, ...] = ("none", "underexposed", "overexposed")
+    exposure_weights: tuple[float, ...] = (0.8, 0.1, 0.1)
+    extras: tuple[str, ...] = ("blur", "noise")
+    extra_probs: tuple[float, ...] = (0.1, 0.2)
     lateral_m: float = 2.5
     yaw_deg: float = 180.0
     pitch_deg: float = 10.0
@@ -119,8 +123,10 @@ class DistillConf:
         _check_choice(self, "times", "time_weights", none_ok=False)
         _check_choice(self, "seasons", "season_weights", none_ok=False)
         _check_choice(self, "weathers", "weather_weights", none_ok=True)
+        _check_choice(self, "exposures", "exposure_weights", none_ok=True)
         for v in self.extras:
             _check(v in CONDITION_PRESETS, "extras", f"unknown condition preset {v!r}", self.extras)
+        self._check_combinations()
         _check(len(self.extra_probs) == len(self.extras) and all(0 <= p <= 1 for p in self.extra_probs),
                "extra_probs", f"needs {len(self.extras)} probabilities in [0, 1]", self.extra_probs)
         for name in ("lateral_m", "yaw_deg", "pitch_deg", "height_m"):
@@ -130,6 +136,15 @@ class DistillConf:
         _check(self.max_tries >= 1, "max_tries", "must be >= 1", self.max_tries)
         _check(self.image_format in ("jpg", "png"), "image_format", "must be 'jpg' or 'png'", self.image_format)
         _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100", self.jpeg_quality)
+
+    def _check_combinations(self) -> None:
+        """Every draw must be a valid condition: the groups and the extras set distinct fields."""
+        for parts in itertools.product(self.times, self.seasons, self.weathers, self.exposures):
+            name = "+".join(p for p in (*parts, *self.extras) if p != "none")
+            try:
+                parse_condition(name)
+            except ConfError as e:
+                raise ConfError(f"DistillConf.extras: a draw would be invalid: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -161,7 +176,7 @@ def sample_condition(conf: DistillConf, rng: np.random.Generator) -> ConditionCo
         return names[int(rng.choice(len(names), p=p / p.sum()))]
 
     parts = [pick(conf.times, conf.time_weights), pick(conf.seasons, conf.season_weights),
-             pick(conf.weathers, conf.weather_weights)]
+             pick(conf.weathers, conf.weather_weights), pick(conf.exposures, conf.exposure_weights)]
     parts += [e for e, p in zip(conf.extras, conf.extra_probs, strict=True) if rng.random() < p]
     return parse_condition("+".join(p for p in parts if p != "none"))
 
