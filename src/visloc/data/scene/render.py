@@ -225,6 +225,8 @@ def _draw_plane(plane: Plane, A: np.ndarray, index: int, view: _View, buffers: _
     x1, y1 = min(W - 1, math.ceil(pix[:, 0].max())), min(H - 1, math.ceil(pix[:, 1].max()))
     if x1 < x0 or y1 < y0:
         return
+    if x1 == x0 and y1 == y0:  # cv2 takes a 1 x 1 array for a scalar (compare() then fails): one more column
+        x0, x1 = (x0, x1 + 1) if x1 + 1 < W else (x0 - 1, x1)
     roi = (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
     g = (view.K_inv.T @ normal) / offset  # 1/z = g . (x, y, 1); negative behind the camera
     inv_roi = buffers.inv_depth[y0:y1 + 1, x0:x1 + 1]

@@ -251,7 +251,7 @@ def _generate(conf: DistillConf, split: Split, writer: ItemWriter, enabled: bool
         done = writer.has(name)  # a resumed chunk: the image is kept, its row is rendered again
         view = render_view(conf, split, i)
         if view is None:
-            writer.skip(name, f"no view without another split's places in {conf.max_tries} tries")
+            writer.skip(name, f"no view of {split} places alone (sky <= max_sky) in {conf.max_tries} tries")
         else:
             if not done:
                 writer.write_image(name, view[0], jpeg_quality=conf.jpeg_quality)
