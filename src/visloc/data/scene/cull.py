@@ -38,10 +38,14 @@ class PlaneWorld(Protocol):
     """What the renderer reads of a world: ``World``, ``City``, or anything with these attributes."""
 
     @property
-    def conf(self) -> Any: ...  # noqa: ANN401  # SceneConf, CityConf...
+    def conf(self) -> Any:  # noqa: ANN401  # SceneConf, CityConf...: width, height, near_m, maybe far_m
+        """The world's conf: ``width``, ``height`` and ``near_m`` are read, ``far_m`` when it has one."""
+        ...
 
     @property
-    def planes(self) -> tuple[Plane, ...]: ...
+    def planes(self) -> tuple[Plane, ...]:
+        """The textured rectangles."""
+        ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,21 +95,30 @@ _TABLES: weakref.WeakKeyDictionary[Any, PlaneTable] = weakref.WeakKeyDictionary(
 
 
 def plane_table(world: PlaneWorld) -> PlaneTable:
-    """The :class:`PlaneTable` of ``world``, cached while the world lives (keyed on the object, not its value)."""
-    table = _TABLES.get(world)
+    """The :class:`PlaneTable` of ``world``, cached while the world lives (keyed on the object, not its value).
+
+    A world that takes no weak reference (a ``SimpleNamespace``...) gets a fresh table on every call.
+    """
+    try:
+        table = _TABLES.get(world)
+    except TypeError:  # not weak-referenceable
+        return _build_table(world.planes)
     if table is None or len(table.radii) != len(world.planes):
-        planes = world.planes
-        origin = np.array([p.origin for p in planes], np.float64).reshape(-1, 3)
-        du = np.array([p.size_m[0] * p.u for p in planes], np.float64).reshape(-1, 3)
-        dv = np.array([p.size_m[1] * p.v for p in planes], np.float64).reshape(-1, 3)
-        corners = np.stack([origin, origin + du, origin + du + dv, origin + dv], axis=1)
-        normals = np.cross(du, dv)
-        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-300)
-        place_id = np.array([-1] + [p.place_id for p in planes], np.int32)
-        table = PlaneTable(corners, origin + 0.5 * (du + dv), 0.5 * np.linalg.norm(du + dv, axis=1), normals,
-                           place_id)
-        _TABLES[world] = table
+        table = _TABLES[world] = _build_table(world.planes)
     return table
+
+
+def _build_table(planes: tuple[Plane, ...]) -> PlaneTable:
+    """Corners, spheres, normals and place ids of ``planes``."""
+    origin = np.array([p.origin for p in planes], np.float64).reshape(-1, 3)
+    du = np.array([p.size_m[0] * p.u for p in planes], np.float64).reshape(-1, 3)
+    dv = np.array([p.size_m[1] * p.v for p in planes], np.float64).reshape(-1, 3)
+    corners = np.stack([origin, origin + du, origin + du + dv, origin + dv], axis=1)
+    normals = np.cross(du, dv)
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-300)
+    place_id = np.array([-1] + [p.place_id for p in planes], np.int32)
+    return PlaneTable(corners, origin + 0.5 * (du + dv), 0.5 * np.linalg.norm(du + dv, axis=1), normals,
+                      place_id)
 
 
 def _frustum(K: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -241,9 +241,9 @@ def _draw_plane(plane: Plane, A: np.ndarray, index: int, view: _View, buffers: _
     write = _z_test(inv, inv_roi, buffers.ids[y0:y1 + 1, x0:x1 + 1], index)
     cv2.bitwise_and(write, _inside(warped), dst=write)
     if hi >= near32:  # some pixel may be nearer than the near plane
-        cv2.bitwise_and(write, cv2.compare(inv, float(near32), cv2.CMP_LE), dst=write)
+        cv2.bitwise_and(write, _compare(inv, float(near32), cv2.CMP_LE), dst=write)
     if lo <= far32:  # some pixel may be beyond the far plane
-        cv2.bitwise_and(write, cv2.compare(inv, float(far32), cv2.CMP_GE), dst=write)
+        cv2.bitwise_and(write, _compare(inv, float(far32), cv2.CMP_GE), dst=write)
     _write(buffers, roi, write, inv, warped, index)
 
 
@@ -271,12 +271,17 @@ def _outline_bound(g: np.ndarray, pix: np.ndarray, size: tuple[int, int]) -> flo
     return top + _slack(g, size)
 
 
+def _compare(a: np.ndarray, value: float, op: int) -> np.ndarray:
+    """uint8 mask (255 = true) of ``a <op> value`` for a scalar ``value`` (converted to ``a``'s type by cv2)."""
+    return cv2.compare(a, value, op)  # pyright: ignore[reportArgumentType, reportCallIssue]  # stubs: no scalar
+
+
 def _z_test(inv: np.ndarray, inv_roi: np.ndarray, ids_roi: np.ndarray, index: int) -> np.ndarray:
     """uint8 mask (255 = pass): nearer than the z-buffer, or as near and listed earlier in the world."""
     nearer = cv2.compare(inv, inv_roi, cv2.CMP_GT)
     tie = cv2.compare(inv, inv_roi, cv2.CMP_EQ)
     if cv2.countNonZero(tie):
-        cv2.bitwise_and(tie, cv2.compare(ids_roi, index, cv2.CMP_GT), dst=tie)
+        cv2.bitwise_and(tie, _compare(ids_roi, index, cv2.CMP_GT), dst=tie)
         cv2.bitwise_or(nearer, tie, dst=nearer)
     return nearer
 
@@ -284,8 +289,8 @@ def _z_test(inv: np.ndarray, inv_roi: np.ndarray, ids_roi: np.ndarray, index: in
 def _inside(warped: np.ndarray) -> np.ndarray:
     """uint8 mask (255 = inside the texture): alpha >= 128 of the warped RGBA ``[h, w, 4]``."""
     if _LITTLE_ENDIAN:  # alpha is the top byte of each pixel read as an int32: alpha >= 128 <=> negative
-        return cv2.compare(warped.view(np.int32)[..., 0], 0, cv2.CMP_LT)
-    return cv2.compare(cv2.extractChannel(warped, 3), 128, cv2.CMP_GE)
+        return _compare(warped.view(np.int32)[..., 0], 0, cv2.CMP_LT)
+    return _compare(cv2.extractChannel(warped, 3), 128, cv2.CMP_GE)
 
 
 def _write(buffers: _Buffers, roi: tuple[int, int, int, int], write: np.ndarray, inv: np.ndarray,
