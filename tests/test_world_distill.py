@@ -34,7 +34,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     a = generate_distill(TINY, tmp_path / "a", split="train", progress=False)
-    b = generate_distill(TINY, tmp_path / "b", split="train", progress=False)
+    generate_distill(TINY, tmp_path / "b", split="train", progress=False)
     assert a.images == tuple(f"images/{i:06d}.png" for i in range(6)) and a.summary.done == 6
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     assert sorted(_files(tmp_path / "a")) == [*a.images, "views.csv", "world.yaml"]  # row chunks are gone
@@ -140,3 +140,19 @@ def test_read_views_names_a_bad_line(tmp_path: Path) -> None:
     path.write_text("name,pose\n")
     with pytest.raises(ValueError, match="expected the header"):
         read_views(path)
+
+
+def test_a_plane_whose_box_is_one_pixel_renders() -> None:
+    """Found by the distill run: a plane just off the image corner gave a 1 x 1 box that cv2.compare refused."""
+    from types import SimpleNamespace
+
+    from visloc.data.scene.world import make_plane
+    from visloc.io.poses import CameraPose
+
+    K = intrinsics(50.0, 32, 32)
+    corner = 10.0 * (-0.95 - 15.5) / 50  # pixel (-0.95, -0.95) at 10 m: inside the renderer's 1 px margin
+    plane = make_plane("dot", (corner, corner, 10.0), (1, 0, 0), (0, 1, 0), (0.04, 0.04),
+                       np.full((4, 4, 3), 255, np.uint8), 0)
+    world_ = SimpleNamespace(conf=SimpleNamespace(near_m=0.05, far_m=100.0, width=32, height=32), planes=(plane,))
+    frame = render(world_, K, CameraPose(np.eye(3), np.zeros(3)), size=(32, 32))  # pyright: ignore[reportArgumentType]
+    assert not (frame.plane_index >= 0).any()  # off the image: nothing drawn, and no crash
