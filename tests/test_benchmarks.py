@@ -60,9 +60,12 @@ def test_tables_parser_reads_a_markdown_table():
 
 
 def test_bench_scene_quick(tmp_path):
-    rows = table_with(run_quick("bench_scene.py", tmp_path), "db trajectory fps")
-    assert [r["threads"] for r in rows] == ["1"]
-    assert float(rows[0]["db trajectory fps"]) > 0 and float(rows[0]["smooth walk fps"]) > 0
+    rows = table_with(run_quick("bench_scene.py", tmp_path), "cpu fps")
+    views = [("street", "db trajectory"), ("street", "smooth walk"), ("city", "along streets"), ("city", "any heading")]
+    sizes = ("640x480", "346x260")
+    assert [(r["world"], r["views"], r["size"]) for r in rows] == [v + (s,) for v in views for s in sizes]
+    assert all(r["threads"] == "1" and float(r["fps"]) > 0 and float(r["cpu fps"]) > 0 for r in rows)
+    assert all(int(r["kept"]) > 0 for r in rows)
 
 
 def test_bench_faiss_quick(tmp_path):

@@ -14,17 +14,16 @@ from visloc.data.scene.city_conf import CityConf
 from visloc.data.scene.city_views import (
     foreign_fraction,
     look_at,
-    place_id_image,
     sample_street_pose,
     visible_places,
 )
-from visloc.data.scene.places import SPLITS
+from visloc.data.scene.places import SPLITS, Split
 from visloc.data.scene.render import intrinsics, render
-from visloc.data.scene.texture_cache import TextureCache
+from visloc.data.scene.texture_cache import TextureCache, opencv_photo_names, photo, photo_names
 
-#: a small city: 2 x 3 blocks, 64 px images
-SMALL = CityConf(num_streets_x=3, num_streets_y=4, block_length_m=40.0, block_depth_m=30.0, px_per_m=12.0,
-                 ground_px_per_m=6.0, split=(0.34, 0.33, 0.33), width=64, height=48, focal=50.0)
+#: a small city: 2 x 3 blocks, 64 px images, skimage.data photos only
+SMALL = CityConf(num_streets_x=3, num_streets_y=4, block_length_m=40.0, block_depth_m=30.0, px_per_m=8.0,
+                 ground_px_per_m=6.0, split=(0.34, 0.33, 0.33), width=64, height=48, focal=50.0, extra_photos=False)
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +151,50 @@ def test_foreign_fraction_and_visible_places_of_a_constructed_image(small: City)
     assert visible_places(img) == {own: 5, foreign: 3}
 
 
-def test_rendered_street_view_of_a_split(small: City):
+@pytest.mark.parametrize("split", SPLITS)
+def test_street_views_of_a_split_show_only_its_places(small: City, split: Split):
     rng = np.random.default_rng(1)
-    pose, _ = sample_street_pose(small, rng, "train", yaw_deg=0.0)
-    frame = render(small, intrinsics(SMALL.focal, SMALL.width, SMALL.height), pose)
-    ids = place_id_image(small, frame.plane_index)
-    assert (ids >= 0).mean() > 0.5 and foreign_fraction(ids, small, "train") == 0.0
+    K = intrinsics(SMALL.focal, SMALL.width, SMALL.height)
+    for _ in range(6):
+        pose, _ = sample_street_pose(small, rng, split)
+        frame = render(small, K, pose)
+        ids = frame.place_id
+        np.testing.assert_array_equal(ids, np.where(frame.plane_index >= 0,
+                                                    small.plane_place_ids[frame.plane_index], -1))
+        assert foreign_fraction(ids, small, split) == 0.0
     assert 0 < len(small.textures) < len(small.planes)
+
+
+def test_places_face_the_streets_and_landmarks_label_buildings(small: City):
+    for p in small.places:
+        if p.kind in ("facade", "end", "board"):
+            x, y, _ = np.add(p.center, np.multiply(p.normal, SMALL.setback_m + 0.5))
+            assert not any(b.bounds[0] < x < b.bounds[2] and b.bounds[1] < y < b.bounds[3] for b in small.blocks)
+            assert p.landmark_id >= 0
+        else:
+            assert p.landmark_id == -1
+    groups: dict[int, set[tuple[int, int]]] = {}
+    for p in small.places:
+        if p.kind == "facade":
+            groups.setdefault(p.landmark_id, set()).add((p.block_id, p.street_id))
+    assert all(len(g) == 1 for g in groups.values())  # a landmark is one building row's neighbours
+    assert len(groups) < sum(p.kind == "facade" for p in small.places)  # some landmarks group facades
+
+
+def test_city_pickles_without_its_textures(small: City):
+    import pickle
+
+    small.planes[0].mips  # noqa: B018  # fill the cache
+    again = pickle.loads(pickle.dumps(small))
+    assert len(again.textures) == 0
+    assert again.planes[0].texture.tobytes() == small.planes[0].texture.tobytes()
+
+
+def test_opencv_doc_photos_join_when_installed():
+    if not opencv_photo_names():
+        pytest.skip("opencv-doc is not installed")
+    assert set(photo_names(True)) > set(photo_names(False))
+    assert photo(opencv_photo_names()[0]).dtype == np.uint8
 
 
 def test_texture_cache_is_bounded():

@@ -142,3 +142,15 @@ def test_any_resolution_keeps_exact_depth(size):
     rays = np.stack([xs, ys, np.ones_like(xs)], 1).astype(np.float64) @ np.linalg.inv(Ks).T
     n_c, p_c = pose.R @ plane.normal, pose.transform(plane.origin[None])[0]
     np.testing.assert_allclose(frame.depth[ys, xs], (n_c @ p_c) / (rays @ n_c), rtol=2e-5)
+
+
+def test_boxes_of_a_few_pixels_render_the_same_with_and_without_culling():
+    """Boxes of one to four pixels take their own path (cv2 reads a 1x1 array as a scalar)."""
+    corner = _front("corner", 7.91, -6.41, 10.0, 0.5, 0.5, place=0)  # pixels u 158.6..163.6, v -4.6..0.4
+    thin = _front("thin", 3.0, -2.0, 10.0, 0.04, 0.3, place=1, seed=1)  # u 109.5..109.9: one pixel column
+    world = World(CONF, (corner, thin))
+    a, b = render(world, K, EYE), render(world, K, EYE, culling=False)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.plane_index, b.plane_index)
+    assert a.plane_index[0, 159] == 0 and (a.plane_index == 0).sum() == 1
+    assert (a.plane_index == 1).sum() == 0  # its box holds pixel centres, the texture none

@@ -8,8 +8,11 @@ every street segment has ground pieces on both of its halves (about ``ground_pie
 one; double-sided boards stand on the pavements.
 
 District borders: where a street segment of split S continues straight into a segment that is not S, a closing
-wall (kind ``end``, as high as the highest building plus 1 m) stands across S's segment at the intersection's
-edge. A view from a street of S therefore sees S's places only, except over the roofs of low buildings.
+wall (kind ``end``, as high as the highest building) stands across S's segment at the intersection's
+edge; the buildings along a border street (between blocks of two splits) and the corner buildings at the
+intersections where districts meet are as high as the highest building. Each district is then enclosed by walls
+no other building rises above, and a view from a street of S sees S's places only (up to a pixel-wide crack
+where two planes meet).
 
 Each plane is one place (``plane.place_id == index``, ``places[i].id == i``); a board has two places (faces).
 Textures are made when the renderer first asks for ``plane.mips`` and kept in the city's bounded cache

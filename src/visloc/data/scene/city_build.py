@@ -21,6 +21,8 @@ _DOWN = (0.0, 0.0, -1.0)
 _STREAM = {"facade": 11, "side": 12, "end": 13, "board": 14, "ground": 15}
 #: smallest texture side (texels)
 _MIN_TEX = 8
+#: closing walls reach this far (metres) into the buildings beside them and under the ground: no crack to see through
+_SEAL = 0.05
 #: distance of a board from the facade line, metres
 _BOARD_INSET = 1.0
 
@@ -37,6 +39,7 @@ class CityBuilder:
         self.blocks: list[Block] = []
         self.num_landmarks = 0
         self.splits = block_splits(conf)
+        self.street_splits = segment_splits(conf, self.splits)
         nc, nr = conf.num_block_columns, conf.num_block_rows
         self.width_x = self.rng.uniform(*conf.street_width_m, nr + 1)  # east-west street j: its width (along y)
         self.width_y = self.rng.uniform(*conf.street_width_m, nc + 1)  # north-south street i: its width (along x)
@@ -116,15 +119,28 @@ class CityBuilder:
         x0, x1 = self.x_street[i] + self.width_y[i], self.x_street[i + 1]
         y0, y1 = self.y_street[j] + self.width_x[j], self.y_street[j + 1]
         self.blocks.append(Block(bid, (float(x0), float(y0), float(x1), float(y1)), self.splits[bid]))
-        for start, normal, length, street in self.block_sides(i, j):
-            self.add_row(bid, street, start, normal, length, setbacks=True)
+        corners = [(i, j), (i + 1, j), (i + 1, j + 1), (i, j + 1)]  # intersections at the sides' start corners
+        for k, (start, normal, length, street) in enumerate(self.block_sides(i, j)):
+            if self.street_splits[street] is None:  # a district border: the whole row is as high as the highest
+                tall = (True, True, True)
+            else:
+                tall = (self.border_corner(corners[k], bid), False, self.border_corner(corners[(k + 1) % 4], bid))
+            self.add_row(bid, street, start, normal, length, setbacks=True, tall=tall)
+
+    def border_corner(self, intersection: tuple[int, int], block: int) -> bool:
+        """True when a block at ``intersection`` (I, J) belongs to another split than ``block``."""
+        ii, jj = intersection
+        others = (self.block_id(a, b) for a in (ii - 1, ii) for b in (jj - 1, jj))
+        return any(o >= 0 and self.splits[o] != self.splits[block] for o in others)
 
     def add_row(self, block: int, street: int, start: np.ndarray, normal: np.ndarray, length: float, *,
-                setbacks: bool) -> None:
+                setbacks: bool, tall: tuple[bool, bool, bool] = (False, False, False)) -> None:
         """Buildings along a facade line from ``start`` (seen from the street, left to right), ``length`` long.
 
         Corner buildings (first and last) stand on the facade line; the others are set back at random, with a
-        side wall (as high as the building in front) where two neighbours' setbacks differ.
+        side wall (as high as the building in front) where two neighbours' setbacks differ. ``tall`` = (first,
+        middle ones, last): which are as high as the highest building (rows along a district border and corners
+        where districts meet, so that no street view looks over them into another district).
         """
         conf = self.conf
         u = np.cross(_Z, normal)
@@ -133,6 +149,10 @@ class CityBuilder:
         depths = [0.0 if (k in (0, n - 1) or not setbacks) else float(self.rng.uniform(0.0, conf.setback_m))
                   for k in range(n)]
         heights = self.rng.uniform(*conf.facade_height_m, n)
+        if tall[1]:
+            heights[1:-1] = conf.facade_height_m[1]
+        heights[0] = conf.facade_height_m[1] if tall[0] else heights[0]
+        heights[-1] = conf.facade_height_m[1] if tall[2] else heights[-1]
         s, landmark, group = 0.0, -1, 0
         for k in range(n):
             if landmark < 0 or group >= 3 or self.rng.random() < 0.6:
@@ -166,27 +186,35 @@ class CityBuilder:
                          np.array([1.0, 0.0, 0.0]), yb - ya, setbacks=False)
             self.add_row(self.block_id(nc - 1, j), self.street_id("y", nc, j), np.array([x_end, yb, 0.0]),
                          np.array([-1.0, 0.0, 0.0]), yb - ya, setbacks=False)
-        h = self.conf.facade_height_m[1] + 1.0
-        for i in range(nc + 1):
-            owner = min(b for b in (self.block_id(i - 1, 0), self.block_id(i, 0)) if b >= 0)
-            self.add("end", owner, -1, self.new_landmark(), np.array([xs[i] + wy[i], 0.0, h]),
-                     np.array([-1.0, 0.0, 0.0]), _DOWN, (wy[i], h), np.array([0.0, 1.0, 0.0]))
-            owner = min(b for b in (self.block_id(i - 1, nr - 1), self.block_id(i, nr - 1)) if b >= 0)
-            self.add("end", owner, -1, self.new_landmark(), np.array([xs[i], y_end, h]),
-                     np.array([1.0, 0.0, 0.0]), _DOWN, (wy[i], h), np.array([0.0, -1.0, 0.0]))
-        for j in range(nr + 1):
-            owner = min(b for b in (self.block_id(0, j - 1), self.block_id(0, j)) if b >= 0)
-            self.add("end", owner, -1, self.new_landmark(), np.array([0.0, ys[j], h]),
-                     np.array([0.0, 1.0, 0.0]), _DOWN, (wx[j], h), np.array([1.0, 0.0, 0.0]))
-            owner = min(b for b in (self.block_id(nc - 1, j - 1), self.block_id(nc - 1, j)) if b >= 0)
-            self.add("end", owner, -1, self.new_landmark(), np.array([x_end, ys[j] + wx[j], h]),
-                     np.array([0.0, -1.0, 0.0]), _DOWN, (wx[j], h), np.array([-1.0, 0.0, 0.0]))
+        b = self.block_id
+        for i in range(nc + 1):  # across the north-south streets' ends: (first half's owner, second half's)
+            self.add_end_wall(np.array([xs[i] + wy[i], 0.0]), np.array([-1.0, 0.0]), wy[i],
+                              (_first(b(i, 0), b(i - 1, 0)), _first(b(i - 1, 0), b(i, 0))))
+            self.add_end_wall(np.array([xs[i], y_end]), np.array([1.0, 0.0]), wy[i],
+                              (_first(b(i - 1, nr - 1), b(i, nr - 1)), _first(b(i, nr - 1), b(i - 1, nr - 1))))
+        for j in range(nr + 1):  # across the east-west streets' ends
+            self.add_end_wall(np.array([0.0, ys[j]]), np.array([0.0, 1.0]), wx[j],
+                              (_first(b(0, j - 1), b(0, j)), _first(b(0, j), b(0, j - 1))))
+            self.add_end_wall(np.array([x_end, ys[j] + wx[j]]), np.array([0.0, -1.0]), wx[j],
+                              (_first(b(nc - 1, j), b(nc - 1, j - 1)), _first(b(nc - 1, j - 1), b(nc - 1, j))))
+
+    def add_end_wall(self, corner: np.ndarray, u: np.ndarray, width: float, owners: tuple[int, int]) -> None:
+        """A wall closing a street at the city's edge, in two halves: each belongs to the block on its side.
+
+        It runs from ``corner`` [2] along ``u`` [2] (seen from the street, left to right), ``width`` metres, as high
+        as the highest building.
+        """
+        h = self.conf.facade_height_m[1]
+        u3 = np.array([u[0], u[1], 0.0])
+        normal = np.cross(u3, _Z)  # facing the viewer
+        for k, owner in enumerate(owners):
+            top = np.array([corner[0], corner[1], h]) + u3 * (k * (width / 2 + _SEAL) - _SEAL)
+            self.add("end", owner, -1, self.new_landmark(), top, u3, _DOWN, (width / 2 + _SEAL, h + _SEAL), normal)
 
     def add_streets(self) -> None:
         """Street segments (ids in :func:`segment_blocks` order) and their ground: two halves, cut in pieces."""
         conf = self.conf
-        seg_splits = segment_splits(conf, self.splits)
-        for sid, ((axis, index, pos, blocks), split) in enumerate(zip(segment_blocks(conf), seg_splits,
+        for sid, ((axis, index, pos, blocks), split) in enumerate(zip(segment_blocks(conf), self.street_splits,
                                                                       strict=True)):
             if axis == "x":
                 a, b = self.x_street[pos] + self.width_y[pos], self.x_street[pos + 1]
@@ -225,14 +253,21 @@ class CityBuilder:
                 self.add("ground", owner, sid, -1, corner, u, v, (piece, half), _Z, pavement_m=pave_m)
 
     def add_intersections(self) -> None:
-        """One ground square per intersection, belonging to the lowest-id block at its corners."""
-        nc, nr = self.conf.num_block_columns, self.conf.num_block_rows
-        for j in range(nr + 1):
-            for i in range(nc + 1):
-                owner = min(b for b in (self.block_id(ii, jj) for ii in (i - 1, i) for jj in (j - 1, j)) if b >= 0)
-                x0, y0 = self.x_street[i], self.y_street[j]
-                self.add("ground", owner, -1, -1, np.array([x0, y0 + self.width_x[j], 0.0]),
-                         np.array([1.0, 0, 0]), (0.0, -1.0, 0.0), (self.width_y[i], self.width_x[j]), _Z)
+        """Ground of every intersection in four quadrants, each belonging to the block at its corner.
+
+        At the city's edge a quadrant without a corner block belongs to the nearest block.
+        """
+        for j in range(self.conf.num_block_rows + 1):
+            for i in range(self.conf.num_block_columns + 1):
+                x0, y0, w, d = self.x_street[i], self.y_street[j], self.width_y[i], self.width_x[j]
+                for di in (0, 1):
+                    for dj in (0, 1):
+                        a, c = i - 1 + di, j - 1 + dj  # the corner block, then its mirrors across the streets
+                        owner = _first(self.block_id(a, c), self.block_id(a, 2 * j - 1 - c),
+                                       self.block_id(2 * i - 1 - a, c), self.block_id(2 * i - 1 - a, 2 * j - 1 - c))
+                        corner = np.array([x0 + di * w / 2, y0 + (dj + 1) * d / 2, 0.0])
+                        self.add("ground", owner, -1, -1, corner, np.array([1.0, 0, 0]), (0.0, -1.0, 0.0),
+                                 (w / 2, d / 2), _Z)
 
     def add_boards(self, block: Block) -> None:
         """``boards_per_block`` double-sided boards on the pavements around ``block``, across the street."""
@@ -253,7 +288,7 @@ class CityBuilder:
         """Walls across a segment of split S at each end where the street continues into a segment not of S."""
         conf = self.conf
         segs = segment_blocks(conf)
-        h = conf.facade_height_m[1] + 1.0
+        h = conf.facade_height_m[1]
         for street in list(self.streets):
             if street.split is None:
                 continue
@@ -267,9 +302,9 @@ class CityBuilder:
                 along = along / np.linalg.norm(along) * step  # pointing out of the segment at this end
                 normal = np.array([-along[0], -along[1], 0.0])  # facing back into the segment
                 across = np.cross(_Z, normal)
-                corner = np.array([end[0], end[1], h]) - across * street.width_m / 2
+                corner = np.array([end[0], end[1], h]) - across * (street.width_m / 2 + _SEAL)
                 self.add("end", street.block_ids[0], street.id, self.new_landmark(), corner, across, _DOWN,
-                         (street.width_m, h), normal)
+                         (street.width_m + 2 * _SEAL, h + _SEAL), normal)
 
 
 def _widths(rng: np.random.Generator, length: float, width_m: tuple[float, float]) -> list[float]:
@@ -285,6 +320,11 @@ def _widths(rng: np.random.Generator, length: float, width_m: tuple[float, float
         widths.append(w)
         rest -= w
     return widths
+
+
+def _first(*ids: int) -> int:
+    """The first id that is >= 0."""
+    return next(k for k in ids if k >= 0)
 
 
 def _tuple3(a: np.ndarray) -> tuple[float, float, float]:

@@ -86,7 +86,7 @@ class CityConf:
     near_m: float = 0.05
     far_m: float = 150.0
     eye_height_m: float = 1.6
-    texture_cache_mb: float = 256.0
+    texture_cache_mb: float = 512.0
     extra_photos: bool = True
 
     def __post_init__(self) -> None:

@@ -121,10 +121,3 @@ def visible_places(place_id_img: np.ndarray) -> dict[int, int]:
     ids = np.asarray(place_id_img)
     values, counts = np.unique(ids[ids >= 0], return_counts=True)
     return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
-
-
-def place_id_image(city: City, plane_index: np.ndarray) -> np.ndarray:
-    """int32 ``[H, W]`` place ids of a rendered plane-index image (``Frame.plane_index``, -1 = sky)."""
-    idx = np.asarray(plane_index)
-    lut = np.concatenate([city.plane_place_ids, np.array([-1], np.int32)])
-    return lut[np.where(idx >= 0, idx, len(lut) - 1)]

@@ -34,8 +34,8 @@ GRAY_PHOTOS = ("camera", "coins", "moon", "page", "text", "clock", "cell", "bric
 MATERIAL_PHOTOS = ("brick", "gravel", "grass", "moon", "cell", "coins")
 #: where Debian's opencv-doc keeps its sample photos
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples/data")
-#: opencv-doc photos smaller than this (either side) are skipped
-_MIN_SIDE = 200
+#: photos larger than this (either side) are shrunk once when read
+_MAX_SIDE = 1024
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,14 +43,7 @@ def opencv_photo_names() -> tuple[str, ...]:
     """Names (``cv:<file>``) of the opencv-doc photos installed here, sorted; empty when opencv-doc is absent."""
     if not OPENCV_DOC.is_dir():
         return ()
-    names = []
-    for path in sorted(OPENCV_DOC.iterdir()):
-        if path.suffix.lower() not in (".jpg", ".png"):
-            continue
-        header = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8)  # cheap size probe
-        if header is not None and min(header.shape[:2]) * 8 >= _MIN_SIDE:
-            names.append(f"cv:{path.name}")
-    return tuple(names)
+    return tuple(f"cv:{p.name}" for p in sorted(OPENCV_DOC.iterdir()) if p.suffix.lower() in (".jpg", ".png"))
 
 
 def photo_names(extra: bool) -> tuple[str, ...]:
@@ -60,7 +53,10 @@ def photo_names(extra: bool) -> tuple[str, ...]:
 
 @functools.cache
 def photo(name: str) -> np.ndarray:
-    """uint8 RGB ``[H, W, 3]`` of a library photo (``skimage.data`` name or ``cv:<file>``), read once, read-only."""
+    """uint8 RGB ``[H, W, 3]`` of a library photo (``skimage.data`` name or ``cv:<file>``), read once, read-only.
+
+    Photos larger than 1024 pixels are shrunk to 1024 on their longer side.
+    """
     if name.startswith("cv:"):
         bgr = cv2.imread(str(OPENCV_DOC / name[3:]), cv2.IMREAD_COLOR)
         if bgr is None:
@@ -68,6 +64,9 @@ def photo(name: str) -> np.ndarray:
         img = np.ascontiguousarray(bgr[..., ::-1])
     else:
         img = load_photo(name)
+    scale = _MAX_SIDE / max(img.shape[:2])
+    if scale < 1:  # textures are at most a few hundred texels wide: smaller photos crop and resize faster
+        img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
     img.setflags(write=False)
     return img
 

@@ -122,9 +122,28 @@ def tinted_crop(rng: np.random.Generator, names: tuple[str, ...], size: tuple[in
     return out * gain.astype(np.float32)
 
 
-def detail(rng: np.random.Generator, size: tuple[int, int], amount: float) -> np.ndarray:
-    """float32 [h, w, 1] around 1: a material photo's crop, high-passed, scaled by ``amount``."""
-    g = crop(rng, photo(MATERIAL_PHOTOS[int(rng.integers(len(MATERIAL_PHOTOS)))]), size, 0.2)[..., :1]
+def detail(rng: np.random.Generator, size: tuple[int, int], amount: float,
+           names: tuple[str, ...] = MATERIAL_PHOTOS) -> np.ndarray:
+    """float32 [h, w, 1] around 1: a crop of one of the material photos ``names``, normalised, times ``amount``."""
+    g = crop(rng, photo(names[int(rng.integers(len(names)))]), size, 0.2)[..., :1]
+    return 1.0 + amount * (g - float(g.mean())) / max(float(g.std()), 1e-3)
+
+
+def tiled_detail(rng: np.random.Generator, size: tuple[int, int], amount: float, name: str,
+                 tile: int = 96) -> np.ndarray:
+    """float32 [h, w, 1] around 1: ``tile``-texel crops of photo ``name`` at full scale, tiled with random flips."""
+    w, h = size
+    img = photo(name)[..., 0]
+    ph, pw = img.shape[:2]
+    tile = min(tile, ph, pw)
+    ny, nx = -(-h // tile), -(-w // tile)
+    out = np.empty((ny * tile, nx * tile), np.uint8)
+    for a in range(ny):
+        for b in range(nx):
+            y0, x0 = int(rng.integers(0, ph - tile + 1)), int(rng.integers(0, pw - tile + 1))
+            patch = img[y0:y0 + tile, x0:x0 + tile]
+            out[a * tile:(a + 1) * tile, b * tile:(b + 1) * tile] = patch[:: 1 - 2 * int(rng.integers(2))]
+    g = out[:h, :w].astype(np.float32)[..., None]
     return 1.0 + amount * (g - float(g.mean())) / max(float(g.std()), 1e-3)
 
 
@@ -139,7 +158,7 @@ def smooth_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) ->
 def material(rng: np.random.Generator, style: np.random.Generator, size: tuple[int, int], px_per_m: float,
              extra: bool) -> np.ndarray:
     """float32 RGB [h, w, 3] wall material: brick, stucco, photo, mosaic or panels (the style picks)."""
-    kind = style.choice(["brick", "stucco", "photo", "mosaic", "panels"], p=[0.25, 0.25, 0.2, 0.15, 0.15])
+    kind = style.choice(["brick", "stucco", "photo", "mosaic", "panels"], p=[0.3, 0.3, 0.15, 0.1, 0.15])
     base = WALL_COLOURS[int(style.integers(len(WALL_COLOURS)))] * style.uniform(0.85, 1.12, 3).astype(np.float32)
     w, h = size
     if kind in ("brick", "panels"):
@@ -161,7 +180,7 @@ def material(rng: np.random.Generator, style: np.random.Generator, size: tuple[i
         return base * (1.0 + 0.12 * smooth_noise(rng, size, 6)) * detail(rng, size, 0.08)
     names = photo_names(extra)
     if kind == "photo":
-        return 0.6 * tinted_crop(rng, names, size) + 0.4 * base
+        return 0.5 * tinted_crop(rng, names, size) + 0.5 * base
     nx, ny = int(style.integers(2, 5)), int(style.integers(2, 6))
     xs, ys = np.linspace(0, w, nx + 1).astype(int), np.linspace(0, h, ny + 1).astype(int)
     img = np.empty((h, w, 3), np.float32)
@@ -169,7 +188,7 @@ def material(rng: np.random.Generator, style: np.random.Generator, size: tuple[i
         for b in range(nx):
             cell = (max(1, xs[b + 1] - xs[b]), max(1, ys[a + 1] - ys[a]))
             img[ys[a]:ys[a + 1], xs[b]:xs[b + 1]] = tinted_crop(rng, names, cell, 0.2)
-    return img
+    return 0.7 * img + 0.3 * base
 
 
 def _fill(img: np.ndarray, box: tuple[int, int, int, int], value: np.ndarray | float) -> None:
@@ -298,7 +317,7 @@ def ground(rng: np.random.Generator, spec: TextureSpec) -> np.ndarray:
     w, h = spec.size
     p = spec.px_per_m
     asphalt = rng.uniform(0.22, 0.42) * np.array([1.0, 1.0, 1.02], np.float32)
-    img = asphalt * detail(rng, spec.size, 0.25) * (1.0 + 0.1 * smooth_noise(rng, spec.size, 8))
+    img = asphalt * tiled_detail(rng, spec.size, 0.2, "gravel") * (1.0 + 0.1 * smooth_noise(rng, spec.size, 8))
     img = np.broadcast_to(img, (h, w, 3)).copy()
     rows = abs(spec.pavement_rows)
     if rows > 0:
@@ -331,7 +350,8 @@ def _season_cover(rng: np.random.Generator, img: np.ndarray, spec: TextureSpec) 
         colours = rng.uniform([0.5, 0.15, 0.0], [0.95, 0.55, 0.1], (n, 3)).astype(np.float32)
         r = max(1, round(0.06 * spec.px_per_m))
         for dy in range(-r, r + 1):
-            img[np.clip(ys + dy, 0, h - 1), np.clip(xs, 0, w - 1)] = colours
+            for dx in range(-r, r + 1):
+                img[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)] = colours
     elif spec.season == "winter":
         cover = np.clip(0.7 + 0.35 * smooth_noise(rng, (w, h), 10), 0.3, 0.95)
         snow = np.array([0.9, 0.92, 0.96], np.float32) * detail(rng, (w, h), 0.04)
