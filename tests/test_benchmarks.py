@@ -165,6 +165,27 @@ def test_hfnet_student_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_hfnet_student_quick_compares_several_students(tmp_path):
+    shipped = ROOT / "src" / "visloc" / "weights" / "hfnet_default.pt"
+    text = run_quick("hfnet_student.py", tmp_path, "--weights", "default", "--weights", f"copy={shipped}")
+    rows = {r["method"]: r for r in table_with(text, "mean_epe_median")}
+    assert list(rows) == ["hfnet+nn-mutual", "hfnet+nn-ratio", "hfnet-copy+nn-mutual", "hfnet-copy+nn-ratio",
+                          "aliked-n16+nn-mutual", "aliked-n16+lightglue"]
+    # the same weights by path and as the shipped default: the same numbers
+    assert rows["hfnet-copy+nn-mutual"]["mean_epe_median"] == rows["hfnet+nn-mutual"]["mean_epe_median"]
+
+
+@pytest.mark.slow
+def test_hfnet_world_pairs_quick(tmp_path):
+    rows = table_with(run_quick("hfnet_world_pairs.py", tmp_path), "precision@3px")
+    assert [(r["suite"], r["method"]) for r in rows] == [
+        (s, m) for s in ("day", "cond") for m in ("hfnet+nn-mutual", "aliked-n16+nn-mutual")]
+    # measured: the teacher 0.88 / 0.87 precision, 36 / 32 correct matches on the two 160x120 pairs
+    teacher = [r for r in rows if r["method"] == "aliked-n16+nn-mutual"]
+    assert all(float(r["precision@3px"]) > 0.6 and float(r["correct@3px"]) >= 15 for r in teacher)
+
+
+@pytest.mark.slow
 def test_retrieval_quality_quick(tmp_path):
     out = tmp_path / "rq.json"
     rows = table_with(run_quick("retrieval_quality.py", tmp_path, "--out", str(out)), "E mAP")

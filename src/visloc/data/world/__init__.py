@@ -29,6 +29,8 @@ class GeneratorEntry:
 
 #: kind -> generator (the conf class must have a ``city: CityConf`` field; ``--seed`` sets ``city.seed``)
 GENERATORS: dict[str, GeneratorEntry] = {
+    "distill": GeneratorEntry("visloc.data.world.distill", "DistillConf", "generate_distill",
+                              "street views at random poses and conditions, for HF-Net distillation"),
     "drive": GeneratorEntry("visloc.data.world.drive", "DriveConf", "generate_drive",
                             "vehicle traversals of one route: frames, poses at up to 1000 Hz, pseudo-GPS"),
     "landmarks": GeneratorEntry("visloc.data.world.landmarks", "LandmarksConf", "generate_landmarks",
