@@ -159,3 +159,9 @@ def test_cli_passes_kind_seed_split_out_and_overrides(tmp_path: Path, tiny_kind:
     assert bad.exit_code == 2 and "split: must be one of" in bad.output
     unknown = runner.invoke(app, ["data", "world", "nope", "--out", str(tmp_path / "c")])
     assert unknown.exit_code == 2 and "unknown world kind 'nope'" in unknown.output
+
+
+def test_cli_help_lists_every_registered_kind() -> None:
+    from visloc.cli_train import WORLD_KINDS
+
+    assert sorted(k.strip() for k in WORLD_KINDS.split(",")) == world.generator_names()
