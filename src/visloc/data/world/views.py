@@ -41,7 +41,7 @@ def render_clean(city: City, pose: CameraPose, split: Split, *, K: np.ndarray | 
 
     size = size if size is not None else (city.conf.width, city.conf.height)
     K = camera_matrix(city, size) if K is None else K
-    frame = render(city, K, pose, size=size)  # pyright: ignore[reportArgumentType]  # City is World-like
+    frame = render(city, K, pose, size=size)
     if foreign_fraction(frame.place_id, city, split) > max_foreign:
         return None
     return frame
