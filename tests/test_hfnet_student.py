@@ -9,7 +9,8 @@ from visloc.eval.predictions import Method
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_image
 from visloc.pipelines.evaluate import evaluate_homography, evaluate_pose
-from visloc.weights.hfnet import DEFAULT_STUDENT_CONF, DEFAULT_WEIGHTS, load_hfnet
+from visloc.weights.hfnet import DEFAULT_STUDENT_CONF, DEFAULT_WEIGHTS, WORLD_KEY, WORLD_WEIGHTS, load_hfnet
+from visloc.weights.records import WEIGHTS, check_shipped
 
 CASTLE = Path("/usr/share/visp-images-data/ViSP-images/mbt-depth/Castle-simu")
 
@@ -21,6 +22,16 @@ def test_default_student_is_shipped_small_and_loads_safely():
     assert set(raw) >= {"conf", "state_dict"}
     model = load_hfnet(DEFAULT_WEIGHTS)
     assert model.conf == DEFAULT_STUDENT_CONF
+
+
+def test_world_student_is_shipped_small_checked_and_loads_safely(astronaut_320):
+    """The student distilled on the world's train split only (docs/hfnet_world_student.md)."""
+    assert WORLD_WEIGHTS.is_file() and WORLD_WEIGHTS.stat().st_size <= 6 * 2**20
+    assert check_shipped(WORLD_KEY, WORLD_WEIGHTS) == WORLD_WEIGHTS  # the record's sha256
+    assert WEIGHTS[WORLD_KEY].preprocessing == WEIGHTS["hfnet-default"].preprocessing
+    assert load_hfnet(WORLD_WEIGHTS).conf == DEFAULT_STUDENT_CONF
+    out = extract_image(EXTRACTORS.build("hfnet", [f"weights={WORLD_WEIGHTS}"]), astronaut_320)
+    assert 100 < out.num_keypoints < 2048 and out.global_descriptor.shape == (4096,)
 
 
 def test_default_extractor_uses_the_student(astronaut_320):

@@ -60,6 +60,6 @@ def test_a_short_run_on_eight_views_learns(views: Path, tmp_path: Path) -> None:
     total = [e.value for e in acc.Scalars("train/total")]
     cosine = [e.value for e in acc.Scalars("train/desc_cosine")]
     assert len(total) == 40
-    # measured: total 5.6 -> 3.9, descriptor cosine 0.42 -> 0.53 (first vs last 10 steps)
-    assert np.mean(total[-10:]) < 0.9 * np.mean(total[:10])
-    assert np.mean(cosine[-10:]) > np.mean(cosine[:10]) + 0.03
+    # measured (seeds 0, 1; first vs last 10 steps): total 5.40 -> 3.46 / 5.44 -> 3.73, cosine 0.43 -> 0.60 / 0.58
+    assert np.mean(total[-10:]) < 0.8 * np.mean(total[:10])
+    assert np.mean(cosine[-10:]) > np.mean(cosine[:10]) + 0.08

@@ -29,6 +29,10 @@ MODEL = "hfnet"
 DEFAULT_KEY = "hfnet-default"
 #: the default student, shipped inside the package when it has been trained
 DEFAULT_WEIGHTS = PACKAGE_DIR / WEIGHTS[DEFAULT_KEY].filename
+WORLD_KEY = "hfnet-world"
+#: the world student (the default's recipe on the world's train split), shipped beside it: pass
+#: ``weights=<this path>`` to an ``hfnet`` extractor, after ``check_shipped(WORLD_KEY, WORLD_WEIGHTS)``
+WORLD_WEIGHTS = PACKAGE_DIR / WEIGHTS[WORLD_KEY].filename
 #: architecture of the default student (128-d local descriptors like its ALIKED teacher, 32 x 128 global)
 DEFAULT_STUDENT_CONF = HFNetConf(descriptor_dim=128, global_dim=4096, global_feature_dim=128, num_clusters=32)
 

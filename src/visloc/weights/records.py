@@ -140,6 +140,14 @@ WEIGHTS: dict[str, WeightsRecord] = {
                                    "visloc HF-Net student distilled from ALIKED-n16 (this project)", "Apache-2.0",
                                    home="visloc",
                                    preprocessing=Preprocessing("gray", IMAGENET_GRAY.mean, IMAGENET_GRAY.std, 8)),
+    # the world student: the same network and teachers, distilled only on street views of the built-in world's
+    # train split by configs/hfnet_world_student.yaml (docs/hfnet_world_student.md), so the two-view suites and
+    # the world's test split are held out
+    "hfnet-world": WeightsRecord("hfnet_world.pt",
+                                 "e6428adb36dfd00cf8a50690cb3a1ad3ecf0a3f45e1a377095859e11d78cf5bc",
+                                 "visloc HF-Net student distilled from ALIKED-n16 on the built-in world's train split "
+                                 "(this project)", "Apache-2.0", home="visloc",
+                                 preprocessing=Preprocessing("gray", IMAGENET_GRAY.mean, IMAGENET_GRAY.std, 8)),
 }
 
 #: pytorch-NetVlad (VGG16) was trained on RGB in [0, 1] with torchvision's ImageNet normalisation
