@@ -22,14 +22,15 @@ Poses are ``cam_from_world`` (OpenCV camera axes) in the city frame: metres, x e
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from visloc.conf import ConfError, apply_overrides, load_conf, load_yaml
 from visloc.data.scene.city_conf import CityConf
+from visloc.data.scene.config import OffsetConf
 from visloc.data.scene.places import SPLITS, Split, Street
 from visloc.io.poses import CameraPose
 
@@ -46,15 +47,10 @@ def _check(ok: bool, where: str, problem: str, value: object) -> None:
 
 
 @dataclass(frozen=True)
-class ViewOffsetConf:
-    """Viewpoint offsets of the queries from the database walk: uniform in ``[-x, x]`` for each.
+class ViewOffsetConf(OffsetConf):
+    """The demo's query offsets: :class:`OffsetConf` with larger defaults, errors named ``CitySceneConf.offsets``.
 
-    Attributes:
-        along_m: offset along the street (metres).
-        lateral_m: offset across the street (metres; the camera stays 3 m from the facade lines).
-        height_m: offset of the eye height (metres).
-        yaw_deg: heading offset (degrees).
-        pitch_deg: pitch offset (degrees).
+    The camera stays 3 m from the facade lines whatever ``lateral_m``.
     """
 
     along_m: float = 3.0
@@ -62,13 +58,7 @@ class ViewOffsetConf:
     height_m: float = 0.4
     yaw_deg: float = 20.0
     pitch_deg: float = 5.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            _check(value >= 0.0, f"CitySceneConf.offsets.{f.name}", "must be >= 0", value)
-        _check(self.yaw_deg <= 90.0, "CitySceneConf.offsets.yaw_deg", "must be <= 90", self.yaw_deg)
-        _check(self.pitch_deg <= 45.0, "CitySceneConf.offsets.pitch_deg", "must be <= 45", self.pitch_deg)
+    where: ClassVar[str] = "CitySceneConf.offsets"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from visloc.conf import ConfError, apply_overrides, load_conf, load_yaml
 
@@ -89,13 +89,15 @@ class OffsetConf:
     height_m: float = 0.3
     yaw_deg: float = 12.0
     pitch_deg: float = 4.0
+    #: the conf path that errors name (a subclass used elsewhere names its own)
+    where: ClassVar[str] = "SceneConf.offsets"
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            _check(value >= 0.0, f"SceneConf.offsets.{f.name}", "must be >= 0", value)
-        _check(self.yaw_deg <= 90.0, "SceneConf.offsets.yaw_deg", "must be <= 90", self.yaw_deg)
-        _check(self.pitch_deg <= 45.0, "SceneConf.offsets.pitch_deg", "must be <= 45", self.pitch_deg)
+            _check(value >= 0.0, f"{self.where}.{f.name}", "must be >= 0", value)
+        _check(self.yaw_deg <= 90.0, f"{self.where}.yaw_deg", "must be <= 90", self.yaw_deg)
+        _check(self.pitch_deg <= 45.0, f"{self.where}.pitch_deg", "must be <= 45", self.pitch_deg)
 
 
 @dataclass(frozen=True)
