@@ -34,17 +34,35 @@ WeightsOpt = Annotated[Optional[Path], typer.Option(help="Weights file (default:
 OpsetOpt = Annotated[int, typer.Option(help="ONNX opset (>= 17).")]
 CheckOpt = Annotated[bool, typer.Option("--check/--no-check", help="Compare onnxruntime with PyTorch first.")]
 RandomOpt = Annotated[bool, typer.Option(help="Without weights, export a random network (speed tests).")]
+SizeOpt = Annotated[Optional[str], typer.Option(help="Example / static size WxH (sets shape.width and shape.height).")]
+TrtOpt = Annotated[Optional[Path], typer.Option("--trt", help="Also build an fp16 TensorRT engine here (needs a CUDA "
+                                                              "GPU and the tensorrt package).")]
+
+
+def size_sets(size: str | None) -> list[str]:
+    """``--size 640x480`` as the overrides ``shape.width=640``, ``shape.height=480``."""
+    if size is None:
+        return []
+    parts = size.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        fail(f"--size: expected WxH such as 640x480, got {size!r}")
+    return [f"shape.width={int(parts[0])}", f"shape.height={int(parts[1])}"]
 
 
 def _command(name: str) -> Callable[..., None]:
     def export_cmd(onnx: OnnxOut, weights: WeightsOpt = None, set_: SetOpt = None, opset: OpsetOpt = 17,
-                   check: CheckOpt = True, allow_random: RandomOpt = False) -> None:
+                   check: CheckOpt = True, allow_random: RandomOpt = False, size: SizeOpt = None,
+                   trt: TrtOpt = None) -> None:
         from visloc.pipelines.export import export_registered
 
-        result = run(export_registered, name, onnx, list(set_ or ()), weights=weights, allow_random=allow_random,
-                     opset=opset, check=check)
+        result = run(export_registered, name, onnx, [*size_sets(size), *(set_ or ())], weights=weights,
+                     allow_random=allow_random, opset=opset, check=check)
         for line in result.lines():
             typer.echo(line)
+        if trt is not None:
+            from visloc.export.tensorrt import build_engine
+
+            typer.echo(f"TensorRT engine -> {run(build_engine, result.out, trt)}")
 
     export_cmd.__doc__ = f"{MODELS.description_of(name)}."
     return export_cmd

