@@ -66,7 +66,8 @@ INDEX: dict[str, dict[str, L]] = {
         "hfnet-distill": L("visloc.train.hfnet.recipe", "train",
                            "HF-Net student distilled from online ALIKED/SuperPoint + VLAD/NetVLAD teachers"),
         "loftr-coarse": L("visloc.train.loftr.recipe", "train",
-                          "Coarse LoFTR student on the world's pairs: depth GT focal loss, optional LoFTR / ALIKED+LightGlue teacher"),
+                          "Coarse LoFTR on the world's pairs: depth-GT focal loss, optional LoFTR or "
+                          "ALIKED+LightGlue teacher"),
     },
     "representation": {
         "voxel-grid": L("visloc.events.representations", "events",

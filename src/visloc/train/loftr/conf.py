@@ -66,7 +66,7 @@ class ValConf:
     every: int = 500  # 0: never
     num_pairs: int = 0  # the first N pairs (0: all)
     batch_size: int = 4
-    ransac_px: float = 2.0  # essential-matrix inlier threshold on the cell centres
+    ransac_px: float = 4.0  # essential-matrix inlier threshold (px) on the cell centres (quantised to +-r/2)
     at_start: bool = True  # also before the first step of a fresh run
 
 

@@ -75,7 +75,8 @@ def distill_kl(student_sim: torch.Tensor, teacher_sim: torch.Tensor, temperature
         temperature: ``T`` (5 as Kolkir); both matrices are divided by it before the row softmax.
     """
     if student_sim.shape != teacher_sim.shape:
-        raise ValueError(f"distill_kl: student {tuple(student_sim.shape)} and teacher {tuple(teacher_sim.shape)} differ")
+        raise ValueError(f"distill_kl: student {tuple(student_sim.shape)} and teacher "
+                         f"{tuple(teacher_sim.shape)} differ")
     log_s = F.log_softmax(student_sim.float() / temperature, dim=-1)
     log_t = F.log_softmax(teacher_sim.float() / temperature, dim=-1)
     rows = student_sim.shape[0] * student_sim.shape[1]
@@ -102,7 +103,8 @@ def teacher_positives(kpts0: torch.Tensor, kpts1: torch.Tensor, matches: torch.T
         kpts0: ``[N0, 2]`` keypoints of image 0 in the pixels of the training image (x, y).
         kpts1: ``[N1, 2]`` likewise for image 1.
         matches: ``[M, 2]`` indices into ``kpts0`` and ``kpts1``.
-        hw0: ``(h0, w0)`` cell grid of image 0; ``hw1`` that of image 1.
+        hw0: ``(h0, w0)`` cell grid of image 0.
+        hw1: ``(h1, w1)`` cell grid of image 1.
         resolution: cell size in pixels.
         scores: ``[M]`` match confidences; when several matches fall in one cell of either image, the
             best one keeps it (in the given order without scores); the others are dropped.

@@ -60,7 +60,8 @@ def coarse_loss(conf: torch.Tensor, matches0: torch.Tensor, lc: LossConf) -> dic
         positives) and ``num_pos`` (float count of positives in the batch).
     """
     if conf.ndim != 3 or conf.shape[:2] != matches0.shape:
-        raise ValueError(f"conf {tuple(conf.shape)} and matches0 {tuple(matches0.shape)}: expected [B, L, S] and [B, L]")
+        raise ValueError(f"conf {tuple(conf.shape)} and matches0 {tuple(matches0.shape)}: expected [B, L, S] "
+                         "and [B, L]")
     pos_mask = gt_mask(matches0, conf.shape[2])
     p = conf.float().clamp(EPS, 1.0 - EPS)
     p_pos, p_neg = p[pos_mask], p[~pos_mask]

@@ -29,7 +29,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 from visloc.models.coarse_loftr import CoarseLoFTR
 from visloc.train.core import warmup_lambda
@@ -48,12 +48,15 @@ def schedule_lambda(warmup_steps: int, lr_steps: tuple[int, ...], gamma: float) 
     return lambda s: warm(s) * gamma ** bisect.bisect_right(steps, s)
 
 
-def val_dataset(conf: LoFTRCoarseTrainConf) -> Dataset[Any]:
-    """The validation pairs: ``val.root`` (or ``data.root``'s ``val`` split), the first ``val.num_pairs``."""
-    data = conf.data if conf.val.root is None else replace(conf.data, root=conf.val.root)
-    ds = WorldPairs(data, "val")
+def val_pairs(conf: LoFTRCoarseTrainConf) -> WorldPairs:
+    """The validation pairs: ``val.root``, or ``data.root``'s ``val`` split (no augmentation)."""
+    return WorldPairs(conf.data if conf.val.root is None else replace(conf.data, root=conf.val.root), "val")
+
+
+def val_count(conf: LoFTRCoarseTrainConf, pairs: WorldPairs) -> int:
+    """How many of ``pairs`` validate: the first ``val.num_pairs`` (0: all)."""
     n = conf.val.num_pairs
-    return Subset(ds, range(min(n, len(ds)))) if n else ds
+    return min(n, len(pairs)) if n else len(pairs)
 
 
 def load_loftr_teacher(conf: LoFTRCoarseTrainConf) -> nn.Module:
@@ -78,7 +81,8 @@ class CoarseLoFTRModule(L.LightningModule):
 
     teacher: nn.Module | None  # set with object.__setattr__: deliberately not a child module
 
-    def __init__(self, conf: LoFTRCoarseTrainConf, run_dir: Path | None = None, teacher: nn.Module | None = None) -> None:
+    def __init__(self, conf: LoFTRCoarseTrainConf, run_dir: Path | None = None,
+                 teacher: nn.Module | None = None) -> None:
         super().__init__()
         self.conf = conf
         self.run_dir = Path(run_dir) if run_dir is not None else Path(conf.run_dir)
@@ -93,7 +97,9 @@ class CoarseLoFTRModule(L.LightningModule):
         if self.teacher is None and self.conf.distill.teacher == "loftr":
             object.__setattr__(self, "teacher", load_loftr_teacher(self.conf))
         if self.conf.val.every and self.val_loader is None and self.trainer.is_global_zero:
-            self.val_loader = DataLoader(val_dataset(self.conf), batch_size=self.conf.val.batch_size)
+            pairs = val_pairs(self.conf)
+            subset = Subset(pairs, range(val_count(self.conf, pairs)))
+            self.val_loader = DataLoader(subset, batch_size=self.conf.val.batch_size)
 
     def on_fit_start(self) -> None:
         """Move the teacher to the student's device."""

@@ -25,7 +25,7 @@ from visloc.models.coarse_loftr import count_parameters
 from visloc.train.loftr.conf import LoFTRCoarseTrainConf, check_conf
 from visloc.train.loftr.data import WorldPairs, WorldPairsConf, gt_key, prepare_gt
 from visloc.train.loftr.distill import ExtraPositives, cache_teacher_matches, load_teacher_matches
-from visloc.train.loftr.module import CoarseLoFTRModule, val_dataset
+from visloc.train.loftr.module import CoarseLoFTRModule, val_count, val_pairs
 from visloc.train.recipe_base import Recipe, register_recipe
 from visloc.weights.checkpoint import build_model, load_model_record, save_model
 
@@ -49,9 +49,11 @@ def generate_world(conf: LoFTRCoarseTrainConf) -> None:
     g = conf.generate
     city = CityConf(width=g.width, height=g.height, focal=500.0 * g.width / 640)
     val_root = conf.val.root if conf.val.root is not None else str(conf.data.folder("val"))
-    for split, n, root in (("train", g.train_pairs, str(conf.data.folder("train"))), ("val", g.val_pairs, val_root)):
-        if n:
-            generate_pairs(PairsConf(city=city, num_pairs=n), root, split=split, progress=False)
+    if g.train_pairs:
+        generate_pairs(PairsConf(city=city, num_pairs=g.train_pairs), conf.data.folder("train"), split="train",
+                       progress=False)
+    if g.val_pairs:
+        generate_pairs(PairsConf(city=city, num_pairs=g.val_pairs), val_root, split="val", progress=False)
 
 
 class LoFTRCoarse(Recipe):
@@ -70,9 +72,11 @@ class LoFTRCoarse(Recipe):
 
         arch, t, d = conf.model.resolved, conf.train, conf.data
         size = "native size" if d.size is None else f"{d.size[0]}x{d.size[1]}"
-        teacher = {"none": "no teacher", "loftr": f"LoFTR teacher {conf.distill.path} (KL at T="
-                   f"{conf.distill.temperature:g}, weight {conf.distill.weight:g} vs GT {conf.distill.gt_weight:g})",
-                   "aliked-lightglue": f"{conf.distill.matcher} teacher matches as extra positives"}[conf.distill.teacher]
+        dc = conf.distill
+        teacher = {"none": "no teacher",
+                   "loftr": f"LoFTR teacher {dc.path} (KL at T={dc.temperature:g}, weight {dc.weight:g} vs GT "
+                            f"{dc.gt_weight:g})",
+                   "aliked-lightglue": f"{dc.matcher} teacher matches as extra positives"}[dc.teacher]
         val = f"val every {conf.val.every} steps" if conf.val.every else "no validation"
         return [
             *super().describe(conf),
@@ -93,9 +97,9 @@ class LoFTRCoarse(Recipe):
         n = prepare_gt(self.train_dataset(conf, augment=False), progress=False)
         logger.info("ground truth: %d training pairs computed", n)
         if conf.val.every:
-            ds = val_dataset(conf)
-            base = ds.dataset if hasattr(ds, "dataset") else ds
-            prepare_gt(base, progress=False)  # pyright: ignore[reportArgumentType]  # a WorldPairs
+            val = val_pairs(conf)
+            for i in range(val_count(conf, val)):
+                val.gt(i)
         if conf.distill.teacher == "aliked-lightglue":
             from visloc.matching.base import MATCHERS
 
