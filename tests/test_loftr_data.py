@@ -146,3 +146,37 @@ def test_conf_checks() -> None:
         WorldPairsConf(photometric=-1.0)
     with pytest.raises(ValueError, match="split must be one of"):
         WorldPairsConf().folder("training")
+
+
+def test_crop_windows_reindex_the_full_grid_exactly() -> None:
+    # full grids 4 x 5 (image 0) and 4 x 6 (image 1); cell i of image 0 matches cell i + 1 of image 1's rows
+    hw0, hw1 = (4, 5), (4, 6)
+    full = np.full(20, -1, np.int64)
+    for y in range(4):
+        for x in range(5):
+            full[y * 5 + x] = y * 6 + x + 1
+    (oy0, ox0), (oy1, ox1), m = loftr_data.crop_windows(full, hw0, hw1, (2, 3), np.random.default_rng(0))
+    assert 0 <= oy0 <= 2 and 0 <= ox0 <= 2 and 0 <= oy1 <= 2 and 0 <= ox1 <= 3
+    for r in range(2):
+        for c in range(3):
+            ty, tx = oy0 + r, ox0 + c + 1  # the full grid's target
+            inside = oy1 <= ty < oy1 + 2 and ox1 <= tx < ox1 + 3
+            assert m[r * 3 + c] == ((ty - oy1) * 3 + tx - ox1 if inside else -1)
+    with pytest.raises(ValueError, match="does not fit"):
+        loftr_data.crop_windows(full, hw0, hw1, (5, 3), np.random.default_rng(0))
+
+
+def test_crop_items_keep_geometry_consistent(root: Path, tmp_path: Path) -> None:
+    full = WorldPairs(_conf(root, tmp_path, size=None), "train")
+    crop = WorldPairs(_conf(root, tmp_path, size=None, crop=(320, 240)), "train")
+    a, b = full[0], crop[0]
+    assert b["image0"].shape == (1, 240, 320) and b["matches0"].shape == (300,)
+    assert int((b["matches0"] >= 0).sum()) > 0.3 * int((a["matches0"] >= 0).sum()) * 300 / 1200
+    # a crop's pixels are the full image's at the principal-point shift
+    dx0 = round(float(a["K0"][0, 2] - b["K0"][0, 2]))
+    dy0 = round(float(a["K0"][1, 2] - b["K0"][1, 2]))
+    assert dx0 % 16 == 0 and dy0 % 16 == 0
+    torch.testing.assert_close(b["image0"], a["image0"][:, dy0:dy0 + 240, dx0:dx0 + 320])
+    assert WorldPairs(_conf(root, tmp_path, size=None, crop=(320, 240)), "val").rows  # val keeps whole images
+    with pytest.raises(ConfError, match="data.crop"):
+        WorldPairsConf(crop=(100, 240))

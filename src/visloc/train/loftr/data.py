@@ -71,6 +71,11 @@ class WorldPairsConf:
         cache_dir: folder of the ground-truth cache; None: ``<root>/.loftr_gt``.
         rel_tol: relative depth tolerance of the occlusion check.
         min_overlap: pairs of smaller ``overlap`` (``pairs_info.csv``) are left out.
+        crop: ``(W, H)`` windows cut from the (resized) ``train`` images, on the cell grid (None: whole images).
+            Image 0's window is drawn at random; image 1's is centred on where image 0's window lands (the
+            median target cell of its matches) with a jitter of up to a quarter window, so that most of the
+            window's matches stay in it. The ground truth is the full grid's, re-indexed: no new warping, and
+            the cells keep their training scale (cheaper steps at the evaluation's pixel scale).
     """
 
     root: str = ""
@@ -82,6 +87,7 @@ class WorldPairsConf:
     cache_dir: str | None = None
     rel_tol: float = REL_TOL
     min_overlap: float = 0.0
+    crop: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.resolution < 1:
@@ -95,6 +101,10 @@ class WorldPairsConf:
             raise ConfError(f"data.photometric: expected a strength in [0, 2], got {self.photometric}")
         if not self.rel_tol > 0:
             raise ConfError(f"data.rel_tol: expected > 0, got {self.rel_tol}")
+        if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < self.resolution
+                                      or self.crop[0] % self.resolution or self.crop[1] % self.resolution):
+            raise ConfError(f"data.crop: expected (W, H), multiples of the resolution {self.resolution}, got "
+                            f"{self.crop}")
         if not 0.0 <= self.min_overlap < 1.0:
             raise ConfError(f"data.min_overlap: expected in [0, 1), got {self.min_overlap}")
 
@@ -278,6 +288,20 @@ class WorldPairs(Dataset[PairItem]):
         matches0, _ = self.gt(index)
         K0 = resized_K(self.cameras[r.name0].K_opencv, self._scale(r.name0))
         K1 = resized_K(self.cameras[r.name1].K_opencv, self._scale(r.name1))
+        if self.conf.crop is not None and self.split == "train":
+            res = self.conf.resolution
+            crop_rng = np.random.default_rng([self.conf.seed, self.epoch, index, 1])
+            (oy0, ox0), (oy1, ox1), matches0 = crop_windows(
+                matches0, self._grid(r.name0), self._grid(r.name1),
+                (self.conf.crop[1] // res, self.conf.crop[0] // res), crop_rng)
+            ch, cw = self.conf.crop[1], self.conf.crop[0]
+            image0 = image0[:, oy0 * res:oy0 * res + ch, ox0 * res:ox0 * res + cw].contiguous()
+            image1 = image1[:, oy1 * res:oy1 * res + ch, ox1 * res:ox1 * res + cw].contiguous()
+            K0, K1 = K0.copy(), K1.copy()
+            K0[0, 2] -= ox0 * res
+            K0[1, 2] -= oy0 * res
+            K1[0, 2] -= ox1 * res
+            K1[1, 2] -= oy1 * res
         return {
             "image0": image0,
             "image1": image1,
@@ -291,6 +315,38 @@ class WorldPairs(Dataset[PairItem]):
         }
 
 
+def crop_windows(matches0: np.ndarray, hw0: tuple[int, int], hw1: tuple[int, int], crop_hw: tuple[int, int],
+                 rng: np.random.Generator) -> tuple[tuple[int, int], tuple[int, int], np.ndarray]:
+    """Grid-aligned windows of ``crop_hw = (h, w)`` cells in both grids and the window's ``matches0``.
+
+    Returns:
+        ``(row, col)`` offsets (cells) of the windows of image 0 and image 1, and ``matches0 [h w]`` int64 of
+        the window of image 0 into the window of image 1 (-1: no match, or its match lies outside).
+    """
+    (h0, w0), (h1, w1), (h, w) = hw0, hw1, crop_hw
+    if h > min(h0, h1) or w > min(w0, w1):
+        raise ValueError(f"crop of {w}x{h} cells does not fit grids {w0}x{h0} and {w1}x{h1}")
+    oy0, ox0 = int(rng.integers(0, h0 - h + 1)), int(rng.integers(0, w0 - w + 1))
+    rows, cols = np.meshgrid(np.arange(oy0, oy0 + h), np.arange(ox0, ox0 + w), indexing="ij")
+    target = matches0[(rows * w0 + cols).reshape(-1)]
+    if (target >= 0).any():
+        ty, tx = np.divmod(target[target >= 0], w1)
+        cy, cx = float(np.median(ty)), float(np.median(tx))
+    else:
+        cy, cx = rng.uniform(0, h1), rng.uniform(0, w1)
+    cy += rng.uniform(-h / 4, h / 4)
+    cx += rng.uniform(-w / 4, w / 4)
+    oy1 = int(np.clip(round(cy - h / 2), 0, h1 - h))
+    ox1 = int(np.clip(round(cx - w / 2), 0, w1 - w))
+    out = np.full(h * w, -1, np.int64)
+    ok = target >= 0
+    ty, tx = np.divmod(np.where(ok, target, 0), w1)
+    ty, tx = ty - oy1, tx - ox1
+    ok &= (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
+    out[ok] = (ty * w + tx)[ok]
+    return (oy0, ox0), (oy1, ox1), out
+
+
 def prepare_gt(dataset: WorldPairs, progress: bool = True) -> int:
     """Fill the ground-truth cache of every pair of ``dataset``; returns how many were computed now."""
     computed = 0
@@ -299,5 +355,5 @@ def prepare_gt(dataset: WorldPairs, progress: bool = True) -> int:
     return computed
 
 
-__all__ = ["SPLITS", "PairItem", "WorldPairs", "WorldPairsConf", "augment_photometric", "gt_key", "prepare_gt",
-           "relative_pose", "resized_K"]
+__all__ = ["SPLITS", "PairItem", "WorldPairs", "WorldPairsConf", "augment_photometric", "crop_windows", "gt_key",
+           "prepare_gt", "relative_pose", "resized_K"]
