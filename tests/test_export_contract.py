@@ -27,6 +27,7 @@ from visloc.weights.load import WeightsError
 #: per model, overrides that keep the export small on a CPU (random weights are always allowed here)
 FAST: dict[str, list[str]] = {
     "netvlad-vgg16": ["num_clusters=4", "whiten_dim=32", "shape.height=48", "shape.width=64"],
+    "loftr-coarse": ["shape.height=128", "shape.width=160"],
 }
 NAMES = MODELS.names()
 

@@ -46,7 +46,7 @@ def test_shipped_kinds():
     assert EXTRACTORS.names(kind="global") == ["hfnet-global", "netvlad"]
     assert {"hfnet", "hfnet-onnx", "vlad-aliked"} == set(EXTRACTORS.names(kind="local+global"))
     assert {"sift", "aliked-n16", "disk"} <= set(EXTRACTORS.names(kind="local"))
-    assert MATCHERS.names(kind="image") == ["detector-pair"]
+    assert MATCHERS.names(kind="image") == ["detector-pair", "loftr", "loftr-coarse", "loftr-coarse-onnx"]
     assert MATCHERS.names(kind="feature") == ["lightglue", "nn-mutual", "nn-ratio"]
 
 

@@ -15,6 +15,7 @@ import typer
 from visloc.cli_common import BoundaryGroup, DeviceOpt, SetOpt, SetRerankMatcher, fail, rerank_conf, resolve_conf, run
 from visloc.cli_eval import bench, eval_app
 from visloc.cli_export import export_app
+from visloc.cli_live import live
 from visloc.cli_loc import demo, localize, map_app
 from visloc.cli_train import data_app, train
 
@@ -33,6 +34,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(map_app, name="map")
 app.command()(localize)
 app.command()(demo)
+app.command()(live)
 
 
 

@@ -107,6 +107,7 @@ class CoarseLoFTRShape:
     width: int = 640
     batch: int = 1
     seed: int = 0
+    dynamic: bool = False
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,11 @@ def _umask() -> int:
     return mask
 
 
+def publish_mode() -> int:
+    """The permissions a plain ``open()`` would give a new file (``0o666`` less the umask)."""
+    return 0o666 & ~_umask()
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file's (or a folder's) data and metadata to the disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -64,7 +69,7 @@ def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
     try:
         yield tmp_path
         # mkstemp creates 0600; a published file gets the permissions a plain open() would have given it
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.chmod(tmp_path, publish_mode())
         if durable:
             fsync_path(tmp_path)
         os.replace(tmp_path, path)

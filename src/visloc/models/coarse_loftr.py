@@ -114,8 +114,10 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None if stride == 1 else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                                                 nn.BatchNorm2d(cout))
+        # LoFTR projects the shortcut only when strided; a stem narrower than the first stage needs it too
+        same = stride == 1 and cin == cout
+        self.downsample = None if same else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                                          nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, cin, H, W] -> [B, cout, H / stride, W / stride]``."""
@@ -280,8 +282,8 @@ class CoarseLoFTR(nn.Module):
     def match_tokens(self, t0: torch.Tensor, t1: torch.Tensor) -> dict[str, torch.Tensor]:
         """Transformer and dual-softmax on the tokens of two images (``features``); see ``forward``."""
         f0, f1 = self.loftr_coarse(t0, t1)
-        c = f0.shape[-1]
-        sim = (f0 / math.sqrt(c)) @ (f1 / math.sqrt(c)).transpose(1, 2)
+        scale = math.sqrt(self.conf.d_model)
+        sim = (f0 / scale) @ (f1 / scale).transpose(1, 2)
         logits = sim / self.conf.temperature
         conf = F.softmax(logits, dim=1) * F.softmax(logits, dim=2)
         return {"conf": conf, "sim": sim}
@@ -297,6 +299,9 @@ class CoarseLoFTR(nn.Module):
             ``conf``: ``[B, L, S]`` dual-softmax confidences (``L = h0 w0``, ``S = h1 w1`` cells, row-major);
             ``sim``: ``[B, L, S]`` raw similarities ``<f0, f1> / d_model`` (before the temperature).
         """
+        for which, image in (("image0", image0), ("image1", image1)):
+            if image.ndim != 4 or image.shape[1] != 1:
+                raise ValueError(f"CoarseLoFTR: {which}: expected gray images [B, 1, H, W], got {tuple(image.shape)}")
         if image0.shape[0] != image1.shape[0]:
             raise ValueError(f"CoarseLoFTR: batches of {image0.shape[0]} and {image1.shape[0]} images")
         if image0.shape == image1.shape:  # one backbone pass for both (as LoFTR: BatchNorm sees both images)
@@ -304,9 +309,14 @@ class CoarseLoFTR(nn.Module):
             return self.match_tokens(t0, t1)
         return self.match_tokens(self.features(image0), self.features(image1))
 
-    def export_spec(self, height: int = 480, width: int = 640, batch: int = 1, seed: int = 0,
+    def export_spec(self, height: int = 480, width: int = 640, batch: int = 1, seed: int = 0, dynamic: bool = False,
                     match: CoarseMatchConf | None = None) -> ExportSpec:
-        """Static-shape spec of ``CoarseLoFTRGraph`` (this network + the match mask), for ``export_model``."""
+        """Static-shape spec of ``CoarseLoFTRGraph`` (this network + the match mask), for ``export_model``.
+
+        ``dynamic=True`` is refused: the graph is static so that TensorRT needs no dynamic shapes.
+        """
+        if dynamic:
+            raise InputError("loftr-coarse exports static shapes only (choose the size: --size WxH)")
         self.grid(height, width)
         g = torch.Generator().manual_seed(seed)
         example = {"image0": torch.rand(batch, 1, height, width, generator=g),
@@ -406,7 +416,7 @@ def cell_centers(h: int, w: int, resolution: int) -> torch.Tensor:
 class CoarseLoFTRGraph(nn.Module):
     """What ``visloc export loftr-coarse`` writes: the network and the fixed-size match mask.
 
-    ``forward(image0, image1) -> (conf [B, L, S], mask [B, L, S] bool)``: no einsum, no NonZero, static
+    ``forward(image0, image1) -> {"conf": [B, L, S], "mask": [B, L, S] bool}``: no einsum, no NonZero, static
     shapes; the indices are read outside the graph (``extract_matches``), so TensorRT needs no dynamic output.
     """
 
@@ -415,12 +425,12 @@ class CoarseLoFTRGraph(nn.Module):
         self.model, self.match = model, match or CoarseMatchConf()
         self.conf = model.conf
 
-    def forward(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Confidences and the match mask of two ``[B, 1, H, W]`` batches."""
+    def forward(self, image0: torch.Tensor, image1: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"conf", "mask"}`` of two ``[B, 1, H, W]`` batches."""
         conf = self.model(image0, image1)["conf"]
         hw0 = self.model.grid(image0.shape[2], image0.shape[3])
         hw1 = self.model.grid(image1.shape[2], image1.shape[3])
-        return conf, match_mask(conf, hw0, hw1, self.match)
+        return {"conf": conf, "mask": match_mask(conf, hw0, hw1, self.match)}
 
     def export_spec(self, **shape_args: Any) -> ExportSpec:
         """The wrapped network's spec with this graph's match conf."""

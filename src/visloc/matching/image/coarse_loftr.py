@@ -182,7 +182,7 @@ class CoarseLoFTROnnxMatcher(ImageMatcher):
         image0, image1 = self.check_images(image0, image1)
         x0, s0 = _to_size(image0.float().cpu(), self.size, self.resolution)
         x1, s1 = _to_size(image1.float().cpu(), self.size, self.resolution)
-        conf, mask = self.session.run(None, {"image0": x0.numpy(), "image1": x1.numpy()})
+        conf, mask = self.session.run(["conf", "mask"], {"image0": x0.numpy(), "image1": x1.numpy()})
         hw = (self.size[1] // self.resolution, self.size[0] // self.resolution)
         return to_matches(torch.from_numpy(conf), torch.from_numpy(np.asarray(mask, bool)), hw, hw,
                           self.resolution, s0, s1)
