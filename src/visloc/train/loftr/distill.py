@@ -26,11 +26,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from visloc.io.atomic import atomic_path
+from visloc.train.loftr.data import WorldPairs, WorldPairsConf
 from visloc.weights.load import safe_load
 
 logger = logging.getLogger(__name__)
@@ -182,28 +183,26 @@ def load_teacher_matches(path: Path) -> dict[str, torch.Tensor]:
     return data
 
 
-class ExtraPositives(Dataset[dict[str, Any]]):
-    """A ``WorldPairs`` dataset whose ``matches0`` gain the cached teacher pairs (``merge_positives``).
+
+class TeacherPositivesPairs(WorldPairs):
+    """``WorldPairs`` whose ground truth gains the cached teacher pairs (``merge_positives``) before any crop.
 
     Args:
-        base: the dataset (items with ``name`` and ``matches0``).
+        conf: the dataset conf (the teacher ran on its full resized images, at the same resolution).
+        split: the split.
         table: ``{pair name: matches0 [L]}`` from ``cache_teacher_matches``.
     """
 
-    def __init__(self, base: Any, table: Mapping[str, torch.Tensor]) -> None:
-        self.base, self.table = base, table
+    def __init__(self, conf: WorldPairsConf, split: str, table: Mapping[str, torch.Tensor]) -> None:
+        super().__init__(conf, split)
+        self.table = table
 
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Forwarded to the base dataset (its augmentation)."""
-        self.base.set_epoch(epoch)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = dict(self.base[index])
-        extra = self.table.get(str(item["name"]))
-        if extra is None:
-            raise ValueError(f"teacher match cache: no entry for pair {item['name']!r} (run prepare again)")
-        item["matches0"] = merge_positives(item["matches0"], extra)
-        return item
+    def gt(self, index: int) -> tuple[np.ndarray, bool]:
+        """The depth ground truth of pair ``index`` merged with the teacher's cell pairs."""
+        m, computed = super().gt(index)
+        name = self.rows[index].name0
+        extra = self.table.get(name)
+        if extra is None or extra.shape != m.shape:
+            raise ValueError(f"teacher match cache: no entry of {m.shape[0]} cells for pair {name!r} (delete the "
+                             "cache and run prepare again)")
+        return merge_positives(torch.from_numpy(m), extra).numpy(), computed

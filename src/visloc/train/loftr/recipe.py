@@ -17,14 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from visloc.conf import apply_overrides
 from visloc.errors import InputError
 from visloc.models.coarse_loftr import count_parameters
 from visloc.train.loftr.conf import LoFTRCoarseTrainConf, check_conf
 from visloc.train.loftr.data import WorldPairs, WorldPairsConf, gt_key, prepare_gt
-from visloc.train.loftr.distill import ExtraPositives, cache_teacher_matches, load_teacher_matches
+from visloc.train.loftr.distill import TeacherPositivesPairs, cache_teacher_matches, load_teacher_matches
 from visloc.train.loftr.module import CoarseLoFTRModule, val_count, val_pairs
 from visloc.train.recipe_base import Recipe, register_recipe
 from visloc.weights.checkpoint import build_model, load_model_record, save_model
@@ -122,17 +122,16 @@ class LoFTRCoarse(Recipe):
             module.model.load_state_dict(init.state_dict())
         return module
 
-    def dataset(self, conf: LoFTRCoarseTrainConf, run_dir: Path) -> Dataset:
+    def dataset(self, conf: LoFTRCoarseTrainConf, run_dir: Path) -> WorldPairs:
         """The training pairs, with the teacher's extra positives when ``distill.teacher`` is aliked-lightglue."""
-        ds = self.train_dataset(conf)
         if conf.distill.teacher != "aliked-lightglue":
-            return ds
-        return ExtraPositives(ds, load_teacher_matches(teacher_cache_path(conf, run_dir)))
+            return self.train_dataset(conf)
+        return TeacherPositivesPairs(conf.data, "train", load_teacher_matches(teacher_cache_path(conf, run_dir)))
 
     def data(self, conf: LoFTRCoarseTrainConf, run_dir: Path) -> DataLoader:
         """Shuffled batches of ``train.batch_size`` (the last partial one dropped)."""
         dataset = self.dataset(conf, run_dir)
-        n = len(dataset)  # pyright: ignore[reportArgumentType]  # map-style datasets
+        n = len(dataset)
         if n < conf.train.batch_size:
             raise InputError(f"data: {n} training pairs in {conf.data.folder('train')} are fewer than "
                              f"train.batch_size={conf.train.batch_size}")
