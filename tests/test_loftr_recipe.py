@@ -226,12 +226,12 @@ def test_bf16_on_cpu_trains_and_exports_a_matcher_checkpoint(world, tmp_path, pr
 
 @pytest.mark.slow
 def test_short_cpu_run_learns_on_eight_world_pairs(tmp_path):
-    # 8 train pairs rendered at 320x240; validation on the same pairs (no augmentation): this checks fitting
+    # 8 train pairs rendered at 640x480, trained at 320x240; validation on the same pairs (no augmentation):
+    # this checks fitting
     root = tmp_path / "world"
-    conf = _conf(tmp_path / "run", root, data={"size": [320, 240]},
-                 generate={"train_pairs": 8, "width": 320, "height": 240},
-                 val={"root": str(root / "pairs_train"), "every": 30},
-                 train={"max_steps": 60, "batch_size": 4, "lr": 3e-3, "warmup_steps": 10, "log_every": 10})
+    conf = _conf(tmp_path / "run", root, data={"size": [320, 240]}, generate={"train_pairs": 8},
+                 val={"root": str(root / "pairs_train"), "every": 40},
+                 train={"max_steps": 80, "batch_size": 4, "lr": 3e-3, "warmup_steps": 10, "log_every": 10})
     result = train(RECIPE, conf, progress=False)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -240,12 +240,17 @@ def test_short_cpu_run_learns_on_eight_world_pairs(tmp_path):
     loss = [e.value for e in events.Scalars("train/total")]
     precision = [e.value for e in events.Scalars("val/precision")]
     hist = result.module.val_history
-    assert [h["step"] for h in hist] == [0.0, 30.0, 60.0] and precision == [h["precision"] for h in hist]
-    # measured: loss 3.45 -> 1.1, precision 0.0 -> 0.7, matches per pair 0.25 -> 25, recall 0 -> 0.2
+    assert [h["step"] for h in hist] == [0.0, 40.0, 80.0]
+    assert precision == pytest.approx([h["precision"] for h in hist], nan_ok=True)  # logged to TensorBoard
+    # measured: loss 3.45 -> 1.03; precision 0 -> 0.80 (@1 cell 0.93); matches per pair 0.25 -> 37; recall 0 -> 0.35
     assert loss[-1] < 0.6 * loss[0]
-    assert hist[0]["precision"] < 0.1 and hist[-1]["precision"] > 0.5
-    assert hist[-1]["num_matches"] > 10 * max(hist[0]["num_matches"], 0.5)
-    assert hist[-1]["recall"] > 0.1
+    start, end = hist[0], hist[-1]
+
+    def correct(h: dict[str, float]) -> float:  # exact matches per pair
+        return h["precision"] * h["num_matches"] if h["num_matches"] else 0.0
+
+    assert end["precision"] > 0.5 and end["precision"] > np.nan_to_num(start["precision"]) + 0.3
+    assert correct(end) > 10 * correct(start) + 5 and end["recall"] > 0.1
 
 
 DDP_SCRIPT = """
@@ -268,8 +273,8 @@ def count(key, fn):
 lr.LoFTRCoarse.prepare = count("prepare", prepare)
 lr.LoFTRCoarse.export = count("export", export)
 recipe = lr.LoFTRCoarse()
-conf = apply_overrides(recipe.tiny_conf(Path(sys.argv[1])), {"train": {"max_steps": 3, "accelerator": "cpu",
-                                                                       "devices": 2, "checkpoint_every": 3}})
+conf = apply_overrides(recipe.tiny_conf(Path(sys.argv[1])), {"train": {
+    "max_steps": 3, "accelerator": "cpu", "devices": 2, "checkpoint_every": 3, "batch_size": 1}})
 result = train(recipe, conf, progress=False)
 print("RESULT " + json.dumps({"rank": result.global_rank, "step": result.global_step, **calls,
                               "val": len(result.module.val_history),
@@ -294,3 +299,31 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert rows[0]["val"] == 3 and rows[1]["val"] == 0  # start, step 2, end
     assert rows[0]["exported"] == str(run / "loftr_coarse.pt") and (run / "loftr_coarse.pt").is_file()
     assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 3
+
+
+def test_aliked_lightglue_positives_are_cached_and_merged(world, tmp_path):
+    conf = _conf(tmp_path / "run", world, data={"size": [256, 192]}, distill={"teacher": "aliked-lightglue"})
+    RECIPE.prepare(conf, tmp_path / "run")
+    from visloc.train.loftr.distill import load_teacher_matches
+    from visloc.train.loftr.recipe import teacher_cache_path
+
+    path = teacher_cache_path(conf, tmp_path / "run")
+    table = load_teacher_matches(path)
+    plain, merged = RECIPE.train_dataset(conf, augment=False), RECIPE.dataset(conf, tmp_path / "run")
+    assert sorted(table) == sorted(r.name0 for r in plain.rows) and path.parent == tmp_path / "run" / "teacher"
+    agree = both = close = added = 0
+    for i in range(len(plain)):
+        gt, teacher = plain[i]["matches0"], table[plain.rows[i].name0]
+        out = merged.gt(i)[0]
+        assert np.array_equal(out[gt.numpy() >= 0], gt[gt >= 0].numpy())  # the depth GT is kept
+        new = (gt.numpy() < 0) & (out >= 0)
+        assert np.array_equal(out[new], teacher.numpy()[new])  # what is added is the teacher's
+        added += int(new.sum())
+        idx0 = torch.nonzero((gt >= 0) & (teacher >= 0))[:, 0]
+        n, exact, near = match_counts(idx0, teacher[idx0], gt, 16)
+        both, agree, close = both + n, agree + exact, close + near
+    # a keypoint anywhere in its cell lands up to a cell away from where the cell centre lands: about half
+    # agree exactly, nearly all within one cell (measured 54 and 100 of 100: the keypoint -> cell conversion)
+    assert both > 50 and agree / both > 0.4 and close / both > 0.9 and added > 0
+    RECIPE.prepare(conf, tmp_path / "run")  # a second prepare reuses the cache
+    assert load_teacher_matches(path).keys() == table.keys()

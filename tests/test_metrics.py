@@ -1,11 +1,11 @@
-"""Exact-value tests of visloc.eval.metrics on hand-constructed geometry."""
+"""Exact-value tests of visloc.geometry.metrics on hand-constructed geometry."""
 
 import math
 
 import numpy as np
 import pytest
 
-from visloc.eval.metrics import (
+from visloc.geometry.metrics import (
     auc_table,
     end_point_error,
     homography_corner_error,

@@ -14,7 +14,7 @@ from PIL import Image
 
 from visloc.conf import conf_to_dict
 from visloc.errors import InputError
-from visloc.eval import metrics
+from visloc.geometry import metrics
 from visloc.features import EXTRACTORS
 from visloc.io import features_h5, matches_h5
 from visloc.io.images import read_image

@@ -1,1 +1,1 @@
-"""Evaluation: metrics of matches, homographies and relative poses, and their benchmark recipes."""
+"""Evaluation: the benchmark recipes of matches, homographies and relative poses (metrics: ``geometry.metrics``)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from visloc.eval import metrics
+from visloc.geometry import metrics
 from visloc.eval.predictions import read_predictions
 from visloc.geometry.estimators import Estimator, EstimatorConf, Model
 

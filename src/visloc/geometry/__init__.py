@@ -1,4 +1,4 @@
-"""Two-view geometry: robust estimators (OpenCV USAC / poselib) and transforms."""
+"""Two-view geometry: robust estimators (OpenCV USAC / poselib), transforms and the match / pose metrics."""
 
 from visloc.geometry.estimators import ESTIMATORS, Estimate, EstimatorConf
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from visloc.conf import apply_overrides
@@ -54,6 +55,12 @@ def generate_world(conf: LoFTRCoarseTrainConf) -> None:
                        progress=False)
     if g.val_pairs:
         generate_pairs(PairsConf(city=city, num_pairs=g.val_pairs), val_root, split="val", progress=False)
+
+
+def _world_size() -> int:
+    """Processes of the job (1 outside DDP); ``data`` runs after Lightning set the process group up."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class LoFTRCoarse(Recipe):
@@ -131,10 +138,10 @@ class LoFTRCoarse(Recipe):
     def data(self, conf: LoFTRCoarseTrainConf, run_dir: Path) -> DataLoader:
         """Shuffled batches of ``train.batch_size`` (the last partial one dropped)."""
         dataset = self.dataset(conf, run_dir)
-        n = len(dataset)
-        if n < conf.train.batch_size:
-            raise InputError(f"data: {n} training pairs in {conf.data.folder('train')} are fewer than "
-                             f"train.batch_size={conf.train.batch_size}")
+        n, world = len(dataset), _world_size()
+        if n // world < conf.train.batch_size:
+            raise InputError(f"data: {n} training pairs in {conf.data.folder('train')} over {world} process(es) "
+                             f"are fewer than train.batch_size={conf.train.batch_size} per process")
         w = conf.num_workers
         return DataLoader(dataset, batch_size=conf.train.batch_size, shuffle=True, drop_last=True, num_workers=w,
                           persistent_workers=w > 0)

@@ -10,7 +10,7 @@ Per pair, the predicted matches are the ``match_mask`` entries (threshold, borde
   as wrong in both, so the numbers are lower bounds. Pooled over the pairs (a pair with many matches
   weighs more); NaN when no pair has a match.
 - ``recall``: the fraction of ground-truth matches off the border that are predicted exactly.
-- ``auc@5/10/20``: pose AUC (``eval.metrics.auc_table``) of ``max(rotation, translation)`` error of the
+- ``auc@5/10/20``: pose AUC (``geometry.metrics.auc_table``) of ``max(rotation, translation)`` error of the
   relative pose from the essential matrix (``geometry.estimators``, USAC MAGSAC++, ``ransac_px``) on
   the matched cell centres with the pair's intrinsics; fewer than 8 matches count as a failure (inf).
 """
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from visloc.eval.metrics import auc_table, pose_error_max, relative_pose_error
+from visloc.geometry.metrics import auc_table, pose_error_max, relative_pose_error
 from visloc.geometry.estimators import Estimator, EstimatorConf
 from visloc.models.coarse_loftr import CoarseLoFTR, CoarseMatchConf, cell_centers, extract_matches, match_mask
 
