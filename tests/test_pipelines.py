@@ -14,8 +14,8 @@ from PIL import Image
 
 from visloc.conf import conf_to_dict
 from visloc.errors import InputError
-from visloc.geometry import metrics
 from visloc.features import EXTRACTORS
+from visloc.geometry import metrics
 from visloc.io import features_h5, matches_h5
 from visloc.io.images import read_image
 from visloc.io.pairs import exhaustive_pairs, write_pairs

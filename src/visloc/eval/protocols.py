@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from visloc.geometry import metrics
 from visloc.eval.predictions import read_predictions
+from visloc.geometry import metrics
 from visloc.geometry.estimators import Estimator, EstimatorConf, Model
 
 

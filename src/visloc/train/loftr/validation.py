@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from visloc.geometry.metrics import auc_table, pose_error_max, relative_pose_error
 from visloc.geometry.estimators import Estimator, EstimatorConf
+from visloc.geometry.metrics import auc_table, pose_error_max, relative_pose_error
 from visloc.models.coarse_loftr import CoarseLoFTR, CoarseMatchConf, cell_centers, extract_matches, match_mask
 
 #: pose AUC thresholds in degrees
