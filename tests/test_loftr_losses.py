@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from visloc.train.loftr.distill import (
-    cell_index,
     distill_kl,
     merge_positives,
     subsample_sim,
@@ -121,12 +120,6 @@ def test_distill_kl_is_row_wise_at_temperature_exact():
     # the mean is over rows: two identical rows give the one-row value
     two = distill_kl(student.expand(1, 2, 2), teacher.expand(1, 2, 2), t)
     assert two.item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_cell_index_follows_the_pixel_centre_convention():
-    pts = torch.tensor([[-0.5, 0.0], [15.49, 0.0], [15.5, 0.0], [0.0, 31.4], [63.6, 0.0], [-0.6, 0.0]])
-    # cells of 16 px: column 0 holds x in [-0.5, 15.5); grid 2 x 4 (h, w)
-    assert cell_index(pts, (2, 4), 16).tolist() == [0, 0, 1, 4, -1, -1]
 
 
 def test_teacher_positives_one_to_one_best_score_first():

@@ -148,6 +148,7 @@ def test_resume_continues_the_step_and_matches_a_straight_run(world, tmp_path):
         return _conf(tmp_path / name, world, train={"max_steps": steps, "batch_size": 4})
 
     straight = train(RECIPE, conf("a", 4), progress=False)
+    assert straight.module.trainer.train_dataloader.dataset.epoch == 3  # one step per epoch: set_epoch ran
     first = train(RECIPE, conf("b", 2), progress=False)
     assert first.global_step == 2 and first.resumed_from is None
     second = train(RECIPE, conf("b", 4), progress=False)

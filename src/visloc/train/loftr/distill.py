@@ -16,7 +16,8 @@ image 0 a distribution over the cells of image 1), averaged over rows and batch 
 
 **ALIKED + LightGlue teacher** (offline, ``detector-pair``): its keypoint matches become coarse cell
 pairs (``teacher_positives``) that add positives where the depth ground truth has none
-(``merge_positives``). They are computed once per pair by ``prepare`` and cached (``cache_teacher_matches``).
+(``merge_positives``, in ``TeacherPositivesPairs`` before any crop). They are computed once per pair by
+``prepare`` and cached (``cache_teacher_matches``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 
 from visloc.io.atomic import atomic_path
 from visloc.train.loftr.data import WorldPairs, WorldPairsConf
+from visloc.train.loftr.supervision import cell_index
 from visloc.weights.load import safe_load
 
 logger = logging.getLogger(__name__)
@@ -84,21 +86,11 @@ def distill_kl(student_sim: torch.Tensor, teacher_sim: torch.Tensor, temperature
     return F.kl_div(log_s, log_t, reduction="sum", log_target=True) / rows * temperature**2
 
 
-def cell_index(points: torch.Tensor, hw: tuple[int, int], resolution: int) -> torch.Tensor:
-    """Row-major cell ``[N]`` int64 of pixel ``points [N, 2]`` (x, y; pixel-centre-at-0), -1 outside the grid.
-
-    Cell column ``c`` holds the pixels ``c r .. c r + r - 1``, i.e. ``x`` in ``[c r - 0.5, (c + 1) r - 0.5)``.
-    """
-    h, w = hw
-    col = torch.floor((points[:, 0].double() + 0.5) / resolution).long()
-    row = torch.floor((points[:, 1].double() + 0.5) / resolution).long()
-    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    return torch.where(inside, row * w + col, torch.full_like(col, -1))
-
-
 def teacher_positives(kpts0: torch.Tensor, kpts1: torch.Tensor, matches: torch.Tensor, hw0: tuple[int, int],
                       hw1: tuple[int, int], resolution: int, scores: torch.Tensor | None = None) -> torch.Tensor:
     """Keypoint matches as one-to-one coarse cell pairs: ``matches0 [L]`` int64 (-1 none), ``L = h0 w0``.
+
+    A keypoint belongs to the cell whose centre is nearest (``supervision.cell_index``, pixel-centre-at-0).
 
     Args:
         kpts0: ``[N0, 2]`` keypoints of image 0 in the pixels of the training image (x, y).
@@ -111,12 +103,12 @@ def teacher_positives(kpts0: torch.Tensor, kpts1: torch.Tensor, matches: torch.T
             best one keeps it (in the given order without scores); the others are dropped.
     """
     m = matches.long().reshape(-1, 2)
-    c0 = cell_index(kpts0.float()[m[:, 0]], hw0, resolution)
-    c1 = cell_index(kpts1.float()[m[:, 1]], hw1, resolution)
+    c0 = cell_index(kpts0.double().cpu().numpy()[m[:, 0].cpu().numpy()], hw0, resolution)
+    c1 = cell_index(kpts1.double().cpu().numpy()[m[:, 1].cpu().numpy()], hw1, resolution)
     order = torch.argsort(scores.float(), descending=True, stable=True) if scores is not None else torch.arange(len(m))
     out = torch.full((hw0[0] * hw0[1],), -1, dtype=torch.int64)
     used1: set[int] = set()
-    for i, j in zip(c0[order].tolist(), c1[order].tolist(), strict=True):
+    for i, j in zip(c0[order.numpy()].tolist(), c1[order.numpy()].tolist(), strict=True):
         if i >= 0 and j >= 0 and out[i] < 0 and j not in used1:
             out[i] = j
             used1.add(j)
@@ -138,11 +130,11 @@ def merge_positives(gt: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
 
 
 def cache_teacher_matches(items: Iterable[Mapping[str, Any]], matcher: Any, resolution: int, path: Path,
-                          min_score: float = 0.0) -> dict[str, torch.Tensor]:
+                          min_score: float = 0.0, flush_every: int = 100) -> dict[str, torch.Tensor]:
     """Run an image matcher on each pair, keep its matches as cell pairs, write ``{name: matches0}`` to ``path``.
 
     Pairs already in ``path`` are not run again (the cache is keyed by the pair's ``name``); the file is
-    rewritten atomically once at the end.
+    rewritten atomically every ``flush_every`` new pairs and at the end.
 
     Args:
         items: dataset items with ``name``, ``image0`` and ``image1`` ``[1, H, W]`` gray in [0, 1] (at the
@@ -151,9 +143,16 @@ def cache_teacher_matches(items: Iterable[Mapping[str, Any]], matcher: Any, reso
         resolution: the student's cell size.
         path: the cache file.
         min_score: matches below this confidence are ignored.
+        flush_every: new pairs between two writes of the file.
     """
     cache = load_teacher_matches(path) if path.is_file() else {}
     added = 0
+
+    def flush() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(cache, tmp)
+
     for item in items:
         name = str(item["name"])
         if name in cache:
@@ -167,10 +166,10 @@ def cache_teacher_matches(items: Iterable[Mapping[str, Any]], matcher: Any, reso
         cache[name] = teacher_positives(m.keypoints0, m.keypoints1, m.matches[keep], hw0, hw1, resolution,
                                         m.scores[keep])
         added += 1
-    if added or not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(cache, tmp)
+        if added % flush_every == 0:  # an interrupted prepare keeps what it computed
+            flush()
+    if added % flush_every or not path.is_file():
+        flush()
     logger.info("teacher matches: %d pairs computed, %d cached in %s", added, len(cache), path)
     return cache
 

@@ -28,7 +28,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from visloc.models.coarse_loftr import CoarseLoFTR
@@ -59,7 +58,7 @@ def val_count(conf: LoFTRCoarseTrainConf, pairs: WorldPairs) -> int:
     return min(n, len(pairs)) if n else len(pairs)
 
 
-def load_loftr_teacher(conf: LoFTRCoarseTrainConf) -> nn.Module:
+def load_loftr_teacher(conf: LoFTRCoarseTrainConf) -> CoarseLoFTR:
     """The frozen LoFTR coarse teacher (``loftr-outdoor`` preset) from ``distill.path``."""
     from visloc.weights.converters.loftr import load_loftr_coarse
 
@@ -75,14 +74,14 @@ class CoarseLoFTRModule(L.LightningModule):
     Args:
         conf: the recipe.
         run_dir: the run folder.
-        teacher: a LoFTR coarse teacher (``forward -> {"sim": [B, L8, S8]}``); None: built in ``setup``
+        teacher: a LoFTR coarse teacher at 1/8 (or at the student's resolution); None: built in ``setup``
             when ``distill.teacher`` is ``loftr``.
     """
 
-    teacher: nn.Module | None  # set with object.__setattr__: deliberately not a child module
+    teacher: CoarseLoFTR | None  # set with object.__setattr__: deliberately not a child module
 
     def __init__(self, conf: LoFTRCoarseTrainConf, run_dir: Path | None = None,
-                 teacher: nn.Module | None = None) -> None:
+                 teacher: CoarseLoFTR | None = None) -> None:
         super().__init__()
         self.conf = conf
         self.run_dir = Path(run_dir) if run_dir is not None else Path(conf.run_dir)
@@ -123,11 +122,10 @@ class CoarseLoFTRModule(L.LightningModule):
             raise ValueError("CoarseLoFTRModule: distillation without a teacher")
         with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
             sim = self.teacher(image0.float(), image1.float())["sim"].float()
-        factor = self.model.conf.resolution // 8
-        if factor == 1:
+        if self.model.conf.resolution == self.teacher.conf.resolution:
             return sim
-        hw0 = self.teacher.grid(image0.shape[2], image0.shape[3])  # pyright: ignore[reportCallIssue]  # CoarseLoFTR
-        hw1 = self.teacher.grid(image1.shape[2], image1.shape[3])  # pyright: ignore[reportCallIssue]  # CoarseLoFTR
+        hw0 = self.teacher.grid(image0.shape[2], image0.shape[3])
+        hw1 = self.teacher.grid(image1.shape[2], image1.shape[3])
         return subsample_sim(sim, hw0, hw1, self.conf.distill.subsample)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
