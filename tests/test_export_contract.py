@@ -80,7 +80,7 @@ def test_written_file_has_the_declared_graph(exported):
     inputs = spec.check_inputs[-1]
     got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
     for g, e in zip(got, _torch_outputs(model, spec, inputs), strict=True):
-        assert g.shape == e.shape and np.abs(g - e).max() <= spec.atol
+        assert g.shape == e.shape and np.abs(g.astype(np.float64) - e.astype(np.float64)).max() <= spec.atol
     meta = session.get_modelmeta().custom_metadata_map
     assert set(spec.metadata) <= set(meta) and (getattr(model, "conf", None) is None or spec.conf_key in meta)
 
