@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from visloc.data.world.pairs import PairsConf, generate_pairs
 from visloc.data.world.pairs_files import read_info, read_pair
 from visloc.data.world.pairs_gt import View, gt_matches
 from visloc.io.poses import CameraPose
-from visloc.train.loftr.supervision import cell_centers, cell_index, coarse_gt, dense_gt
+from visloc.train.loftr.supervision import cell_centers, cell_index, coarse_gt
 
 R = 16
 W, H = 128, 96  # grid (6, 8)
@@ -96,15 +95,6 @@ def test_bad_arguments_raise() -> None:
         coarse_gt(v, v, HW, HW, 0)
     with pytest.raises(ValueError, match="grid"):
         coarse_gt(v, v, (0, 8), HW, R)
-
-
-def test_dense_gt() -> None:
-    d = dense_gt(np.array([2, -1, 0]), 3)
-    assert d.dtype == torch.bool and d.shape == (3, 3)
-    np.testing.assert_array_equal(d.numpy(), [[0, 0, 1], [0, 0, 0], [1, 0, 0]])
-    assert dense_gt(torch.tensor([[1, -1]]), 2).shape == (1, 2, 2)
-    with pytest.raises(ValueError, match="out of range"):
-        dense_gt(np.array([3]), 3)
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from visloc.data.scene.flow import REL_TOL
 from visloc.data.world.pairs_gt import CYCLE_PX, UNMATCHED, View, correspondences
+from visloc.models.coarse_loftr import cell_centers as model_cell_centers
 
 
 def _check_grid(hw: Sequence[int], resolution: int, where: str) -> tuple[int, int]:
@@ -36,16 +36,9 @@ def _check_grid(hw: Sequence[int], resolution: int, where: str) -> tuple[int, in
 
 
 def cell_centers(hw: Sequence[int], resolution: int) -> np.ndarray:
-    """``[h*w, 2]`` float64 ``(x, y)`` centres of the cells of an ``(h, w)`` grid of ``resolution`` px cells.
-
-    Pixel-centre-at-0: ``x = (col + 0.5) * r - 0.5``; row-major order (``index = row * w + col``).
-    """
+    """``[h*w, 2]`` float64 ``(x, y)`` cell centres (``models.coarse_loftr.cell_centers``: pixel-centre-at-0)."""
     h, w = _check_grid(hw, resolution, "cell_centers")
-    r = float(resolution)
-    xs = (np.arange(w, dtype=np.float64) + 0.5) * r - 0.5
-    ys = (np.arange(h, dtype=np.float64) + 0.5) * r - 0.5
-    xx, yy = np.meshgrid(xs, ys)
-    return np.stack([xx.ravel(), yy.ravel()], 1)
+    return model_cell_centers(h, w, int(resolution)).double().numpy()
 
 
 def cell_index(xy: np.ndarray, hw: Sequence[int], resolution: int) -> np.ndarray:
@@ -109,17 +102,4 @@ def coarse_gt(view0: View, view1: View, hw0: Sequence[int], hw1: Sequence[int], 
     return np.where(loop, nearest0, UNMATCHED).astype(np.int64)
 
 
-def dense_gt(matches0: torch.Tensor | np.ndarray, S: int) -> torch.Tensor:
-    """Dense ``[..., L, S]`` bool matrix of ``matches0 [..., L]`` (-1 or any negative: a row of False).
-
-    Raises:
-        ValueError: an index ``>= S``.
-    """
-    m = torch.as_tensor(matches0).long()
-    if m.numel() and int(m.max()) >= S:
-        raise ValueError(f"dense_gt: match index {int(m.max())} out of range for S = {S} cells")
-    idx = torch.where(m >= 0, m, torch.full_like(m, S))
-    return torch.nn.functional.one_hot(idx, S + 1)[..., :S].bool()
-
-
-__all__ = ["cell_centers", "cell_index", "coarse_gt", "dense_gt"]
+__all__ = ["cell_centers", "cell_index", "coarse_gt"]
