@@ -220,15 +220,13 @@ def run_job(job: Job) -> Result:
 
 def export_graph(weights: str | None, preset: str, size: tuple[int, int], out: Path) -> Path:
     """``CoarseLoFTRGraph`` of the weights at ``size``, exported to ``out`` with the parity check."""
-    import torch
-
     from visloc.export import export_model
     from visloc.matching.image.coarse_loftr import resolve_coarse_loftr
     from visloc.models.coarse_loftr import CoarseLoFTRGraph
 
     graph = CoarseLoFTRGraph(resolve_coarse_loftr(weights, preset, weights is None))
     with warnings.catch_warnings():  # the tracer's notes on the shape checks (static shapes on purpose)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
         return export_model(graph, graph.export_spec(height=size[1], width=size[0]), out).out
 
 

@@ -18,7 +18,10 @@ Columns:
   keypoint to where its image-0 keypoint lands through depth and poses (``data.world.pairs_gt.correspondences``,
   occlusion and round-trip checks): ``inf`` (wrong) when that point is not co-visible, not counted when it has
   no ground truth (sky, a plane edge);
-- ms/pair: the median over the world pairs of extraction of both images plus matching (640x480);
+- ms/pair: the median over the world pairs of extraction of both images plus matching (640x480, ``--threads``
+  torch threads; onnxruntime takes as many). Cached predictions keep the timings of the run that made them,
+  and on a busy machine torch's threads wait for each other (10x slower at 2 threads on 2 busy cores): the
+  speed reference is ``benchmarks/bench_loftr.py``;
 - matches: mean matches per world pair.
 
 Without ``--weights`` (``--allow-random``, implied by ``--quick``) the Coarse LoFTR rows run a random network:
@@ -39,6 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from visloc.data.world.pairs_files import PairInfo, read_info, read_pair
 from visloc.data.world.pairs_gt import correspondences
@@ -167,8 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=None, help="subsample N world pairs (spread over the bins)")
     parser.add_argument("--out", type=Path, default=None, help="default outputs/loftr_eval (quick: temporary)")
     parser.add_argument("--cache", type=Path, default=None, help="prediction cache (default OUT/cache)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the time column's)")
     parser.add_argument("--quick", action="store_true", help="3 + 3 pairs at 160 px, in seconds")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.weights is None and not (args.allow_random or args.quick):
         parser.error("give --weights FILE (a loftr-coarse checkpoint), or --allow-random for a pipeline check")
     resize, onnx_size, step = (160, (160, 128), 37) if args.quick else (640, None, 5)

@@ -6,11 +6,13 @@ for value. The world ground truth of ``loftr_eval`` is checked on constructed ma
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -20,8 +22,18 @@ from visloc.data.world.pairs import PairsConf, generate_pairs
 from visloc.data.world.pairs_files import read_info, read_pair
 from visloc.data.world.pairs_gt import correspondences, grid_points
 
-sys.path.insert(0, str(BENCH))
-import loftr_eval  # noqa: E402  (benchmarks/ is not a package)
+
+def _load(name: str) -> ModuleType:
+    """A script of benchmarks/ as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+loftr_eval = _load("loftr_eval")
 
 
 @pytest.fixture(scope="module")
