@@ -46,8 +46,9 @@ import torch
 
 from visloc.data.world.pairs_files import PairInfo, read_info, read_pair
 from visloc.data.world.pairs_gt import correspondences
-from visloc.eval import metrics, protocols
+from visloc.eval import protocols
 from visloc.eval.predictions import Method, cache_path, predict, read_predictions
+from visloc.geometry import metrics
 from visloc.io.images import read_image
 from visloc.io.poses import read_cameras, read_poses
 from visloc.pipelines.evaluate import evaluate_homography, evaluate_pose
