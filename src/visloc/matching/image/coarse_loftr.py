@@ -87,9 +87,11 @@ def resolve_coarse_loftr(weights: str | None, preset_name: str = "s", allow_rand
 def _to_size(image: torch.Tensor, size: tuple[int, int] | None, r: int) -> tuple[torch.Tensor, tuple[float, float]]:
     """``image`` resized to ``size`` or padded to multiples of ``r``; the (x, y) factors back to the input."""
     h, w = image.shape[2], image.shape[3]
-    if size is not None:
+    if size is not None and (w, h) != tuple(size):
         out = F.interpolate(image, size=(size[1], size[0]), mode="bilinear", align_corners=False, antialias=True)
         return out, (w / size[0], h / size[1])
+    if size is not None:  # already the graph's size
+        return image, (1.0, 1.0)
     ph, pw = -h % r, -w % r
     return (F.pad(image, (0, pw, 0, ph)) if ph or pw else image), (1.0, 1.0)
 
