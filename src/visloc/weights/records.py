@@ -148,6 +148,13 @@ WEIGHTS: dict[str, WeightsRecord] = {
                                  "visloc HF-Net student distilled from ALIKED-n16 on the built-in world's train split "
                                  "(this project)", "Apache-2.0", home="visloc",
                                  preprocessing=Preprocessing("gray", IMAGENET_GRAY.mean, IMAGENET_GRAY.std, 8)),
+    # the Coarse LoFTR `s` student trained on the built-in world's train pairs by configs/loftr_coarse.yaml
+    # (docs/loftr_coarse.md); gray input in [0, 1], sides padded or resized to multiples of its 16-pixel cell
+    "loftr-coarse-s": WeightsRecord("loftr_coarse_s.pt",
+                                    "8153ed3a936ef58862054a555b84f1026fc3e7d27cf47cf6934cd6cdfa46bd71",
+                                    "visloc Coarse LoFTR student (Kolkir's dims) trained on the built-in world's "
+                                    "train split (this project)", "Apache-2.0", home="visloc",
+                                    preprocessing=Preprocessing("gray", divisibility=16)),
 }
 
 #: pytorch-NetVlad (VGG16) was trained on RGB in [0, 1] with torchvision's ImageNet normalisation
