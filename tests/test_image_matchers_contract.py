@@ -35,8 +35,8 @@ def _has_shipped(key: str) -> bool:
 
 #: matchers whose default is a shipped trained network (they are tested with it, never with random weights)
 SHIPPED = {"loftr-coarse": "loftr-coarse-s", "loftr-coarse-onnx": "loftr-coarse-s"}
-NAMES = [n for n in MATCHERS.names(kind="image") if n not in USER_WEIGHTS and _has_shipped(SHIPPED.get(n, n))
-         or n not in SHIPPED and n not in USER_WEIGHTS]
+NAMES = [n for n in MATCHERS.names(kind="image")
+         if n not in USER_WEIGHTS and (n not in SHIPPED or _has_shipped(SHIPPED[n]))]
 #: largest distance (px) of a correct match: a coarse matcher puts its keypoints at cell centres, so a match of
 #: the right cell may be half a cell's diagonal away (16 px cells: 11.3 px)
 PX_TOL = {"loftr-coarse": 12.0, "loftr-coarse-onnx": 12.0}
