@@ -77,6 +77,8 @@ class Preprocessing:
 
 #: torchvision's ImageNet normalisation of RGB input in [0, 1]
 IMAGENET_RGB = Preprocessing("rgb", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+#: DELF / DELG (tensorflow/models delf): RGB as ``(x - 128) / 128`` of 8-bit values, i.e. mean = std = 128 / 255
+DELG_RGB = Preprocessing("rgb", (128 / 255,) * 3, (128 / 255,) * 3)
 #: ImageNet normalisation averaged for gray input (HF-Net's MobileNetV2 with a summed stem)
 IMAGENET_GRAY = IMAGENET_RGB.to_gray()
 
