@@ -281,3 +281,19 @@ def test_image_source_crops(tiny):
     bad = ImageSource(tiny / "jpg", ["q0.jpg"], crops={"q0.jpg": (0, 0, 200, 10)})[0]
     assert bad.image is None and bad.error is not None and bad.error.endswith(
         "q0.jpg: box [0, 0, 200, 10] is empty or outside the 128x96 image")
+
+
+def test_cli_index_form_takes_the_rule(fake_pipeline):
+    import visloc.pipelines.evaluate_retrieval as er
+
+    def stop(_):
+        raise InputError("stop here")
+
+    calls = fake_pipeline(er, "evaluate_index", stop)
+    result = runner.invoke(app, ["eval", "retrieval", "--gnd", "g.pkl", "--index", "x.index", "--features", "q.h5",
+                                 "--rerank", "5", "--db-features", "db.h5", "--rerank-rule", "delg"])
+    assert result.exit_code == 2 and result.stderr == "error: stop here\n", result.output
+    assert calls[0]["rerank"].rule == "delg" and calls[0]["rerank"].top == 5
+    result = runner.invoke(app, ["eval", "retrieval", "--gnd", "g.pkl", "--index", "x.index", "--features", "q.h5",
+                                 "--rerank", "5", "--db-features", "db.h5"])
+    assert calls[1]["rerank"].rule == "min-inliers"  # the --index form keeps its default
