@@ -97,8 +97,10 @@ def test_inlier_counts_exact(query):
     moved = _feats(near.keypoints.numpy(), np.cos(theta) * d + np.sin(theta) * u)
     assert verify_pair(qf, moved, conf) == 0
     assert verify_pair(qf, moved, VerifyConf(distance=1.1)) == 40
+    assert verify_pair(qf, Features.global_only(np.ones(4) / 2, (8, 8)), conf) == 0  # no keypoints
+    no_desc = Features(torch.zeros(5, 2), torch.zeros(5, 0), torch.zeros(5), (8, 8))
     with pytest.raises(ValueError, match="need local features"):
-        verify_pair(qf, Features.global_only(np.ones(4) / 2, (8, 8)), conf)
+        verify_pair(qf, no_desc, conf)
 
 
 def test_inliers_equal_opencv_on_noisy_data(query):

@@ -125,8 +125,8 @@ def extract_set(data: RevisitopSet, extractor: str, overrides: Sequence[str], ca
     key = _digest({"record": conf_record(extractor, conf), "weights": [file_digest(w) for w in caps.weights]})
     folder = Path(cache_dir) / "retrieval" / data.name / f"{extractor}-{key}"
     crop_key = _digest(sorted(data.crops.items()))
-    kwargs: dict[str, Any] = {"extractor": extractor, "overrides": overrides, "device": device, "progress": progress,
-              "batch_size": batch_size, "num_workers": num_workers}
+    kwargs: dict[str, Any] = {"extractor": extractor, "overrides": overrides, "device": device,
+                              "progress": progress, "batch_size": batch_size, "num_workers": num_workers}
     db = extract_features(data.image_dir, folder / "db.h5", image_list=list(data.db_names), **kwargs)
     queries = extract_features(data.image_dir, folder / f"queries-{crop_key}.h5", image_list=list(data.query_names),
                                crops=data.crops, **kwargs)

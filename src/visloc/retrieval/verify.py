@@ -129,6 +129,8 @@ def affine_inliers(query_kpts: np.ndarray, db_kpts: np.ndarray, conf: VerifyConf
 
 def verify_pair(query: Features, db: Features, conf: VerifyConf) -> int:
     """Inliers between two images' local features (``putative_matches`` then ``affine_inliers``)."""
+    if query.num_keypoints == 0 or db.num_keypoints == 0:
+        return 0
     if not query.has_local or not db.has_local:
         raise ValueError("verify_pair: both images need local features (descriptors [N, D] with D > 0)")
     m = putative_matches(query.descriptors.numpy(), db.descriptors.numpy(), conf.distance, conf.ratio)
