@@ -167,7 +167,8 @@ def test_extract_flags_reach_the_code(fake_pipeline, tmp_path):
                     "--batch-size", "4", "--num-workers", "2"))
     assert calls == [{"image_dir": tmp_path, "out": tmp_path / "f.h5", "extractor": "sift",
                       "overrides": {"max_num_keypoints": 9}, "image_list": ["a.png", "b.png"], "as_half": True,
-                      "overwrite": True, "device": "cpu", "progress": True, "batch_size": 4, "num_workers": 2}]
+                      "overwrite": True, "device": "cpu", "progress": True, "batch_size": 4, "num_workers": 2,
+                      "crops": None}]
 
 
 def test_match_features_and_match_dense_flags_reach_the_code(fake_pipeline, tmp_path):

@@ -124,7 +124,7 @@ def test_min_inliers_keeps_unverified_images_in_global_order(monkeypatch):
 
     import visloc.retrieval.rerank as rr
 
-    counts = iter([7, 3, 40, 12, 20] * 2)
+    counts = iter([7, 3, 40, 12, 20] * 3)
     monkeypatch.setattr(rr, "count_inliers", lambda *a, **k: next(counts))
     names = ["a", "b", "c", "d", "e"]
     empty = Features(torch.zeros(0, 2), torch.zeros(0, 128), torch.zeros(0), (64, 48))
@@ -134,5 +134,9 @@ def test_min_inliers_keeps_unverified_images_in_global_order(monkeypatch):
     np.testing.assert_array_equal(res.inliers, [7, 3, 40, 12, 20])
     res = rr.rerank(empty, feats, names, "homography", 3.0, matcher=None, min_inliers=0)
     assert res.names(names) == ["c", "e", "d", "a", "b"]
+    res = rr.rerank(empty, feats, names, "homography", 3.0, matcher=None, min_inliers=99, rule="delg")
+    assert res.names(names) == ["c", "e", "d", "a", "b"]  # DELG: any inlier promotes, min_inliers unused
+    with pytest.raises(ValueError, match="rule: expected min-inliers or delg"):
+        rr.rerank(empty, feats, names, "homography", 3.0, matcher=None, rule="best")
     with pytest.raises(ValueError, match="min_inliers"):
         rr.rerank(empty, feats, names, "homography", 3.0, matcher=None, min_inliers=-1)

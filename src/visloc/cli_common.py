@@ -73,7 +73,7 @@ class BoundaryGroup(TyperGroup):
 
 
 def rerank_conf(top: int, db_features: Optional[Path], model: str, threshold: Optional[float], matcher: str,
-                matcher_overrides: Optional[list[str]], min_inliers: int) -> RerankConf:
+                matcher_overrides: Optional[list[str]], min_inliers: int, rule: str = "min-inliers") -> RerankConf:
     """The ``RerankConf`` of the ``--rerank*`` and ``--db-features`` options (exit 2 when they do not fit)."""
     from visloc.retrieval.rerank import RerankConf
 
@@ -82,7 +82,8 @@ def rerank_conf(top: int, db_features: Optional[Path], model: str, threshold: Op
     if top and db_features is None:
         fail("--rerank needs --db-features (the database images' local features)")
     return run(RerankConf, top=top, db_features=db_features, model=model, threshold=threshold,
-               matcher=matcher, matcher_overrides=tuple(matcher_overrides or ()), min_inliers=min_inliers)
+               matcher=matcher, matcher_overrides=tuple(matcher_overrides or ()), min_inliers=min_inliers,
+               rule=rule)
 
 
 def resolve_conf(spec: str, overrides: Optional[list[str]]) -> tuple[str, dict[str, Any]]:

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from visloc.cli_common import DeviceOpt, SetRerankMatcher, fail, rerank_conf, run
+from visloc.cli_common import DeviceOpt, SetOpt, SetRerankMatcher, fail, rerank_conf, run
 
 eval_app = typer.Typer(help="Evaluate a pipeline on real ground truth (two stages: cache, then metrics).",
                        no_args_is_help=True)
@@ -115,7 +115,8 @@ def bench(extractors: Annotated[Optional[list[str]], typer.Option("--extractor",
         typer.echo(f"results -> {out}")
 
 
-GndOpt = Annotated[Path, typer.Option(help="gnd_roxford5k.pkl / gnd_rparis6k.pkl (or original gnd_oxford5k.pkl).")]
+GndOpt = Annotated[Optional[Path], typer.Option(help="gnd_roxford5k.pkl / gnd_rparis6k.pkl (or original "
+                                                     "gnd_oxford5k.pkl), with --ranks, --scores or --index.")]
 RanksOpt = Annotated[Optional[Path], typer.Option(help="ranks.npy (n_ranked, nq): database indices, best first, "
                                                        "one column per query (revisitop layout).")]
 ScoresOpt = Annotated[Optional[Path], typer.Option(help="Or scores.npy (nq, db) similarities "
@@ -134,17 +135,36 @@ IndexOpt = Annotated[Optional[Path], typer.Option(help="Or an index of the datab
                                                        "searched with the queries of --features.")]
 QFeatOpt = Annotated[Optional[Path], typer.Option(help="With --index: feature file of the queries (global "
                                                        "descriptors).")]
-RerankOpt = Annotated[int, typer.Option(help="With --index: re-rank each query's top N by inliers (0: off).")]
+RerankOpt = Annotated[int, typer.Option(help="With --index or --dataset: re-rank each query's top N by inliers "
+                                             "(0: off; DELG uses 100).")]
 DbFeatOpt = Annotated[Optional[Path], typer.Option(help="Database feature file (local features, to re-rank).")]
 RerankModelOpt = Annotated[str, typer.Option(help="homography, fundamental or affine.")]
 RerankMatcherOpt = Annotated[str, typer.Option(help="Registered matcher for re-ranking.")]
 RerankThrOpt = Annotated[Optional[float], typer.Option(help="Re-ranking inlier threshold in pixels "
-                                                            "(default: the model's).")]
+                                                            "(default: the model's; 20 with --dataset).")]
 
 
-def _check_retrieval_sources(ranks: Optional[Path], scores: Optional[Path], index: Optional[Path],
-                             features: Optional[Path], rerank: int, db_features: Optional[Path]) -> None:
+DatasetOpt = Annotated[Optional[str], typer.Option(help="Or end to end: roxford5k, rparis6k, rworld or NAME "
+                                                         "(--root DIR holds jpg/ and gnd_NAME.pkl).")]
+RootOpt = Annotated[Optional[Path], typer.Option(help="With --dataset: the revisitop folder (jpg/, gnd_*.pkl).")]
+ExtrOpt = Annotated[Optional[str], typer.Option(help="With --dataset: registered extractor with a global "
+                                                     "descriptor (hfnet, vlad-aliked...).")]
+RuleOpt = Annotated[Optional[str], typer.Option(help="delg (by inliers, then global score; default with --dataset) "
+                                                     "or min-inliers (default with --index).")]
+RerankExtrOpt = Annotated[Optional[str], typer.Option(help="With --dataset: extractor of the local features to "
+                                                           "verify (default: --extractor).")]
+SetRerankExtr = Annotated[Optional[list[str]], typer.Option(help="Re-ranking extractor override key=value.")]
+DistOpt = Annotated[float, typer.Option(help="With --dataset: L2 descriptor distance of a putative match "
+                                             "(DELG 1.0, DELF 0.9).")]
+RatioOpt = Annotated[Optional[float], typer.Option(help="With --dataset: ratio test of putative matches.")]
+
+
+def _check_retrieval_sources(gnd: Optional[Path], ranks: Optional[Path], scores: Optional[Path],
+                             index: Optional[Path], features: Optional[Path], rerank: int,
+                             db_features: Optional[Path]) -> None:
     """Exactly one ranking source; the index options only with --index. Exit 2 with one line otherwise."""
+    if gnd is None:
+        fail("give --gnd with --ranks, --scores or --index, or --dataset with --root and --extractor")
     if sum(x is not None for x in (ranks, scores, index)) != 1:
         fail("give exactly one of --ranks or --scores or --index (with --features)")
     if (index is None) != (features is None):
@@ -154,36 +174,63 @@ def _check_retrieval_sources(ranks: Optional[Path], scores: Optional[Path], inde
 
 
 @eval_app.command("retrieval")
-def eval_retrieval(gnd: GndOpt, ranks: RanksOpt = None, scores: ScoresOpt = None, protocol: ProtocolOpt = "revisited",
-                   k: KappaOpt = None, out: Out = None, index: IndexOpt = None, features: QFeatOpt = None,
-                   rerank: RerankOpt = 0, db_features: DbFeatOpt = None, rerank_model: RerankModelOpt = "homography",
-                   rerank_matcher: RerankMatcherOpt = "nn-mutual", set_rerank_matcher: SetRerankMatcher = None,
-                   rerank_threshold: RerankThrOpt = None,
-                   rerank_min_inliers: Annotated[int, typer.Option(help="Fewer inliers do not promote an image.")]
-                   = 15) -> None:
+def eval_retrieval(gnd: GndOpt = None, ranks: RanksOpt = None, scores: ScoresOpt = None,
+                   protocol: ProtocolOpt = "revisited", k: KappaOpt = None, out: Out = None, index: IndexOpt = None,
+                   features: QFeatOpt = None, rerank: RerankOpt = 0, db_features: DbFeatOpt = None,
+                   rerank_model: RerankModelOpt = "homography", rerank_matcher: RerankMatcherOpt = "nn-mutual",
+                   set_rerank_matcher: SetRerankMatcher = None, rerank_threshold: RerankThrOpt = None,
+                   rerank_min_inliers: Annotated[int, typer.Option(help="Fewer inliers do not promote an image "
+                                                                        "(min-inliers rule).")] = 15,
+                   rerank_rule: RuleOpt = None, dataset: DatasetOpt = None, root: RootOpt = None,
+                   extractor: ExtrOpt = None, set_: SetOpt = None, rerank_extractor: RerankExtrOpt = None,
+                   set_rerank_extractor: SetRerankExtr = None, rerank_distance: DistOpt = 1.0,
+                   rerank_ratio: RatioOpt = None, cache: Cache = None, device: DeviceOpt = None) -> None:
     """Oxford / Paris retrieval: mAP, mP@k, mR@k as revisitop (Easy / Medium / Hard) or the classic protocol.
 
-    The ranking comes from --ranks, --scores, or a search of --index with the queries of --features.
+    The ranking comes from --ranks, --scores, or a search of --index with the queries of --features; or,
+    end to end, --dataset: images of --root extracted with --extractor (queries cropped), searched, and
+    with --rerank N re-ranked by DELG's geometric verification (Medium and Hard each without their junk).
     """
     from visloc.eval.retrieval import KAPPAS
-    from visloc.pipelines.evaluate_retrieval import evaluate_index, evaluate_retrieval
 
-    _check_retrieval_sources(ranks, scores, index, features, rerank, db_features)
-    if protocol not in ("revisited", "classic"):
-        fail(f"--protocol: {protocol!r} is not one of revisited, classic")
     kappas = tuple(k) if k else KAPPAS
-    if index is not None:
-        conf = rerank_conf(rerank, db_features, rerank_model, rerank_threshold, rerank_matcher, set_rerank_matcher,
-                           rerank_min_inliers)
-        report = run(evaluate_index, gnd, index, features, protocol=protocol,
-                     kappas=kappas, rerank=conf)
+    if dataset is not None:
+        bad = [f for f, v in (("--gnd", gnd), ("--ranks", ranks), ("--scores", scores), ("--index", index),
+                              ("--features", features), ("--db-features", db_features)) if v is not None]
+        if bad or root is None or extractor is None:
+            fail("--dataset takes --root and --extractor" + (f", not {bad[0]}" if bad else ""))
+        if protocol != "revisited":
+            fail("--dataset evaluates the revisited protocol only")
+        from visloc.pipelines.eval_landmarks import evaluate_landmarks
+
+        report = run(evaluate_landmarks, dataset, root, extractor=extractor, overrides=tuple(set_ or ()),
+                     rerank=rerank, rerank_rule=rerank_rule or "delg", rerank_extractor=rerank_extractor,
+                     rerank_overrides=tuple(set_rerank_extractor or ()), rerank_distance=rerank_distance,
+                     rerank_ratio=rerank_ratio, rerank_residual=20.0 if rerank_threshold is None else rerank_threshold,
+                     rerank_min_inliers=rerank_min_inliers, kappas=kappas, cache_dir=cache, device=device)
     else:
-        report = run(evaluate_retrieval, gnd, ranks_path=ranks, scores_path=scores,
-                     protocol=protocol, kappas=kappas)
+        report = _eval_ranking(gnd, ranks, scores, protocol, kappas, index, features, rerank, db_features,
+                               rerank_model, rerank_matcher, set_rerank_matcher, rerank_threshold,
+                               rerank_min_inliers, rerank_rule or "min-inliers")
     typer.echo(report.text())
     if out is not None:
         report.write(out)
         typer.echo(f"report -> {out}")
+
+
+def _eval_ranking(gnd, ranks, scores, protocol, kappas, index, features, rerank, db_features,  # noqa: ANN001, ANN202
+                  rerank_model, rerank_matcher, set_rerank_matcher, rerank_threshold, rerank_min_inliers, rule):
+    """The --ranks / --scores / --index forms of ``eval retrieval``."""
+    from visloc.pipelines.evaluate_retrieval import evaluate_index, evaluate_retrieval
+
+    _check_retrieval_sources(gnd, ranks, scores, index, features, rerank, db_features)
+    if protocol not in ("revisited", "classic"):
+        fail(f"--protocol: {protocol!r} is not one of revisited, classic")
+    if index is not None:
+        conf = rerank_conf(rerank, db_features, rerank_model, rerank_threshold, rerank_matcher, set_rerank_matcher,
+                           rerank_min_inliers, rule)
+        return run(evaluate_index, gnd, index, features, protocol=protocol, kappas=kappas, rerank=conf)
+    return run(evaluate_retrieval, gnd, ranks_path=ranks, scores_path=scores, protocol=protocol, kappas=kappas)
 
 
 @eval_app.command("recall")

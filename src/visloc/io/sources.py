@@ -3,7 +3,9 @@
 ``ImageSource(root, names, ResizeSpec)`` is a torch ``Dataset`` of ``ImageRecord``: the image read by
 ``io.images.read_image`` and resized by ``io.images.resize_image`` as the extractor's conf asks
 (``resize_max`` / ``resize_to``), with its original size and the ``scale = original / resized``
-that maps keypoints back (``io.images.scale_keypoints``). A bad image gives a record with ``error``
+that maps keypoints back (``io.images.scale_keypoints``). An image may be cropped to a box first (the
+revisited queries): it is then extracted as an image of the box's size, at the scale it has in the
+resized full image (``crop_target_size``). A bad image gives a record with ``error``
 set; a worker never raises for one. ``image_loader`` wraps it in a ``DataLoader`` with workers and
 prefetch, and a ``SizeBatchSampler`` that batches images of equal resized size (up to ``B``; ``B =
 1`` for parts whose capabilities declare ``max_batch=1``).
@@ -12,7 +14,7 @@ prefetch, and a ``SizeBatchSampler`` that batches images of equal resized size (
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,6 +70,40 @@ class ResizeSpec:
         return width, height
 
 
+Box = tuple[int, int, int, int]
+
+
+def crop_target_size(spec: ResizeSpec, full_size: tuple[int, int], crop_size: tuple[int, int]) -> tuple[int, int]:
+    """``(W, H)`` a crop of ``crop_size`` is resized to so it keeps the scale it has in the resized full image.
+
+    As DELG's ``extract_features.py`` and cirtorch: the resize limit is scaled by ``max(crop) / max(full)``
+    (``resize_max``), or ``resize_to`` per axis by ``crop / full``.
+    """
+    (fw, fh), (cw, ch) = full_size, crop_size
+    if spec.resize_to is not None:
+        return max(1, round(cw * spec.resize_to[0] / fw)), max(1, round(ch * spec.resize_to[1] / fh))
+    if spec.resize_max is not None:
+        limit = spec.resize_max * max(cw, ch) / max(fw, fh)
+        if max(cw, ch) > limit:
+            s = limit / max(cw, ch)
+            return max(1, round(cw * s)), max(1, round(ch * s))
+    return cw, ch
+
+
+class BoxError(ValueError):
+    """A crop box that is not a non-empty box inside its image."""
+
+
+def check_box(box: Sequence[int], size: tuple[int, int]) -> Box:
+    """``box = (x1, y1, x2, y2)`` (pixel edges) as ints; ``BoxError`` unless it is non-empty and inside ``size``."""
+    if len(box) != 4:
+        raise BoxError(f"box: expected [x1, y1, x2, y2], got {list(box)}")
+    x1, y1, x2, y2 = (int(v) for v in box)
+    if not (0 <= x1 < x2 <= size[0] and 0 <= y1 < y2 <= size[1]):
+        raise BoxError(f"box [{x1}, {y1}, {x2}, {y2}] is empty or outside the {size[0]}x{size[1]} image")
+    return x1, y1, x2, y2
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One image of a source, resized, or the reason it cannot be used.
@@ -76,7 +112,7 @@ class ImageRecord:
         index: position in the source's ``names``.
         name: path relative to the root.
         image: ``[C, H, W]`` float32 in ``[0, 1]`` at the resized size; None when ``error`` is set.
-        original_size: ``(W, H)`` of the file (after EXIF orientation); ``(0, 0)`` on error.
+        original_size: ``(W, H)`` of the file (after EXIF orientation), or of its crop; ``(0, 0)`` on error.
         scale: ``(sx, sy) = original / resized`` per axis.
         error: one-line reason (naming the file) the image was skipped, or None.
     """
@@ -108,12 +144,16 @@ class ImageSource(Dataset[ImageRecord]):
         root: image root.
         names: image paths relative to ``root`` (the names the feature file will use).
         spec: the resizing the extractor wants.
+        crops: per name, a box ``(x1, y1, x2, y2)`` in pixel edges to crop the image to before resizing
+            (``image[y1:y2, x1:x2]``, as PIL's ``crop``); keypoints are then in the crop's pixels.
     """
 
-    def __init__(self, root: str | Path, names: Sequence[str], spec: ResizeSpec = ResizeSpec()) -> None:
+    def __init__(self, root: str | Path, names: Sequence[str], spec: ResizeSpec = ResizeSpec(),
+                 crops: Mapping[str, Sequence[int]] | None = None) -> None:
         self.root = Path(root)
         self.names = list(names)
         self.spec = spec
+        self.crops = {n: tuple(int(v) for v in b) for n, b in (crops or {}).items()}
 
     def __len__(self) -> int:
         return len(self.names)
@@ -123,8 +163,17 @@ class ImageSource(Dataset[ImageRecord]):
         path = self.root / name
         try:
             image = read_image(path, grayscale=self.spec.grayscale)
-            w, h = self.spec.target_size(image.shape[1], image.shape[0])
-            resized = resize_image(image, size=(w, h))
+            full = (image.shape[1], image.shape[0])
+            box = self.crops.get(name)
+            if box is None:
+                size = self.spec.target_size(*full)
+            else:
+                x1, y1, x2, y2 = check_box(box, full)
+                image = np.ascontiguousarray(image[y1:y2, x1:x2])
+                size = crop_target_size(self.spec, full, (x2 - x1, y2 - y1))
+            resized = resize_image(image, size=size)
+        except BoxError as e:
+            return ImageRecord(index, name, None, error=f"{path}: {e}")
         except ImageError as e:
             return ImageRecord(index, name, None, error=str(e))
         except (OSError, ValueError, MemoryError, cv2.error) as e:  # never let one file stop a worker
@@ -138,11 +187,21 @@ class ImageSource(Dataset[ImageRecord]):
 
         With ``resize_to`` no file is opened. Otherwise one header read per image, in ``threads`` threads.
         """
-        if self.spec.resize_to is not None:
+        if self.spec.resize_to is not None and not self.crops:
             return [self.spec.target_size(0, 0)] * len(self.names)
         with ThreadPoolExecutor(max(1, threads)) as pool:
             sizes = list(pool.map(probe_size, (self.root / n for n in self.names), chunksize=64))
-        return [None if s is None else self.spec.target_size(*s) for s in sizes]
+        return [None if s is None else self._target(n, s) for n, s in zip(self.names, sizes, strict=True)]
+
+    def _target(self, name: str, size: tuple[int, int]) -> tuple[int, int] | None:
+        box = self.crops.get(name)
+        if box is None:
+            return self.spec.target_size(*size)
+        try:
+            x1, y1, x2, y2 = check_box(box, size)
+        except ValueError:
+            return None
+        return crop_target_size(self.spec, size, (x2 - x1, y2 - y1))
 
 
 class SizeBatchSampler(Sampler[list[int]]):

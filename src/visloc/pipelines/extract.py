@@ -44,7 +44,8 @@ def _check_compatible(out: Path, record: str) -> None:
 def extract_features(image_dir: str | Path, out: str | Path, *, extractor: str = "aliked-n16",
                      overrides: Mapping[str, Any] | Sequence[str] = (), image_list: Sequence[str] | None = None,
                      as_half: bool = False, overwrite: bool = False, device: str | None = None,
-                     progress: bool = True, batch_size: int = 1, num_workers: int | None = None) -> JobSummary:
+                     progress: bool = True, batch_size: int = 1, num_workers: int | None = None,
+                     crops: Mapping[str, Sequence[int]] | None = None) -> JobSummary:
     """Extract features of every image below ``image_dir`` (or of ``image_list``) into ``out``.
 
     Args:
@@ -61,6 +62,9 @@ def extract_features(image_dir: str | Path, out: str | Path, *, extractor: str =
             ``max_batch``); 1 keeps results bit-identical to single-image extraction.
         num_workers: processes that read and resize images ahead of the network (``io.sources``);
             None: one when there are at least 8 images, else none.
+        crops: per name, a box ``(x1, y1, x2, y2)`` (pixel edges) the image is cropped to first, at the
+            scale it has in the resized full image (``io.sources.crop_target_size``); its features are in
+            the crop's pixels. Not part of the file's record: keep cropped images in a file of their own.
 
     Returns:
         The job summary; the resolved conf is stored in the file's ``visloc_extractor`` attribute.
@@ -85,8 +89,8 @@ def extract_features(image_dir: str | Path, out: str | Path, *, extractor: str =
         dev = pick_device(device)
         model = EXTRACTORS.build_conf(extractor, conf).to(dev)
         workers = num_workers if num_workers is not None else (1 if len(todo) >= 8 else 0)
-        loader = image_loader(ImageSource(image_dir, todo, ResizeSpec.from_conf(conf)), batch_size, model.max_batch,
-                              workers, pin_memory=dev.type == "cuda")
+        source = ImageSource(image_dir, todo, ResizeSpec.from_conf(conf), crops)
+        loader = image_loader(source, batch_size, model.max_batch, workers, pin_memory=dev.type == "cuda")
         try:
             with tqdm(total=len(todo), desc=f"extract {extractor}", disable=not progress, unit="img") as bar:
                 for batch in loader:

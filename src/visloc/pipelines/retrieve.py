@@ -145,7 +145,8 @@ def rerank_pairs(pairs: Sequence[tuple[str, str]], features: str | Path,
         head = found[:conf.top]
         res = rerank(features_h5.load_features(features, q),
                      [features_h5.load_features(conf.db_features, d) for d in head], head,
-                     model=conf.model, threshold=threshold, matcher=net, min_inliers=conf.min_inliers)
+                     model=conf.model, threshold=threshold, matcher=net, min_inliers=conf.min_inliers,
+                     rule=conf.rule)
         out += [(q, d) for d in res.names(head) + found[conf.top:]]
         logger.debug("rerank %s: inliers %s", q, dict(zip(head, res.inliers.tolist(), strict=True)))
     return out

@@ -23,6 +23,7 @@ from visloc.matching.base import Matcher
 from visloc.types import Features
 
 RerankModel = Literal["homography", "fundamental", "affine"]
+RerankRule = Literal["min-inliers", "delg"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class RerankConf:
         matcher: registered feature matcher; LightGlue's weights follow the features' extractor.
         matcher_overrides: matcher conf overrides, ``key=value`` strings.
         min_inliers: fewer inliers than this do not promote an image (see ``rerank``).
+        rule: ``min-inliers`` (the above) or ``delg``: every image with an inlier moves up, by inlier count
+            (``retrieval.verify``'s DELG rule; ``min_inliers`` is then unused).
     """
 
     top: int = 0
@@ -46,6 +49,7 @@ class RerankConf:
     matcher: str = "nn-mutual"
     matcher_overrides: tuple[str, ...] = ()
     min_inliers: int = 15
+    rule: RerankRule = "min-inliers"
 
     def __post_init__(self) -> None:
         if isinstance(self.top, bool) or not isinstance(self.top, int) or self.top < 0:
@@ -56,6 +60,8 @@ class RerankConf:
             raise ConfError(f"rerank threshold: expected > 0 pixels, got {self.threshold}")
         if self.min_inliers < 0:
             raise ConfError(f"rerank min_inliers: expected >= 0, got {self.min_inliers}")
+        if self.rule not in get_args(RerankRule):
+            raise ConfError(f"rerank rule: expected min-inliers or delg, got {self.rule!r}")
         if self.top and self.db_features is None:
             raise ConfError("rerank: needs the database feature file (--db-features) for local features")
         if self.db_features is not None:
@@ -93,7 +99,7 @@ def count_inliers(query_feats: Features, db_feats: Features, matcher: Matcher,
 
 def rerank(query_feats: Features, db_feats_list: Sequence[Features],
            db_names: Sequence[str], model: RerankModel, threshold: float, matcher: Matcher,
-           min_inliers: int = 15) -> RerankResult:
+           min_inliers: int = 15, rule: RerankRule = "min-inliers") -> RerankResult:
     """Re-order retrieved database images by the inliers of ``model`` with the query.
 
     Args:
@@ -106,6 +112,7 @@ def rerank(query_feats: Features, db_feats_list: Sequence[Features],
         min_inliers: images verified by at least this many inliers move to the front, by inlier count;
             the others keep their global order behind them. Unrelated images reach about 5-10
             inliers by chance, so promoting on raw counts shuffles hard positives with noise.
+        rule: ``min-inliers`` (above) or ``delg``: any inlier promotes (DELG's order; ties by global order).
 
     Returns:
         The new order (stable: equal inlier counts keep the global order) and the inlier counts.
@@ -118,8 +125,10 @@ def rerank(query_feats: Features, db_feats_list: Sequence[Features],
         raise ValueError(f"threshold: expected > 0 pixels, got {threshold}")
     if min_inliers < 0:
         raise ValueError(f"min_inliers: expected >= 0, got {min_inliers}")
+    if rule not in get_args(RerankRule):
+        raise ValueError(f"rule: expected min-inliers or delg, got {rule!r}")
     estimator = ESTIMATORS.build(model, {"threshold": float(threshold)})
     inliers = np.array([count_inliers(query_feats, f, matcher, estimator) for f in db_feats_list], np.int64)
-    verified = np.where(inliers >= min_inliers, inliers, 0)
+    verified = inliers if rule == "delg" else np.where(inliers >= min_inliers, inliers, 0)
     order = np.argsort(-verified, kind="stable")
     return RerankResult(order, inliers)
