@@ -59,17 +59,18 @@ class DELGGraph(nn.Module):
         """``attention``, ``local`` and, with a global head, ``global``."""
         return ONNX_OUTPUTS if self.model.global_dim else ONNX_OUTPUTS[:2]
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``image [1, 3, H, W]`` -> ``(attention [1, 1, h, w], local [1, D, h, w][, global [1, G]])``."""
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``image [1, 3, H, W]`` -> ``{attention [1, 1, h, w], local [1, D, h, w][, global [1, G]]}``."""
         if self.conf.layout == "tf":
             # shapes stay symbolic in the trace: the pad is the parity of each side (0 or 1)
             image = F.pad(image, (image.shape[-1] % 2, 0, image.shape[-2] % 2, 0))
         out = self.model(image, local=True, global_=bool(self.model.global_dim))
         if out.attention is None or out.local is None:
             raise RuntimeError("DELG.forward(local=True) returned no attention")
-        if out.global_descriptor is None:
-            return out.attention, out.local
-        return out.attention, out.local, out.global_descriptor
+        outputs = {"attention": out.attention, "local": out.local}
+        if out.global_descriptor is not None:
+            outputs["global"] = out.global_descriptor
+        return outputs
 
     def export_spec(self, height: int = 96, width: int = 128, dynamic: bool = True,
                     check_sizes: tuple[tuple[int, int], ...] = ONNX_CHECK_SIZES, seed: int = 0) -> ExportSpec:
