@@ -232,7 +232,7 @@ def test_threshold_and_normalisation_come_from_the_weights_records():
 
 
 def test_weights_errors(tmp_path, delg_checkpoint):
-    with pytest.raises(WeightsError, match=r"delg: no weights; pass weights=CHECKPOINT"):
+    with pytest.raises(WeightsError, match=r"delg: no weights; give a visloc delg checkpoint"):
         EXTRACTORS.build("delg")
     with pytest.raises(WeightsError, match=r"nope\.pt"):
         EXTRACTORS.build("delg", [f"weights={tmp_path / 'nope.pt'}"])
@@ -241,6 +241,19 @@ def test_weights_errors(tmp_path, delg_checkpoint):
     with pytest.raises(ConfError, match=r"max_num_keypoints"):
         EXTRACTORS.build("delg", [f"weights={delg_checkpoint}", "max_num_keypoints=0"])
     assert EXTRACTORS.capabilities("delg").needs == {"weights"}
+    from visloc.pipelines.export import export_registered
+
+    with pytest.raises(WeightsError, match=r"delg: no weights"):
+        export_registered("delg", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_delf_network_gives_block3_descriptors():
+    ex = EXTRACTORS.build("delf", ["allow_random=true"])  # preset delf-r50: no autoencoder, no global head
+    (f,) = ex(torch.rand(1, 3, 64, 96))
+    assert ex.descriptor_dim == 1024 and f.descriptors.shape == (f.num_keypoints, 1024) and f.num_keypoints > 10
+    assert f.global_descriptor is None
+    assert EXTRACTORS.capabilities("delf", ex.conf).descriptor == "delf-1024"
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")

@@ -138,8 +138,8 @@ def load_delg(weights: str | None, preset: str = "delg-r50", allow_random: bool 
         extras = getattr(record, "extras", None) or {}  # recorded by newer checkpoints (thresholds...)
         return build_model(record, DELGConf, DELG), dict(extras)
     if not allow_random:
-        raise WeightsError("delg: no weights; pass weights=CHECKPOINT (a visloc delg checkpoint) or "
-                           "allow_random=true for a random network")
+        raise WeightsError("delg: no weights; give a visloc delg checkpoint (weights=FILE, or --weights FILE) or "
+                           "allow a random network (allow_random=true, or --allow-random)")
     arch = resolve_preset(preset)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
