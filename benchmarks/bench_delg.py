@@ -15,7 +15,8 @@ the ONNX exports run in processes of their own, as ``ru_maxrss`` is inherited th
 - ``delg R50 (torch)``: ``delg`` with the tf-layout ResNet-50 (``preset=delg-r50``), BatchNorms folded,
   ``channels_last``;
 - ``delg R50 (onnxruntime)``: ``delg-onnx`` on the ONNX file ``visloc export delg`` writes (exported here
-  first, parity-checked), one session run per scale;
+  first, parity-checked), one session run per scale and image (the graph computes conv5 at every
+  scale, torch only at the 3 global ones: ~10 % more work at 1024 px, see ``features.delg_onnx``);
 - ``delg-global R50 (torch)``: the 3 global scales alone (what retrieval without re-ranking pays);
 - ``delg R18 (torch)`` / ``(onnxruntime)``: the ResNet-18 preset trained on CPUs (``delg-r18``).
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, nms
 from typer.testing import CliRunner
 
 from visloc.conf import ConfError
@@ -124,15 +124,18 @@ def test_pyramid_levels_merge_and_descriptors_follow_their_cells():
 
 def test_nms_iou_one_is_top_k_and_lower_iou_suppresses():
     gen = torch.Generator().manual_seed(0)
-    xy = torch.rand(200, 2, generator=gen) * 300
+    xy = torch.rand(2000, 2, generator=gen) * 1000
     boxes = torch.cat([xy, xy + 100], dim=1)
-    scores = torch.rand(200, generator=gen)
+    scores = torch.rand(2000, generator=gen)
     top = torch.argsort(scores, descending=True)[:50]
-    assert select_features(boxes, scores, 50, 1.0).tolist() == top.tolist()
-    kept = select_features(boxes, scores, 50, 0.3)
-    assert 0 < len(kept) < 50
-    iou = box_iou(boxes[kept], boxes[kept]).fill_diagonal_(0)
-    assert float(iou.max()) <= 0.3 and scores[kept].tolist() == sorted(scores[kept].tolist(), reverse=True)
+    assert select_features(boxes, scores, 50, 1.0).tolist() == top.tolist() == nms(boxes, scores, 1.0)[:50].tolist()
+    for iou, max_num in ((0.3, 50), (0.3, 400), (0.05, 300), (0.6, 2000)):  # the chunked NMS is torchvision's
+        kept = select_features(boxes, scores, max_num, iou)
+        assert kept.tolist() == nms(boxes, scores, iou)[:max_num].tolist()
+    kept = select_features(boxes, scores, 5000, 0.3)
+    assert 50 < len(kept) < 2000
+    overlap = box_iou(boxes[kept], boxes[kept]).fill_diagonal_(0)
+    assert float(overlap.max()) <= 0.3 and scores[kept].tolist() == sorted(scores[kept].tolist(), reverse=True)
     assert select_features(torch.zeros(0, 4), torch.zeros(0), 5, 1.0).tolist() == []
 
 

@@ -15,8 +15,8 @@ and ``delf/python/extractor.py``:
 - local features: every block3 cell ``(i, j)`` of every local scale is a candidate, scored by its
   attention (softplus); candidates below ``threshold`` (an absolute score tied to the weights; None:
   none removed) are dropped, then NMS on the cells' receptive-field boxes (``torchvision.ops.nms``;
-  IoU 1.0, DELF's default, removes nothing: the top ``max_num`` by score remain) keeps at most
-  ``max_num``, by decreasing score. The keypoint is the receptive-field centre
+  IoU 1.0, DELF's default, removes nothing: the top ``max_num`` by score remain, without running it)
+  keeps at most ``max_num``, by decreasing score. The keypoint is the receptive-field centre
   ``c = offset + 32 j`` of the scaled image mapped back to the input with the half-pixel rule,
   ``x = (c + 0.5) / s_x - 0.5`` where ``s_x = round(W s) / W`` is the level's actual ratio (``s``
   itself when ``W s`` is whole), and likewise ``y`` (``offset`` from the network's
@@ -174,14 +174,26 @@ def _candidates(levels: Sequence[Level], b: int, input_size: tuple[int, int],
 
 
 def select_features(boxes: torch.Tensor, scores: torch.Tensor, max_num: int, iou: float) -> torch.Tensor:
-    """Indices of at most ``max_num`` boxes kept by NMS at ``iou``, by decreasing score.
+    """Indices of at most ``max_num`` boxes kept by greedy NMS at ``iou``, by decreasing score.
 
-    ``torchvision.ops.nms`` drops a box whose IoU with a higher-scored kept box is ``> iou``, so
-    ``iou >= 1`` keeps every box and this is the top-``max_num`` by score (DELF's default).
+    Equals ``torchvision.ops.nms(boxes, scores, iou)[:max_num]`` (DELF's NMS with ``max_boxes``), faster:
+    ``nms`` drops a box whose IoU with a higher-scored kept box is ``> iou``, so ``iou >= 1`` keeps every
+    box and this is the top ``max_num`` by score (DELF's default; a stable sort); otherwise ``nms`` runs
+    on the best ``4 max_num`` candidates, doubled until ``max_num`` are kept or all were seen (whether a
+    box is kept depends only on the boxes scored above it, so the result is the same).
     """
     if len(scores) == 0:
         return torch.zeros(0, dtype=torch.long)
-    return nms(boxes.float(), scores.float(), float(iou))[:max_num]
+    order = torch.argsort(scores, descending=True, stable=True)
+    if iou >= 1.0:
+        return order[:max_num]
+    chunk = 4 * max_num
+    while True:
+        top = order[:chunk]
+        kept = top[nms(boxes[top].float(), scores[top].float(), float(iou))]
+        if len(kept) >= max_num or chunk >= len(order):
+            return kept[:max_num]
+        chunk *= 2
 
 
 def local_features(levels: Sequence[Level], b: int, input_size: tuple[int, int],
