@@ -144,8 +144,26 @@ def netvlad_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_netvlad_checkpoint(tmp_path_factory.mktemp("netvlad") / "checkpoint.pth.tar")
 
 
+def write_delg_checkpoint(path: Path, preset: str = "delg-r18", seed: int = 0) -> Path:
+    """A visloc ``delg`` checkpoint of ``preset`` with random weights drawn from ``seed``."""
+    import torch
+
+    from visloc.models.delg import DELG, PRESETS
+    from visloc.weights.checkpoint import save_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return save_model(path, "delg", DELG(PRESETS[preset]).eval())
+
+
 @pytest.fixture(scope="session")
-def ready_extractor(build_extractor, netvlad_checkpoint, tmp_path_factory) -> Callable[..., object]:
+def delg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``write_delg_checkpoint``'s ResNet-18 DELG (random weights), written once per session."""
+    return write_delg_checkpoint(tmp_path_factory.mktemp("delg") / "delg_r18.pt")
+
+
+@pytest.fixture(scope="session")
+def ready_extractor(build_extractor, netvlad_checkpoint, delg_checkpoint, tmp_path_factory) -> Callable[..., object]:
     """``ready_extractor(name, overrides=())``: ``build_extractor`` plus the resources a part needs to run.
 
     Every registered extractor must build here: a part whose capabilities ``need`` something this
@@ -155,7 +173,8 @@ def ready_extractor(build_extractor, netvlad_checkpoint, tmp_path_factory) -> Ca
     from visloc.weights import hfnet as hfnet_weights
 
     vocab = tmp_path_factory.mktemp("vocab") / "vocab.pt"
-    weights = {"netvlad": netvlad_checkpoint}
+    weights = {"netvlad": netvlad_checkpoint, **dict.fromkeys(("delg", "delg-global", "delf", "delg-onnx"),
+                                                                delg_checkpoint)}
 
     def build(name: str, overrides: Sequence[str] = ()) -> object:
         overrides = list(overrides)

@@ -121,6 +121,17 @@ def test_bench_hfnet_quick(tmp_path):
     assert len(json.loads(out.read_text())["ratios"]) == 4
 
 
+@pytest.mark.slow
+def test_bench_delg_quick(tmp_path):
+    out = tmp_path / "delg.json"
+    rows = table_with(run_quick("bench_delg.py", tmp_path, "--out", str(out)), "median ms")
+    assert [r["name"] for r in rows] == ["delg R18 (torch)", "delg R18 (onnxruntime)"]
+    assert all(float(r["median ms"]) > 0 and float(r["peak RSS MB"]) > 100 for r in rows)
+    assert rows[0]["keypoints"] == rows[1]["keypoints"] and int(rows[0]["keypoints"]) > 100  # the same selection
+    report = json.loads(out.read_text())
+    assert report["official_p100_ms"] == 211.0 and len(report["results"]) == 2
+
+
 def _metrics(report: dict) -> dict:
     return {k: v for k, v in report["summary"].items() if not k.startswith("mean_time")}
 

@@ -43,9 +43,9 @@ def test_names_filter_by_kind(registry):
 
 
 def test_shipped_kinds():
-    assert EXTRACTORS.names(kind="global") == ["hfnet-global", "netvlad"]
-    assert {"hfnet", "hfnet-onnx", "vlad-aliked"} == set(EXTRACTORS.names(kind="local+global"))
-    assert {"sift", "aliked-n16", "disk"} <= set(EXTRACTORS.names(kind="local"))
+    assert EXTRACTORS.names(kind="global") == ["delg-global", "hfnet-global", "netvlad"]
+    assert {"delg", "delg-onnx", "hfnet", "hfnet-onnx", "vlad-aliked"} == set(EXTRACTORS.names(kind="local+global"))
+    assert {"sift", "aliked-n16", "disk", "delf"} <= set(EXTRACTORS.names(kind="local"))
     assert MATCHERS.names(kind="image") == ["detector-pair", "loftr", "loftr-coarse", "loftr-coarse-onnx"]
     assert MATCHERS.names(kind="feature") == ["lightglue", "nn-mutual", "nn-ratio"]
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from visloc.models.coarse_loftr import CoarseMatchConf
+from visloc.models.delg_graph import ONNX_CHECK_SIZES as DELG_CHECK_SIZES
 from visloc.models.hfnet import ONNX_CHECK_SIZES
 from visloc.registry import MODELS
 
@@ -129,6 +130,37 @@ def build_coarse_loftr(conf: CoarseLoFTRExportConf) -> nn.Module:
     return CoarseLoFTRGraph(resolve_coarse_loftr(conf.weights, conf.preset, conf.allow_random), conf.match).eval()
 
 
+@dataclass(frozen=True)
+class DELGShape:
+    """``DELGGraph.export_spec``'s options: the example size, dynamic height and width, the check's sizes."""
+
+    height: int = 96
+    width: int = 128
+    dynamic: bool = True
+    check_sizes: tuple[tuple[int, int], ...] = DELG_CHECK_SIZES
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DELGExportConf:
+    """``delg``: a visloc ``delg`` checkpoint; without one (``allow_random``) a random ``preset`` network."""
+
+    weights: str | None = None
+    allow_random: bool = False
+    preset: str = "delg-r50"
+    shape: DELGShape = field(default_factory=DELGShape)
+
+
+def build_delg(conf: DELGExportConf) -> nn.Module:
+    """The network at one scale (``DELGGraph``) with its checkpoint's extraction records, eval mode, CPU."""
+    from visloc.features.delg import load_delg
+    from visloc.models.delg_graph import DELGGraph
+
+    model, extras = load_delg(conf.weights, conf.preset, conf.allow_random)
+    return DELGGraph(model.cpu().eval(), extras).eval()
+
+
 MODELS.register("hfnet", HFNetExportConf(), build_hfnet)
 MODELS.register("netvlad-vgg16", NetVLADExportConf(), build_netvlad_vgg16)
 MODELS.register("loftr-coarse", CoarseLoFTRExportConf(), build_coarse_loftr)
+MODELS.register("delg", DELGExportConf(), build_delg)
