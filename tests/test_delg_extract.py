@@ -316,3 +316,16 @@ def test_cli_extract_index_search(photo_dir, delg_checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     assert len(pairs.read_text().splitlines()) == 6
 
+
+
+def test_checkpoint_extras_set_the_threshold_and_normalisation(tmp_path):
+    from visloc.features.delg import load_delg
+    from visloc.weights.checkpoint import load_model_record, save_model
+
+    path = save_model(tmp_path / "d.pt", "delg", DELG(DELGConf(18, "torchvision", 32, 16, 32)).eval(),
+                      extras={"attention_threshold": 12.5, "normalisation": "imagenet"})
+    assert load_model_record(path, "delg").extras == {"attention_threshold": 12.5, "normalisation": "imagenet"}
+    _, extras = load_delg(str(path))
+    conf = dataclasses.replace(EXTRACTORS.conf("delg"), weights=str(path))
+    assert pyramid_conf(conf, extras).threshold == 12.5
+    assert normalisation_of(conf, extras) == IMAGENET_RGB

@@ -135,8 +135,7 @@ def load_delg(weights: str | None, preset: str = "delg-r50", allow_random: bool 
         from visloc.weights.checkpoint import build_model, load_model_record
 
         record = load_model_record(weights, "delg")
-        extras = getattr(record, "extras", None) or {}  # recorded by newer checkpoints (thresholds...)
-        return build_model(record, DELGConf, DELG), dict(extras)
+        return build_model(record, DELGConf, DELG), dict(record.extras)
     if not allow_random:
         raise WeightsError("delg: no weights; give a visloc delg checkpoint (weights=FILE, or --weights FILE) or "
                            "allow a random network (allow_random=true, or --allow-random)")

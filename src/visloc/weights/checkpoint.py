@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,15 +41,18 @@ class ModelRecord:
     model: str
     conf: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
-def save_model(path: str | Path, name: str, model: nn.Module) -> Path:
+def save_model(path: str | Path, name: str, model: nn.Module, extras: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (its dataclass ``conf`` and its state dict, on the CPU) to ``path`` atomically.
 
     Args:
         path: output file; written to a temporary file first, then renamed.
         name: the registered model name (``"hfnet"``...), checked again at load.
         model: an ``nn.Module`` with a frozen dataclass ``conf`` describing its architecture.
+        extras: what the weights decide besides the architecture (plain numbers and strings: a DELG
+            model's attention threshold and input normalisation), read back as ``ModelRecord.extras``.
 
     Returns:
         ``path``.
@@ -59,7 +62,8 @@ def save_model(path: str | Path, name: str, model: nn.Module) -> Path:
         raise TypeError(f"save_model: {type(model).__name__} has no dataclass 'conf' to record")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "model": name, "conf": asdict(conf), "state_dict": state}, tmp)
+        torch.save({"format": FORMAT, "model": name, "conf": asdict(conf), "state_dict": state,
+                    "extras": dict(extras or {})}, tmp)
     return Path(path)
 
 
@@ -91,7 +95,10 @@ def load_model_record(path: str | Path, expected_model: str, what: str | None = 
     if not isinstance(conf, dict):
         raise WeightsError(f"{p}: conf must be a mapping, got {type(conf).__name__}")
     state = as_state_dict(ckpt.get("state_dict"), p, what, unwrap=False)
-    return ModelRecord(p, str(model), conf, state)
+    extras = ckpt.get("extras") or {}
+    if not isinstance(extras, dict):
+        raise WeightsError(f"{p}: extras must be a mapping, got {type(extras).__name__}")
+    return ModelRecord(p, str(model), conf, state, extras)
 
 
 def build_model(record: ModelRecord, conf_type: type[C], factory: Callable[[C], M]) -> M:
