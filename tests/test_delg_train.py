@@ -96,7 +96,7 @@ def test_conf_errors_are_one_line_and_name_the_field(tmp_path):
         ("delg", ["data.area_range=[0.5,0.1]"], r"data.area_range: expected \[min, max\]"),
         ("delg", ["arcface.margin=2.0"], r"arcface.margin: expected radians in \[0, pi/2\)"),
         ("delg", ["val.retrieval_size=8"], "val.retrieval_size: expected >= 32"),
-        ("delg", ["data.root=/nonexistent/gldv2"], "data.root: /nonexistent/gldv2 is not a folder"),
+        ("delg", ["data.root=''"], "data.root: the GLDv2 train folder"),
         ("delf", ["stage=attn", f"stage_init={tmp_path}/tuning/delf_tuning.pt", f"run_dir={tmp_path}/tuning"],
          "run_dir: .* holds the tuning run; give stage attn its own run_dir"),
     ]

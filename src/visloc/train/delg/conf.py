@@ -221,7 +221,7 @@ def _range(where: str, values: tuple[float, ...], low: float, high: float) -> No
         raise ConfError(f"{where}: expected [min, max] with {low} < min <= max <= {high}, got {list(values)}")
 
 
-def _check_data(d: DataConf, generated: bool) -> None:
+def _check_data(d: DataConf) -> None:
     if not d.root:
         raise ConfError("data.root: the GLDv2 train folder (train.csv, train_clean.csv, images or tars)")
     if not 0 <= d.val_fraction < 1:
@@ -236,8 +236,6 @@ def _check_data(d: DataConf, generated: bool) -> None:
         raise ConfError(f"data.color_jitter: expected in [0, 1), got {d.color_jitter}")
     if d.num_workers < 0:
         raise ConfError(f"data.num_workers: expected >= 0, got {d.num_workers}")
-    if not generated and not Path(d.root).is_dir():
-        raise ConfError(f"data.root: {d.root} is not a folder")
 
 
 def _check_val(v: ValConf) -> None:
@@ -261,7 +259,7 @@ def _check_common(model: ModelConf, data: DataConf, schedule: ScheduleConf, val:
     g = generate
     if g.classes < 0 or g.classes == 1 or (g.classes and min(g.images_per_class, g.size) < 2):
         raise ConfError(f"generate: classes 0 (off) or >= 2, images_per_class >= 2, size >= 2; got {g}")
-    _check_data(data, generated=g.classes > 0)
+    _check_data(data)
     if not 0 <= schedule.momentum < 1:
         raise ConfError(f"schedule.momentum: expected in [0, 1), got {schedule.momentum}")
     if not schedule.grad_clip >= 0:
