@@ -22,7 +22,16 @@ from visloc.conf import ConfError, apply_overrides
 from visloc.data.world.revisited import write_gnd
 from visloc.models.delg import DELG, DELGConf
 from visloc.train.core import train
-from visloc.train.delg.data import build_split, relabel, sample_crop, split_per_class
+from visloc.train.delg import synthetic
+from visloc.train.delg.data import (
+    Augment,
+    LandmarkImages,
+    build_split,
+    open_split,
+    relabel,
+    sample_crop,
+    split_per_class,
+)
 from visloc.train.delg.module import schedule_lambda
 from visloc.train.delg.recipe import DELFRecipe, DELGRecipe, load_backbone
 from visloc.train.delg.validation import load_retrieval_set, load_scaled, retrieval_map
@@ -80,6 +89,30 @@ def test_random_crop_follows_the_ranges_and_falls_back_to_the_whole_image():
         assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02
     # an aspect of 2..3 cannot cover 99 % of a square: TF's fallback is the whole image
     assert sample_crop(rng, 100, 100, (0.99, 1.0), (2.0, 3.0), 0.1) == (0, 0, 100, 100)
+
+
+def test_images_read_from_tars_as_from_the_extracted_tree(tmp_path):
+    from visloc.data.world import gldv2_layout as gl
+
+    root = synthetic.write_gldv2(tmp_path / "gld", classes=2, images_per_class=3, size=40)
+    layout, split = open_split(str(root), True, 0.2, 0)
+    extracted = LandmarkImages(layout, split.train, 32, DELG_RGB)
+    before = [extracted[i]["image"] for i in range(len(extracted))]
+    ids = [i for i, _ in split.train + split.val]
+    gl.pack_images(root, ids, images_per_tar=4)
+    for i in ids:
+        (root / gl.image_relpath(i)).unlink()
+    packed_layout, packed_split = open_split(str(root), True, 0.2, 0, True)  # md5 checked
+    assert packed_split == split
+    packed = LandmarkImages(packed_layout, packed_split.train, 32, DELG_RGB)
+    assert all(torch.equal(packed[i]["image"], before[i]) for i in range(len(packed)))
+    assert before[0].shape == (3, 32, 32) and packed[0]["label"] == split.train[0][1]
+    # augmentation: drawn per (seed, epoch, index), so repeatable and different in the next epoch
+    aug = LandmarkImages(packed_layout, packed_split.train, 32, DELG_RGB, Augment(flip=True, color_jitter=0.3))
+    assert torch.equal(aug[1]["image"], aug[1]["image"]) and not torch.equal(aug[1]["image"], before[1])
+    first = aug[1]["image"]
+    aug.set_epoch(1)
+    assert not torch.equal(aug[1]["image"], first)
 
 
 # ---------------------------------------------------------------- confs
