@@ -80,3 +80,53 @@ def test_ddp_two_processes_launched_by_lightning(tmp_path):
     run = tmp_path / "run"
     rows = _run([sys.executable, str(script), str(run), "2"], tmp_path)
     _check(rows, run)
+
+
+# The DELG recipes under torchrun: delg, then delf's tuning stage (frozen parameters: DDP must see no unused
+# one) in the same two processes; the per-class split is sharded by Lightning's DistributedSampler.
+DELG_SCRIPT = """
+import json, sys
+from pathlib import Path
+
+import visloc.train.delg.recipe as dr
+from visloc.conf import apply_overrides
+from visloc.train.core import train
+
+calls = {"prepare": 0, "export": 0}
+prepare, export = dr._DELGBase.prepare, dr._DELGBase.export
+
+def count(key, fn):
+    def wrapped(*args, **kwargs):
+        calls[key] += 1
+        return fn(*args, **kwargs)
+    return wrapped
+
+dr._DELGBase.prepare = count("prepare", prepare)
+dr._DELGBase.export = count("export", export)
+rows = []
+for recipe in (dr.DELGRecipe(), dr.DELFRecipe()):
+    conf = apply_overrides(recipe.tiny_conf(Path(sys.argv[1]) / recipe.name), {"train": {"max_steps": 3,
+                           "batch_size": 2, "checkpoint_every": 3}})
+    result = train(recipe, conf, progress=False)
+    rows.append({"step": result.global_step, "batches": len(result.module.trainer.train_dataloader),
+                 "exported": str(result.exported) if result.exported else None})
+print("RESULT " + json.dumps({"rank": result.global_rank, **calls, "runs": rows}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_delg_and_delf_under_torchrun(tmp_path):
+    script = tmp_path / "ddp_delg.py"
+    script.write_text(DELG_SCRIPT)
+    run = tmp_path / "run"
+    rows = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                 str(script), str(run)], tmp_path)
+    assert [r["rank"] for r in rows] == [0, 1]
+    assert [r["prepare"] for r in rows] == [2, 0] and [r["export"] for r in rows] == [2, 0]
+    for rank, row in enumerate(rows):
+        assert [r["step"] for r in row["runs"]] == [3, 3]
+        # 3 classes x 4 training images (5 each, 1 to validation) = 12, sharded: 6 per process, batches of 2
+        assert [r["batches"] for r in row["runs"]] == [3, 3]
+        expected = [str(run / "delg" / "delg.pt"), str(run / "delf" / "delf_tuning.pt")] if rank == 0 else [None] * 2
+        assert [r["exported"] for r in row["runs"]] == expected
+    assert (run / "delg" / "relabeling.csv").is_file() and (run / "delf" / "delf_tuning.pt").is_file()

@@ -73,6 +73,10 @@ INDEX: dict[str, dict[str, L]] = {
     "recipe": {
         "hfnet-distill": L("visloc.train.hfnet.recipe", "train",
                            "HF-Net student distilled from online ALIKED/SuperPoint + VLAD/NetVLAD teachers"),
+        "delg": L("visloc.train.delg.recipe", "train",
+                  "DELG on a GLDv2 train folder: ArcFace global + attention + autoencoder losses, jointly"),
+        "delf": L("visloc.train.delg.recipe", "train",
+                  "DELF on a GLDv2 train folder, stage tuning (backbone + classifier) or attn (attention head)"),
         "loftr-coarse": L("visloc.train.loftr.recipe", "train",
                           "Coarse LoFTR on the world's pairs: depth-GT focal loss, optional LoFTR or "
                           "ALIKED+LightGlue teacher"),

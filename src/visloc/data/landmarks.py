@@ -30,7 +30,7 @@ the other landmarks, distractors included, are negatives. Written files::
     out_dir/gnd.json                    {"imlist", "qimlist", "gnd": [{"easy", "hard", "junk"}]}
     out_dir/views.json                  per image: landmark, kind, level, occluder (for inspection)
 
-``visloc.eval.oxford_paris.load_gnd`` reads ``gnd.json``. Writes are atomic; images of an earlier
+``visloc.data.oxford_paris.load_gnd`` reads ``gnd.json``. Writes are atomic; images of an earlier
 build that the new one does not list are removed from ``db/`` and ``queries/``.
 """
 

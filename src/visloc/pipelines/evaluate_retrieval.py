@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from visloc.data.errors import DatasetError
+from visloc.data.oxford_paris import OxfordParisGnd, load_gnd
 from visloc.errors import InputError
 from visloc.eval import place_recognition as pr
 from visloc.eval import retrieval
-from visloc.eval.oxford_paris import OxfordParisGnd, load_gnd
 from visloc.io.arrays import load_npy
 from visloc.io.atomic import atomic_write_text
 

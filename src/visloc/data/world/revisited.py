@@ -6,7 +6,7 @@ Layout (revisitop's ``data/datasets/<name>/``)::
     <out>/gnd_<name>.pkl      {"imlist": [...], "qimlist": [...], "gnd": [{"bbx", "easy", "hard", "junk"}, ...]}
 
 The pickle is written with protocol 2 and holds only builtins (dict, list, str, int, float), so any
-Python (revisitop's loader, the project's ``visloc.eval.oxford_paris.load_gnd`` with its restricted
+Python (revisitop's loader, the project's ``visloc.data.oxford_paris.load_gnd`` with its restricted
 unpickler) reads it without resolving a single global. ``bbx`` is ``[x0, y0, x1, y1]`` in pixel edges of
 the query image (crop ``image[y0:y1, x0:x1]``, as revisitop's ``pil_loader(...).crop(bbx)``); ``easy``,
 ``hard``, ``junk`` are 0-based indices into ``imlist``, sorted.
