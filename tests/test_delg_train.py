@@ -159,7 +159,9 @@ def test_delg_trains_resumes_and_exports(tmp_path):
     # the export: weights_only, model delg, the network without classifiers
     raw = torch.load(first.exported, map_location="cpu", weights_only=True)
     assert not any(k.startswith(("arcface", "attention_classifier")) for k in raw["state_dict"])
-    model = build_model(load_model_record(first.exported, "delg"), DELGConf, DELG)
+    record = load_model_record(first.exported, "delg")
+    assert record.extras == {"normalisation": "delg"}  # what the extractors read back
+    model = build_model(record, DELGConf, DELG)
     assert model.conf == conf.model.resolved
     trained = first.module.model.state_dict()
     assert all(torch.equal(v, trained[k].cpu()) for k, v in model.state_dict().items())

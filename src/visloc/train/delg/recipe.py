@@ -36,6 +36,7 @@ from visloc.train.delg.module import DELGTrainModule, Mode
 from visloc.train.recipe_base import Recipe, register_recipe
 from visloc.weights.checkpoint import build_model, load_model_record, save_model
 from visloc.weights.load import WeightsError, as_state_dict, safe_load
+from visloc.weights.records import IMAGENET_RGB
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = "delg"
@@ -160,11 +161,17 @@ class _DELGBase(Recipe):
         return Path(run_dir) / self.export_name
 
     def export(self, module: L.LightningModule, conf: AnyConf, run_dir: Path) -> Path:
-        """The network (no classifier) as a visloc model checkpoint, model ``delg``."""
+        """The network (no classifier) as a visloc model checkpoint, model ``delg``, recording its input normalisation.
+
+        The extractors read ``extras["normalisation"]`` (``features.delg``), so a model trained with ImageNet
+        normalisation is extracted with it. No attention threshold is recorded: a model trained here is
+        extracted by top-k until one is calibrated.
+        """
         if not isinstance(module, DELGTrainModule):
             raise TypeError(f"{self.name} exports a DELGTrainModule, got {type(module).__name__}")
         model: nn.Module = module.model
-        return save_model(self.export_path(conf, run_dir), MODEL_NAME, model)
+        normalisation = "imagenet" if conf.model.preprocessing == IMAGENET_RGB else "delg"
+        return save_model(self.export_path(conf, run_dir), MODEL_NAME, model, extras={"normalisation": normalisation})
 
     def tiny_sections(self, run_dir: Path) -> dict[str, Any]:
         """Overrides of a tiny run: 3 synthetic classes at 64 px in the run folder, batch 4, 3 steps."""
