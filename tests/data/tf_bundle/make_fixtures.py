@@ -117,12 +117,20 @@ class SmallNet(tf.keras.Model):
 
 
 def _randomise(model: tf.Module) -> None:
-    """Random values in every variable (positive ones for BN variances), so a wrong mapping shows."""
+    """Random values in every variable, so that a wrong mapping shows, scaled so that a deep network's
+    activations neither vanish nor overflow: kernels N(0, 1 / fan_in), BN gamma U(0.5, 1), variance
+    U(0.5, 1.5), biases, betas and means N(0, 0.1^2)."""
     for var in model.variables:
-        values = RNG.standard_normal(var.shape).astype(var.dtype.as_numpy_dtype) * 0.1
-        if "moving_variance" in var.name:
-            values = np.abs(values) + 0.5
-        var.assign(values)
+        shape, name = tuple(var.shape), var.name
+        if "kernel" in name:
+            values = RNG.standard_normal(shape) / np.sqrt(max(1, int(np.prod(shape[:-1]))))
+        elif "gamma" in name:
+            values = RNG.uniform(0.5, 1.0, shape)
+        elif "moving_variance" in name:
+            values = RNG.uniform(0.5, 1.5, shape)
+        else:
+            values = RNG.standard_normal(shape) * 0.1
+        var.assign(values.astype(var.dtype.as_numpy_dtype))
 
 
 def _saved_model(out: Path) -> None:
@@ -233,7 +241,7 @@ class Autoencoder(tf.keras.Model):
 class Delg(tf.keras.Model):
     def __init__(self, div=1):
         super().__init__(name="Delg")
-        self.backbone = ResNet50(div, 2048 // div)
+        self.backbone = ResNet50(div, 2048 // div + (8 if div > 1 else 0))  # not square when small
         self.attention = Attention(512 // div)
         self.autoencoder = Autoencoder(128 // div, 1024 // div)
 
