@@ -21,6 +21,10 @@ or their sha256 above 1 KB) and, except ``official_like``, ``expected.npz`` (the
   channel widths divided by 64 so that it stays small; ``paths.json`` maps its ``_model/variables/N`` keys
   to the Python attribute paths of the same variables (``_model/backbone/l2a/conv2a/kernel/...``).
 
+``keras-resnet-names OUT.json`` records the layer and weight names (and shapes) of the h5 that
+``tf.keras.applications.ResNet50(weights=None, include_top=False).save_weights`` writes: the new naming of
+``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5`` (committed as ``tests/data/keras_resnet50_notop_names.json``).
+
 ``delg OUT`` writes ``OUT/variables/`` of a full-width official-like DELG R50 with random weights and
 statistics, plus ``OUT/io.npz``: a random input image and the TF forward's outputs on it (``block3``,
 ``attention`` scores, ``local`` autoencoder code, ``embedding`` before L2), NHWC.
@@ -311,6 +315,29 @@ def _official_like(out: Path) -> None:
     _expected(prefix, out, values=False)
 
 
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _keras_resnet_names(out: Path) -> None:
+    """Layer and weight names (with shapes) of ``tf.keras.applications.ResNet50(include_top=False)``'s h5."""
+    import tempfile
+
+    import h5py
+
+    model = tf.keras.applications.ResNet50(weights=None, include_top=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_weights(f"{tmp}/notop.h5")
+        with h5py.File(f"{tmp}/notop.h5", "r") as f:
+            layers_ = [_text(n) for n in f.attrs["layer_names"]]
+            weights = {n: [[_text(w), list(f[n][_text(w)].shape)] for w in f[n].attrs["weight_names"]]
+                       for n in layers_}
+    eps = {lay.name: lay.epsilon for lay in model.layers if hasattr(lay, "epsilon")}
+    record = {"tensorflow": tf.__version__, "layer_names": layers_,
+              "weights": {n: w for n, w in weights.items() if w}, "bn_epsilon": sorted(set(eps.values()))}
+    out.write_text(json.dumps(record, indent=0) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -320,8 +347,12 @@ def main() -> None:
     dg.add_argument("out", type=Path)
     dg.add_argument("--width-div", type=int, default=1)
     dg.add_argument("--image", type=int, nargs=2, default=(161, 194), metavar=("H", "W"))
+    kn = sub.add_parser("keras-resnet-names")
+    kn.add_argument("out", type=Path)
     args = parser.parse_args()
-    if args.cmd == "fixtures":
+    if args.cmd == "keras-resnet-names":
+        _keras_resnet_names(args.out)
+    elif args.cmd == "fixtures":
         _dtype_checkpoint(args.dir / "ckpt")
         _saved_model(args.dir / "saved_model")
         _sharded(args.dir / "sharded")
