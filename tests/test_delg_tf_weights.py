@@ -119,6 +119,10 @@ def test_bad_checkpoints() -> None:
     arrays["model/backbone/conv1/kernel" + SUFFIX] = np.zeros((147, 1), np.float32)
     with pytest.raises(WeightsError, match=r"'model/backbone/conv1/kernel/.*' has shape \[147, 1\], expected a conv"):
         conv.delg_state_dict_from_tf(FakeBundle(arrays), SMALL)  # pyright: ignore
+    with pytest.raises(WeightsError, match=r"saved_model/variables/variables: no variable under backbone/, "
+                                           r"attention/ or autoencoder/ \(not a DELF/DELG TF2 checkpoint\? first keys: "
+                                           r"_CHECKPOINTABLE_OBJECT_GRAPH, variables/0/"):
+        conv.delg_state_dict_from_tf(TFBundle.open(DATA / "saved_model"), SMALL)  # pyright: ignore
     tv = SimpleNamespace(depth=50, layout="torchvision", local_dim=2, global_dim=40)
     with pytest.raises(WeightsError, match="need the tf layout at depth 50 or 101, got layout 'torchvision'"):
         conv.delg_state_dict_from_tf(FakeBundle(arrays), tv)  # pyright: ignore

@@ -217,3 +217,15 @@ def test_fresh_checkpoints_written_by_tensorflow(tmp_path: Path) -> None:
     expected = json.loads((tmp_path / "official_like" / "paths.json").read_text())
     got = TFBundle.open(tmp_path / "official_like").object_paths()
     assert {k: got[k] for k in expected} == expected
+
+
+def test_attribute_paths_avoid_lists_and_positional_layer_names() -> None:
+    from visloc.weights.converters.tf_bundle import TrackableNode, _bfs_paths, is_generic_edge
+
+    # root -> layer_with_weights-0 / variables / conv (all the same layer) -> kernel
+    nodes = [TrackableNode((("layer_with_weights-0", 1), ("variables", 2), ("conv", 1)), ()),
+             TrackableNode((("kernel", 3),), ()), TrackableNode((("0", 3),), ()),
+             TrackableNode((), (("VARIABLE_VALUE", "conv/kernel", "variables/0/.ATTRIBUTES/VARIABLE_VALUE"),))]
+    assert _bfs_paths(nodes, is_generic_edge)[3] == ["conv", "kernel"]
+    assert _bfs_paths(nodes, lambda _: False)[3] == ["layer_with_weights-0", "kernel"]
+    assert not is_generic_edge("layer4") and is_generic_edge("layer-12") and is_generic_edge("trainable_variables")

@@ -184,6 +184,10 @@ def delg_state_dict_from_tf(bundle: TFBundle, conf: ArchConf) -> dict[str, torch
             an R101 read as R50...), or a TF variable has an unexpected rank.
     """
     variables = tf_variables(bundle)
+    if not variables:
+        shown = ", ".join(n for n in bundle.names()[:3])
+        raise WeightsError(f"{bundle.prefix}: no variable under backbone/, attention/ or autoencoder/ (not a DELF/DELG "
+                           f"TF2 checkpoint? first keys: {shown})")
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     for module, path, kind in module_table(conf):

@@ -24,7 +24,7 @@ import logging
 import re
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,13 @@ OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 #: child edges Keras adds for SavedModel serialisation (lists and metadata); attribute paths avoid them
 GENERIC_EDGES = frozenset({"variables", "trainable_variables", "non_trainable_variables", "keras_api", "layers",
                            "metrics", "layer_regularization_losses", "layer_metrics", "regularization_losses"})
+#: Keras's positional names of a model's layers (``layer-3``, ``layer_with_weights-0``), avoided as well
+_POSITIONAL_EDGE = re.compile(r"^layer(?:_with_weights)?-\d+$")
+
+
+def is_generic_edge(name: str) -> bool:
+    """A child name that lists objects (Keras serialisation lists, positional layer names), not an attribute."""
+    return name in GENERIC_EDGES or bool(_POSITIONAL_EDGE.match(name))
 _STATE_PATH = re.compile(r'^model_checkpoint_path:\s*"(.*)"\s*$', re.MULTILINE)
 
 
@@ -275,13 +282,13 @@ class TFBundle:
         """``checkpoint key -> attribute path key`` for every tensor the object graph names.
 
         The attribute path is the shortest path of child names from the root that avoids Keras's
-        serialisation lists (``GENERIC_EDGES``), ending like a TF2 key (``.../.ATTRIBUTES/VARIABLE_VALUE``);
-        a node reachable only through those lists keeps its shortest path. Keys absent from the graph
-        (all of them in a TF1 checkpoint) map to themselves.
+        serialisation lists and positional layer names (``is_generic_edge``), ending like a TF2 key
+        (``.../.ATTRIBUTES/VARIABLE_VALUE``); a node reachable only through those keeps its shortest path.
+        Keys absent from the graph (all of them in a TF1 checkpoint) map to themselves.
         """
         nodes = self.object_graph()
-        paths = _bfs_paths(nodes, GENERIC_EDGES)
-        for node_id, path in _bfs_paths(nodes, frozenset()).items():
+        paths = _bfs_paths(nodes, is_generic_edge)
+        for node_id, path in _bfs_paths(nodes, lambda _: False).items():
             paths.setdefault(node_id, path)
         out = {name: name for name in self.entries}
         for node_id, node in enumerate(nodes):
@@ -303,7 +310,8 @@ def _node(raw: bytes, where: str) -> TrackableNode:
     return TrackableNode(tuple(children), tuple(attributes))
 
 
-def _bfs_paths(nodes: list[TrackableNode], skip: frozenset[str]) -> dict[int, list[str]]:
+def _bfs_paths(nodes: list[TrackableNode], skip: Callable[[str], bool]) -> dict[int, list[str]]:
+    """Shortest child-name path from the root to every node, through edges that ``skip`` does not refuse."""
     if not nodes:
         return {}
     paths: dict[int, list[str]] = {0: []}
@@ -311,12 +319,12 @@ def _bfs_paths(nodes: list[TrackableNode], skip: frozenset[str]) -> dict[int, li
     while queue:
         i = queue.popleft()
         for name, child in nodes[i].children:
-            if name in skip or child in paths or not 0 <= child < len(nodes):
+            if skip(name) or child in paths or not 0 <= child < len(nodes):
                 continue
             paths[child] = [*paths[i], name]
             queue.append(child)
     return paths
 
 
-__all__ = ["DTYPES", "GENERIC_EDGES", "OBJECT_GRAPH_KEY", "BundleEntry", "TFBundle", "TrackableNode",
+__all__ = ["DTYPES", "GENERIC_EDGES", "OBJECT_GRAPH_KEY", "BundleEntry", "TFBundle", "TrackableNode", "is_generic_edge",
            "resolve_prefix"]
