@@ -201,7 +201,8 @@ def test_load_into_the_torchvision_backbone(tmp_path: Path, torch_sd, resnet_del
     assert all(torch.equal(got[k], torch_sd[k]) for k in got)
     layers, biases = keras_layers(torch_sd, "new", "keras2")
     assert ri.load_imagenet_backbone(tv, write_h5(tmp_path / "w.h5", layers)) == "keras-new"
-    assert torch.allclose(tv.state_dict()["bn1.running_mean"], torch_sd["bn1.running_mean"] - torch.from_numpy(biases["conv1"]))
+    folded = torch_sd["bn1.running_mean"] - torch.from_numpy(biases["conv1"])
+    assert torch.allclose(tv.state_dict()["bn1.running_mean"], folded)
     with pytest.raises(WeightsError, match=r"resnet50-0676ba61\.pth: torchvision ResNet weights fit the torchvision "
                                            r"layout only .* use a torchvision-layout preset \(delg-r50-tv\)"):
         ri.load_imagenet_backbone(resnet_delg.ResNetBackbone(50, "tf"), tmp_path / "resnet50-0676ba61.pth")
