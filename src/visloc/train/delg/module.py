@@ -24,7 +24,6 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +36,7 @@ from visloc.train.delg.conf import DELFTrainConf, DELGTrainConf
 from visloc.train.delg.data import LandmarkImages, open_split
 from visloc.train.delg.losses import delf_attn_losses, delf_tuning_losses, delg_losses
 from visloc.train.delg.validation import RetrievalSet, classification_accuracy, load_retrieval_set, retrieval_map
+from visloc.train.module_base import RecipeModule
 
 logger = logging.getLogger(__name__)
 Mode = Literal["delg", "tuning", "attn"]
@@ -62,7 +62,7 @@ def _float(out: DELGOutput) -> DELGOutput:
     return replace(out, **{k: v.float() for k, v in values.items() if isinstance(v, torch.Tensor)})
 
 
-class DELGTrainModule(L.LightningModule):
+class DELGTrainModule(RecipeModule):
     """DELG / DELF network with its classifiers for one training mode (module docstring).
 
     Args:
@@ -72,10 +72,12 @@ class DELGTrainModule(L.LightningModule):
         run_dir: the run folder.
     """
 
+    conf: DELGTrainConf | DELFTrainConf
+
     def __init__(self, conf: DELGTrainConf | DELFTrainConf, mode: Mode, num_classes: int,
                  run_dir: Path | None = None) -> None:
-        super().__init__()
-        self.conf, self.mode, self.num_classes = conf, mode, num_classes
+        super().__init__(conf)
+        self.mode, self.num_classes = mode, num_classes
         self.run_dir = Path(run_dir) if run_dir is not None else Path(conf.run_dir)
         self.model = DELG(conf.model.resolved)
         c3 = self.model.block3_channels
@@ -93,8 +95,6 @@ class DELGTrainModule(L.LightningModule):
         self.preprocessing = conf.model.preprocessing
         self.val_loader: DataLoader | None = None
         self.retrieval_set: RetrievalSet | None = None
-        self.val_history: list[dict[str, float]] = []
-        self._validated_at = -1
 
     def _freeze(self) -> None:
         m = self.model
@@ -176,44 +176,19 @@ class DELGTrainModule(L.LightningModule):
             self.retrieval_set = load_retrieval_set(v.retrieval_root, v.retrieval_gnd, v.max_queries,
                                                     v.max_database)
 
-    def on_train_start(self) -> None:
-        """Validate a fresh run before its first step (``val.at_start``)."""
-        if self.conf.val.at_start and self.global_step == 0:
-            self.validate()
-
-    def on_train_epoch_start(self) -> None:
-        """Seed this epoch's augmentation (``LandmarkImages.set_epoch``)."""
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)  # pyright: ignore[reportOptionalMemberAccess]  # checked
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """The batch's losses (scalars every ``train.log_every`` optimiser steps); the total."""
         labels = torch.as_tensor(batch["label"], device=self.device)
-        losses = self.losses(batch["image"], labels)
-        self.log("loss", losses["total"].detach(), prog_bar=True, logger=False, batch_size=len(labels))
-        first = batch_idx % self.trainer.accumulate_grad_batches == 0
-        if first and self.global_step % self.conf.train.log_every == 0 and self.trainer.is_global_zero:
-            names = list(losses)
-            values = torch.stack([losses[n].detach().float() for n in names]).tolist()
-            self._log_metrics({f"train/{n}": v for n, v in zip(names, values, strict=True)})
-        return losses["total"]
+        return self.log_losses(self.losses(batch["image"], labels), batch_idx, len(labels))
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Validate after every ``val.every``-th optimiser step."""
-        every, step = self.conf.val.every, self.global_step
-        if every and step and step % every == 0 and step != self._validated_at:
-            self.validate()
+    @property
+    def grad_clip(self) -> float:
+        """``schedule.grad_clip`` (TF: 10)."""
+        return self.conf.schedule.grad_clip
 
-    def on_train_end(self) -> None:
-        """Validate the final state unless its step was just validated."""
-        if self.conf.val.every and self.global_step != self._validated_at:
-            self.validate()
-
-    def validate(self) -> dict[str, float] | None:
-        """Validation metrics at this step (rank zero; None elsewhere), logged and kept in ``val_history``."""
-        self._validated_at = self.global_step
-        if not self.trainer.is_global_zero or (self.val_loader is None and self.retrieval_set is None):
+    def val_metrics(self) -> dict[str, float] | None:
+        """Accuracy on the held-out images and retrieval mAP, in eval mode; None without validation data."""
+        if self.val_loader is None and self.retrieval_set is None:
             return None
         was_training = self.training
         self.eval()
@@ -228,21 +203,7 @@ class DELGTrainModule(L.LightningModule):
                                              self.preprocessing, v.batch_size, self.device)
         finally:
             self.train(was_training)
-        self.val_history.append({"step": float(self.global_step), **metrics})
-        self._log_metrics({f"val/{k}": x for k, x in metrics.items()})
-        logger.info("step %d: val %s", self.global_step, ", ".join(f"{k} {x:.3f}" for k, x in metrics.items()))
         return metrics
-
-    def _log_metrics(self, scalars: dict[str, float]) -> None:
-        if self.logger is not None:
-            self.logger.log_metrics(scalars, step=self.global_step)
-
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
-        """Clip the global gradient L2 norm at ``schedule.grad_clip`` (0: no clipping)."""
-        clip = self.conf.schedule.grad_clip
-        if clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def configure_optimizers(self) -> dict[str, Any]:
         """SGD with momentum on the trained parameters; warm-up times linear decay, per optimiser step."""

@@ -26,7 +26,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -37,6 +36,7 @@ from visloc.train.loftr.data import WorldPairs
 from visloc.train.loftr.distill import distill_kl, subsample_sim
 from visloc.train.loftr.losses import coarse_loss
 from visloc.train.loftr.validation import evaluate
+from visloc.train.module_base import RecipeModule
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def load_loftr_teacher(conf: LoFTRCoarseTrainConf) -> CoarseLoFTR:
     return teacher.eval()
 
 
-class CoarseLoFTRModule(L.LightningModule):
+class CoarseLoFTRModule(RecipeModule):
     """Coarse LoFTR student trained on depth ground truth, optionally distilled (module docstring).
 
     Args:
@@ -78,18 +78,16 @@ class CoarseLoFTRModule(L.LightningModule):
             when ``distill.teacher`` is ``loftr``.
     """
 
+    conf: LoFTRCoarseTrainConf
     teacher: CoarseLoFTR | None  # set with object.__setattr__: deliberately not a child module
 
     def __init__(self, conf: LoFTRCoarseTrainConf, run_dir: Path | None = None,
                  teacher: CoarseLoFTR | None = None) -> None:
-        super().__init__()
-        self.conf = conf
+        super().__init__(conf)
         self.run_dir = Path(run_dir) if run_dir is not None else Path(conf.run_dir)
         self.model = CoarseLoFTR(conf.model.resolved)
         object.__setattr__(self, "teacher", teacher)
         self.val_loader: DataLoader | None = None
-        self.val_history: list[dict[str, float]] = []
-        self._validated_at = -1
 
     def setup(self, stage: str) -> None:
         """Every rank after ``prepare``: the LoFTR teacher; on rank zero the validation loader."""
@@ -104,17 +102,6 @@ class CoarseLoFTRModule(L.LightningModule):
         """Move the teacher to the student's device."""
         if self.teacher is not None:
             self.teacher.to(self.device)
-
-    def on_train_start(self) -> None:
-        """Validate a fresh run before its first step (``val.at_start``)."""
-        if self.conf.val.at_start and self.global_step == 0:
-            self.validate()
-
-    def on_train_epoch_start(self) -> None:
-        """Seed the photometric augmentation of this epoch (``WorldPairs.set_epoch``)."""
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)  # pyright: ignore[reportOptionalMemberAccess]  # checked
 
     def teacher_sim(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
         """The teacher's similarities on the student's grid ``[B, L, S]`` (float32, no gradient)."""
@@ -141,48 +128,18 @@ class CoarseLoFTRModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Losses of the batch (scalars every ``log_every`` optimiser steps); the total."""
-        losses = self.losses(batch)
-        self.log("loss", losses["total"].detach(), prog_bar=True, logger=False, batch_size=batch["image0"].shape[0])
-        first = batch_idx % self.trainer.accumulate_grad_batches == 0
-        if first and self.global_step % self.conf.train.log_every == 0 and self.trainer.is_global_zero:
-            names = list(losses)
-            values = torch.stack([losses[n].detach().float() for n in names]).tolist()
-            self._log_metrics({f"train/{n}": v for n, v in zip(names, values, strict=True)})
-        return losses["total"]
+        return self.log_losses(self.losses(batch), batch_idx, int(batch["image0"].shape[0]))
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Validate after every ``val.every``-th optimiser step."""
-        every = self.conf.val.every
-        if every and self.global_step and self.global_step % every == 0 and self.global_step != self._validated_at:
-            self.validate()
+    @property
+    def grad_clip(self) -> float:
+        """``schedule.grad_clip``."""
+        return self.conf.schedule.grad_clip
 
-    def on_train_end(self) -> None:
-        """Validate the final state unless its step was just validated."""
-        if self.conf.val.every and self.global_step != self._validated_at:
-            self.validate()
-
-    def validate(self) -> dict[str, float] | None:
-        """Validation metrics at this step (rank zero; None elsewhere), logged and appended to ``val_history``."""
-        self._validated_at = self.global_step
-        if self.val_loader is None or not self.trainer.is_global_zero:
+    def val_metrics(self) -> dict[str, float] | None:
+        """Match precision / recall and pose AUC on the validation pairs (``validation.evaluate``)."""
+        if self.val_loader is None:
             return None
-        v = self.conf.val
-        metrics = evaluate(self.model, self.val_loader, self.conf.match, v.ransac_px, self.device)
-        self.val_history.append({"step": float(self.global_step), **metrics})
-        self._log_metrics({f"val/{k}": x for k, x in metrics.items()})
-        logger.info("step %d: val %s", self.global_step, ", ".join(f"{k} {x:.3f}" for k, x in metrics.items()))
-        return metrics
-
-    def _log_metrics(self, scalars: dict[str, float]) -> None:
-        if self.logger is not None:
-            self.logger.log_metrics(scalars, step=self.global_step)
-
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
-        """Clip the gradient L2 norm at ``schedule.grad_clip`` (0: no clipping)."""
-        clip = self.conf.schedule.grad_clip
-        if clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        return evaluate(self.model, self.val_loader, self.conf.match, self.conf.val.ransac_px, self.device)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW on the student; warm-up then step decay, per optimiser step."""
