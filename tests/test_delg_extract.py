@@ -201,6 +201,32 @@ def test_delf_with_a_pca_file(ready_extractor, delg_checkpoint, astronaut_320, t
     assert EXTRACTORS.capabilities("delf", EXTRACTORS.conf("delf", conf)).descriptor == "delf-40"
 
 
+def test_delf_pca_cli_learns_from_a_feature_file(tmp_path):
+    from visloc.cli import app
+    from visloc.io.features_h5 import write_features
+
+    gen = np.random.default_rng(1)
+    descs = {f"db/{i}.jpg": gen.normal(size=(50 + i, 32)).astype(np.float32) for i in range(4)}
+    feats = tmp_path / "delf_raw.h5"
+    write_features(feats, {n: {"keypoints": np.zeros((len(d), 2), np.float32), "scores": np.ones(len(d), np.float32),
+                               "descriptors": d} for n, d in descs.items()})
+    runner = CliRunner()
+    res = runner.invoke(app, ["delf-pca", str(feats), "--out", str(tmp_path / "pca.npz"), "--dim", "8"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"delf-pca: 8-d PCA with whitening -> {tmp_path / 'pca.npz'}"
+    want = learn_delf_pca(np.concatenate(list(descs.values())), dim=8)
+    got = load_delf_pca(tmp_path / "pca.npz")
+    assert all(np.allclose(got[k], want[k], atol=1e-6) for k in ("mean", "variances"))
+    np.testing.assert_allclose(np.abs(got["projection"] @ want["projection"].T), np.eye(8), atol=1e-4)  # up to sign
+    small = runner.invoke(app, ["delf-pca", str(feats), "--out", str(tmp_path / "p2.npz"), "--dim", "8",
+                                "--max-descriptors", "20"])
+    assert small.exit_code == 0 and not np.allclose(load_delf_pca(tmp_path / "p2.npz")["mean"], want["mean"])
+    bad = runner.invoke(app, ["delf-pca", str(feats), "--out", str(tmp_path / "p3.npz"), "--dim", "40"])
+    assert bad.exit_code == 2 and bad.output.strip().endswith(
+        f"{feats}: 206 descriptors of 32-d, too few for a 40-d PCA (extract with --conf delf and no pca)")
+    assert not (tmp_path / "p3.npz").exists()
+
+
 @pytest.mark.parametrize("name", ["delg", "delg-global", "delf"])
 def test_tiny_images_give_empty_features(name, ready_extractor):
     ex = ready_extractor(name)

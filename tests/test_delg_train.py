@@ -207,16 +207,18 @@ def test_imagenet_backbone_from_a_torchvision_state_dict(tmp_path, layout_ok):
     torch.save(net.state_dict(), path)
     model = DELG(arch)
     if not layout_ok:
-        with pytest.raises(WeightsError, match=r"resnet.pth: not a torchvision ResNet-18 \(") as err:
+        with pytest.raises(WeightsError, match=r"resnet.pth: torchvision ResNet weights hold layer1.2.conv1.weight, "
+                                               r"which the backbone has not \(another depth\?\)$") as err:
             load_backbone(model, str(path))
         assert "\n" not in str(err.value)
         return
-    load_backbone(model, str(path))
+    assert load_backbone(model, str(path)) == "torchvision"
     assert torch.equal(model.backbone.layer3[1].conv2.weight, net.layer3[1].conv2.weight)
     h5 = tmp_path / "resnet50_notop.h5"
     h5.write_bytes(b"")
-    with pytest.raises(WeightsError, match="resnet_imagenet"):
-        load_backbone(model, str(h5))
+    with pytest.raises(ConfError, match=r"^model.imagenet: Keras ImageNet weights exist for ResNet-50 / 101, the "
+                                        r"model is ResNet-18$"):
+        DELG_RECIPE.check(apply_overrides(DELG_RECIPE.tiny_conf(tmp_path / "run"), {"model": {"imagenet": str(h5)}}))
     conf = apply_overrides(DELG_RECIPE.tiny_conf(tmp_path / "run"), {"model": {"imagenet": str(path)}})
     assert conf.model.preprocessing.mean == (0.485, 0.456, 0.406)  # auto: torchvision's normalisation
     module = DELG_RECIPE.module(DELG_RECIPE.check(conf), tmp_path / "run")

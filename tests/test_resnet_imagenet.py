@@ -18,8 +18,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from visloc.conf import ConfError, apply_overrides
+from visloc.train.delg.recipe import DELGRecipe
 from visloc.weights.converters import resnet_imagenet as ri
 from visloc.weights.load import WeightsError
+from visloc.weights.records import DELG_RGB
 
 NAMES = Path(__file__).parent / "data" / "keras_resnet50_notop_names.json"
 BLOCKS = (3, 4, 6, 3)
@@ -219,3 +222,25 @@ def test_load_into_a_delg(tmp_path: Path, torch_sd) -> None:
     assert torch.equal(model.state_dict()["backbone.layer3.5.conv3.weight"], torch_sd["layer3.5.conv3.weight"])
     with pytest.raises(TypeError, match="is not a DELG or a ResNetBackbone"):
         ri.load_imagenet_backbone(torch.nn.Linear(2, 2), tmp_path / "w.h5")
+
+
+def test_the_delg_recipe_starts_from_keras_weights(tmp_path: Path, torch_sd) -> None:
+    """``model.imagenet`` with the old-scheme h5 into a tf-layout ResNet-50: stem and blocks loaded, biases kept,
+    and DELF's ``(x - 128) / 128`` input (what its TF training feeds its Keras init); a .pth there is refused."""
+    layers, biases = keras_layers(torch_sd, "old", "keras2")
+    h5 = write_h5(tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", layers)
+    recipe = DELGRecipe()
+    arch = {"depth": 50, "layout": "tf", "attention_dim": 16, "local_dim": 8, "global_dim": 32}
+    conf = recipe.check(apply_overrides(recipe.tiny_conf(tmp_path / "run"), {"model": {"arch": arch,
+                                                                                       "imagenet": str(h5)}}))
+    assert conf.model.preprocessing == DELG_RGB
+    module = recipe.module(conf, tmp_path / "run")
+    backbone = module.model.backbone
+    assert torch.equal(backbone.conv1.weight, torch_sd["conv1.weight"])  # the stem too (DELF's TF code skips it)
+    assert torch.equal(backbone.layer4[2].bn3.running_var, torch_sd["layer4.2.bn3.running_var"])
+    assert np.array_equal(backbone.layer2[0].downsample[0].bias.detach().numpy(), biases["layer2.0.downsample.0"])
+    pth = tmp_path / "resnet50.pth"
+    torch.save(torch_sd, pth)
+    with pytest.raises(ConfError, match=r"^model.imagenet: a torchvision .pth fits the torchvision layout, the model "
+                                        r"has layout tf \(give Keras's resnet50 ..._notop.h5 for it\)$"):
+        recipe.check(apply_overrides(conf, {"model": {"imagenet": str(pth)}}))

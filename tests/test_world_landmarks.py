@@ -111,6 +111,19 @@ def test_train_and_test_sets_share_no_place(train_set: LandmarksFiles, test_set:
     assert classes and test_landmarks and not classes & test_landmarks
 
 
+def test_a_revisited_set_of_the_val_split_shows_only_val_places(test_set: LandmarksFiles, tmp_path: Path) -> None:
+    conf = dataclasses.replace(SMALL, layout="revisited")
+    val = generate_landmarks(conf, tmp_path / "val", split="val", progress=False)
+    assert val.layout == "revisited" and val.index.name == "gnd_rtiny.pkl" and val.num_classes >= 1
+    city = build_city(CITY)
+    assert {city.places[p].split for p in _places(val.root)} == {"val"}
+    gnd = load_gnd(val.index)
+    assert gnd.is_revisited and gnd.qimlist and all(len(g["easy"]) + len(g["hard"]) for g in gnd.gnd)
+    assert not {p.name for p in (val.root / "jpg").iterdir()} & {p.name for p in (test_set.root / "jpg").iterdir()}
+    with pytest.raises(ConfError, match=r"^LandmarksConf.layout: must be auto, gldv2 or revisited, got 'rev'$"):
+        dataclasses.replace(SMALL, layout="rev")  # pyright: ignore[reportArgumentType]  # the bad value on purpose
+
+
 def test_gnd_loads_through_the_restricted_unpickler(test_set: LandmarksFiles) -> None:
     path = test_set.root / "gnd_rtiny.pkl"
     assert test_set.index == path and test_set.layout == "revisited"

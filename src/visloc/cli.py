@@ -177,6 +177,21 @@ def vocab(images: Annotated[Path, typer.Argument(help="Image folder (searched re
         typer.echo(line)
 
 
+@app.command("delf-pca")
+def delf_pca(features: Annotated[Path, typer.Argument(help="Raw delf features of database images "
+                                                            "(visloc extract --conf delf, no pca).")],
+             out: Annotated[Path, typer.Option(help="PCA file to write (.npz), for --set pca=FILE.")],
+             dim: Annotated[int, typer.Option(help="Output dimension (DELF: 40).")] = 40,
+             whiten: Annotated[bool, typer.Option(help="Divide by the axes' standard deviations.")] = True,
+             max_descriptors: Annotated[int, typer.Option(help="Fit on at most N descriptors (seeded).")] = 200_000,
+             ) -> None:
+    """Learn DELF's PCA whitening of its local descriptors from a database's features."""
+    from visloc.features.delf_pca import learn_delf_pca_from_features
+
+    path = run(learn_delf_pca_from_features, features, out, dim=dim, whiten=whiten, max_descriptors=max_descriptors)
+    typer.echo(f"delf-pca: {dim}-d PCA{' with whitening' if whiten else ''} -> {path}")
+
+
 @app.command("match-features")
 def match_features_cmd(pairs: Annotated[Path, typer.Option(help="Pairs file, 'name0 name1' per line.")],
                        features: Annotated[Path, typer.Option(help="Feature file (hloc layout).")],

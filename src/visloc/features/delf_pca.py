@@ -55,6 +55,35 @@ def learn_delf_pca(descriptors: np.ndarray, dim: int = DELF_PCA_DIM, whiten: boo
             "variances": np.maximum(values[order], 0.0).astype(np.float32), "whiten": np.asarray(bool(whiten))}
 
 
+def learn_delf_pca_from_features(features: str | Path, out: str | Path, dim: int = DELF_PCA_DIM,
+                                 whiten: bool = True, max_descriptors: int = 200_000, seed: int = 0) -> Path:
+    """Learn DELF's PCA from raw ``delf`` database features and write it to ``out`` (``visloc delf-pca``).
+
+    The features come from ``visloc extract --conf delf`` without ``pca``. At most ``max_descriptors``
+    descriptors are used, drawn uniformly without replacement with ``seed`` (DELF's reference fits its PCA
+    on a sample of index-image descriptors too).
+
+    Raises:
+        FeatureStoreError: ``features`` is missing or not a feature file.
+        InputError: the file holds no descriptors, or too few for ``dim`` (the message names it).
+    """
+    from visloc.errors import InputError
+    from visloc.io.features_h5 import list_feature_names, read_features
+
+    features = Path(features)
+    chunks = [d for n in list_feature_names(features)
+              if len(d := read_features(features, n).get("descriptors", np.zeros((0, 0), np.float32)))]
+    if not chunks:
+        raise InputError(f"{features}: no local descriptors to learn a PCA from")
+    x = np.concatenate(chunks)
+    if x.shape[1] < dim or len(x) < dim:
+        raise InputError(f"{features}: {len(x)} descriptors of {x.shape[1]}-d, too few for a {dim}-d PCA "
+                         "(extract with --conf delf and no pca)")
+    if len(x) > max_descriptors:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_descriptors, replace=False))]
+    return save_delf_pca(out, learn_delf_pca(x, dim, whiten))
+
+
 def save_delf_pca(path: str | Path, pca: dict[str, np.ndarray]) -> Path:
     """Write ``pca`` to ``path`` (``.npz``) atomically; returns ``path``."""
     check_delf_pca(pca, str(path))
@@ -102,5 +131,6 @@ def apply_delf_pca(descriptors: torch.Tensor, pca: dict[str, np.ndarray]) -> tor
     return F.normalize(out, dim=-1)
 
 
-__all__ = ["DELF_PCA_DIM", "PCA_KEYS", "apply_delf_pca", "check_delf_pca", "learn_delf_pca", "load_delf_pca",
+__all__ = ["DELF_PCA_DIM", "PCA_KEYS", "apply_delf_pca", "check_delf_pca", "learn_delf_pca",
+           "learn_delf_pca_from_features", "load_delf_pca",
            "save_delf_pca"]

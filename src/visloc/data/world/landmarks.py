@@ -21,8 +21,10 @@ and with ``pack`` also ``images_NNN.tar`` of ``tar_size`` images plus ``md5.imag
 (as a downloaded GLDv2 folder is after extraction). ``views.csv`` adds what GLDv2 does not have: per image its
 condition, camera distance / angle / height, occlusion, coverage, pose (``cam_from_world``) and visible places.
 
-**Test** (``split="test"``): :mod:`visloc.data.world.landmarks_test` (queries, database, distractors,
-``gnd_<name>.pkl``).
+**Test** (``split="test"``, or any split with ``layout="revisited"``): :mod:`visloc.data.world.landmarks_test`
+(queries, database, distractors, ``gnd_<name>.pkl``). A Revisited-style set of the **val** split
+(``--split val --set layout=revisited --set revisited.name=rworldval``) is the one to validate and tune on: its
+places are neither trained on nor in the test set, which then stays blind.
 
 Deterministic per ``city.seed``: every draw comes from :func:`~visloc.data.world.base.job_rng` keyed on the
 split, the role (view / query / database), the landmark, the view and the draw. Resumable: each view's outcome
@@ -100,6 +102,8 @@ class LandmarksConf:
         tar_size: images per tar.
         max_frames: the most images a job may write; a conf asking more fails at once.
         revisited: the test set (queries, database, ground-truth thresholds).
+        layout: ``gldv2`` (classes), ``revisited`` (queries + database + ``gnd_<name>.pkl``) or ``auto``:
+            ``revisited`` for the test split, ``gldv2`` for train and val.
     """
 
     city: CityConf = field(default_factory=CityConf)
@@ -117,6 +121,13 @@ class LandmarksConf:
     tar_size: int = 1000
     max_frames: int = 100_000
     revisited: RevisitedConf = field(default_factory=RevisitedConf)
+    layout: Literal["auto", "gldv2", "revisited"] = "auto"
+
+    def layout_for(self, split: Split) -> Literal["gldv2", "revisited"]:
+        """The layout a job of ``split`` writes (``layout``, with ``auto`` resolved)."""
+        if self.layout == "auto":
+            return "revisited" if split == "test" else "gldv2"
+        return self.layout
 
     def __post_init__(self) -> None:
         from visloc.data.scene.conditions import parse_condition
@@ -133,6 +144,8 @@ class LandmarksConf:
                 raise ConfError(f"LandmarksConf.{f}: must be in [0, 1], got {getattr(self, f)!r}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfError(f"LandmarksConf.jpeg_quality: must be in [1, 100], got {self.jpeg_quality!r}")
+        if self.layout not in ("auto", "gldv2", "revisited"):
+            raise ConfError(f"LandmarksConf.layout: must be auto, gldv2 or revisited, got {self.layout!r}")
         if not self.conditions:
             raise ConfError("LandmarksConf.conditions: must name at least one condition, got ()")
         r = self.revisited
@@ -152,7 +165,7 @@ class LandmarksFiles:
 
     Attributes:
         root: the dataset folder.
-        layout: ``gldv2`` (train / val) or ``revisited`` (test).
+        layout: ``gldv2`` (classes) or ``revisited`` (queries + database).
         index: ``train.csv``, or ``gnd_<name>.pkl``.
         num_images: images listed (train.csv rows; database + query images for the test set).
         num_classes: classes (train / val) or query landmarks (test).
@@ -183,7 +196,8 @@ def generate_landmarks(conf: LandmarksConf, out: str | Path, *, split: Split, pr
     landmarks = renderer.landmarks
     if not landmarks:
         raise ConfError(f"LandmarksConf.city: the {split} split has no landmark (a bigger city or another split)")
-    if split == "test":
+    revisited = conf.layout_for(split) == "revisited"
+    if revisited:
         from visloc.data.world.landmarks_test import planned_test_images
 
         check_frame_budget(planned_test_images(conf, len(landmarks)), conf.max_frames, "LandmarksConf.revisited")
@@ -194,7 +208,7 @@ def generate_landmarks(conf: LandmarksConf, out: str | Path, *, split: Split, pr
     writer = ItemWriter(out)
     if start(job):
         return _finished(out, writer.summary)
-    if split == "test":
+    if revisited:
         from visloc.data.world.landmarks_test import write_test_set
 
         files, extra = write_test_set(renderer, writer, progress)

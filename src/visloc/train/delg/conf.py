@@ -32,6 +32,11 @@ from visloc.weights.records import DELG_RGB, IMAGENET_RGB, Preprocessing
 Stage = Literal["tuning", "attn"]
 
 
+def is_keras_file(path: str) -> bool:
+    """Whether ``path`` names a Keras weights file (``.h5`` / ``.hdf5``); anything else is read as a torch file."""
+    return Path(path).suffix.lower() in (".h5", ".hdf5")
+
+
 @dataclass(frozen=True)
 class ModelConf:
     """The network: a preset (``models.delg.PRESETS``) or a full ``arch``, and what it starts from.
@@ -40,11 +45,13 @@ class ModelConf:
         preset: a ``PRESETS`` name, used when ``arch`` is None.
         arch: the full architecture (overrides ``preset``).
         init: a visloc ``delg`` checkpoint to start from (its conf must be the architecture).
-        imagenet: a torchvision ResNet ImageNet state dict (``.pth``, loaded with ``weights_only=True``) for
-            the backbone of the torchvision layout (``fc.*`` dropped). Keras h5 files (the tf layout) come
-            with ``weights.converters.resnet_imagenet`` (not connected yet).
+        imagenet: ImageNet weights for the backbone (``weights.converters.resnet_imagenet``): a torchvision
+            ResNet state dict (``.pth``, ``weights_only=True``, ``fc.*`` dropped) for the torchvision layout, or
+            Keras's ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5`` (old ``res2a_branch2a`` or new
+            ``conv2_block1_1_conv`` names; ResNet-50 / 101) for either layout, stem included.
         normalisation: the input normalisation: ``delg`` (DELF / DELG's RGB ``(x - 128) / 128``), ``imagenet``
-            (torchvision's mean / std), or ``auto``: ``imagenet`` when ``imagenet`` is given, else ``delg``. A
+            (torchvision's mean / std), or ``auto``: ``imagenet`` for a torchvision ``.pth`` in ``imagenet``,
+            else ``delg`` (as DELF's TF training feeds ``(x - 128) / 128`` to its Keras ImageNet init). A
             run that continues one trained with ImageNet normalisation (``init``, ``stage_init``) sets it.
     """
 
@@ -66,7 +73,8 @@ class ModelConf:
     @property
     def preprocessing(self) -> Preprocessing:
         """``weights.records.IMAGENET_RGB`` or ``DELG_RGB`` (see ``normalisation``)."""
-        imagenet = self.normalisation == "imagenet" or (self.normalisation == "auto" and self.imagenet is not None)
+        torchvision_file = self.imagenet is not None and not is_keras_file(self.imagenet)
+        imagenet = self.normalisation == "imagenet" or (self.normalisation == "auto" and torchvision_file)
         return IMAGENET_RGB if imagenet else DELG_RGB
 
 
@@ -253,9 +261,12 @@ def _check_common(model: ModelConf, data: DataConf, schedule: ScheduleConf, val:
     arch = model.resolved
     if model.init and model.imagenet:
         raise ConfError("model: give init (a visloc checkpoint) or imagenet (a backbone file), not both")
-    if model.imagenet and arch.layout != "torchvision":
+    if model.imagenet and arch.layout != "torchvision" and not is_keras_file(model.imagenet):
         raise ConfError(f"model.imagenet: a torchvision .pth fits the torchvision layout, the model has layout "
-                        f"{arch.layout} (its Keras h5 converter is not connected yet)")
+                        f"{arch.layout} (give Keras's resnet50 ..._notop.h5 for it)")
+    if model.imagenet and is_keras_file(model.imagenet) and arch.depth not in (50, 101):
+        raise ConfError(f"model.imagenet: Keras ImageNet weights exist for ResNet-50 / 101, the model is "
+                        f"ResNet-{arch.depth}")
     g = generate
     if g.classes < 0 or g.classes == 1 or (g.classes and min(g.images_per_class, g.size) < 2):
         raise ConfError(f"generate: classes 0 (off) or >= 2, images_per_class >= 2, size >= 2; got {g}")

@@ -35,7 +35,6 @@ from visloc.train.delg.data import RELABELING_CSV, Augment, LandmarkImages, open
 from visloc.train.delg.module import DELGTrainModule, Mode
 from visloc.train.recipe_base import Recipe, register_recipe
 from visloc.weights.checkpoint import build_model, load_model_record, save_model
-from visloc.weights.load import WeightsError, as_state_dict, safe_load
 from visloc.weights.records import IMAGENET_RGB
 
 logger = logging.getLogger(__name__)
@@ -43,30 +42,16 @@ MODEL_NAME = "delg"
 AnyConf = DELGTrainConf | DELFTrainConf
 
 
-def imagenet_backbone_state(path: str, conf: DELGConf) -> dict[str, torch.Tensor]:
-    """The backbone's state dict from a user's torchvision ResNet ImageNet ``.pth`` (``fc.*`` dropped).
+def load_backbone(model: DELG, path: str) -> str:
+    """ImageNet weights from ``path`` into ``model.backbone`` (``weights.converters.resnet_imagenet``).
 
-    TODO(lead): Keras ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5`` (the tf layout, both naming
-    schemes) through ``weights.converters.resnet_imagenet`` once it lands: dispatch on the suffix here.
+    A torchvision ``.pth`` into the torchvision layout, or Keras's ``resnet50_weights_tf_dim_ordering_tf_kernels
+    _notop.h5`` (either naming scheme) into either layout; the stem is loaded too. Returns what was loaded
+    (``torchvision``, ``keras-old``, ``keras-new``); a file that does not fit raises a one-line ``WeightsError``.
     """
-    if Path(path).suffix.lower() in (".h5", ".hdf5"):
-        raise WeightsError(f"{path}: Keras h5 ImageNet weights need weights.converters.resnet_imagenet (not "
-                           "connected yet); give a torchvision .pth for the torchvision layout")
-    state = as_state_dict(safe_load(path, f"torchvision ResNet-{conf.depth} state dict"), path,
-                          f"torchvision ResNet-{conf.depth} state dict")
-    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    from visloc.weights.converters.resnet_imagenet import load_imagenet_backbone
 
-
-def load_backbone(model: DELG, path: str) -> None:
-    """Load ``imagenet_backbone_state`` into ``model.backbone`` strictly (one-line ``WeightsError`` otherwise)."""
-    state = imagenet_backbone_state(path, model.conf)
-    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
-    shapes = [k for k, v in state.items() if k in model.backbone.state_dict()
-              and model.backbone.state_dict()[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        first = (missing or unexpected or shapes)[0]
-        raise WeightsError(f"{path}: not a torchvision ResNet-{model.conf.depth} ({len(missing)} missing, "
-                           f"{len(unexpected)} unexpected keys, first {first!r})")
+    return load_imagenet_backbone(model, path)
 
 
 def load_network(model: DELG, path: str, what: str) -> None:
@@ -131,7 +116,7 @@ class _DELGBase(Recipe):
         if m.init:
             load_network(module.model, m.init, "model.init")
         elif m.imagenet:
-            load_backbone(module.model, m.imagenet)
+            logger.info("model.imagenet: %s weights from %s", load_backbone(module.model, m.imagenet), m.imagenet)
         stage_init = getattr(conf, "stage_init", None)
         if stage_init:
             load_network(module.model, stage_init, "stage_init")
@@ -234,7 +219,7 @@ class DELFRecipe(_DELGBase):
         return apply_overrides(DELFTrainConf(), sections)
 
 
-__all__ = ["MODEL_NAME", "DELFRecipe", "DELGRecipe", "imagenet_backbone_state", "load_backbone", "num_classes"]
+__all__ = ["MODEL_NAME", "DELFRecipe", "DELGRecipe", "load_backbone", "num_classes"]
 
 register_recipe(DELGRecipe())
 register_recipe(DELFRecipe())
