@@ -260,8 +260,12 @@ def test_threshold_and_normalisation_come_from_the_weights_records():
     assert normalisation_of(dataclasses.replace(conf, normalisation="delg"), {"normalisation": "imagenet"}) == DELG_RGB
 
 
-def test_weights_errors(tmp_path, delg_checkpoint):
-    with pytest.raises(WeightsError, match=r"delg: no weights; give a visloc delg checkpoint"):
+def test_weights_errors(tmp_path, delg_checkpoint, monkeypatch):
+    import visloc.features.delg as fd
+
+    monkeypatch.setattr(fd, "SHIPPED", "no-such-record")  # an install without the shipped model
+    with pytest.raises(WeightsError, match=r"^delg: no weights and no shipped model in this install; give a visloc "
+                                           r"delg checkpoint"):
         EXTRACTORS.build("delg")
     with pytest.raises(WeightsError, match=r"nope\.pt"):
         EXTRACTORS.build("delg", [f"weights={tmp_path / 'nope.pt'}"])
@@ -355,3 +359,19 @@ def test_checkpoint_extras_set_the_threshold_and_normalisation(tmp_path):
     conf = dataclasses.replace(EXTRACTORS.conf("delg"), weights=str(path))
     assert pyramid_conf(conf, extras).threshold == 12.5
     assert normalisation_of(conf, extras) == IMAGENET_RGB
+
+
+def test_the_shipped_model_is_the_default(astronaut_320):
+    from visloc.features.delg import SHIPPED
+    from visloc.weights.records import WEIGHTS, check_shipped, shipped_path
+
+    path = check_shipped(SHIPPED, shipped_path(SHIPPED))  # the record's sha256
+    assert WEIGHTS[SHIPPED].preprocessing == DELG_RGB and path.stat().st_size < 50 * 2**20
+    ex = EXTRACTORS.build("delg", ["resize_max=320"])  # no weights, no allow_random: delg-world
+    assert EXTRACTORS.capabilities("delg").weights == (str(path),)
+    assert EXTRACTORS.capabilities("delg").needs == frozenset() and ex.descriptor_dim == 128
+    (f,) = ex(image_to_tensor(astronaut_320))
+    # no threshold recorded: top-k 1000, and a 320 px image has only 631 cells over the 7 scales: all kept
+    assert f.num_keypoints == 631 and f.global_descriptor.shape == (512,)
+    random = EXTRACTORS.build("delg", ["resize_max=320", "allow_random=true", "preset=delg-r18"])
+    assert not torch.equal(random(image_to_tensor(astronaut_320))[0].global_descriptor, f.global_descriptor)

@@ -124,21 +124,39 @@ def _check_conf(conf: DELGNetConf) -> None:
             raise ConfError(f"iou_threshold: expected > 0, got {conf.iou_threshold}")
 
 
+#: the weights record of the model the DELG extractors use when no ``weights`` are given
+SHIPPED = "delg-world"
+
+
+def default_weights(weights: str | None, allow_random: bool = False) -> str | None:
+    """``weights``, else (unless ``allow_random`` asks for a random network) the shipped model's path when
+    installed and its sha256 matches, else None."""
+    from pathlib import Path
+
+    from visloc.weights.records import check_shipped
+
+    found = _shipped_or(weights, allow_random)
+    return weights if found is None or found == weights else str(check_shipped(SHIPPED, Path(found)))
+
+
 def load_delg(weights: str | None, preset: str = "delg-r50", allow_random: bool = False
               ) -> tuple[DELG, Mapping[str, Any]]:
     """The network of a visloc ``delg`` checkpoint and what it records besides (``extras``), eval mode.
 
-    Without ``weights``, with ``allow_random``: ``preset``'s network with random weights drawn from
-    seed 0 (the same network in every process); else a ``WeightsError``.
+    Without ``weights``: with ``allow_random``, ``preset``'s network with random weights drawn from seed 0
+    (the same network in every process); else the shipped ``delg-world`` model (``SHIPPED``, sha256 checked)
+    when installed, else a ``WeightsError``.
     """
+    weights = default_weights(weights, allow_random)
     if weights is not None:
         from visloc.weights.checkpoint import build_model, load_model_record
 
         record = load_model_record(weights, "delg")
         return build_model(record, DELGConf, DELG), dict(record.extras)
     if not allow_random:
-        raise WeightsError("delg: no weights; give a visloc delg checkpoint (weights=FILE, or --weights FILE) or "
-                           "allow a random network (allow_random=true, or --allow-random)")
+        raise WeightsError("delg: no weights and no shipped model in this install; give a visloc delg checkpoint "
+                           "(weights=FILE, or --weights FILE) or allow a random network (allow_random=true, or "
+                           "--allow-random)")
     arch = resolve_preset(preset)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -298,10 +316,12 @@ def delg_capabilities(mode: str) -> Any:
 
     def capabilities(conf: DELGNetConf) -> Capabilities:
         outputs = {"delg": {"local", "global"}, "global": {"global"}, "delf": {"local"}}[mode]
-        files = tuple(f for f in (conf.weights, getattr(conf, "pca", None), getattr(conf, "onnx", None)) if f)
-        needs = frozenset() if conf.weights or conf.allow_random or getattr(conf, "onnx", None) else {"weights"}
+        onnx = getattr(conf, "onnx", None)
+        weights = conf.weights if onnx else _shipped_or(conf.weights, conf.allow_random)
+        files = tuple(f for f in (weights, getattr(conf, "pca", None), onnx) if f)
+        needs = frozenset() if weights or conf.allow_random or onnx else {"weights"}
         # a given ONNX file fixes its own architecture (read when built): the family's dimension is unknown here
-        arch = None if getattr(conf, "onnx", None) and not conf.weights else checkpoint_arch(conf.weights, conf.preset)
+        arch = None if onnx and not conf.weights else checkpoint_arch(weights, conf.preset)
         family = None
         if mode == "delg":
             family = f"delg-{arch.local_dim or DEPTHS_C3[arch.depth]}" if arch else "delg"
@@ -312,6 +332,15 @@ def delg_capabilities(mode: str) -> Any:
         return Capabilities(frozenset(outputs), family, needs=frozenset(needs), weights=files)
 
     return capabilities
+
+
+def _shipped_or(weights: str | None, allow_random: bool) -> str | None:
+    """``default_weights`` without the hash check (capabilities are read often; building checks it)."""
+    from visloc.weights.records import WEIGHTS, shipped_path
+
+    if weights is not None or allow_random or SHIPPED not in WEIGHTS or not shipped_path(SHIPPED).is_file():
+        return weights
+    return str(shipped_path(SHIPPED))
 
 
 def _pca_dim(path: str) -> int | None:
@@ -326,6 +355,6 @@ EXTRACTORS.register("delg", DELGExtractorConf(), DELGExtractor, capabilities=del
 EXTRACTORS.register("delg-global", DELGGlobalConf(), DELGGlobal, capabilities=delg_capabilities("global"))
 EXTRACTORS.register("delf", DELFConf(), DELF, capabilities=delg_capabilities("delf"))
 
-__all__ = ["DELF", "DELFConf", "DELGBase", "DELGExtractor", "DELGExtractorConf", "DELGGlobal", "DELGGlobalConf",
-           "DELGLocalConf", "DELGNetConf", "NORMALISATIONS", "checkpoint_arch", "delg_capabilities",
+__all__ = ["DELF", "SHIPPED", "DELFConf", "DELGBase", "DELGExtractor", "DELGExtractorConf", "DELGGlobal", "DELGGlobalConf",
+           "DELGLocalConf", "DELGNetConf", "NORMALISATIONS", "checkpoint_arch", "default_weights", "delg_capabilities",
            "fold_batchnorms", "load_delg", "normalisation_of", "pyramid_conf"]

@@ -157,6 +157,13 @@ WEIGHTS: dict[str, WeightsRecord] = {
                                     "visloc Coarse LoFTR student (Kolkir's dims) trained on the built-in world's "
                                     "train split (this project)", "Apache-2.0", home="visloc",
                                     preprocessing=Preprocessing("gray", divisibility=16)),
+    # DELG (delg-r18: torchvision ResNet-18, 512-d global, 128-d local) trained from random initialisation on the
+    # built-in world's train split by configs/delg_world.yaml (docs/delg.md), validated on the val split, so the
+    # world's test split is held out; RGB (x - 128) / 128, no attention threshold recorded (top-k 1000)
+    "delg-world": WeightsRecord("delg_world.pt",
+                                "56dc6f8889b25f8aba7af815c22382c71a85c521302a404a0036658027fe9438",
+                                "visloc DELG (delg-r18) trained on the built-in world's train split (this project)",
+                                "Apache-2.0", home="visloc", preprocessing=DELG_RGB),
 }
 
 #: pytorch-NetVlad (VGG16) was trained on RGB in [0, 1] with torchvision's ImageNet normalisation
