@@ -129,8 +129,10 @@ SHIPPED = "delg-world"
 
 
 def default_weights(weights: str | None, allow_random: bool = False) -> str | None:
-    """``weights``, else (unless ``allow_random`` asks for a random network) the shipped model's path when
-    installed and its sha256 matches, else None."""
+    """``weights``, else the shipped model's path (sha256 checked), else None.
+
+    ``allow_random`` asks for a random network: then no shipped model is taken.
+    """
     from pathlib import Path
 
     from visloc.weights.records import check_shipped
@@ -355,6 +357,6 @@ EXTRACTORS.register("delg", DELGExtractorConf(), DELGExtractor, capabilities=del
 EXTRACTORS.register("delg-global", DELGGlobalConf(), DELGGlobal, capabilities=delg_capabilities("global"))
 EXTRACTORS.register("delf", DELFConf(), DELF, capabilities=delg_capabilities("delf"))
 
-__all__ = ["DELF", "SHIPPED", "DELFConf", "DELGBase", "DELGExtractor", "DELGExtractorConf", "DELGGlobal", "DELGGlobalConf",
-           "DELGLocalConf", "DELGNetConf", "NORMALISATIONS", "checkpoint_arch", "default_weights", "delg_capabilities",
+__all__ = ["DELF", "SHIPPED", "DELFConf", "DELGBase", "DELGExtractor", "DELGExtractorConf", "DELGGlobal",
+           "DELGGlobalConf", "DELGLocalConf", "DELGNetConf", "NORMALISATIONS", "checkpoint_arch", "default_weights", "delg_capabilities",
            "fold_batchnorms", "load_delg", "normalisation_of", "pyramid_conf"]
