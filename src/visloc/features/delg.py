@@ -358,5 +358,5 @@ EXTRACTORS.register("delg-global", DELGGlobalConf(), DELGGlobal, capabilities=de
 EXTRACTORS.register("delf", DELFConf(), DELF, capabilities=delg_capabilities("delf"))
 
 __all__ = ["DELF", "SHIPPED", "DELFConf", "DELGBase", "DELGExtractor", "DELGExtractorConf", "DELGGlobal",
-           "DELGGlobalConf", "DELGLocalConf", "DELGNetConf", "NORMALISATIONS", "checkpoint_arch", "default_weights", "delg_capabilities",
-           "fold_batchnorms", "load_delg", "normalisation_of", "pyramid_conf"]
+           "DELGGlobalConf", "DELGLocalConf", "DELGNetConf", "NORMALISATIONS", "checkpoint_arch", "default_weights",
+           "delg_capabilities", "fold_batchnorms", "load_delg", "normalisation_of", "pyramid_conf"]
