@@ -316,7 +316,8 @@ def _state_change(imports: str, third_party: tuple[str, ...]) -> dict:
 def test_state_check_sees_changes():
     """The checker itself: a module doing what visloc must not do at import is caught on each count."""
     report = _state_change("\n".join([
-        "torch.set_num_threads(1)", "logging.basicConfig()", "warnings.simplefilter('ignore')",
+        "torch.set_num_threads(1 if torch.get_num_threads() > 1 else 2)",  # a change whatever OMP_NUM_THREADS is
+        "logging.basicConfig()", "warnings.simplefilter('ignore')",
         "torch.backends.cudnn.benchmark = True", "torch.set_default_dtype(torch.float64)",
         "sys.path.append('/nowhere')", "os.environ['VISLOC_PROBE'] = '1'", "torch.manual_seed(3)"]), ())
     changed = report["changed"]
