@@ -34,6 +34,8 @@ from pathlib import Path
 
 from visloc.data.errors import DatasetError
 from visloc.io.atomic import atomic_path, atomic_write_text
+from visloc.io.download import DownloadError, md5_of, parse_md5_file
+from visloc.io.safe_tar import extract_tar as safe_extract
 
 TRAIN_CSV = "train.csv"
 TRAIN_CLEAN_CSV = "train_clean.csv"
@@ -41,7 +43,6 @@ TRAIN_HEADER = ("id", "url", "landmark_id")
 CLEAN_HEADER = ("landmark_id", "images")
 _ID = re.compile(r"[0-9a-f]{16}")
 _MEMBER = re.compile(r"(?:\./)?([0-9a-f])/([0-9a-f])/([0-9a-f])/([0-9a-f]{16})\.jpg")
-_MD5_LINE = re.compile(r"([0-9a-fA-F]{32}) [ *](\S.*)")
 
 
 def check_image_id(image_id: str) -> str:
@@ -146,12 +147,8 @@ def read_train_clean_csv(path: str | Path) -> dict[int, tuple[str, ...]]:
 
 
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex md5 of a file's bytes."""
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """Hex md5 of a file's bytes (``io.download.md5_of``)."""
+    return md5_of(path, chunk)
 
 
 def write_md5_file(tar_path: str | Path, md5_path: str | Path) -> Path:
@@ -166,12 +163,13 @@ def verify_md5(tar_path: str | Path, md5_path: str | Path) -> None:
     if not md5_path.is_file():
         raise DatasetError(f"{md5_path}: not found")
     line = md5_path.read_text(encoding="utf-8").strip()
-    m = _MD5_LINE.fullmatch(line)
-    if m is None or Path(m.group(2)).name != tar_path.name:
-        raise DatasetError(f"{md5_path}: expected '<md5>  {tar_path.name}', got {line[:80]!r}")
+    try:
+        want = parse_md5_file(line, tar_path.name, str(md5_path))
+    except DownloadError:
+        raise DatasetError(f"{md5_path}: expected '<md5>  {tar_path.name}', got {line[:80]!r}") from None
     got = md5sum(tar_path)
-    if got != m.group(1).lower():
-        raise DatasetError(f"{tar_path}: md5 {got} differs from {m.group(1)} in {md5_path.name} (re-download it)")
+    if got != want:
+        raise DatasetError(f"{tar_path}: md5 {got} differs from {want} in {md5_path.name} (re-download it)")
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -237,16 +235,14 @@ def safe_members(tar: tarfile.TarFile, where: str | Path) -> dict[str, tarfile.T
 
 
 def extract_tar(tar_path: str | Path, root: str | Path) -> list[str]:
-    """Extract a GLDv2 tar's images into ``root/<a>/<b>/<c>/`` (each file atomically); return their ids."""
-    root = Path(root)
+    """Extract a GLDv2 tar's images into ``root/<a>/<b>/<c>/``; return their ids.
+
+    Every member is checked first (``safe_members``: GLDv2 image names only), then ``io.safe_tar`` extracts
+    (its own checks, the ``data`` filter, files moved into place one by one with ``os.replace``).
+    """
     with tarfile.open(tar_path, "r:") as tar:
         members = safe_members(tar, tar_path)
-        for image_id, m in members.items():
-            src = tar.extractfile(m)
-            if src is None:
-                raise DatasetError(f"{tar_path}: member {m.name!r} has no data")
-            with atomic_path(root / image_relpath(image_id)) as tmp:
-                tmp.write_bytes(src.read())
+    safe_extract(tar_path, root)
     return list(members)
 
 
