@@ -230,3 +230,89 @@ def fake_pipeline(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[dict]]:
         return calls
 
     return install
+
+
+# ---------------------------------------------------------------- a loopback HTTP server with injected faults
+
+
+class Faults:
+    """Per path, the faults the next requests meet, in order (then the file is served well)."""
+
+    def __init__(self) -> None:
+        self.queue: dict[str, list[str]] = {}
+        self.ranges: list[str | None] = []
+
+
+def _handler(files: dict[str, bytes], faults: Faults) -> type:
+    import http.server
+    import time
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            faults.ranges.append(self.headers.get("Range"))
+            fault = faults.queue.get(self.path, [None]).pop(0) if faults.queue.get(self.path) else None
+            if self.path not in files or fault == "404":
+                self.send_error(404, "Not Found")
+                return
+            if fault == "503":
+                self.send_error(503, "Service Unavailable")
+                return
+            if fault == "slow":
+                time.sleep(1.0)  # past FAST.timeout_s before any byte
+            body = files[self.path]
+            if fault == "corrupt":
+                body = body[:100] + bytes([body[100] ^ 0xFF]) + body[101:]
+            start = 0
+            rng = self.headers.get("Range")
+            if rng and fault != "norange":
+                start = int(rng.removeprefix("bytes=").removesuffix("-"))
+                if start >= len(body):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            payload = body[start:]
+            if fault == "drop":  # half the body, then the connection closes
+                self.wfile.write(payload[: len(payload) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(payload)
+
+    return Handler
+
+
+@pytest.fixture()
+def loopback():
+    """``loopback(files) -> (base_url, faults)``: serve ``{path: bytes}`` on 127.0.0.1 (ranges, 206 / 416) with
+    ``faults.queue[path]`` the faults its next requests meet in order: ``404``, ``503``, ``slow`` (1 s before
+    any byte), ``corrupt`` (one byte flipped), ``norange`` (200 whatever the Range), ``drop`` (half the body,
+    then the connection closes). ``faults.ranges`` records each request's Range header."""
+    import http.server
+    import threading
+
+    servers = []
+
+    def start(files: dict[str, bytes]) -> tuple[str, Faults]:
+        faults = Faults()
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(files, faults))
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}", faults
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()

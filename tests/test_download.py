@@ -4,12 +4,8 @@ all-or-nothing tar extraction (io/safe_tar.py)."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import tarfile
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,72 +18,9 @@ BODY = bytes(range(256)) * 1000  # 256 kB
 FAST = DownloadConf(timeout_s=0.5, retries=3, backoff_s=0.01, chunk_bytes=4096)
 
 
-class Faults:
-    """Per path, the faults the next requests meet, in order (then the file is served well)."""
-
-    def __init__(self) -> None:
-        self.queue: dict[str, list[str]] = {}
-        self.ranges: list[str | None] = []
-
-
-def _handler(files: dict[str, bytes], faults: Faults) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
-            faults.ranges.append(self.headers.get("Range"))
-            fault = faults.queue.get(self.path, [None]).pop(0) if faults.queue.get(self.path) else None
-            if self.path not in files or fault == "404":
-                self.send_error(404, "Not Found")
-                return
-            if fault == "503":
-                self.send_error(503, "Service Unavailable")
-                return
-            if fault == "slow":
-                time.sleep(1.0)  # past FAST.timeout_s before any byte
-            body = files[self.path]
-            if fault == "corrupt":
-                body = body[:100] + bytes([body[100] ^ 0xFF]) + body[101:]
-            start = 0
-            rng = self.headers.get("Range")
-            if rng and fault != "norange":
-                start = int(rng.removeprefix("bytes=").removesuffix("-"))
-                if start >= len(body):
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(body)}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            else:
-                self.send_response(200)
-            self.send_header("Content-Length", str(len(body) - start))
-            self.end_headers()
-            payload = body[start:]
-            if fault == "drop":  # half the body, then the connection closes
-                self.wfile.write(payload[: len(payload) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            self.wfile.write(payload)
-
-    return Handler
-
-
 @pytest.fixture()
-def server() -> Iterator[tuple[str, Faults]]:
-    files = {"/data/a.bin": BODY, "/md5/a.txt": f"{hashlib.md5(BODY).hexdigest()}  a.bin\n".encode()}
-    faults = Faults()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(files, faults))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", faults
-    httpd.shutdown()
-    httpd.server_close()
+def server(loopback) -> tuple[str, object]:
+    return loopback({"/data/a.bin": BODY, "/md5/a.txt": f"{hashlib.md5(BODY).hexdigest()}  a.bin\n".encode()})
 
 
 MD5 = hashlib.md5(BODY).hexdigest()

@@ -1,7 +1,7 @@
 """``visloc train CONFIG [key=value ...]`` and ``visloc data bdd``: training and its data preparation."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, cast
 
 import typer
 
@@ -53,6 +53,35 @@ def data_bdd(labels: LabelsOpt, images: ImagesOpt, out: OutOpt, time: TimesOpt =
 
     summary = run(select_bdd, labels, images, out, times=tuple(time) if time else NIGHT_TIMES, size=size)
     for line in summary.lines("bdd"):
+        typer.echo(line)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+gldv2_app = typer.Typer(help="Google Landmarks v2: resumable, verified downloads.", no_args_is_help=True)
+data_app.add_typer(gldv2_app, name="gldv2")
+
+
+@gldv2_app.command("download")
+def gldv2_download(
+    out: Annotated[Path, typer.Option(help="Dataset folder: <out>/<split>/ holds the CSVs, md5 files and images.")],
+    split: Annotated[str, typer.Option(help="train, index or test.")] = "train",
+    tars: Annotated[Optional[str], typer.Option(help="Tar indices, e.g. 0-499 or 3,7,10-12 (default: all).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="Mirror (default: GLDv2's public bucket).")] = None,
+    jobs: Annotated[int, typer.Option(help="Tars fetched in parallel.")] = 4,
+    keep_tars: Annotated[bool, typer.Option(help="Keep each tar after extracting it.")] = False,
+    extract: Annotated[bool, typer.Option(help="Extract the tars (--no-extract: download and verify).")] = True,
+) -> None:
+    """Download GLDv2 tar by tar: range requests, retries, md5 checks, safe extraction; re-run to resume."""
+    from visloc.data.gldv2_download import GLDV2_BASE_URL, Gldv2DownloadConf, download_gldv2, parse_tar_range
+
+    def build() -> Gldv2DownloadConf:
+        return Gldv2DownloadConf(split=cast(Any, split), tars=parse_tar_range(tars) if tars else (),
+                                 base_url=base_url or GLDV2_BASE_URL, jobs=jobs, keep_tars=keep_tars or not extract,
+                                 extract=extract)
+
+    summary = run(download_gldv2, out, run(build))
+    for line in summary.lines():
         typer.echo(line)
     if not summary.ok:
         raise typer.Exit(1)
