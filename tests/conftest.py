@@ -284,6 +284,12 @@ def _handler(files: dict[str, bytes], faults: Faults) -> type:
             self.send_header("Content-Length", str(len(body) - start))
             self.end_headers()
             payload = body[start:]
+            if fault == "trickle":  # 1 kB every 10 ms: slow enough to be killed mid-file
+                for i in range(0, len(payload), 1024):
+                    self.wfile.write(payload[i:i + 1024])
+                    self.wfile.flush()
+                    time.sleep(0.01)
+                return
             if fault == "drop":  # half the body, then the connection closes
                 self.wfile.write(payload[: len(payload) // 2])
                 self.wfile.flush()
@@ -299,7 +305,8 @@ def loopback():
     """``loopback(files) -> (base_url, faults)``: serve ``{path: bytes}`` on 127.0.0.1 (ranges, 206 / 416) with
     ``faults.queue[path]`` the faults its next requests meet in order: ``404``, ``503``, ``slow`` (1 s before
     any byte), ``corrupt`` (one byte flipped), ``norange`` (200 whatever the Range), ``drop`` (half the body,
-    then the connection closes). ``faults.ranges`` records each request's Range header."""
+    then the connection closes), ``trickle`` (1 kB per
+    10 ms). ``faults.ranges`` records each request's Range header."""
     import http.server
     import threading
 

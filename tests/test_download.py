@@ -151,3 +151,29 @@ def test_a_truncated_or_missing_archive_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(UnsafeArchiveError, match=r"nope\.tar: archive not found$"):
         extract_tar(tmp_path / "nope.tar", tmp_path / "out")
+
+
+def test_a_sigkill_mid_download_then_a_rerun_gives_the_same_bytes(server, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    base, faults = server
+    faults.queue["/data/a.bin"] = ["trickle"]
+    dest = tmp_path / "a.bin"
+    code = ("import sys; from visloc.io.download import download, DownloadConf; "
+            "download(sys.argv[1], sys.argv[2], conf=DownloadConf(chunk_bytes=1024))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", code, f"{base}/data/a.bin", str(dest)], env=env)
+    part = part_path(dest)
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size > 20_000) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = part.stat().st_size
+    assert 20_000 < kept < len(BODY) and not dest.exists()
+    assert download(f"{base}/data/a.bin", dest, md5=MD5, conf=FAST).read_bytes() == BODY
+    assert faults.ranges[-1] == f"bytes={kept}-"  # resumed where the killed process stopped
