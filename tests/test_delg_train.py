@@ -33,10 +33,11 @@ from visloc.train.delg.data import (
     split_per_class,
 )
 from visloc.train.delg.module import schedule_lambda
-from visloc.train.delg.recipe import DELFRecipe, DELGRecipe, load_backbone
+from visloc.train.delg.recipe import DELFRecipe, DELGRecipe
 from visloc.train.delg.validation import load_retrieval_set, load_scaled, retrieval_map
 from visloc.train.recipe_base import recipe_conf
 from visloc.weights.checkpoint import build_model, load_model_record
+from visloc.weights.converters.resnet_imagenet import load_imagenet_backbone as load_backbone
 from visloc.weights.load import WeightsError
 from visloc.weights.records import DELG_RGB
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from visloc.conf import ConfError
-from visloc.io.download import DownloadConf, DownloadError, download, md5_of, parse_md5_file, part_path
+from visloc.io.checksums import ChecksumError, md5_of, parse_md5_file
+from visloc.io.download import DownloadConf, DownloadError, download, part_path
 from visloc.io.safe_tar import UnsafeArchiveError, extract_tar
 
 BODY = bytes(range(256)) * 1000  # 256 kB
@@ -90,9 +91,9 @@ def test_md5_files_and_bad_confs(server, tmp_path: Path) -> None:
     text = download(f"{base}/md5/a.txt", tmp_path / "a.txt", conf=FAST).read_text()
     assert parse_md5_file(text, "a.bin") == MD5 == md5_of(download(f"{base}/data/a.bin", tmp_path / "a.bin"))
     assert parse_md5_file(f"{MD5.upper()} *train/a.bin", "a.bin") == MD5
-    with pytest.raises(DownloadError, match=r"^md5\.txt: no md5 for b\.bin$"):
+    with pytest.raises(ChecksumError, match=r"^md5\.txt: no md5 for b\.bin$"):
         parse_md5_file(text, "b.bin", "md5.txt")
-    with pytest.raises(DownloadError, match=r"^md5 file: a\.bin: 'xyz' is not an md5 digest$"):
+    with pytest.raises(ChecksumError, match=r"^md5 file: a\.bin: 'xyz' is not an md5 digest$"):
         parse_md5_file("xyz  a.bin", "a.bin")
     with pytest.raises(ConfError, match=r"^DownloadConf\.retries: expected >= 0, got -1$"):
         DownloadConf(retries=-1)

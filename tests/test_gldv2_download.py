@@ -3,6 +3,7 @@ generator, packed into tars with md5 files, in GLDv2's URL layout), with faults 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -43,14 +44,9 @@ def _served(root: Path, evil: bool = False) -> dict[str, bytes]:
             info.size = 4
             tf.addfile(info, io.BytesIO(b"evil"))
         files["/train/images_002.tar"] = buf.getvalue()
-        files["/md5sum/train/md5.images_002.txt"] = f"{_md5(buf.getvalue())}  images_002.tar\n".encode()
+        digest = hashlib.md5(buf.getvalue()).hexdigest()
+        files["/md5sum/train/md5.images_002.txt"] = f"{digest}  images_002.tar\n".encode()
     return files
-
-
-def _md5(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.md5(data).hexdigest()
 
 
 def test_faults_are_named_good_tars_extracted_and_a_rerun_completes(mini_gldv2: Path, loopback, tmp_path) -> None:

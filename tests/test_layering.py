@@ -332,3 +332,23 @@ def test_importing_every_module_changes_no_global_state():
     assert report["failed"] == []
     assert report["count"] >= len(PACKAGE_FILES) - 2  # every module was imported (not visloc, not __main__)
     assert report["changed"] == {}
+
+
+NETWORK = ("urllib.request", "urllib.error", "http.client", "http.server", "socket", "ftplib", "requests", "httpx",
+           "aiohttp", "urllib3", "torch.hub", "visloc.io.download")
+
+
+def test_only_the_download_commands_reach_the_network():
+    """Offline by construction: the one module that speaks HTTP is ``io.download``, and only the explicit
+    ``visloc data ... download`` commands (``data.gldv2_download``) import it; every import counts, also the
+    ones inside functions."""
+    found: dict[str, set[str]] = {}
+    for module, path in PACKAGE_FILES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            hits = {n for n in names if n in NETWORK or n.startswith(tuple(f"{x}." for x in NETWORK))}
+            if hits:
+                found.setdefault(module, set()).update(hits)
+    assert found == {"visloc.io.download": {"urllib.request", "urllib.error", "http.client"},
+                     "visloc.data.gldv2_download": {"visloc.io.download"}}

@@ -77,8 +77,7 @@ def gldv2_download(
 
     def build() -> Gldv2DownloadConf:
         return Gldv2DownloadConf(split=cast(Any, split), tars=parse_tar_range(tars) if tars else (),
-                                 base_url=base_url or GLDV2_BASE_URL, jobs=jobs, keep_tars=keep_tars or not extract,
-                                 extract=extract)
+                                 base_url=base_url or GLDV2_BASE_URL, jobs=jobs, keep_tars=keep_tars, extract=extract)
 
     summary = run(download_gldv2, out, run(build))
     for line in summary.lines():

@@ -37,7 +37,8 @@ from visloc.conf import ConfError
 from visloc.data.errors import DatasetError
 from visloc.data.world import gldv2_layout as gl
 from visloc.io.atomic import atomic_write_text
-from visloc.io.download import DownloadConf, DownloadError, download, parse_md5_file, part_path
+from visloc.io.checksums import ChecksumError, parse_md5_file
+from visloc.io.download import DownloadConf, DownloadError, download, part_path
 from visloc.io.safe_tar import UnsafeArchiveError
 
 logger = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def _fetch_tar(index: int, folder: Path, conf: Gldv2DownloadConf, state: _State,
             state.set(name, "extracted")
             if not conf.keep_tars:
                 tar.unlink()
-    except (DownloadError, UnsafeArchiveError, DatasetError) as e:
+    except (DownloadError, ChecksumError, UnsafeArchiveError, DatasetError) as e:
         state.set(name, "failed", str(e).splitlines()[0])
         return False
     return True

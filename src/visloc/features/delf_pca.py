@@ -71,8 +71,11 @@ def learn_delf_pca_from_features(features: str | Path, out: str | Path, dim: int
     from visloc.io.features_h5 import list_feature_names, read_features
 
     features = Path(features)
-    chunks = [d for n in list_feature_names(features)
-              if len(d := read_features(features, n).get("descriptors", np.zeros((0, 0), np.float32)))]
+    chunks = []
+    for name in list_feature_names(features):
+        descriptors = read_features(features, name).get("descriptors")
+        if descriptors is not None and len(descriptors):
+            chunks.append(descriptors)
     if not chunks:
         raise InputError(f"{features}: no local descriptors to learn a PCA from")
     x = np.concatenate(chunks)

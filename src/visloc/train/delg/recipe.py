@@ -42,18 +42,6 @@ MODEL_NAME = "delg"
 AnyConf = DELGTrainConf | DELFTrainConf
 
 
-def load_backbone(model: DELG, path: str) -> str:
-    """ImageNet weights from ``path`` into ``model.backbone`` (``weights.converters.resnet_imagenet``).
-
-    A torchvision ``.pth`` into the torchvision layout, or Keras's ``resnet50_weights_tf_dim_ordering_tf_kernels
-    _notop.h5`` (either naming scheme) into either layout; the stem is loaded too. Returns what was loaded
-    (``torchvision``, ``keras-old``, ``keras-new``); a file that does not fit raises a one-line ``WeightsError``.
-    """
-    from visloc.weights.converters.resnet_imagenet import load_imagenet_backbone
-
-    return load_imagenet_backbone(model, path)
-
-
 def load_network(model: DELG, path: str, what: str) -> None:
     """Copy a visloc ``delg`` checkpoint of the same architecture into ``model``."""
     init = build_model(load_model_record(path, MODEL_NAME, what), DELGConf, DELG)
@@ -116,7 +104,10 @@ class _DELGBase(Recipe):
         if m.init:
             load_network(module.model, m.init, "model.init")
         elif m.imagenet:
-            logger.info("model.imagenet: %s weights from %s", load_backbone(module.model, m.imagenet), m.imagenet)
+            from visloc.weights.converters.resnet_imagenet import load_imagenet_backbone
+
+            logger.info("model.imagenet: %s weights from %s", load_imagenet_backbone(module.model, m.imagenet),
+                        m.imagenet)
         stage_init = getattr(conf, "stage_init", None)
         if stage_init:
             load_network(module.model, stage_init, "stage_init")
@@ -219,7 +210,7 @@ class DELFRecipe(_DELGBase):
         return apply_overrides(DELFTrainConf(), sections)
 
 
-__all__ = ["MODEL_NAME", "DELFRecipe", "DELGRecipe", "load_backbone", "num_classes"]
+__all__ = ["MODEL_NAME", "DELFRecipe", "DELGRecipe", "num_classes"]
 
 register_recipe(DELGRecipe())
 register_recipe(DELFRecipe())
