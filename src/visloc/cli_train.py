@@ -58,7 +58,8 @@ def data_bdd(labels: LabelsOpt, images: ImagesOpt, out: OutOpt, time: TimesOpt =
         raise typer.Exit(1)
 
 
-gldv2_app = typer.Typer(help="Google Landmarks v2: resumable, verified downloads.", no_args_is_help=True)
+gldv2_app = typer.Typer(help="Google Landmarks v2: resumable, verified downloads; an index to train from.",
+                        no_args_is_help=True)
 data_app.add_typer(gldv2_app, name="gldv2")
 
 
@@ -84,6 +85,31 @@ def gldv2_download(
         typer.echo(line)
     if not summary.ok:
         raise typer.Exit(1)
+
+
+@gldv2_app.command("prepare")
+def gldv2_prepare(
+    root: Annotated[Path, typer.Argument(help="GLDv2 train folder: train.csv, train_clean.csv, images or tars.")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder of the index (default: ROOT).")] = None,
+    full: Annotated[bool, typer.Option(help="Labels of train.csv (all 4.1M images) instead of train_clean.csv.")]
+    = False,
+    val_fraction: Annotated[float, typer.Option(help="Per class, this share (at least one image) to validation.")]
+    = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the per-class split.")] = 0,
+    locate: Annotated[str, typer.Option(help="auto (extracted file, else tar member), tars or files.")] = "auto",
+    verify_md5: Annotated[bool, typer.Option(help="Check each tar's md5 first (reads every byte).")] = False,
+) -> None:
+    """Index GLDv2 for training: relabel, split per class, locate each image (file or tar offset); no conversion."""
+    from tqdm import tqdm
+
+    from visloc.data.gldv2_prepare import Gldv2PrepareConf, prepare_gldv2
+
+    conf = run(Gldv2PrepareConf, clean=not full, val_fraction=val_fraction, seed=seed, locate=cast(Any, locate),
+               verify_md5=verify_md5)
+    with tqdm(desc="tars", unit="tar", leave=False) as bar:
+        summary = run(prepare_gldv2, root, out, conf, progress=lambda _: bar.update())
+    for line in summary.lines():
+        typer.echo(line)
 
 
 WORLD_KINDS = "landmarks, pairs, drive, distill"

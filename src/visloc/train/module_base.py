@@ -8,6 +8,9 @@
   step and after the last one (unless that step was just validated): ``val_metrics`` on global rank zero,
   logged as ``val/<name>`` and appended to ``val_history``; the other ranks wait at the next gradient sync;
 - the dataset's ``set_epoch(epoch)`` at each epoch start (seeded augmentation), when it has one;
+- the loader's ``mark_consumed()`` at each batch start, when it has one
+  (``train.datasets.sharded.ResumableLoader``: the position a mid-epoch checkpoint resumes from; such a loader
+  seeds the dataset's epoch itself);
 - gradient clipping at the global L2 norm ``grad_clip`` (0: none), after AMP's unscaling (Lightning's hook).
 
 A subclass sets ``conf`` (with ``train: OptimConf`` and ``val.every`` / ``val.at_start``) through
@@ -83,9 +86,16 @@ class RecipeModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         """Seed this epoch's augmentation (the dataset's ``set_epoch``, when it has one)."""
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if hasattr(dataset, "set_epoch") and not hasattr(loader, "mark_consumed"):  # a ResumableLoader seeds it
             dataset.set_epoch(self.current_epoch)  # pyright: ignore[reportOptionalMemberAccess]  # checked
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Move the loader's position on (``mark_consumed``): this batch counts once its step is checkpointed."""
+        mark = getattr(self.trainer.train_dataloader, "mark_consumed", None)
+        if callable(mark):
+            mark()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Validate after every ``val.every``-th optimiser step."""

@@ -84,6 +84,9 @@ class DataConf:
 
     Attributes:
         root: the folder (``train.csv``, ``train_clean.csv``, images extracted or in ``images_NNN.tar``).
+        index: a folder where ``visloc data gldv2 prepare`` wrote its index: labels, split and locations come
+            from it (images read straight from the tars by offset; ``root``, ``clean``, ``val_fraction`` and
+            ``split_seed`` are then unused). Empty: read ``root`` itself.
         clean: use ``train_clean.csv``'s labels when present (GLDv2-clean), else ``train.csv``'s.
         verify_md5: check every tar against its md5 file when opening (hours on the full GLDv2).
         val_fraction: per class, ``max(1, int(val_fraction * n))`` images go to validation (DELF's split).
@@ -98,6 +101,7 @@ class DataConf:
     """
 
     root: str = ""
+    index: str = ""
     clean: bool = True
     verify_md5: bool = False
     val_fraction: float = 0.2
@@ -230,8 +234,9 @@ def _range(where: str, values: tuple[float, ...], low: float, high: float) -> No
 
 
 def _check_data(d: DataConf) -> None:
-    if not d.root:
-        raise ConfError("data.root: the GLDv2 train folder (train.csv, train_clean.csv, images or tars)")
+    if not d.root and not d.index:
+        raise ConfError("data.root: the GLDv2 train folder (train.csv, train_clean.csv, images or tars), "
+                        "or data.index: the folder of its prepared index (visloc data gldv2 prepare)")
     if not 0 <= d.val_fraction < 1:
         raise ConfError(f"data.val_fraction: expected in [0, 1), got {d.val_fraction}")
     if d.image_size < 32:

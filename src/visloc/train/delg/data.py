@@ -1,17 +1,16 @@
 """Training data of DELF / DELG: a GLDv2 train folder, relabelled, split per class, augmented as the TF code.
 
-- Labels: ``Gldv2Train.labels(clean)`` (``train_clean.csv`` or ``train.csv``), landmark ids mapped to
-  ``0..K-1`` in sorted order (DELF's ``build_image_dataset.py``; ``relabeling.csv`` in the run folder holds
-  ``new_label,old_label``).
-- Split (``split_per_class``): per class (in label order; its image ids sorted), a shuffle by a seeded numpy
-  ``Generator``, then ``max(1, int(fraction * n))`` images to validation and the rest to training, as
-  ``build_image_dataset.py`` (which uses ``RandomState(MT19937(SeedSequence(seed)))``: the same rule, other
-  draws). A class of one image therefore goes to validation whole and is never trained on.
+- Labels and split: ``data.gldv2_split`` (DELF's relabelling to ``0..K-1`` and per-class 80 / 20 rule; the
+  run folder's ``relabeling.csv`` holds ``new_label,old_label``), either from the folder's CSVs
+  (``open_split``) or from the index that ``visloc data gldv2 prepare`` wrote (``open_index_split``).
 - Training images (``LandmarkImages`` with ``augment``): the crop of ``sample_crop`` (TF's
   ``sample_distorted_bounding_box`` over the whole image: aspect ratio and area drawn, up to 100 attempts,
   else the whole image), resized to ``image_size`` squared with ``cv2.INTER_AREA`` (aspect distorted),
   optional flip and colour jitter (off by default, as TF), then the weights' normalisation. Validation
   images: the whole image resized to ``image_size`` squared.
+
+An image that cannot be read or decoded is logged once and replaced by the next readable item (at most
+``MAX_SUBSTITUTES`` tried), so one damaged JPEG among millions does not end a training run.
 
 Each item's draws come from a generator seeded by ``(seed, epoch, index)``: call ``set_epoch`` each epoch
 (the module does). The dataset is map-style, so under DDP Lightning's ``DistributedSampler`` shards it.
@@ -19,14 +18,13 @@ Each item's draws come from a generator seeded by ``(seed, epoch, index)``: call
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
+import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Protocol, TypedDict
 
 import cv2
 import numpy as np
@@ -34,82 +32,15 @@ import torch
 from torch.utils.data import Dataset
 
 from visloc.data.errors import DatasetError
-from visloc.data.world.gldv2_layout import TRAIN_CLEAN_CSV, TRAIN_CSV, Gldv2Train, read_train_clean_csv, read_train_csv
-from visloc.io.atomic import atomic_write_text
+from visloc.data.gldv2_index import Gldv2Index
+from visloc.data.gldv2_split import LandmarkSplit, build_split
+from visloc.data.world.gldv2_layout import TRAIN_CLEAN_CSV, TRAIN_CSV, Gldv2Train
+from visloc.train.delg.conf import DataConf
 from visloc.weights.records import Preprocessing
 
-RELABELING_CSV = "relabeling.csv"
-
-
-def read_labels(root: str | Path, clean: bool = True) -> dict[str, int]:
-    """``image id -> landmark_id`` from the CSVs alone (no tar is opened): what ``Gldv2Train.labels`` gives."""
-    root = Path(root)
-    if clean and (root / TRAIN_CLEAN_CSV).is_file():
-        return {i: lid for lid, ids in read_train_clean_csv(root / TRAIN_CLEAN_CSV).items() for i in ids}
-    return {r.id: r.landmark_id for r in read_train_csv(root / TRAIN_CSV)}
-
-
-def relabel(labels: Mapping[str, int]) -> tuple[dict[str, int], list[int]]:
-    """``(image id -> new label, old labels)``: landmark ids mapped to ``0..K-1`` in sorted order."""
-    old = sorted(set(labels.values()))
-    new = {lid: k for k, lid in enumerate(old)}
-    return {i: new[lid] for i, lid in labels.items()}, old
-
-
-def split_per_class(labels: Mapping[str, int], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """``(train ids, validation ids)``: per class ``max(1, int(fraction * n))`` to validation (module docstring).
-
-    ``fraction`` 0 puts every image in training. Both lists are in class order, each class shuffled.
-    """
-    by_class: dict[int, list[str]] = {}
-    for i, lab in labels.items():
-        by_class.setdefault(lab, []).append(i)
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for lab in sorted(by_class):
-        ids = sorted(by_class[lab])
-        ids = [ids[k] for k in rng.permutation(len(ids))]
-        cut = max(1, int(fraction * len(ids))) if fraction > 0 else 0
-        val += ids[:cut]
-        train += ids[cut:]
-    return train, val
-
-
-@dataclass(frozen=True)
-class LandmarkSplit:
-    """The relabelled split of a GLDv2 folder.
-
-    Attributes:
-        train: ``(image id, label)`` of the training images.
-        val: ``(image id, label)`` of the validation images.
-        old_labels: landmark id of each new label ``[K]``.
-    """
-
-    train: tuple[tuple[str, int], ...]
-    val: tuple[tuple[str, int], ...]
-    old_labels: tuple[int, ...]
-
-    @property
-    def num_classes(self) -> int:
-        """``K``."""
-        return len(self.old_labels)
-
-
-def build_split(labels: Mapping[str, int], fraction: float, seed: int) -> LandmarkSplit:
-    """Relabel ``labels`` (``image id -> landmark_id``) and split them per class."""
-    new, old = relabel(labels)
-    train, val = split_per_class(new, fraction, seed)
-    return LandmarkSplit(tuple((i, new[i]) for i in train), tuple((i, new[i]) for i in val), tuple(old))
-
-
-def write_relabeling(path: str | Path, old_labels: Sequence[int]) -> Path:
-    """``relabeling.csv``: ``new_label,old_label`` per class (DELF's file), atomically."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("new_label", "old_label"))
-    writer.writerows((k, int(lid)) for k, lid in enumerate(old_labels))
-    return atomic_write_text(path, buf.getvalue())
-
+logger = logging.getLogger(__name__)
+#: how many following items an unreadable image may be replaced by before the batch fails
+MAX_SUBSTITUTES = 16
 
 @functools.lru_cache(maxsize=2)
 def open_split(root: str, clean: bool = True, fraction: float = 0.2, seed: int = 0,
@@ -120,6 +51,50 @@ def open_split(root: str, clean: bool = True, fraction: float = 0.2, seed: int =
     if not labels:
         raise DatasetError(f"{root}: no labelled image in {TRAIN_CLEAN_CSV if clean else TRAIN_CSV}")
     return layout, build_split(labels, fraction, seed)
+
+
+@functools.lru_cache(maxsize=2)
+def open_index_split(folder: str) -> tuple[Gldv2Index, LandmarkSplit, tuple[str, ...]]:
+    """The index ``visloc data gldv2 prepare`` wrote in ``folder``, its split and each training image's shard.
+
+    The split is the index's own (its ``label`` and ``split`` columns); ``relabeling.csv`` beside the index
+    maps the labels back to landmark ids.
+    """
+    index = Gldv2Index.open(folder)
+    train = tuple((e.id, e.label) for e in index.entries if e.split == "train")
+    val = tuple((e.id, e.label) for e in index.entries if e.split == "val")
+    old: dict[int, int] = {}
+    for e in index.entries:
+        if old.setdefault(e.label, e.landmark_id) != e.landmark_id:
+            raise DatasetError(f"{folder}: label {e.label} stands for landmarks {old[e.label]} and {e.landmark_id}")
+    if sorted(old) != list(range(len(old))):
+        raise DatasetError(f"{folder}: labels must be 0..K-1, got {len(old)} labels up to {max(old)}")
+    shards = tuple(e.shard for e in index.entries if e.split == "train")
+    return index, LandmarkSplit(train, val, tuple(old[k] for k in range(len(old)))), shards
+
+
+def open_training_data(d: DataConf) -> tuple[ImageBytes, LandmarkSplit, tuple[str, ...]]:
+    """``(reader, split, shard of each training image)`` of ``data:``: its prepared index, else its folder.
+
+    Without an index every image is its own shard ``""`` (samplers then deal images, not tars).
+    """
+    if d.index:
+        return open_index_split(d.index)
+    layout, split = open_split(d.root, d.clean, d.val_fraction, d.split_seed, d.verify_md5)
+    return layout, split, ("",) * len(split.train)
+
+
+class ImageBytes(Protocol):
+    """Where a dataset reads JPEG bytes by image id (``Gldv2Train`` or ``Gldv2Index``)."""
+
+    @property
+    def root(self) -> Path:
+        """The folder named in messages."""
+        ...
+
+    def read_bytes(self, image_id: str) -> bytes:
+        """The image's bytes; ``DatasetError`` naming the file when they cannot be read."""
+        ...
 
 
 def sample_crop(rng: np.random.Generator, height: int, width: int, area_range: Sequence[float] = (0.08, 1.0),
@@ -203,7 +178,7 @@ class LandmarkImages(Dataset):
     """``(image id, label)`` items of a GLDv2 folder as ``LandmarkItem`` (module docstring).
 
     Args:
-        layout: the opened folder.
+        layout: the opened folder or index.
         items: ``(image id, label)`` pairs.
         size: side of the square output.
         pre: the input normalisation.
@@ -211,10 +186,11 @@ class LandmarkImages(Dataset):
         seed: seed of the augmentation.
     """
 
-    def __init__(self, layout: Gldv2Train, items: Sequence[tuple[str, int]], size: int, pre: Preprocessing,
+    def __init__(self, layout: ImageBytes, items: Sequence[tuple[str, int]], size: int, pre: Preprocessing,
                  augment: Augment | None = None, seed: int = 0) -> None:
         self.layout, self.items, self.size, self.pre = layout, list(items), size, pre
         self.augment, self.seed, self.epoch = augment, seed, 0
+        self.bad: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -223,9 +199,21 @@ class LandmarkImages(Dataset):
         """Draw this epoch's augmentation (as ``DistributedSampler.set_epoch``)."""
         self.epoch = epoch
 
+    def _read(self, index: int) -> tuple[int, int, np.ndarray]:
+        """``(index, label, RGB)`` of item ``index``, or of the next readable one (a bad image is logged, once)."""
+        for k in range(min(MAX_SUBSTITUTES + 1, len(self.items))):
+            i = (index + k) % len(self.items)
+            image_id, label = self.items[i]
+            try:
+                return i, label, decode_rgb(self.layout.read_bytes(image_id), f"{self.layout.root}: image {image_id}")
+            except DatasetError as e:
+                if image_id not in self.bad:
+                    self.bad.add(image_id)
+                    logger.warning("%s (skipped: the next image is used in its place)", e)
+        raise DatasetError(f"{self.layout.root}: items {index}..{index + MAX_SUBSTITUTES} are all unreadable")
+
     def __getitem__(self, index: int) -> LandmarkItem:
-        image_id, label = self.items[index]
-        rgb = decode_rgb(self.layout.read_bytes(image_id), f"{self.layout.root}: image {image_id}")
+        index, label, rgb = self._read(index)
         a = self.augment
         if a is None:
             out = cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_AREA)

@@ -33,7 +33,7 @@ from visloc.models.delg import DELG, DELGOutput, attention_pool
 from visloc.models.heads.arcface import ArcFaceHead
 from visloc.train.core import warmup_lambda
 from visloc.train.delg.conf import DELFTrainConf, DELGTrainConf
-from visloc.train.delg.data import LandmarkImages, open_split
+from visloc.train.delg.data import LandmarkImages, open_training_data
 from visloc.train.delg.losses import delf_attn_losses, delf_tuning_losses, delg_losses
 from visloc.train.delg.validation import RetrievalSet, classification_accuracy, load_retrieval_set, retrieval_map
 from visloc.train.module_base import RecipeModule
@@ -167,7 +167,7 @@ class DELGTrainModule(RecipeModule):
         v, d = self.conf.val, self.conf.data
         if not v.every or not self.trainer.is_global_zero or self.val_loader is not None:
             return
-        layout, split = open_split(d.root, d.clean, d.val_fraction, d.split_seed, d.verify_md5)
+        layout, split, _ = open_training_data(d)
         items = split.val[:v.max_images] if v.max_images else split.val
         if items:
             self.val_loader = DataLoader(LandmarkImages(layout, items, d.image_size, self.preprocessing),

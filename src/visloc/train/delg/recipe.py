@@ -8,7 +8,8 @@ What they add to a run folder (``train.core`` documents the rest)::
 
 With ``generate.classes`` > 0, ``prepare`` first writes synthetic landmarks (``synthetic``) into
 ``data.root`` and ``val.retrieval_root``. The classifier's size ``K`` is known before ``prepare`` (the
-module must not read what it writes): ``generate.classes``, else the labels of ``data.root``'s CSVs.
+module must not read what it writes): ``generate.classes``, else the labels of ``data.index`` or of
+``data.root``'s CSVs. Batches come from a ``ResumableLoader`` over a ``ShardedSampler`` (tars dealt to ranks).
 
 Exports load with ``load_model_record(path, "delg")`` and ``build_model(record, DELGConf, DELG)``. The
 checkpoint does not record the input normalisation: DELF / DELG's ``(x - 128) / 128`` unless the run used
@@ -27,11 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from visloc.conf import apply_overrides
+from visloc.data.gldv2_split import RELABELING_CSV, read_labels, write_relabeling
 from visloc.errors import InputError
 from visloc.models.delg import DELG, DELGConf, num_parameters
+from visloc.train.datasets.sharded import ResumableLoader, ShardedSampler
 from visloc.train.delg import synthetic
 from visloc.train.delg.conf import DELFTrainConf, DELGTrainConf, check_delf, check_delg
-from visloc.train.delg.data import RELABELING_CSV, Augment, LandmarkImages, open_split, read_labels, write_relabeling
+from visloc.train.delg.data import Augment, LandmarkImages, open_index_split, open_training_data
 from visloc.train.delg.module import DELGTrainModule, Mode
 from visloc.train.recipe_base import Recipe, register_recipe
 from visloc.weights.checkpoint import build_model, load_model_record, save_model
@@ -51,9 +54,11 @@ def load_network(model: DELG, path: str, what: str) -> None:
 
 
 def num_classes(conf: AnyConf) -> int:
-    """``K``: ``generate.classes``, else the distinct labels of ``data.root``'s CSVs (no image is read)."""
+    """``K``: ``generate.classes``, else of ``data.index``, else the distinct labels of ``data.root``'s CSVs."""
     if conf.generate.classes:
         return conf.generate.classes
+    if conf.data.index:
+        return open_index_split(conf.data.index)[1].num_classes
     return len(set(read_labels(conf.data.root, conf.data.clean).values()))
 
 
@@ -78,7 +83,7 @@ class _DELGBase(Recipe):
             *super().describe(conf),
             f"{self.mode(conf)}: {name} ({arch.depth} {arch.layout}, {num_parameters(DELG(arch)) / 1e6:.1f}M "
             f"parameters) from {start}, {conf.model.normalisation} normalisation",
-            f"data {d.root} at {d.image_size}x{d.image_size}, crop {'on' if d.augment else 'off'}, flip "
+            f"data {d.index or d.root} at {d.image_size}x{d.image_size}, crop {'on' if d.augment else 'off'}, flip "
             f"{'on' if d.flip else 'off'}; SGD lr {t.lr:g} ({conf.schedule.decay} decay), momentum "
             f"{conf.schedule.momentum:g}, weight decay {t.weight_decay:g}; {val}",
         ]
@@ -92,9 +97,9 @@ class _DELGBase(Recipe):
                 synthetic.write_revisited(conf.val.retrieval_root, g.classes, g.queries_per_class,
                                           g.database_per_class, g.size, g.seed)
         d = conf.data
-        _, split = open_split(d.root, d.clean, d.val_fraction, d.split_seed, d.verify_md5)
+        _, split, _ = open_training_data(d)
         write_relabeling(run_dir / RELABELING_CSV, split.old_labels)
-        logger.info("%s: %d classes, %d training and %d validation images", d.root, split.num_classes,
+        logger.info("%s: %d classes, %d training and %d validation images", d.index or d.root, split.num_classes,
                     len(split.train), len(split.val))
 
     def module(self, conf: AnyConf, run_dir: Path) -> DELGTrainModule:
@@ -116,21 +121,21 @@ class _DELGBase(Recipe):
     def data(self, conf: AnyConf, run_dir: Path) -> DataLoader:
         """Shuffled, augmented batches of ``train.batch_size`` (last partial one dropped; DDP: sharded)."""
         d = conf.data
-        layout, split = open_split(d.root, d.clean, d.val_fraction, d.split_seed, d.verify_md5)
+        layout, split, shards = open_training_data(d)
         expected = num_classes(conf)
         if split.num_classes != expected:
-            raise InputError(f"data.root: {d.root} has {split.num_classes} classes, the classifier {expected}")
+            raise InputError(f"data: {d.index or d.root} has {split.num_classes} classes, the classifier {expected}")
         dist = torch.distributed
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if len(split.train) // world < conf.train.batch_size:
-            raise InputError(f"data: {len(split.train)} training images in {d.root} over {world} process(es) are "
-                             f"fewer than train.batch_size={conf.train.batch_size} per process")
+            raise InputError(f"data: {len(split.train)} training images in {d.index or d.root} over {world} "
+                             f"process(es) are fewer than train.batch_size={conf.train.batch_size} per process")
         augment = Augment(d.area_range, d.aspect_range, d.min_object_covered, d.flip, d.color_jitter) \
             if d.augment else None
         dataset = LandmarkImages(layout, split.train, d.image_size, conf.model.preprocessing, augment, d.seed)
-        w = d.num_workers
-        return DataLoader(dataset, batch_size=conf.train.batch_size, shuffle=True, drop_last=True, num_workers=w,
-                          persistent_workers=w > 0)
+        # workers are re-made each epoch (not persistent) so that they see the epoch's set_epoch
+        return ResumableLoader(dataset, ShardedSampler(dataset, shards, seed=d.seed), conf.train.batch_size,
+                               num_workers=d.num_workers)
 
     def export_path(self, conf: AnyConf, run_dir: Path) -> Path:
         """The exported network's file."""
