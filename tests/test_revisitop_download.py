@@ -164,6 +164,21 @@ def test_paris_archives_are_flattened_a_404_is_named_and_a_rerun_completes(serve
     assert all((jpg / n).read_bytes() == (world / "jpg" / n).read_bytes() for n in (*data.db_names, *data.query_names))
 
 
+def test_a_listed_image_in_no_archive_is_named_under_the_list(served, world: Path, loopback, tmp_path: Path) -> None:
+    """Two archives: neither is to blame alone, so the list is named (a re-run cannot tell which to fetch again)."""
+    files = dict(served)
+    base, _ = loopback(files)
+    members = _members(files[f"{PARIS}/paris_2-v1.tgz"])
+    lost = sorted(n for n in members if "general" not in n)[0]
+    files[f"{PARIS}/paris_2-v1.tgz"] = _tgz({n: b for n, b in members.items() if n != lost})
+    summary = download_revisitop(tmp_path, _conf(base, "rparis6k"))
+    assert sorted(summary.done) == ["paris_1-v1.tgz", "paris_2-v1.tgz"]  # each holds listed images, and only them
+    gnd = load_gnd(world / "gnd_rtiny.pkl")
+    total = len(gnd.imlist) + len(gnd.qimlist)
+    assert summary.failed == {"gnd_rparis6k.pkl": f"1 of the {total} images of gnd_rparis6k.pkl are in no archive: "
+                                                  f"{lost.split('/')[-1]}"}
+
+
 def test_1m_bad_archives_are_named_the_others_extracted_and_reruns_complete(served, loopback, tmp_path: Path) -> None:
     files = dict(served)
     base, faults = loopback(files)

@@ -12,7 +12,9 @@ into ``out/<dataset>/``:
    whole first, members checked, flattened for Oxford / Paris) only if its images match the list
    (``revisitop_layout.check_archive``), so that nothing of a bad archive is ever written into ``jpg/``. One
    that fails to extract or to match is deleted and fetched again up to ``retries`` times, then named.
-4. Every listed image must then be in ``jpg/``; the missing ones are named.
+4. Every listed image must then be in ``jpg/``. When every archive passed its own check and some are still
+   missing, the list is named with them: of several archives none is to blame alone (Paris' two, the 1M's
+   hundred), so a re-run fetches nothing again; deleting the state file makes it fetch every archive again.
 
 ``out/<dataset>/revisitop-download.json`` records each archive's status (``data.download_run``, as GLDv2's
 download: ``partial``, ``downloaded``, ``extracted`` with its image counts, or ``failed`` with the reason),
