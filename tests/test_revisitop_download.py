@@ -248,6 +248,23 @@ def test_cli_flags_reach_the_download_and_it_exits_nonzero_while_anything_failed
     assert res.exit_code == 0 and "1 archives done now, 1 already done, 0 failed" in res.output
 
 
+def test_every_cli_flag_reaches_the_conf(fake_pipeline, tmp_path: Path) -> None:
+    import visloc.data.revisitop_download as rd
+    from visloc.data.download_run import DownloadSummary
+
+    calls = fake_pipeline(rd, "download_revisitop", DownloadSummary("revisitop download", "archives", tmp_path))
+    res = CliRunner().invoke(app, ["data", "revisitop", "download", "--out", str(tmp_path), "--dataset", "revisitop1m",
+                                   "--jobs", "8", "--keep-archives", "--retries", "5", "--images-url", "http://m/jpg",
+                                   "--list-url", "http://m", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert calls[0]["out"] == tmp_path and calls[0]["progress"] is False
+    assert calls[0]["conf"] == RevisitopDownloadConf(dataset="revisitop1m", jobs=8, keep_archives=True, retries=5,
+                                                     images_url="http://m/jpg", list_url="http://m")
+    res = CliRunner().invoke(app, ["data", "revisitop", "download", "--out", str(tmp_path), "--dataset", "oxford5k"])
+    assert res.exit_code == 2 and "RevisitopDownloadConf.dataset: expected one of roxford5k" in res.output
+    assert len(calls) == 1 and calls[0]["conf"].url("revisitop1m.3.tar.gz") == "http://m/jpg/revisitop1m.3.tar.gz"
+
+
 def test_progress_bars_show_bytes_and_files(served, loopback, tmp_path: Path, capsys) -> None:
     base, _ = loopback(dict(served))
     assert download_revisitop(tmp_path, _conf(base, "roxford5k"), progress=True).ok

@@ -102,7 +102,7 @@ def revisitop_download(
     list_url: Annotated[Optional[str], typer.Option(help="Mirror folder of the gnd pkl / image list.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Download a revisitop dataset: range requests, retries, archives checked against its image list; re-run."""
+    """Download a revisitop dataset: range requests, retries, archives checked against its list; re-run to resume."""
     from visloc.data.revisitop_download import RevisitopDownloadConf, download_revisitop
 
     def build() -> RevisitopDownloadConf:
