@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pytest
 
 from visloc.conf import ConfError
@@ -102,9 +103,10 @@ def test_md5_files_and_bad_confs(server, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- safe extraction
 
 
-def _tar(path: Path, members: list[tuple[str, bytes | None, bytes]]) -> Path:
-    """``(name, data or None, type)`` members; type ``tarfile.REGTYPE``, ``SYMTYPE``, ``LNKTYPE``..."""
-    with tarfile.open(path, "w") as tf:
+def _tar(path: Path, members: list[tuple[str, bytes | None, bytes]], mode: str = "w") -> Path:
+    """``(name, data or None, type)`` members; type ``tarfile.REGTYPE``, ``SYMTYPE``, ``LNKTYPE``...; ``mode``
+    ``w:gz`` / ``w:bz2`` / ``w:xz`` compresses."""
+    with tarfile.open(path, mode) as tf:
         for name, data, kind in members:
             info = tarfile.TarInfo(name)
             info.type = kind
@@ -152,6 +154,47 @@ def test_a_truncated_or_missing_archive_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(UnsafeArchiveError, match=r"nope\.tar: archive not found$"):
         extract_tar(tmp_path / "nope.tar", tmp_path / "out")
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:bz2", "w:xz"])
+def test_a_compressed_archive_extracts_flattened_and_a_flipped_byte_refuses_it(tmp_path: Path, mode: str) -> None:
+    rng = np.random.default_rng(0)
+    data = {f"paris/{lm}/paris_{lm}_{i:06d}.jpg": rng.bytes(3000) for lm in ("eiffel", "louvre") for i in range(3)}
+    tgz = _tar(tmp_path / "paris_1-v1.tgz", [(n, b, tarfile.REGTYPE) for n, b in data.items()]
+               + [("paris/README", b"not an image", tarfile.REGTYPE)], mode)
+    plans: list[dict[str, str]] = []
+    flat = extract_tar(tgz, tmp_path / "jpg", target=lambda n: PurePosixPath(n).name if n.endswith(".jpg") else None,
+                       check=lambda plan: plans.append(dict(plan)))
+    assert flat == sorted(PurePosixPath(n).name for n in data) and plans == [{PurePosixPath(n).name: n for n in data}]
+    assert all((tmp_path / "jpg" / PurePosixPath(n).name).read_bytes() == b for n, b in data.items())
+    assert sorted(p.name for p in (tmp_path / "jpg").iterdir()) == flat  # no README, no folder, no temporary
+    # one byte flipped inside a member's data: tarfile alone would extract it (the headers still parse); the
+    # stream's CRC refuses the archive before anything is written
+    raw = bytearray(tgz.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (tmp_path / "bad.tgz").write_bytes(bytes(raw))
+    with pytest.raises(UnsafeArchiveError, match=r"bad\.tgz: (corrupt or truncated compressed archive|not a readable)"):
+        extract_tar(tmp_path / "bad.tgz", tmp_path / "out")
+    (tmp_path / "short.tgz").write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.raises(UnsafeArchiveError, match=r"short\.tgz: corrupt or truncated compressed archive"):
+        extract_tar(tmp_path / "short.tgz", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_target_collision_or_a_refusing_check_writes_nothing(tmp_path: Path) -> None:
+    tar = _tar(tmp_path / "a.tar.gz", [("x/a.jpg", b"1", tarfile.REGTYPE), ("y/a.jpg", b"2", tarfile.REGTYPE)], "w:gz")
+    with pytest.raises(UnsafeArchiveError, match=r"members 'x/a\.jpg' and 'y/a\.jpg' would both be written to "):
+        extract_tar(tar, tmp_path / "out", target=lambda n: PurePosixPath(n).name)
+    with pytest.raises(UnsafeArchiveError, match=r"target of member 'x/a\.jpg' '\.\./a\.jpg' has an unsafe path"):
+        extract_tar(tar, tmp_path / "out", target=lambda n: "../a.jpg")
+
+    def refuse(plan: object) -> None:
+        raise ValueError("not the published content")
+
+    with pytest.raises(ValueError, match="not the published content"):
+        extract_tar(tar, tmp_path / "out", check=refuse)
+    assert not (tmp_path / "out").exists()
+    assert extract_tar(tar, tmp_path / "out") == ["x/a.jpg", "y/a.jpg"]
 
 
 def test_a_sigkill_mid_download_then_a_rerun_gives_the_same_bytes(server, tmp_path: Path) -> None:

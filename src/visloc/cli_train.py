@@ -112,6 +112,36 @@ def gldv2_prepare(
         typer.echo(line)
 
 
+revisitop_app = typer.Typer(help="Revisited Oxford / Paris and the 1M distractors: resumable, checked downloads.",
+                            no_args_is_help=True)
+data_app.add_typer(revisitop_app, name="revisitop")
+
+
+@revisitop_app.command("download")
+def revisitop_download(
+    out: Annotated[Path, typer.Option(help="Datasets folder: <out>/<dataset>/ holds jpg/ and the image list.")],
+    dataset: Annotated[str, typer.Option(help="roxford5k, rparis6k or revisitop1m.")] = "roxford5k",
+    jobs: Annotated[int, typer.Option(help="Archives fetched in parallel.")] = 4,
+    keep_archives: Annotated[bool, typer.Option(help="Keep each archive after extracting it.")] = False,
+    retries: Annotated[int, typer.Option(help="Fetches again of an archive that fails its check.")] = 2,
+    images_url: Annotated[Optional[str], typer.Option(help="Mirror folder of the archives.")] = None,
+    list_url: Annotated[Optional[str], typer.Option(help="Mirror folder of the gnd pkl / image list.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Download a revisitop dataset: range requests, retries, archives checked against its list; re-run to resume."""
+    from visloc.data.revisitop_download import RevisitopDownloadConf, download_revisitop
+
+    def build() -> RevisitopDownloadConf:
+        return RevisitopDownloadConf(dataset=cast(Any, dataset), jobs=jobs, keep_archives=keep_archives,
+                                     retries=retries, images_url=images_url or "", list_url=list_url or "")
+
+    summary = run(download_revisitop, out, run(build), progress=not quiet)
+    for line in summary.lines():
+        typer.echo(line)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
 WORLD_KINDS = "landmarks, pairs, drive, distill"
 KindArg = Annotated[str, typer.Argument(help=f"What to generate: {WORLD_KINDS}.")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="World seed (sets city.seed, default the conf's: 0); same "

@@ -15,8 +15,9 @@ retries with backoff), checked against the md5 and, on a mismatch, fetched again
 times; a tar that never matches is **never extracted**. Extraction refuses a tar with any non-image member
 (``gldv2_layout.extract_tar``, through ``io.safe_tar``). ``out/<split>/gldv2-download.json`` records each
 tar's status (``missing``, ``partial``, ``downloaded``, ``verified``, ``extracted`` or ``failed`` with the
-reason), written atomically at every change: a re-run skips what is done and retries what failed. The
-run ends with a summary; it fails only if something is still failed, naming each.
+reason), written atomically at every change: a re-run skips what is done and retries what failed. The run
+ends with a summary; it fails only if something is still failed, naming each (the state file and the summary
+are ``data.download_run``'s, shared with ``data.revisitop_download``).
 
 DELF's ``download_dataset.sh`` runs curl without retry or resume and extracts a tar even after its md5
 check failed; MindSpore's script makes the user re-type the index range after a failure.
@@ -24,9 +25,7 @@ check failed; MindSpore's script makes the user re-type the index range after a 
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import Literal
 
 from visloc.conf import ConfError
+from visloc.data.download_run import DownloadState, DownloadSummary
 from visloc.data.errors import DatasetError
 from visloc.data.world import gldv2_layout as gl
-from visloc.io.atomic import atomic_write_text
 from visloc.io.checksums import ChecksumError, parse_md5_file
 from visloc.io.download import DownloadConf, DownloadError, download, part_path
 from visloc.io.safe_tar import UnsafeArchiveError
@@ -48,7 +47,6 @@ GLDV2_BASE_URL = "https://s3.amazonaws.com/google-landmark"
 NUM_TARS = {"train": 500, "index": 100, "test": 20}
 METADATA = {"train": ("train.csv", "train_clean.csv"), "index": ("index.csv",), "test": ("test.csv",)}
 STATE_FILE = "gldv2-download.json"
-Status = Literal["missing", "partial", "downloaded", "verified", "extracted", "failed"]
 
 
 @dataclass(frozen=True)
@@ -104,52 +102,7 @@ def parse_tar_range(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-@dataclass
-class Gldv2DownloadSummary:
-    """The end of a run: tars extracted (or verified) now, found done, and failed with the reason."""
-
-    folder: Path
-    done: list[str] = field(default_factory=list)
-    already_done: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """Nothing is still failed."""
-        return not self.failed
-
-    def lines(self) -> list[str]:
-        """The summary, then one line per failed tar."""
-        head = (f"gldv2 download: {len(self.done)} tars done now, {len(self.already_done)} already done, "
-                f"{len(self.failed)} failed -> {self.folder}")
-        return [head, *(f"  failed {name}: {why}" for name, why in sorted(self.failed.items()))]
-
-
-class _State:
-    """The state file, shared by the worker threads; written atomically at every change."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lock = threading.Lock()
-        self.tars: dict[str, dict[str, str]] = {}
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-                self.tars = {str(k): dict(v) for k, v in data.get("tars", {}).items()}
-            except (ValueError, AttributeError, TypeError):
-                logger.warning("%s: unreadable state file, starting over (finished files are kept)", path)
-
-    def status(self, name: str) -> str:
-        with self.lock:
-            return self.tars.get(name, {}).get("status", "missing")
-
-    def set(self, name: str, status: Status, reason: str = "") -> None:
-        with self.lock:
-            self.tars[name] = {"status": status, **({"reason": reason} if reason else {})}
-            atomic_write_text(self.path, json.dumps({"tars": self.tars}, indent=1, sort_keys=True))
-
-
-def _fetch_tar(index: int, folder: Path, conf: Gldv2DownloadConf, state: _State,
+def _fetch_tar(index: int, folder: Path, conf: Gldv2DownloadConf, state: DownloadState,
                progress: Callable[[int], None] | None) -> bool:
     """Bring tar ``index`` to ``extracted`` (or ``verified`` without ``extract``); False when it failed."""
     name, base = gl.tar_name(index), conf.base_url.rstrip("/")
@@ -184,7 +137,7 @@ def _fetch_tar(index: int, folder: Path, conf: Gldv2DownloadConf, state: _State,
 
 
 def download_gldv2(out: str | Path, conf: Gldv2DownloadConf | None = None,
-                   progress: Callable[[int], None] | None = None) -> Gldv2DownloadSummary:
+                   progress: Callable[[int], None] | None = None) -> DownloadSummary:
     """Download (and extract) GLDv2's ``conf.split`` into ``out/<split>/`` (module docstring).
 
     Args:
@@ -198,8 +151,8 @@ def download_gldv2(out: str | Path, conf: Gldv2DownloadConf | None = None,
     conf = conf or Gldv2DownloadConf()
     folder = Path(out) / conf.split
     folder.mkdir(parents=True, exist_ok=True)
-    state = _State(folder / STATE_FILE)
-    summary = Gldv2DownloadSummary(folder)
+    state = DownloadState(folder / STATE_FILE, "tars")
+    summary = DownloadSummary("gldv2 download", "tars", folder)
     if conf.metadata:
         for csv_name in METADATA[conf.split]:
             try:
@@ -213,7 +166,7 @@ def download_gldv2(out: str | Path, conf: Gldv2DownloadConf | None = None,
     for index, ok in zip(conf.indices, results, strict=True):
         name = gl.tar_name(index)
         if not ok:
-            summary.failed[name] = state.tars[name].get("reason", "failed")
+            summary.failed[name] = state.entry(name).get("reason", "failed")
         elif name in before:
             summary.already_done.append(name)
         else:
@@ -221,5 +174,5 @@ def download_gldv2(out: str | Path, conf: Gldv2DownloadConf | None = None,
     return summary
 
 
-__all__ = ["GLDV2_BASE_URL", "METADATA", "NUM_TARS", "STATE_FILE", "Gldv2DownloadConf", "Gldv2DownloadSummary",
-           "download_gldv2", "parse_tar_range"]
+__all__ = ["GLDV2_BASE_URL", "METADATA", "NUM_TARS", "STATE_FILE", "Gldv2DownloadConf", "download_gldv2",
+           "parse_tar_range"]

@@ -2,7 +2,7 @@
 
 Nothing else in visloc reaches the network: extraction, training, evaluation and the weights resolvers read
 local files only, and ``tests/test_layering.py`` checks that only the download commands' modules
-(``data.gldv2_download``) import this one.
+(``data.gldv2_download``, ``data.revisitop_download``) import this one.
 
 :func:`download` fetches one URL into ``<dest>.part`` and renames it to ``dest`` only when it is whole
 (and its md5 matches, when one is given):
