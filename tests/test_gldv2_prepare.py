@@ -224,3 +224,53 @@ def test_delg_trains_from_the_index_and_resumes_mid_epoch_to_the_same_weights(mi
     train(recipe, conf("split", 8), progress=False, callbacks=[more])
     train(recipe, conf("long", 8), progress=False, callbacks=[longer])
     assert longer.seen[:6] == seen.seen and more.seen == longer.seen[6:]
+
+
+DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+
+import lightning as L
+from visloc.conf import apply_overrides
+from visloc.data.gldv2_index import Gldv2Index
+from visloc.train.core import train
+from visloc.train.delg.recipe import DELGRecipe
+
+index = Gldv2Index.open(sys.argv[2])
+seen = set()
+
+class Tars(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, idx):
+        items = trainer.train_dataloader.dataset.items
+        seen.update(index.by_id[items[i][0]].tar for i in batch["index"].tolist())
+
+recipe = DELGRecipe()
+conf = apply_overrides(recipe.tiny_conf(Path(sys.argv[1])), {
+    "generate": {"classes": 0}, "data": {"index": sys.argv[2], "root": ""}, "val": {"every": 0, "retrieval_root": None},
+    "train": {"max_steps": 4, "batch_size": 2, "checkpoint_every": 4}})
+result = train(recipe, conf, progress=False, callbacks=[Tars()])
+print("RESULT " + json.dumps({"rank": result.global_rank, "step": result.global_step, "tars": sorted(seen)}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_ranks_read_disjoint_tars_from_the_index(mini: Path, tmp_path: Path) -> None:
+    """Two gloo processes under torchrun train DELG from the index; each reads only the tars dealt to it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    prepare_gldv2(_packed_only(mini, tmp_path / "packed"), tmp_path / "idx")
+    script = tmp_path / "ddp_index.py"
+    script.write_text(DDP_SCRIPT)
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path / "run"), str(tmp_path / "idx")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = sorted((json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")),
+                  key=lambda r: r["rank"])
+    assert [r["rank"] for r in rows] == [0, 1] and [r["step"] for r in rows] == [4, 4]
+    assert rows[0]["tars"] and rows[1]["tars"] and not set(rows[0]["tars"]) & set(rows[1]["tars"])
