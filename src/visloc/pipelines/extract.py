@@ -137,8 +137,15 @@ def extract_features(image_dir: str | Path, out: str | Path, *, extractor: str =
             stage_images(model, plan, plan.todo, summary, as_half=as_half, device=dev, batch_size=batch_size,
                          num_workers=workers, crops=crops, progress=progress)
         finally:  # also on Ctrl-C: what finished is merged, the rest stays staged
-            features_h5.commit_features(plan.out, {ATTR: plan.record})
+            commit(plan)
+    elif parts_dir(plan.out).is_dir():  # a run killed after staging its last image, before its merge
+        commit(plan)
     return summary
+
+
+def commit(plan: ExtractPlan) -> None:
+    """Merge the staged images of ``plan`` into its file atomically, with the extractor's record."""
+    features_h5.commit_features(plan.out, {ATTR: plan.record})
 
 
 def check_loader_args(batch_size: int, num_workers: int | None) -> None:
