@@ -189,7 +189,8 @@ def test_extract_merges_what_a_killed_run_staged_last(photo_dir, sift_features, 
     summary = extract_features(photo_dir, out, extractor="sift", progress=False)
     assert (summary.done, summary.already_done) == (0, len(photo_names))
     assert features_h5.list_feature_names(out) == list(photo_names) and not parts_dir(out).exists()
-    assert features_h5.read_attrs(out)[extract_module.ATTR] == features_h5.read_attrs(sift_features)[extract_module.ATTR]
+    attr = extract_module.ATTR
+    assert features_h5.read_attrs(out)[attr] == features_h5.read_attrs(sift_features)[attr]
 
 
 # --- match_features ------------------------------------------------------------------------------
