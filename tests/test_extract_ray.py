@@ -251,3 +251,27 @@ def test_cli_starts_and_stops_a_local_cluster(images, reference, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"extract: {len(NAMES)} new, 0 already done, 0 skipped -> {out}" in proc.stdout
     _assert_same_features(out, reference)
+
+
+def test_an_address_without_a_cluster_is_one_line(images, tmp_path):
+    pytest.importorskip("ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+            "RAY_TMPDIR": str(tmp_path)}  # no `ray start` cluster recorded there for "auto" to find
+    proc = subprocess.run([sys.executable, "-m", "visloc", "extract", str(images), "--conf", "sift", "--out",
+                           str(tmp_path / "f.h5"), "--ray-address", "auto"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert errors[0].startswith("error: cannot connect to the Ray cluster at auto: ")
+
+
+@pytest.mark.ray
+def test_an_existing_connection_is_used_and_left_open(cluster, images, reference, tmp_path):
+    from visloc.pipelines.ray_tasks import connect
+
+    with pytest.raises(InputError, match="already connected to Ray"):
+        extract_features_ray(images, tmp_path / "f.h5", extractor="sift", address="auto", progress=False)
+    with connect() as ray:
+        assert ray is cluster
+    assert cluster.is_initialized()
