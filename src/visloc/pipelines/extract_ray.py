@@ -29,6 +29,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -126,34 +127,39 @@ def extract_features_ray(image_dir: str | Path, out: str | Path, *, extractor: s
         if parts.parts_dir(plan.out).is_dir():  # a run killed after staging its last image, before its merge
             commit(plan)
         return summary
-    shards = shard_names(plan.todo, shard_size)
+    light = replace(plan, image_dir=plan.image_dir.resolve(), out=plan.out.resolve(), todo=())
+    token = _write_token(light.out)
     builder = EXTRACTORS.entry(extractor).builder
+    tasks = [ShardTask(i, names, light, builder, token, cpus_per_task, as_half, device, batch_size, num_workers,
+                       None if crops is None else {n: crops[n] for n in names if n in crops})
+             for i, names in enumerate(shard_names(plan.todo, shard_size))]
     with connect(address, num_cpus) as ray:
-        light = replace(plan, image_dir=plan.image_dir.resolve(), out=plan.out.resolve(), todo=())
-        token = _write_token(light.out)
-        tasks = [ShardTask(i, names, light, builder, token, cpus_per_task, as_half, device, batch_size, num_workers,
-                           None if crops is None else {n: crops[n] for n in names if n in crops})
-                 for i, names in enumerate(shards)]
         remote = ray.remote(_run_shard).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
                                                 max_retries=max_retries, retry_exceptions=False)
-        failed: dict[int, tuple[tuple[str, str], ...]] = {}
-        with tqdm(total=len(plan.todo), desc=f"extract {extractor} (ray)", disable=not progress, unit="img") as bar:
-            def on_done(i: int, result: ShardResult) -> None:
-                summary.done += result.done + result.resumed
-                failed[i] = result.failed
-                bar.update(len(tasks[i].names))
-
-            merge = True
-            try:
-                run_tasks(ray, remote, tasks, on_done, describe=lambda i: _describe(tasks[i]))
-            except TasksStillRunningError:
-                merge = False  # a task may still write into the parts folder: merge on the next run
-                raise
-            finally:
-                summary.failed.extend(f for i in sorted(failed) for f in failed[i])
-                if merge:
-                    commit(plan)
+        _run(ray, remote, plan, tasks, summary, progress)
     return summary
+
+
+def _run(ray: ModuleType, remote: Any, plan: ExtractPlan, tasks: list[ShardTask], summary: JobSummary,
+         progress: bool) -> None:
+    """Run the tasks, count what they did into ``summary``, and merge once none runs (unless one may still)."""
+    failed: dict[int, tuple[tuple[str, str], ...]] = {}
+    with tqdm(total=len(plan.todo), desc=f"extract {plan.extractor} (ray)", disable=not progress, unit="img") as bar:
+        def on_done(i: int, result: ShardResult) -> None:
+            summary.done += result.done + result.resumed
+            failed[i] = result.failed
+            bar.update(len(tasks[i].names))
+
+        merge = True
+        try:
+            run_tasks(ray, remote, tasks, on_done, describe=lambda i: _describe(tasks[i]))
+        except TasksStillRunningError:
+            merge = False  # a task may still write into the parts folder: the next run merges
+            raise
+        finally:
+            summary.failed.extend(f for i in sorted(failed) for f in failed[i])
+            if merge:
+                commit(plan)
 
 
 def _describe(task: ShardTask) -> str:
