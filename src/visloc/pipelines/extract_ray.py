@@ -40,7 +40,6 @@ from visloc.features import EXTRACTORS
 from visloc.features.base import Extractor
 from visloc.io import parts
 from visloc.io.jobs import JobSummary
-from visloc.pipelines.common import pick_device
 from visloc.pipelines.extract import ExtractError, ExtractPlan, check_loader_args, commit, plan_extraction, stage_images
 from visloc.pipelines.ray_tasks import TasksStillRunningError, connect, import_ray, run_tasks
 
@@ -56,7 +55,7 @@ class ShardTask:
     token: str
     threads: int
     as_half: bool
-    device: str | None
+    device: str
     batch_size: int
     num_workers: int
     crops: Mapping[str, Sequence[int]] | None
@@ -95,7 +94,7 @@ def extract_features_ray(image_dir: str | Path, out: str | Path, *, extractor: s
         image_list: names relative to ``image_dir``; default: every image found.
         as_half: store descriptors and scores as float16.
         overwrite: start afresh, discarding ``out`` and staged work.
-        device: ``cpu``, ``cuda``, or None: CUDA where the task was given a GPU.
+        device: ``cpu``, ``cuda``, or None: ``cuda`` when ``gpus_per_task > 0``, else ``cpu``.
         progress: show a progress bar (it moves as shards finish).
         batch_size: images of equal resized size per network call, in each task.
         num_workers: reading processes per task (0: the task reads its images itself).
@@ -130,6 +129,7 @@ def extract_features_ray(image_dir: str | Path, out: str | Path, *, extractor: s
     light = replace(plan, image_dir=plan.image_dir.resolve(), out=plan.out.resolve(), todo=())
     token = _write_token(light.out)
     builder = EXTRACTORS.entry(extractor).builder
+    device = device if device is not None else ("cuda" if gpus_per_task > 0 else "cpu")  # as Ray reserved
     tasks = [ShardTask(i, names, light, builder, token, cpus_per_task, as_half, device, batch_size, num_workers,
                        None if crops is None else {n: crops[n] for n in names if n in crops})
              for i, names in enumerate(shard_names(plan.todo, shard_size))]
@@ -199,7 +199,7 @@ def _run_shard(task: ShardTask) -> ShardResult:
     names = [n for n in task.names if n not in staged]
     summary = JobSummary(task.plan.out)
     if names:
-        dev = pick_device(task.device)
+        dev = torch.device(task.device)
         model = task.builder(task.plan.conf).to(dev)
         stage_images(model, task.plan, names, summary, as_half=task.as_half, device=dev,
                      batch_size=task.batch_size, num_workers=task.num_workers, crops=task.crops, progress=False)
