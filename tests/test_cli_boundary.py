@@ -115,7 +115,8 @@ def test_a_bad_option_value_is_a_user_error(tmp_path):
 
 
 PIPELINES = {  # function -> (module, number of leading path arguments)
-    "extract_features": ("pipelines.extract", 2), "match_features": ("pipelines.match_features", 3),
+    "extract_features": ("pipelines.extract", 2), "extract_features_ray": ("pipelines.extract_ray", 2),
+    "match_features": ("pipelines.match_features", 3),
     "match_dense": ("pipelines.match_dense", 4), "match_images": ("pipelines.match_pair", 2),
     "build_index": ("pipelines.retrieve", 2), "retrieve_pairs": ("pipelines.retrieve", 3),
     "build_vocabulary": ("pipelines.vocab", 2), "build_map": ("pipelines.map_build", 2),
@@ -169,6 +170,31 @@ def test_extract_flags_reach_the_code(fake_pipeline, tmp_path):
                       "overrides": {"max_num_keypoints": 9}, "image_list": ["a.png", "b.png"], "as_half": True,
                       "overwrite": True, "device": "cpu", "progress": True, "batch_size": 4, "num_workers": 2,
                       "crops": None}]
+
+
+def test_extract_ray_flags_reach_the_code(fake_pipeline, tmp_path):
+    import visloc.pipelines.extract_ray as er
+
+    defaults = {k: p.default for k, p in inspect.signature(er.extract_features_ray).parameters.items()
+                if k not in ("image_dir", "out")}
+    calls = _stop(fake_pipeline, er, "extract_features_ray")
+    _stopped(invoke("extract", tmp_path, "--out", tmp_path / "f.h5", "--conf", "sift", "--as-half", "--device", "cpu",
+                    "--batch-size", "4", "--num-workers", "2", "--ray", "--ray-cpus", "3", "--cpus-per-task", "2",
+                    "--gpus-per-task", "0.5", "--shard-size", "7"))
+    assert calls == [{"image_dir": tmp_path, "out": tmp_path / "f.h5", "extractor": "sift", "overrides": {},
+                      "image_list": None, "as_half": True, "overwrite": False, "device": "cpu", "progress": True,
+                      "batch_size": 4, "num_workers": 2, "crops": None, "address": None, "num_cpus": 3,
+                      "cpus_per_task": 2, "gpus_per_task": 0.5, "shard_size": 7, "max_retries": 3}]
+    _stopped(invoke("extract", tmp_path, "--out", tmp_path / "f.h5", "--ray-address", "auto"))  # implies --ray
+    assert calls[1] == {"image_dir": tmp_path, "out": tmp_path / "f.h5", **defaults, "overrides": {},
+                        "address": "auto"}  # the CLI's defaults are the API's
+
+
+def test_ray_options_without_ray_are_refused(tmp_path):
+    for option, value in (("--shard-size", "8"), ("--ray-cpus", "2"), ("--cpus-per-task", "2"),
+                          ("--gpus-per-task", "1")):
+        result = invoke("extract", tmp_path, "--out", tmp_path / "f.h5", option, value)
+        assert result.exit_code == 2 and "need --ray" in result.stderr, result.output
 
 
 def test_match_features_and_match_dense_flags_reach_the_code(fake_pipeline, tmp_path):

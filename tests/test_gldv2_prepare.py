@@ -246,10 +246,12 @@ class Tars(L.Callback):
 
 recipe = DELGRecipe()
 conf = apply_overrides(recipe.tiny_conf(Path(sys.argv[1])), {
-    "generate": {"classes": 0}, "data": {"index": sys.argv[2], "root": ""}, "val": {"every": 0, "retrieval_root": None},
+    "generate": {"classes": 0}, "data": {"index": sys.argv[2], "root": ""},
+    "val": {"every": 0, "retrieval_root": None},
     "train": {"max_steps": 4, "batch_size": 2, "checkpoint_every": 4}})
 result = train(recipe, conf, progress=False, callbacks=[Tars()])
-print("RESULT " + json.dumps({"rank": result.global_rank, "step": result.global_step, "tars": sorted(seen)}), flush=True)
+row = {"rank": result.global_rank, "step": result.global_step, "tars": sorted(seen)}
+print("RESULT " + json.dumps(row), flush=True)
 """
 
 

@@ -353,3 +353,18 @@ def test_only_the_download_commands_reach_the_network():
     assert found == {"visloc.io.download": {"urllib.request", "urllib.error", "http.client"},
                      "visloc.data.gldv2_download": {"visloc.io.download"},
                      "visloc.data.revisitop_download": {"visloc.io.download"}}
+
+
+def test_ray_is_an_optional_extra_imported_lazily():
+    """Ray (``pip install -e ".[ray]"``) is imported in one place, ``ray_tasks.import_ray``, when a ``--ray`` job
+    runs: importing the modules that use it, or the CLI, does not import it."""
+    found = set()
+    for module, path in PACKAGE_FILES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                found.add(module)
+    assert found == {"visloc.pipelines.ray_tasks"}
+    modules = ["visloc.cli", "visloc.pipelines.ray_tasks", "visloc.pipelines.extract_ray"]
+    assert _pulled_in(modules, ("ray",)) == {}

@@ -180,6 +180,19 @@ def test_extract_resumes_after_interrupt(photo_dir, tmp_path, monkeypatch, photo
     assert features_h5.list_feature_names(out) == list(photo_names)
 
 
+def test_extract_merges_what_a_killed_run_staged_last(photo_dir, sift_features, tmp_path, photo_names):
+    """A run killed after staging its last image but before its merge: the re-run has nothing to extract
+    and still merges the staged images."""
+    out = tmp_path / "f.h5"
+    for name in photo_names:
+        features_h5.stage_features(out, name, features_h5.read_features(sift_features, name))
+    summary = extract_features(photo_dir, out, extractor="sift", progress=False)
+    assert (summary.done, summary.already_done) == (0, len(photo_names))
+    assert features_h5.list_feature_names(out) == list(photo_names) and not parts_dir(out).exists()
+    attr = extract_module.ATTR
+    assert features_h5.read_attrs(out)[attr] == features_h5.read_attrs(sift_features)[attr]
+
+
 # --- match_features ------------------------------------------------------------------------------
 
 

@@ -385,3 +385,15 @@ def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path: Path) -> Non
     plain.write_text("x")
     atomic = atomic_write_text(tmp_path / "atomic.txt", "x")
     assert os.stat(atomic).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
+def test_staged_among_checks_only_the_names_asked(tmp_path, monkeypatch):
+    path = tmp_path / "feats.h5"
+    for i in range(5):
+        stage_features(path, f"{i}.jpg", _feats(3, seed=i))
+    (part_3,) = [p for p in parts.parts_dir(path).glob("*/*.npz") if parts.load_part(p)[0] == "3.jpg"]
+    part_3.write_bytes(part_3.read_bytes()[:100])  # cut short: not staged, so a retry redoes it
+    read = _count_member_reads(monkeypatch)
+    assert parts.staged_among(path, ["1.jpg", "3.jpg", "7.jpg"]) == {"1.jpg"}
+    assert read == [parts.NAME_KEY]  # the part of 1.jpg only; no other part is opened
+    assert parts.staged_among(tmp_path / "none.h5", ["1.jpg"]) == set()

@@ -71,19 +71,40 @@ def extract(images: Annotated[Path, typer.Argument(help="Image folder (searched 
             batch_size: Annotated[int, typer.Option(help="Images of equal resized size per network call "
                                                          "(capped by the extractor's max_batch).")] = 1,
             num_workers: Annotated[Optional[int], typer.Option(help="Processes reading images ahead "
-                                                                    "(default: 1 from 8 images on).")] = None) -> None:
+                                                                    "(default: 1 from 8 images on; with --ray: "
+                                                                    "per task, 0).")] = None,
+            ray: Annotated[bool, typer.Option("--ray", help="Extract in Ray tasks, on a local cluster unless "
+                                                            "--ray-address (pip install -e \".[ray]\"); across "
+                                                            "machines, IMAGES and --out must be on shared "
+                                                            "storage.")] = False,
+            ray_address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster (auto, HOST:PORT, "
+                                                                    "ray://HOST:10001); implies --ray.")] = None,
+            ray_cpus: Annotated[Optional[int], typer.Option(help="CPUs of the local Ray cluster (default: "
+                                                                 "all).")] = None,
+            cpus_per_task: Annotated[int, typer.Option(help="With --ray: CPUs (torch threads) per task.")] = 1,
+            gpus_per_task: Annotated[float, typer.Option(help="With --ray: GPUs per task.")] = 0.0,
+            shard_size: Annotated[int, typer.Option(help="With --ray: images per task.")] = 64) -> None:
     """Extract features of every image below IMAGES into --out; resumes, skips bad images."""
-    from visloc.pipelines.extract import extract_features
-
     names = None
     if image_list is not None:
         if not image_list.is_file():
             fail(f"{image_list}: image list not found")
         names = [ln.strip() for ln in image_list.read_text().splitlines() if ln.strip()]
     name, overrides = resolve_conf(conf, set_)
-    summary = run(extract_features, images, out, extractor=name, overrides=overrides, image_list=names,
-                  as_half=as_half, overwrite=overwrite, device=device, batch_size=batch_size,
-                  num_workers=num_workers)
+    shared = {"extractor": name, "overrides": overrides, "image_list": names, "as_half": as_half,
+              "overwrite": overwrite, "device": device, "batch_size": batch_size}
+    if ray or ray_address is not None:
+        from visloc.pipelines.extract_ray import extract_features_ray
+
+        summary = run(extract_features_ray, images, out, **shared, num_workers=num_workers or 0,
+                      address=ray_address, num_cpus=ray_cpus, cpus_per_task=cpus_per_task,
+                      gpus_per_task=gpus_per_task, shard_size=shard_size)
+    else:
+        if ray_cpus is not None or (cpus_per_task, gpus_per_task, shard_size) != (1, 0.0, 64):
+            fail("--ray-cpus, --cpus-per-task, --gpus-per-task and --shard-size need --ray")
+        from visloc.pipelines.extract import extract_features
+
+        summary = run(extract_features, images, out, **shared, num_workers=num_workers)
     for line in summary.lines("extract"):
         typer.echo(line)
     if not summary.ok:

@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import h5py
@@ -146,6 +146,20 @@ def staged_entries(out: Path) -> list[tuple[str, Path]]:
 def staged_names(out: Path) -> set[str]:
     """Names of the items staged for ``out`` (reads the index and file sizes, not the arrays)."""
     return {name for name, _ in staged_entries(out)}
+
+
+def staged_among(out: Path, names: Iterable[str]) -> set[str]:
+    """Those of ``names`` that have a nameable staged part, whatever else ``out`` has staged.
+
+    For a worker that resumes a slice of a large job (``staged_names`` lists every part): one ``stat``
+    per name, and for a part that exists a read of its ``__name__`` member (a cut-short part fails it).
+    """
+    found: set[str] = set()
+    for name in names:
+        path = _part_file(out, name)
+        if path.is_file() and _read_name(path) == name:
+            found.add(name)
+    return found
 
 
 def load_part(path: Path) -> tuple[str, dict[str, np.ndarray]] | None:

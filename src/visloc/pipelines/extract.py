@@ -2,6 +2,8 @@
 
 Resumable: finished images are staged one by one and merged atomically; a re-run skips images that
 are in the file or staged. A bad image is skipped with a one-line reason and listed at the end.
+``plan_extraction`` and ``stage_images`` are the two halves a distributed run reuses
+(``pipelines.extract_ray``): the first resolves the job on the driver, the second runs in each task.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +37,64 @@ class ExtractError(VislocError, ValueError):
     """An extraction job that cannot start (bad folder, conflicting output)."""
 
 
+@dataclass(frozen=True)
+class ExtractPlan:
+    """A resolved extraction job: the images still to do, the extractor's conf and its record.
+
+    Attributes:
+        image_dir: image root.
+        out: the feature file.
+        extractor: registered extractor name.
+        conf: its resolved conf.
+        record: JSON of name and conf, stored in ``out``'s ``visloc_extractor`` attribute.
+        num_names: images of the job, done or not.
+        todo: names neither in ``out`` nor staged, in the job's order.
+    """
+
+    image_dir: Path
+    out: Path
+    extractor: str
+    conf: Any
+    record: str
+    num_names: int
+    todo: tuple[str, ...]
+
+    def summary(self) -> JobSummary:
+        """A summary with the images already done counted."""
+        return JobSummary(self.out, already_done=self.num_names - len(self.todo))
+
+
 def _check_compatible(out: Path, record: str) -> None:
     other = conflicting_conf(out, ATTR, record)
     if other is not None:
         raise ExtractError(f"{out}: holds features of another extractor or conf ({other}); "
                            "use another --out or --overwrite")
+
+
+def plan_extraction(image_dir: str | Path, out: str | Path, *, extractor: str,
+                    overrides: Mapping[str, Any] | Sequence[str] = (), image_list: Sequence[str] | None = None,
+                    overwrite: bool = False) -> ExtractPlan:
+    """Resolve a job (arguments as ``extract_features``): list the images, check ``out``, find what is left.
+
+    Raises:
+        ExtractError: no image folder, no images, or ``out`` holds another extractor's features.
+    """
+    image_dir, out = Path(image_dir), Path(out)
+    try:
+        names = list(image_list) if image_list is not None else list_images(image_dir)
+    except ImageError as e:
+        raise ExtractError(str(e)) from None
+    conf = EXTRACTORS.conf(extractor, overrides)
+    record = conf_record(extractor, conf)
+    if overwrite:
+        shards.remove(out)
+        shutil.rmtree(parts_dir(out), ignore_errors=True)
+    _check_compatible(out, record)
+    if not names and not out.exists():
+        raise ExtractError(f"{image_dir}: no images found")
+    done = features_h5.done_names(out)
+    todo = tuple(n for n in names if n not in done)
+    return ExtractPlan(image_dir, out, extractor, conf, record, len(names), todo)
 
 
 def extract_features(image_dir: str | Path, out: str | Path, *, extractor: str = "aliked-n16",
@@ -69,38 +125,48 @@ def extract_features(image_dir: str | Path, out: str | Path, *, extractor: str =
     Returns:
         The job summary; the resolved conf is stored in the file's ``visloc_extractor`` attribute.
     """
-    image_dir, out = Path(image_dir), Path(out)
+    check_loader_args(batch_size, num_workers)
+    plan = plan_extraction(image_dir, out, extractor=extractor, overrides=overrides, image_list=image_list,
+                           overwrite=overwrite)
+    summary = plan.summary()
+    if plan.todo:
+        dev = pick_device(device)
+        model = EXTRACTORS.build_conf(extractor, plan.conf).to(dev)
+        workers = num_workers if num_workers is not None else (1 if len(plan.todo) >= 8 else 0)
+        try:
+            stage_images(model, plan, plan.todo, summary, as_half=as_half, device=dev, batch_size=batch_size,
+                         num_workers=workers, crops=crops, progress=progress)
+        finally:  # also on Ctrl-C: what finished is merged, the rest stays staged
+            commit(plan)
+    elif parts_dir(plan.out).is_dir():  # a run killed after staging its last image, before its merge
+        commit(plan)
+    return summary
+
+
+def commit(plan: ExtractPlan) -> None:
+    """Merge the staged images of ``plan`` into its file atomically, with the extractor's record."""
+    features_h5.commit_features(plan.out, {ATTR: plan.record})
+
+
+def check_loader_args(batch_size: int, num_workers: int | None) -> None:
+    """Raise ``InputError`` unless ``batch_size >= 1`` and ``num_workers`` is None or ``>= 0``."""
     if batch_size < 1 or (num_workers is not None and num_workers < 0):
         raise InputError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
-    try:
-        names = list(image_list) if image_list is not None else list_images(image_dir)
-    except ImageError as e:
-        raise ExtractError(str(e)) from None
-    conf = EXTRACTORS.conf(extractor, overrides)
-    record = conf_record(extractor, conf)
-    if overwrite:
-        shards.remove(out)
-        shutil.rmtree(parts_dir(out), ignore_errors=True)
-    _check_compatible(out, record)
-    done = features_h5.done_names(out)
-    todo = [n for n in names if n not in done]
-    summary = JobSummary(out, already_done=len(names) - len(todo))
-    if todo:
-        dev = pick_device(device)
-        model = EXTRACTORS.build_conf(extractor, conf).to(dev)
-        workers = num_workers if num_workers is not None else (1 if len(todo) >= 8 else 0)
-        source = ImageSource(image_dir, todo, ResizeSpec.from_conf(conf), crops)
-        loader = image_loader(source, batch_size, model.max_batch, workers, pin_memory=dev.type == "cuda")
-        try:
-            with tqdm(total=len(todo), desc=f"extract {extractor}", disable=not progress, unit="img") as bar:
-                for batch in loader:
-                    _extract_batch(model, batch, image_dir, out, as_half, dev, summary)
-                    bar.update(len(batch.records) + len(batch.errors) + len(batch.leftover))
-        finally:  # also on Ctrl-C: what finished is merged, the rest stays staged
-            features_h5.commit_features(out, {ATTR: record})
-    elif not out.exists() and not names:
-        raise ExtractError(f"{image_dir}: no images found")
-    return summary
+
+
+def stage_images(model: Extractor, plan: ExtractPlan, names: Sequence[str], summary: JobSummary, *,
+                 as_half: bool, device: torch.device, batch_size: int, num_workers: int,
+                 crops: Mapping[str, Sequence[int]] | None, progress: bool) -> None:
+    """Extract ``names`` of ``plan`` with ``model`` and stage each image as it finishes (no commit).
+
+    Each finished image is counted in ``summary.done``, each unreadable one listed in ``summary.failed``.
+    """
+    source = ImageSource(plan.image_dir, names, ResizeSpec.from_conf(plan.conf), crops)
+    loader = image_loader(source, batch_size, model.max_batch, num_workers, pin_memory=device.type == "cuda")
+    with tqdm(total=len(names), desc=f"extract {plan.extractor}", disable=not progress, unit="img") as bar:
+        for batch in loader:
+            _extract_batch(model, batch, plan.image_dir, plan.out, as_half, device, summary)
+            bar.update(len(batch.records) + len(batch.errors) + len(batch.leftover))
 
 
 def _extract_batch(model: Extractor, batch: ImageBatch, image_dir: Path, out: Path, as_half: bool,
