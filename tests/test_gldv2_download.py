@@ -88,7 +88,7 @@ def test_cli_downloads_keeps_tars_and_exits_nonzero_on_failures(mini_gldv2: Path
     faults.queue["/train/images_001.tar"] = ["404"] * 10
     runner = CliRunner()
     args = ["data", "gldv2", "download", "--out", str(tmp_path / "g"), "--tars", "0-1", "--base-url", base,
-            "--keep-tars", "--jobs", "1"]
+            "--keep-tars", "--jobs", "1", "--quiet"]
     res = runner.invoke(app, args)
     assert res.exit_code == 1, res.output
     lines = res.output.strip().splitlines()
@@ -106,3 +106,12 @@ def test_tar_ranges_and_bad_confs() -> None:
         parse_tar_range("5-2")
     with pytest.raises(ConfError, match=r"^Gldv2DownloadConf.tars: test has tars 0-19, got 20$"):
         Gldv2DownloadConf(split="test", tars=(20,))
+
+
+def test_progress_bars_show_bytes_and_tars(mini_gldv2: Path, loopback, tmp_path, capsys) -> None:
+    tars = sorted(mini_gldv2.glob("images_*.tar"))
+    base, _ = loopback(_served(mini_gldv2))
+    conf = Gldv2DownloadConf(tars=tuple(range(len(tars))), base_url=base, jobs=2, http=HTTP)
+    assert download_gldv2(tmp_path / "gldv2", conf, progress=True).ok
+    err = capsys.readouterr().err
+    assert "gldv2 train bytes" in err and f"{len(tars)}/{len(tars)}" in err

@@ -72,6 +72,7 @@ def gldv2_download(
     jobs: Annotated[int, typer.Option(help="Tars fetched in parallel.")] = 4,
     keep_tars: Annotated[bool, typer.Option(help="Keep each tar after extracting it.")] = False,
     extract: Annotated[bool, typer.Option(help="Extract the tars (--no-extract: download and verify).")] = True,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Download GLDv2 tar by tar: range requests, retries, md5 checks, safe extraction; re-run to resume."""
     from visloc.data.gldv2_download import GLDV2_BASE_URL, Gldv2DownloadConf, download_gldv2, parse_tar_range
@@ -80,7 +81,7 @@ def gldv2_download(
         return Gldv2DownloadConf(split=cast(Any, split), tars=parse_tar_range(tars) if tars else (),
                                  base_url=base_url or GLDV2_BASE_URL, jobs=jobs, keep_tars=keep_tars, extract=extract)
 
-    summary = run(download_gldv2, out, run(build))
+    summary = run(download_gldv2, out, run(build), progress=not quiet)
     for line in summary.lines():
         typer.echo(line)
     if not summary.ok:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from visloc.conf import ConfError
-from visloc.data.download_run import DownloadState, DownloadSummary
+from visloc.data.download_run import DownloadState, DownloadSummary, TransferBars
 from visloc.data.errors import DatasetError
 from visloc.data.world import gldv2_layout as gl
 from visloc.io.checksums import ChecksumError, parse_md5_file
@@ -136,14 +136,13 @@ def _fetch_tar(index: int, folder: Path, conf: Gldv2DownloadConf, state: Downloa
     return True
 
 
-def download_gldv2(out: str | Path, conf: Gldv2DownloadConf | None = None,
-                   progress: Callable[[int], None] | None = None) -> DownloadSummary:
+def download_gldv2(out: str | Path, conf: Gldv2DownloadConf | None = None, progress: bool = False) -> DownloadSummary:
     """Download (and extract) GLDv2's ``conf.split`` into ``out/<split>/`` (module docstring).
 
     Args:
         out: the dataset folder (``out/train/`` is DELF's ``gldv2_dataset/train/``).
         conf: what to fetch.
-        progress: called with the bytes of each received chunk.
+        progress: draw progress bars on stderr (bytes with rate; tars done with rate and ETA).
 
     Returns:
         the summary; ``ok`` is False when a tar or a CSV is still failed (each named with its reason).
@@ -161,8 +160,15 @@ def download_gldv2(out: str | Path, conf: Gldv2DownloadConf | None = None,
                 summary.failed[csv_name] = str(e).splitlines()[0]
     done = "extracted" if conf.extract else "verified"
     before = {gl.tar_name(i) for i in conf.indices if state.status(gl.tar_name(i)) == done}
-    with ThreadPoolExecutor(max_workers=conf.jobs) as pool:
-        results = list(pool.map(lambda i: _fetch_tar(i, folder, conf, state, progress), conf.indices))
+    with TransferBars(len(conf.indices), f"gldv2 {conf.split}", enabled=progress) as bars, \
+            ThreadPoolExecutor(max_workers=conf.jobs) as pool:
+        def fetch(index: int) -> bool:
+            try:
+                return _fetch_tar(index, folder, conf, state, bars.add_bytes)
+            finally:
+                bars.file_done()
+
+        results = list(pool.map(fetch, conf.indices))
     for index, ok in zip(conf.indices, results, strict=True):
         name = gl.tar_name(index)
         if not ok:
