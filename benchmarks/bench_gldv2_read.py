@@ -93,11 +93,11 @@ def main() -> None:
     prepare_gldv2(work / "packed", work / "idx-tars", Gldv2PrepareConf(locate="tars", val_fraction=0.0))
     files, tars = Gldv2Index.open(work / "idx-files"), Gldv2Index.open(work / "idx-tars")
     packed = gl.Gldv2Train.open(work / "packed", verify=False)
-    ids = sorted(files.by_id)
+    ids = sorted(i.decode() for i in files.ids)
     ids = [ids[k] for k in np.random.default_rng(0).permutation(len(ids))[:args.images]]
     if any(files.read_bytes(i) != tars.read_bytes(i) for i in ids):
         raise RuntimeError("tar and file bytes differ")
-    mean_kb = float(np.mean([files.by_id[i].size for i in ids])) / 1024
+    mean_kb = float(np.mean([files.sizes[files.row(i)] for i in ids])) / 1024
     rows = []
     for name, read in (("files", files.read_bytes), ("tars", tars.read_bytes), ("tarfile", packed.read_bytes)):
         row = {"reader": name, "images": len(ids), "mean_kb": round(mean_kb, 1),

@@ -67,8 +67,14 @@ def test_prepare_gives_the_exact_classes_and_per_class_split(mini: Path, tmp_pat
     assert len({e.id for e in entries}) == len(entries)
     # reading by tar offset returns the extracted file's bytes, for every image
     index = Gldv2Index.open(tmp_path)
+    assert [index.entry(k) for k in range(len(index))] == entries  # the columns hold every field
     for e in entries:
         assert e.tar and index.read_bytes(e.id) == (mini / gl.image_relpath(e.id)).read_bytes()
+    train_items = index.items("train")
+    assert list(train_items) == [(e.id, e.label) for e in entries if e.split == "train"]
+    assert list(train_items[2:4]) == list(train_items)[2:4]
+    with pytest.raises(DatasetError, match="image ffffffffffffffff is not in the index"):
+        index.read_bytes("ffffffffffffffff")
     # the same seed gives the same index; auto prefers the extracted files
     again = prepare_gldv2(mini, tmp_path / "again", Gldv2PrepareConf(locate="tars"))
     assert (tmp_path / "again" / INDEX_CSV).read_bytes() == (tmp_path / INDEX_CSV).read_bytes()
@@ -242,7 +248,7 @@ seen = set()
 class Tars(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, idx):
         items = trainer.train_dataloader.dataset.items
-        seen.update(index.by_id[items[i][0]].tar for i in batch["index"].tolist())
+        seen.update(index.entry(index.row(items[i][0])).tar for i in batch["index"].tolist())
 
 recipe = DELGRecipe()
 conf = apply_overrides(recipe.tiny_conf(Path(sys.argv[1])), {

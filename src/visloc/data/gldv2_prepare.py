@@ -20,7 +20,7 @@ headers, minutes on the 500 tars of GLDv2 train).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -150,7 +150,7 @@ def prepare_gldv2(root: str | Path, out: str | Path | None = None, conf: Gldv2Pr
         raise DatasetError(f"{root}: none of the {len(labels)} listed images was found "
                            f"({'extracted' if conf.locate == 'files' else 'extracted or in ' + TAR_GLOB})")
     split = build_split(present, conf.val_fraction, conf.seed)
-    parts: tuple[tuple[Literal["train", "val"], tuple[tuple[str, int], ...]], ...] = (
+    parts: tuple[tuple[Literal["train", "val"], Sequence[tuple[str, int]]], ...] = (
         ("train", split.train), ("val", split.val))
     entries = [IndexEntry(i, label, present[i], name, *locations[i]) for name, items in parts for i, label in items]
     out.mkdir(parents=True, exist_ok=True)

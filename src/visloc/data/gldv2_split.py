@@ -72,8 +72,8 @@ class LandmarkSplit:
         old_labels: landmark id of each new label ``[K]``.
     """
 
-    train: tuple[tuple[str, int], ...]
-    val: tuple[tuple[str, int], ...]
+    train: Sequence[tuple[str, int]]
+    val: Sequence[tuple[str, int]]
     old_labels: tuple[int, ...]
 
     @property

@@ -44,15 +44,15 @@ class ShardedSampler(DistributedSampler):
 
     Args:
         dataset: the dataset (only its length is used).
-        shards: shard key of each item ``[len(dataset)]``.
+        shards: shard key of each item ``[len(dataset)]`` (strings, or integer codes as an array).
         seed: seed of the order.
         num_replicas: ranks; default from ``torch.distributed`` (1 when not initialised).
         rank: this rank; default from ``torch.distributed``.
         shuffle: False: shards and items in their given order (dealt the same way).
     """
 
-    def __init__(self, dataset: Dataset, shards: Sequence[str], seed: int = 0, num_replicas: int | None = None,
-                 rank: int | None = None, shuffle: bool = True) -> None:
+    def __init__(self, dataset: Dataset, shards: Sequence[str] | np.ndarray, seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True) -> None:
         world, me = _world()
         num_replicas = world if num_replicas is None else num_replicas
         rank = me if rank is None else rank
@@ -62,9 +62,8 @@ class ShardedSampler(DistributedSampler):
         if not 0 <= rank < num_replicas:
             raise ConfError(f"ShardedSampler: rank {rank} outside [0, {num_replicas})")
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        keys = sorted(set(shards))
-        code = {k: c for c, k in enumerate(keys)}
-        self.shard_of = np.array([code[s] for s in shards], np.int64)
+        keys, codes = np.unique(np.asarray(shards), return_inverse=True)
+        self.shard_of = codes.astype(np.int64).reshape(-1)
         self.num_shards = len(keys)
         self.start = 0
         self.driven = False

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from visloc.data.errors import DatasetError
-from visloc.data.gldv2_index import Gldv2Index
+from visloc.data.gldv2_index import Gldv2Index, IndexItems
 from visloc.data.gldv2_split import LandmarkSplit, build_split
 from visloc.data.world.gldv2_layout import TRAIN_CLEAN_CSV, TRAIN_CSV, Gldv2Train
 from visloc.train.delg.conf import DataConf
@@ -54,26 +54,24 @@ def open_split(root: str, clean: bool = True, fraction: float = 0.2, seed: int =
 
 
 @functools.lru_cache(maxsize=2)
-def open_index_split(folder: str) -> tuple[Gldv2Index, LandmarkSplit, tuple[str, ...]]:
+def open_index_split(folder: str) -> tuple[Gldv2Index, LandmarkSplit, np.ndarray]:
     """The index ``visloc data gldv2 prepare`` wrote in ``folder``, its split and each training image's shard.
 
-    The split is the index's own (its ``label`` and ``split`` columns); ``relabeling.csv`` beside the index
-    maps the labels back to landmark ids.
+    The split is the index's own (its ``label`` and ``split`` columns), backed by the index's arrays;
+    ``relabeling.csv`` beside the index maps the labels back to landmark ids.
     """
     index = Gldv2Index.open(folder)
-    train = tuple((e.id, e.label) for e in index.entries if e.split == "train")
-    val = tuple((e.id, e.label) for e in index.entries if e.split == "val")
-    old: dict[int, int] = {}
-    for e in index.entries:
-        if old.setdefault(e.label, e.landmark_id) != e.landmark_id:
-            raise DatasetError(f"{folder}: label {e.label} stands for landmarks {old[e.label]} and {e.landmark_id}")
-    if sorted(old) != list(range(len(old))):
-        raise DatasetError(f"{folder}: labels must be 0..K-1, got {len(old)} labels up to {max(old)}")
-    shards = tuple(e.shard for e in index.entries if e.split == "train")
-    return index, LandmarkSplit(train, val, tuple(old[k] for k in range(len(old)))), shards
+    labels, first = np.unique(index.labels, return_index=True)
+    if len(labels) == 0 or labels[0] != 0 or labels[-1] != len(labels) - 1:
+        raise DatasetError(f"{folder}: labels must be 0..K-1, got {len(labels)} distinct labels")
+    old = index.landmarks[first]
+    if bool((old[index.labels] != index.landmarks).any()):
+        raise DatasetError(f"{folder}: a label stands for two landmark ids")
+    train, val = index.items("train"), index.items("val")
+    return index, LandmarkSplit(train, val, tuple(int(x) for x in old)), train.shards()
 
 
-def open_training_data(d: DataConf) -> tuple[ImageBytes, LandmarkSplit, tuple[str, ...]]:
+def open_training_data(d: DataConf) -> tuple[ImageBytes, LandmarkSplit, Sequence[str] | np.ndarray]:
     """``(reader, split, shard of each training image)`` of ``data:``: its prepared index, else its folder.
 
     Without an index every image is its own shard ``""`` (samplers then deal images, not tars).
@@ -188,7 +186,8 @@ class LandmarkImages(Dataset):
 
     def __init__(self, layout: ImageBytes, items: Sequence[tuple[str, int]], size: int, pre: Preprocessing,
                  augment: Augment | None = None, seed: int = 0) -> None:
-        self.layout, self.items, self.size, self.pre = layout, list(items), size, pre
+        self.layout, self.size, self.pre = layout, size, pre
+        self.items = items if isinstance(items, IndexItems) else list(items)  # IndexItems: arrays, kept as is
         self.augment, self.seed, self.epoch = augment, seed, 0
         self.bad: set[str] = set()
 
