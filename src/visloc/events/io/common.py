@@ -77,20 +77,24 @@ def scalar(v: object) -> str:
 
 def first_bad_row(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, sensor_size: tuple[int, int],
                   encoding: Encoding) -> int | None:
-    """Index of the first row that ``EventStream.from_arrays`` would refuse (``[N]`` raw columns), or None.
+    """The row that ``EventStream.from_arrays`` refused (``[N]`` raw columns), or None if none is found.
 
-    Only the error path calls it, to name the row: unsorted ``t``, a non-integral or out-of-sensor
-    ``x`` / ``y``, a polarity outside ``encoding``, a non-finite value.
+    Only the error path calls it, to name the row. The checks run in ``from_arrays``' order (times
+    finite, coordinates integral, polarities in ``encoding``; then sorted times, coordinates inside the
+    sensor), so the row found is one of the check whose message is shown.
     """
     tf = np.asarray(t, dtype=np.float64)
-    bad = ~np.isfinite(tf)
-    bad[1:] |= tf[1:] < tf[:-1]
-    for arr, size in ((x, sensor_size[0]), (y, sensor_size[1])):
-        a = np.asarray(arr, dtype=np.float64)
-        bad |= ~np.isfinite(a) | (a != np.round(a)) | (a < 0) | (a >= size)
+    xf, yf = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     allowed = (-1, 1) if encoding == "pm1" else (0, 1)
-    bad |= ~((p == allowed[0]) | (p == allowed[1]))
-    return int(np.argmax(bad)) if np.any(bad) else None
+    unsorted = np.zeros(len(tf), bool)
+    unsorted[1:] = tf[1:] < tf[:-1]
+    masks = [~np.isfinite(tf), ~np.isfinite(xf) | (xf != np.round(xf)), ~np.isfinite(yf) | (yf != np.round(yf)),
+             ~((p == allowed[0]) | (p == allowed[1])), unsorted, (xf < 0) | (xf >= sensor_size[0]),
+             (yf < 0) | (yf >= sensor_size[1])]
+    for bad in masks:
+        if np.any(bad):
+            return int(np.argmax(bad))
+    return None
 
 
 class ChunkBuilder:

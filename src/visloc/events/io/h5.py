@@ -23,7 +23,7 @@ from types import TracebackType
 import h5py
 import numpy as np
 
-from visloc.events.io.common import EventFileError
+from visloc.events.io.common import EventFileError, scalar
 from visloc.events.io.hdf5 import LazyEvents, read_rows, require_dataset
 from visloc.events.stream import EventStream, EventStreamError
 from visloc.io.atomic import atomic_path
@@ -153,7 +153,8 @@ class VislocEvents(LazyEvents):
                                  f"expected {FORMAT!r})")
         version = attrs.get("format_version")
         if not isinstance(version, (int, np.integer)) or not 1 <= int(version) <= VERSION:
-            raise EventFileError(f"{self.path}: format_version {version!r}; this visloc reads {FORMAT} 1..{VERSION}")
+            raise EventFileError(f"{self.path}: format_version {scalar(version)}; this visloc reads {FORMAT} "
+                                 f"versions 1 to {VERSION}")
         for key in ("sensor_size", "origin_us"):
             if key not in attrs:
                 raise EventFileError(f"{self.path}: no attribute {key}")

@@ -73,12 +73,14 @@ def read_rows(ds: h5py.Dataset, sel: slice | tuple[slice, int], path: str | Path
 
 
 def searchsorted_blocks(read_t: Callable[[int, int], np.ndarray], n: int, value: int,
-                        side: Literal["left", "right"] = "left", block: int = SEARCH_BLOCK) -> int:
+                        side: Literal["left", "right"] = "left", block: int | None = None) -> int:
     """``np.searchsorted(t, value, side)`` over a sorted ``t`` of ``n`` rows read by ``read_t(i0, i1)``.
 
     Bisects with single-row reads until the candidate span is at most ``block`` rows, then reads that
-    span: ``O(log(n / block))`` tiny reads and one block, whatever the file's size.
+    span: ``O(log(n / block))`` tiny reads and one block, whatever the file's size (``block``
+    defaults to ``SEARCH_BLOCK``).
     """
+    block = SEARCH_BLOCK if block is None else max(1, block)
     lo, hi = 0, n  # the answer lies in [lo, hi]
     while hi - lo > block:
         mid = (lo + hi) // 2
