@@ -433,3 +433,30 @@ def test_text_write_is_atomic(tmp_path, stream, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_text_events(out, stream)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------
+
+
+def test_cli_events_info(tmp_path, stream):
+    from typer.testing import CliRunner
+
+    from visloc.cli import app
+
+    runner = CliRunner()
+    out = write_events(tmp_path / "ev.h5", stream)
+    res = runner.invoke(app, ["events", "info", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == ["format: visloc-h5", "events: 200", "sensor: 346 x 260",
+                                       f"origin_us: {EPOCH_US}", f"duration: {stream.duration_us / 1e6:.6f} s",
+                                       f"rate: {200 / (stream.duration_us / 1e6):.1f} events/s"]
+    win = tmp_path / "1.5.npy"
+    np.save(win, np.array([[1.5, 1, 2, 0], [1.75, 3, 0, 1]]))
+    res = runner.invoke(app, ["events", "info", str(win), "--sensor-size", "4x3"])  # the flag reaches the reader
+    assert res.exit_code == 0 and "sensor: 4 x 3" in res.output and "duration: 0.250000 s" in res.output
+    res = runner.invoke(app, ["events", "info", str(win)])
+    assert res.exit_code == 2 and "do not record the sensor size" in res.output
+    _mvsec(tmp_path / "r_data.hdf5", stream, camera="right")
+    res = runner.invoke(app, ["events", "info", str(tmp_path / "r_data.hdf5"), "--camera", "right"])
+    assert res.exit_code == 0 and "format: mvsec-h5" in res.output and "events: 200" in res.output
+    assert runner.invoke(app, ["events", "info", str(win), "--sensor-size", "4by3"]).exit_code == 2
