@@ -153,6 +153,11 @@ def test_mvsec_missing_keys_are_named(tmp_path, stream):
     with pytest.raises(EventFileError, match=r"x_data.hdf5: no dataset davis/left/events \(keys under /davis: right\)"):
         MvsecEvents(data)
     assert len(MvsecEvents(data, camera="right")) == len(stream)
+    bare = tmp_path / "bare.hdf5"
+    with h5py.File(bare, "w") as f:
+        f["frames"] = np.zeros(2)
+    with pytest.raises(EventFileError, match=r"bare.hdf5: no dataset davis/left/events \(keys under /: frames\)"):
+        MvsecEvents(bare)
     gt = tmp_path / "x_gt.hdf5"
     with h5py.File(gt, "w") as f:
         f["davis/left/pose"] = np.tile(np.eye(4), (2, 1, 1))

@@ -65,16 +65,18 @@ class EventWriter:
         self._last: int | None = None
 
     def __enter__(self) -> EventWriter:
-        stack = contextlib.ExitStack()
-        tmp = stack.enter_context(atomic_path(self.path))
-        f = stack.enter_context(h5py.File(tmp, "w"))
-        f.attrs.update({"format": FORMAT, "format_version": VERSION,
-                        "sensor_size": np.asarray(self.sensor_size, np.int64), "origin_us": np.int64(self.origin_us)})
-        grp = f.create_group("events")
-        for name, dtype in _FIELDS.items():
-            self._ds[name] = grp.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(self._chunk,),
-                                                compression="gzip", compression_opts=self._level, shuffle=True)
-        self._stack = stack
+        with contextlib.ExitStack() as stack:  # a failure here unwinds it: no temporary file is left
+            tmp = stack.enter_context(atomic_path(self.path))
+            f = stack.enter_context(h5py.File(tmp, "w"))
+            f.attrs.update({"format": FORMAT, "format_version": VERSION,
+                            "sensor_size": np.asarray(self.sensor_size, np.int64),
+                            "origin_us": np.int64(self.origin_us)})
+            grp = f.create_group("events")
+            for name, dtype in _FIELDS.items():
+                self._ds[name] = grp.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
+                                                    chunks=(self._chunk,), compression="gzip",
+                                                    compression_opts=self._level, shuffle=True)
+            self._stack = stack.pop_all()
         return self
 
     def append(self, stream: EventStream) -> None:

@@ -45,12 +45,10 @@ def require_dataset(f: h5py.File, key: str, path: str | Path, ndim: int, columns
     """
     obj = f.get(key)
     if obj is None:
-        parent, _, _ = key.rpartition("/")
-        node = f.get(parent) if parent else f
-        while node is None and "/" in parent:  # the deepest group that exists
+        parent = key.rpartition("/")[0]
+        while parent and not isinstance(f.get(parent), h5py.Group):  # the deepest group that exists
             parent = parent.rpartition("/")[0]
-            node = f.get(parent) if parent else f
-        node = f if node is None else node
+        node = f.get(parent) if parent else f
         present = sorted(node.keys()) if isinstance(node, h5py.Group) else []
         raise EventFileError(f"{path}: no dataset {key} (keys under /{parent}: {', '.join(present) or 'none'})")
     if not isinstance(obj, h5py.Dataset):

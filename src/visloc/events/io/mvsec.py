@@ -47,15 +47,15 @@ class MvsecEvents(LazyEvents):
                  sensor_size: tuple[int, int] = MVSEC_SENSOR, origin_us: int | None = None,
                  polarity: PolarityArg = "pm1") -> None:
         super().__init__(path)
+        self.sensor_size = sensor_size
+        self._polarity: PolarityArg = polarity
+        self.origin_us = 0
         try:
             self._ds = require_dataset(self._file, f"davis/{camera}/events", self.path, ndim=2, columns=4)
+            first = int(self._read_t(0, 1)[0]) if len(self) else 0
         except EventFileError:
             self.close()
             raise
-        self.sensor_size = sensor_size
-        self._polarity: PolarityArg = polarity
-        n = self._ds.shape[0]
-        first = int(seconds_to_us(read_rows(self._ds, (slice(0, 1), _T), self.path))[0]) if n else 0
         self.origin_us = first if origin_us is None else int(origin_us)
 
     def __len__(self) -> int:
