@@ -226,6 +226,10 @@ def test_npy_refuses_objects_transposes_and_odd_names(tmp_path):
     np.save(tr, np.zeros((4, 9)))
     with pytest.raises(EventFileError, match=r"expected \[N, 4\] rows \(t, x, y, p\), got shape \(4, 9\) \(transposed"):
         read_events(tr, sensor_size=SIZE)
+    unsorted = tmp_path / "3.0.npy"
+    np.save(unsorted, np.array([[3.0, 0, 0, 1], [3.5, 1, 1, 0], [3.25, 2, 2, 1]]))
+    with pytest.raises(EventFileError, match=r"3.0.npy \(row 2\): EventStream.t: not sorted"):
+        read_events(unsorted, sensor_size=SIZE)
     (tmp_path / "win_a.npy").write_bytes(b"")
     with pytest.raises(EventFileError, match="win_a.npy: the name is not a timestamp in s"):
         read_npy_windows(tmp_path, SIZE)
@@ -330,7 +334,7 @@ def test_nmea_bad_input(tmp_path):
     ("4 2\n0.1 0 0 1\n0.2 4 1 0\n", r"ev.txt:3: EventStream.x: values in \[0, 4\] outside the sensor's \[0, 4\)"),
     ("4 2\n0.1 0 0 1\n0.2 1 -1 0\n", r"ev.txt:3: EventStream.y"),
     ("4 2\n0.1 0 0 1\n0.2 1 1 2\n", r"ev.txt:3: polarity 2.0 is neither in \{-1, \+1\} nor in \{0, 1\}"),
-    ("4 2\n0.1 0 0 0\n0.2 1 1 -1\n", r"ev.txt:3: polarity -1.0 in .*ev.txt's \{0, 1\} polarities \(two encodings"),
+    ("4 2\n0.1 0 0 0\n0.2 1 1 -1\n", r"ev.txt:3: polarity -1.0 after \{0, 1\} polarities \(two encodings mixed\)"),
     ("4 2\n0.1 0 0 1\n0.2 1 1\n", r"ev.txt:3: expected 't x y p' \(4 numbers\), got '0.2 1 1'"),
     ("4 2\n0.1 0 0 1\n0.2 1 one 1\n", r"ev.txt:3: expected 't x y p' \(4 numbers\), got '0.2 1 one 1'"),
     ("4 2\n0.1 0 0 1\n0.2 1.5 1 1\n", r"ev.txt:3: EventStream.x: float values must be integral"),
@@ -349,7 +353,7 @@ def test_bad_input_across_chunks_and_encodings(tmp_path):
     with pytest.raises(EventFileError, match=r"ev.txt:5: EventStream.t: not sorted \(t = 50000 µs after 200000"):
         read_text_events(src, chunk_lines=3)
     src.write_text("4 2\n0.1 0 0 0\n0.2 1 1 1\n0.3 1 1 -1\n")
-    with pytest.raises(EventFileError, match=r"ev.txt:4: polarity -1.0 in"):
+    with pytest.raises(EventFileError, match=r"ev.txt:4: polarity -1.0 after \{0, 1\} polarities"):
         read_text_events(src, chunk_lines=2)
     src.write_bytes(b"4 2\n0.1 0 0 1\n0.2 1 \xe9 1\n")
     with pytest.raises(EventFileError, match=r"ev.txt:3: not UTF-8 text \(byte 0xe9 at column 7\)"):
@@ -385,6 +389,18 @@ def test_hdf5_bad_input(tmp_path, stream):
         f.attrs["format_version"] = 2
     with pytest.raises(EventFileError, match=r"new.h5: format_version 2; this visloc reads visloc-events versions 1 "):
         read_events(newer)
+
+
+def test_lazy_chunks_check_time_within_and_across_chunks(tmp_path, stream):
+    out = write_events(tmp_path / "ev.h5", stream)
+    with h5py.File(out, "a") as f:
+        t = f["events/t"][:]
+        f["events/t"][100:] = t[100:] - 10_000_000  # a foreign writer's file: time jumps back at event 100
+    with VislocEvents(out) as r:
+        with pytest.raises(EventFileError, match=r"ev.h5 \(events 90..119\): EventStream.t: not sorted"):
+            list(r.chunks(30))
+        with pytest.raises(EventFileError, match=r"ev.h5 \(event 100\): EventStream.t: not sorted"):
+            list(r.chunks(20))  # the jump is at a chunk boundary
 
 
 def test_unknown_format_lists_the_known_ones(tmp_path):

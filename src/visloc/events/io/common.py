@@ -45,7 +45,7 @@ class PolarityTracker:
         self.requested = polarity
         self.settled: Encoding | None = None if polarity == "auto" else polarity
 
-    def encoding(self, p: np.ndarray, locate: Locate, where: str) -> Encoding:
+    def encoding(self, p: np.ndarray, locate: Locate) -> Encoding:
         """The encoding of chunk ``p`` (``[N]``); ``EventFileError`` on values of neither or of both encodings."""
         if self.requested != "auto":
             return self.settled or "pm1"
@@ -60,7 +60,7 @@ class PolarityTracker:
         other = is_neg if settled == "01" else is_zero
         if settled is not None and np.any(other):
             i = int(np.argmax(other))
-            raise EventFileError(f"{locate(i)}: polarity {scalar(p[i])} in {where}'s {_NAMES[settled]} polarities "
+            raise EventFileError(f"{locate(i)}: polarity {scalar(p[i])} after {_NAMES[settled]} polarities "
                                  "(two encodings mixed)")
         self.settled = settled or ("01" if np.any(is_zero) else "pm1" if np.any(is_neg) else None)
         return self.settled or "pm1"
@@ -119,7 +119,7 @@ class ChunkBuilder:
 
     def build(self, t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, locate: Locate) -> EventStream:
         """One chunk (``[N]`` raw columns) as a stream; ``EventFileError`` naming the first bad row."""
-        encoding = self.polarity.encoding(np.asarray(p), locate, str(self.path))
+        encoding = self.polarity.encoding(np.asarray(p), locate)
         try:
             chunk = EventStream.from_arrays(t, x, y, p, self.sensor_size, t_unit=self.t_unit, polarity=encoding,
                                             origin_us=self.origin_us)
