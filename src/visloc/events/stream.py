@@ -215,6 +215,11 @@ class EventStream:
                            conv(self.p, np.float32))
 
 
+def seconds_to_us(t: np.ndarray) -> np.ndarray:
+    """``[N]`` int64 µs of ``[N]`` finite seconds, exactly as ``EventStream.from_arrays(t_unit="s")`` converts."""
+    return _to_us(np.asarray(t), "s")
+
+
 def _to_us(t: np.ndarray, unit: str) -> np.ndarray:
     if t.ndim != 1:
         raise EventStreamError(f"EventStream.t: expected [N], got shape {t.shape}")
