@@ -84,6 +84,8 @@ INDEX: dict[str, dict[str, L]] = {
     "representation": {
         "voxel-grid": L("visloc.events.representations", "events",
                         "voxel grid: B time bins, bilinear in time, polarity-weighted (e2vid B-1 | tonic B)"),
+        "est": L("visloc.events.est", "events",
+                 "learnable EST: per-bin MLP kernel [1,30,30,1] fitted to trilinear, 2B channels (negative first)"),
         "histogram": L("visloc.events.representations", "events", "event counts per pixel, positive and negative"),
         "time-surface": L("visloc.events.representations", "events",
                           "per polarity exp(-(t_end - t_last) / tau) of each pixel's latest event"),
