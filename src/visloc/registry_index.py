@@ -69,6 +69,9 @@ INDEX: dict[str, dict[str, L]] = {
                   "DELG at one scale (image [1,3,H,W] -> attention, local, global; dynamic H, W)"),
         "loftr-coarse": L("visloc.export.models", "onnx",
                           "Coarse LoFTR (image0, image1 [1,1,H,W] -> conf [1,L,S], mask [1,L,S]; static shapes)"),
+        "event-vpr": L("visloc.export.models", "onnx",
+                       "Event-VPR after the representation (representation [B,C,H,W] -> global_descriptor "
+                       "[B,D]; dynamic B)"),
     },
     "recipe": {
         "hfnet-distill": L("visloc.train.hfnet.recipe", "train",
