@@ -29,6 +29,7 @@ FAST: dict[str, list[str]] = {
     "netvlad-vgg16": ["num_clusters=4", "whiten_dim=32", "shape.height=48", "shape.width=64"],
     "loftr-coarse": ["shape.height=128", "shape.width=160"],
     "delg": ["preset=delg-r18", "shape.height=64", "shape.width=96", "shape.check_sizes=[[75, 101]]"],
+    "event-vpr": ["model.bins=2", "model.input_size=64", "shape.height=30", "shape.width=40"],
 }
 NAMES = MODELS.names()
 

@@ -69,6 +69,9 @@ INDEX: dict[str, dict[str, L]] = {
                   "DELG at one scale (image [1,3,H,W] -> attention, local, global; dynamic H, W)"),
         "loftr-coarse": L("visloc.export.models", "onnx",
                           "Coarse LoFTR (image0, image1 [1,1,H,W] -> conf [1,L,S], mask [1,L,S]; static shapes)"),
+        "event-vpr": L("visloc.export.models", "onnx",
+                       "Event-VPR after the representation (representation [B,C,H,W] -> global_descriptor "
+                       "[B,D]; dynamic B)"),
     },
     "recipe": {
         "hfnet-distill": L("visloc.train.hfnet.recipe", "train",
@@ -84,6 +87,8 @@ INDEX: dict[str, dict[str, L]] = {
     "representation": {
         "voxel-grid": L("visloc.events.representations", "events",
                         "voxel grid: B time bins, bilinear in time, polarity-weighted (e2vid B-1 | tonic B)"),
+        "est": L("visloc.events.est", "events",
+                 "learnable EST: per-bin MLP kernel [1,30,30,1] fitted to trilinear, 2B channels (negative first)"),
         "histogram": L("visloc.events.representations", "events", "event counts per pixel, positive and negative"),
         "time-surface": L("visloc.events.representations", "events",
                           "per polarity exp(-(t_end - t_last) / tau) of each pixel's latest event"),

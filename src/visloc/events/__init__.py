@@ -3,7 +3,9 @@
 - ``stream``: ``EventStream`` (sorted int64 µs from a stated origin, ``x``, ``y``, ``p`` in {-1, +1});
 - ``windows``: fixed-count, fixed-duration and fixed-distance windows (``WindowSet``);
 - ``representations``: voxel grid, histogram, time surface (``REPRESENTATIONS``, kind ``events``);
-  imported on demand (it imports torch and registers its entries).
+  imported on demand (it imports torch and registers its entries);
+- ``est``: the learnable EST layer (an ``nn.Module``), registered as ``est`` beside them;
+- ``vpr``: representation + Event-VPR network as one module over event windows.
 """
 
 from visloc.events.stream import EventStream, EventStreamError, TorchEvents

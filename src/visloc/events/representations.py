@@ -28,7 +28,8 @@ adding a constant to every ``t`` changes nothing. A window without events gives 
 - ``time-surface``: per polarity (channel 0 positive, 1 negative), ``exp(-(t_end - t_last) / tau)``
   with ``t_last`` the time of the pixel's most recent event of that polarity; 0 where it has none.
 
-The learnable EST layer is a module of the event-VPR model, not one of these.
+The learnable EST layer (``est``) is an ``nn.Module`` registered beside these, in ``events.est``; it
+gathers its windows with ``gather_windows`` too.
 """
 
 from __future__ import annotations
@@ -121,15 +122,27 @@ class TimeSurfaceConf:
 
 
 @dataclass(frozen=True)
-class _Batch:
-    """The events of ``n`` windows, concatenated: ``rel`` = ``t - t_start`` of their window (int64)."""
+class EventBatch:
+    """The events of ``n`` windows, concatenated (``gather_windows``).
+
+    Attributes:
+        rel: ``[N]`` int64 µs ``t - t_start`` of each event's window.
+        x: ``[N]`` int64 pixel columns.
+        y: ``[N]`` int64 pixel rows.
+        p: ``[N]`` float32 polarities in ``{-1, +1}``.
+        b: ``[N]`` int64 index of each event's window in ``[0, n)``.
+        span: ``[n]`` int64 µs ``t_end - t_start`` of each window.
+        n: the number of windows.
+        width: the sensor's ``W``.
+        height: the sensor's ``H``.
+    """
 
     rel: torch.Tensor
     x: torch.Tensor
     y: torch.Tensor
     p: torch.Tensor
     b: torch.Tensor
-    span: torch.Tensor  # [n] int64 t_end - t_start of each window
+    span: torch.Tensor
     n: int
     width: int
     height: int
@@ -145,8 +158,14 @@ def _time_range(events: EventStream, t_range: TimeRange | None) -> TimeRange:
     return t0, t1
 
 
-def _gather(windows: Sequence[EventStream], t_ranges: Sequence[TimeRange | None] | None,
-            device: torch.device | str) -> _Batch:
+def gather_windows(windows: Sequence[EventStream], t_ranges: Sequence[TimeRange | None] | None,
+                   device: torch.device | str) -> EventBatch:
+    """The events of ``windows`` (one sensor) on ``device``, times relative to each window's ``t_range``.
+
+    Raises:
+        ValueError: no windows, mixed sensor sizes, as many ranges as windows, or a range that does not
+            contain its window's events.
+    """
     if not windows:
         raise ValueError("windows: expected at least one window")
     size = windows[0].sensor_size
@@ -162,10 +181,10 @@ def _gather(windows: Sequence[EventStream], t_ranges: Sequence[TimeRange | None]
         parts.append((ev.t - t0, ev.x, ev.y, ev.p, torch.full_like(ev.t, i)))
         spans.append(t1 - t0)
     rel, x, y, p, b = (torch.cat(c) for c in zip(*parts, strict=True))
-    return _Batch(rel, x, y, p, b, torch.tensor(spans, dtype=torch.int64, device=device), len(windows), *size)
+    return EventBatch(rel, x, y, p, b, torch.tensor(spans, dtype=torch.int64, device=device), len(windows), *size)
 
 
-def _voxel(ev: _Batch, conf: VoxelGridConf) -> torch.Tensor:
+def _voxel(ev: EventBatch, conf: VoxelGridConf) -> torch.Tensor:
     nb, h, w = conf.bins, ev.height, ev.width
     scale = nb - 1 if conf.normalization == "e2vid" else nb
     span = ev.span[ev.b].double()
@@ -181,7 +200,7 @@ def _voxel(ev: _Batch, conf: VoxelGridConf) -> torch.Tensor:
     return out.view(ev.n, nb, h, w)
 
 
-def _histogram(ev: _Batch, conf: HistogramConf) -> torch.Tensor:
+def _histogram(ev: EventBatch, conf: HistogramConf) -> torch.Tensor:
     h, w = ev.height, ev.width
     channel = (ev.p < 0).long()
     out = torch.zeros(ev.n * 2 * h * w, dtype=torch.float32, device=ev.rel.device)
@@ -189,7 +208,7 @@ def _histogram(ev: _Batch, conf: HistogramConf) -> torch.Tensor:
     return out.view(ev.n, 2, h, w)
 
 
-def _time_surface(ev: _Batch, conf: TimeSurfaceConf) -> torch.Tensor:
+def _time_surface(ev: EventBatch, conf: TimeSurfaceConf) -> torch.Tensor:
     h, w = ev.height, ev.width
     channel = (ev.p < 0).long()
     last = torch.full((ev.n * 2 * h * w,), -1, dtype=torch.int64, device=ev.rel.device)  # -1: no event
@@ -208,37 +227,37 @@ Device = torch.device | str
 def voxel_grid(events: EventStream, conf: VoxelGridConf, t_range: TimeRange | None = None,
                device: Device = "cpu") -> torch.Tensor:
     """``[B, H, W]`` float32 voxel grid of one window (see the module docstring)."""
-    return _voxel(_gather([events], [t_range], device), conf)[0]
+    return _voxel(gather_windows([events], [t_range], device), conf)[0]
 
 
 def voxel_grid_batch(windows: Windows, conf: VoxelGridConf, t_ranges: TimeRanges = None,
                      device: Device = "cpu") -> torch.Tensor:
     """``[N, B, H, W]`` voxel grids of ``N`` windows of one sensor."""
-    return _voxel(_gather(windows, t_ranges, device), conf)
+    return _voxel(gather_windows(windows, t_ranges, device), conf)
 
 
 def histogram(events: EventStream, conf: HistogramConf, t_range: TimeRange | None = None,
               device: Device = "cpu") -> torch.Tensor:
     """``[2, H, W]`` float32 counts (positive, negative) of one window."""
-    return _histogram(_gather([events], [t_range], device), conf)[0]
+    return _histogram(gather_windows([events], [t_range], device), conf)[0]
 
 
 def histogram_batch(windows: Windows, conf: HistogramConf, t_ranges: TimeRanges = None,
                     device: Device = "cpu") -> torch.Tensor:
     """``[N, 2, H, W]`` counts of ``N`` windows of one sensor."""
-    return _histogram(_gather(windows, t_ranges, device), conf)
+    return _histogram(gather_windows(windows, t_ranges, device), conf)
 
 
 def time_surface(events: EventStream, conf: TimeSurfaceConf, t_range: TimeRange | None = None,
                  device: Device = "cpu") -> torch.Tensor:
     """``[2, H, W]`` float32 time surface (positive, negative) of one window, at ``t_end``."""
-    return _time_surface(_gather([events], [t_range], device), conf)[0]
+    return _time_surface(gather_windows([events], [t_range], device), conf)[0]
 
 
 def time_surface_batch(windows: Windows, conf: TimeSurfaceConf, t_ranges: TimeRanges = None,
                        device: Device = "cpu") -> torch.Tensor:
     """``[N, 2, H, W]`` time surfaces of ``N`` windows of one sensor."""
-    return _time_surface(_gather(windows, t_ranges, device), conf)
+    return _time_surface(gather_windows(windows, t_ranges, device), conf)
 
 
 class Representation:
@@ -247,11 +266,11 @@ class Representation:
     Args:
         name: its registered name.
         conf: its conf (``channels``, ``mass`` and ``input_spec()`` come from it).
-        fn: the batched kernel ``(_Batch, conf) -> [N, C, H, W]``.
+        fn: the batched kernel ``(EventBatch, conf) -> [N, C, H, W]``.
     """
 
     def __init__(self, name: str, conf: VoxelGridConf | HistogramConf | TimeSurfaceConf,
-                 fn: Callable[[_Batch, Any], torch.Tensor]) -> None:
+                 fn: Callable[[EventBatch, Any], torch.Tensor]) -> None:
         self.name = name
         self.conf = conf
         self._fn = fn
@@ -272,11 +291,11 @@ class Representation:
 
     def __call__(self, events: EventStream, t_range: TimeRange | None = None, device: Device = "cpu") -> torch.Tensor:
         """``[C, H, W]`` float32 of one window (``t_range``: see the module docstring)."""
-        return self._fn(_gather([events], [t_range], device), self.conf)[0]
+        return self._fn(gather_windows([events], [t_range], device), self.conf)[0]
 
     def batch(self, windows: Windows, t_ranges: TimeRanges = None, device: Device = "cpu") -> torch.Tensor:
         """``[N, C, H, W]`` float32 of ``N`` windows of one sensor, in one scatter."""
-        return self._fn(_gather(windows, t_ranges, device), self.conf)
+        return self._fn(gather_windows(windows, t_ranges, device), self.conf)
 
     def __repr__(self) -> str:
         return f"Representation({self.name!r}, {self.conf})"

@@ -11,6 +11,7 @@ Builders import their weights loaders lazily, so listing the models imports noth
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from visloc.models.coarse_loftr import CoarseMatchConf
 from visloc.models.delg_graph import ONNX_CHECK_SIZES as DELG_CHECK_SIZES
+from visloc.models.event_vpr import EventVPRConf
 from visloc.models.hfnet import ONNX_CHECK_SIZES
 from visloc.registry import MODELS
 
@@ -160,7 +162,52 @@ def build_delg(conf: DELGExportConf) -> nn.Module:
     return DELGGraph(model.cpu().eval(), extras).eval()
 
 
+@dataclass(frozen=True)
+class EventVPRShape:
+    """``EventVPR.export_spec``'s options: the example's batch and the sensor's fixed size (MVSEC's 346x260)."""
+
+    batch: int = 2
+    height: int = 260
+    width: int = 346
+    dynamic: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EventVPRExportConf:
+    """``event-vpr``: the network after the representation, from a visloc ``event-vpr`` checkpoint.
+
+    The checkpoint (``events.vpr``: representation + network) fixes its own architecture; ``model`` shapes
+    the random network only (``allow_random`` without weights).
+    """
+
+    weights: str | None = None
+    allow_random: bool = False
+    model: EventVPRConf = field(default_factory=EventVPRConf)
+    shape: EventVPRShape = field(default_factory=EventVPRShape)
+
+
+def build_event_vpr(conf: EventVPRExportConf) -> nn.Module:
+    """The ``EventVPR`` network (the checkpoint's ``network.*`` weights), eval mode, CPU."""
+    from visloc.models.event_vpr import EventVPR
+    from visloc.weights.checkpoint import build_model, load_model_record
+    from visloc.weights.load import WeightsError
+
+    if conf.weights is not None:
+        record = load_model_record(conf.weights, "event-vpr")
+        prefix = "network."
+        network = {k[len(prefix):]: v for k, v in record.state_dict.items() if k.startswith(prefix)}
+        return build_model(dataclasses.replace(record, state_dict=network), EventVPRConf, EventVPR).cpu()
+    if not conf.allow_random:
+        raise WeightsError("event-vpr: no weights; pass --weights FILE (a visloc event-vpr checkpoint), or "
+                           "--allow-random for a random network")
+    with torch.random.fork_rng(devices=[]):  # the same random network in every process
+        torch.manual_seed(0)
+        return EventVPR(conf.model).eval()
+
+
 MODELS.register("hfnet", HFNetExportConf(), build_hfnet)
 MODELS.register("netvlad-vgg16", NetVLADExportConf(), build_netvlad_vgg16)
 MODELS.register("loftr-coarse", CoarseLoFTRExportConf(), build_coarse_loftr)
 MODELS.register("delg", DELGExportConf(), build_delg)
+MODELS.register("event-vpr", EventVPRExportConf(), build_event_vpr)

@@ -96,6 +96,22 @@ def imagenet_to_features_state_dict(state_dict: Mapping[str, torch.Tensor], in_c
     return out
 
 
+def adapt_rgb_filters(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """First-conv filters ``[O, 3, k, k]`` learned on RGB -> ``[O, C, k, k]`` for ``C`` non-colour channels.
+
+    Each output filter is the mean of its R, G and B filters, repeated over the ``C`` channels and
+    scaled by ``3 / C``: every channel gets ``(R + G + B) / C``, so a constant input of one value on
+    all ``C`` channels gives the response the RGB filter gave a gray image of that value, and the
+    activations after the first conv keep ImageNet's scale whatever ``C`` is. ``C = 1`` gives the sum of the RGB
+    filters, as ``imagenet_to_features_state_dict`` does for gray input.
+    """
+    if weight.dim() != 4 or weight.shape[1] != 3:
+        raise ValueError(f"weight: expected RGB filters [O, 3, k, k], got shape {tuple(weight.shape)}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels: must be >= 1, got {in_channels}")
+    return weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) * (3.0 / in_channels)
+
+
 _ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
 

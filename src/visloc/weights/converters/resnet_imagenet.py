@@ -24,6 +24,10 @@ Two sources:
   1.001e-5, and the stride sits on the 3x3 conv instead of the 1x1, so the initialisation is close to,
   not equal to, the network the weights were trained in (a logged note says so).
 
+A backbone whose first conv takes other than RGB (Event-VPR's event representations, ``C`` channels) loads
+with ``stem="mean"``: ``conv1``'s RGB filters become ``models.backbones.adapt_rgb_filters(w, C)`` (their mean
+over RGB on every channel, scaled by ``3 / C``); the rest loads as above.
+
 The stem (``conv1``, ``bn_conv1``) is loaded too. DELF's TF reference (``ResNet50.restore_weights``) only
 walks the sub-layers that have inner layers (the residual blocks), so it silently leaves ``conv1`` and
 ``bn_conv1`` at their random initialisation; visloc does not.
@@ -35,12 +39,13 @@ import logging
 import re
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from visloc.models.backbones import adapt_rgb_filters
 from visloc.weights.load import WeightsError, as_state_dict, safe_load
 
 logger = logging.getLogger(__name__)
@@ -205,11 +210,12 @@ def torchvision_resnet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _backbone(model: nn.Module) -> tuple[nn.Module, str, int]:
-    """The ResNet of a DELG (or the ResNetBackbone itself), its layout and depth."""
+    """The ResNet of a DELG or an EventVPR (or the ResNetBackbone itself), its layout and depth."""
     backbone = getattr(model, "backbone", model)
     layout, depth = getattr(backbone, "layout", None), getattr(backbone, "depth", None)
     if not isinstance(backbone, nn.Module) or not isinstance(layout, str) or not isinstance(depth, int):
-        raise TypeError(f"load_imagenet_backbone: {type(model).__name__} is not a DELG or a ResNetBackbone")
+        raise TypeError(f"load_imagenet_backbone: {type(model).__name__} is not a DELG or a ResNetBackbone "
+                        "(nor holds one as .backbone)")
     return backbone, layout, depth
 
 
@@ -228,11 +234,22 @@ def _load_checked(backbone: nn.Module, sd: dict[str, torch.Tensor], path: Path, 
     backbone.load_state_dict({k: sd[k] for k in expected}, strict=False)
 
 
-def load_imagenet_backbone(model: nn.Module, path: str | Path) -> str:
-    """Load ImageNet weights from ``path`` into the backbone of ``model`` (a DELG or a ResNetBackbone).
+def _adapt_stem(backbone: nn.Module, sd: dict[str, torch.Tensor], path: Path, what: str) -> dict[str, torch.Tensor]:
+    """``sd`` with ``conv1.weight``'s RGB filters adapted to the backbone's first conv (``stem="mean"``)."""
+    conv1 = getattr(backbone, "conv1", None)
+    weight = sd.get("conv1.weight")
+    if not isinstance(conv1, nn.Conv2d) or weight is None or weight.dim() != 4 or weight.shape[1] != 3:
+        shape = list(weight.shape) if weight is not None else None
+        raise WeightsError(f"{path}: {what}: conv1.weight is {shape}, expected RGB filters [64, 3, 7, 7] to adapt")
+    return {**sd, "conv1.weight": adapt_rgb_filters(weight, conv1.in_channels)}
+
+
+def load_imagenet_backbone(model: nn.Module, path: str | Path, stem: Literal["rgb", "mean"] = "rgb") -> str:
+    """Load ImageNet weights from ``path`` into the backbone of ``model`` (a DELG, an EventVPR or a ResNetBackbone).
 
     The file type is detected (HDF5: Keras, else a torch file); the target layout and depth are the
-    backbone's (module docstring for what each combination does).
+    backbone's (module docstring for what each combination does). ``stem="rgb"`` loads ``conv1`` as it
+    is; ``"mean"`` adapts its RGB filters to the backbone's input channels (``adapt_rgb_filters``).
 
     Returns:
         What was loaded: ``"torchvision"``, ``"keras-old"`` or ``"keras-new"``.
@@ -247,7 +264,8 @@ def load_imagenet_backbone(model: nn.Module, path: str | Path) -> str:
     p = Path(path)
     if p.is_file() and h5py.is_hdf5(p):
         sd, scheme = keras_resnet_state_dict(p, depth, conv_bias=layout == "tf")
-        _load_checked(backbone, sd, p, f"Keras ResNet weights ({SCHEMES[scheme]} naming)")
+        what = f"Keras ResNet weights ({SCHEMES[scheme]} naming)"
+        _load_checked(backbone, _adapt_stem(backbone, sd, p, what) if stem == "mean" else sd, p, what)
         target_eps = 1e-3 if layout == "tf" else 1e-5
         logger.info("%s: Keras ImageNet weights (%s naming, BN eps %g) loaded into the %s layout (BN eps %g%s)",
                     p, SCHEMES[scheme], BN_EPS[scheme], layout, target_eps,
@@ -258,7 +276,8 @@ def load_imagenet_backbone(model: nn.Module, path: str | Path) -> str:
         raise WeightsError(f"{p}: torchvision ResNet weights fit the torchvision layout only (stride on the 3x3 "
                            "conv, no conv bias, BN eps 1e-5); use a torchvision-layout preset (delg-r50-tv) or the "
                            "Keras resnet50 ..._notop.h5 for the tf layout")
-    _load_checked(backbone, torchvision_resnet_state_dict(p), p, "torchvision ResNet weights")
+    sd, what = torchvision_resnet_state_dict(p), "torchvision ResNet weights"
+    _load_checked(backbone, _adapt_stem(backbone, sd, p, what) if stem == "mean" else sd, p, what)
     return "torchvision"
 
 
