@@ -14,7 +14,8 @@ the build) and searched with all queries in one batch on ``--threads`` threads, 
 share of queries whose exact nearest neighbour is in the top 10, ``recall@50`` the share of the exact
 top-50 in a search for 50 (``visloc search``'s default ``-k``). ``RAM B/vec``: the faiss file per vector
 (what a loaded index holds in memory; names not counted); ``disk B/vec``: the faiss file and the refine
-vectors. Rows: ``ivfpq`` is the refined IVF-PQ at the defaults, ``ivfpq-norefine`` the same index
+vectors. Rows: ``ivfpq`` is the refined IVF-PQ at the defaults, ``ivfpq-cold`` the same with its
+vectors file evicted from the page cache first (``posix_fadvise``), ``ivfpq-norefine`` the same index
 without its refine stage, ``hnsw`` at the scaled ``ef_search``; ``--sweep`` adds rows for other
 ``k_factor``, ``nprobe`` and ``ef_search`` on the same builds. ``--set`` overrides the IndexConf of the
 approximate indexes (``--set m=128``). Configurations whose float32 data would not fit in half of this
@@ -74,6 +75,7 @@ def variants(conf: IndexConf, sweep: bool) -> list[tuple[str, dict]]:
     """The resolved ``conf`` (no changes) and the search-time changes measured on the same build."""
     out: list[tuple[str, dict]] = [(conf.kind, {})]
     if conf.kind == "ivfpq":
+        out.append(("ivfpq-cold", {}))
         out.append(("ivfpq-norefine", {"refine": "none"}))
         if sweep:
             nprobe, k_factor = conf.nprobe or 1, conf.k_factor or 1
@@ -85,8 +87,23 @@ def variants(conf: IndexConf, sweep: bool) -> list[tuple[str, dict]]:
     return out
 
 
-def loaded(path: Path, changes: dict) -> RetrievalIndex:
-    """``path`` loaded afresh (as ``visloc search`` does: a new memory map) with search-time ``changes``."""
+def evict(file: Path) -> None:
+    """Drop ``file``'s pages from the page cache (this file only: ``posix_fadvise``, no root, no other file)."""
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages are not dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def loaded(path: Path, changes: dict, cold: bool = False) -> RetrievalIndex:
+    """``path`` loaded afresh (as ``visloc search`` does: a new memory map) with search-time ``changes``.
+
+    ``cold``: the refine vectors are first evicted from the page cache, so each candidate is read from disk.
+    """
+    if cold and vectors_path(path).exists():
+        evict(vectors_path(path))
     index = RetrievalIndex.load(path)
     return RetrievalIndex(index.index, index.names, dataclasses.replace(index.conf, **changes), index.vectors)
 
@@ -115,7 +132,7 @@ def run(n: int, d: int, queries: int, kinds: list[str], overrides: list[str], sw
             built = RetrievalIndex.build_on_disk(path, names, db.__getitem__, conf).conf
             build_s = time.perf_counter() - t0
             for label, changes in variants(built, sweep):
-                index = loaded(path, changes)
+                index = loaded(path, changes, cold=label.endswith("-cold"))
                 rows.append({"n": n, "d": d, "kind": label, "build_s": build_s, **measure(index, q, exact),
                              **sizes(path, n), "conf": conf_to_dict(index.conf)})
                 if label == "ivfpq-norefine":
@@ -132,7 +149,8 @@ def params(r: dict) -> str:
     if r["kind"].startswith("ivfpq"):
         refine = f", k_factor={c['k_factor']}" if c["refine"] != "none" else ""
         return f"nlist={c['nlist']}, m={c['m']}, nprobe={c['nprobe']}{refine}"
-    return f"M={c['hnsw_m']}, ef_search={c['ef_search']}" if r["kind"] == "hnsw" else ""
+    return f"M={c['hnsw_m']}, ef_construction={c['ef_construction']}, ef_search={c['ef_search']}" \
+        if r["kind"] == "hnsw" else ""
 
 
 def markdown(rows: list[dict]) -> str:

@@ -123,11 +123,18 @@ def test_auto_conf_values():
     small = resolve_conf(ivfpq, 1000, 32)  # nlist 128 reduced to 1000 // 39 without a warning (not set)
     assert (small.nlist, small.nprobe, small.train_size) == (25, 16, 1000)
     hnsw = IndexConf(kind="hnsw")
-    assert [resolve_conf(hnsw, n, 64).ef_search for n in (10_000, 100_000, 1_000_000, 4_100_000, 10**8)] == \
-        [32, 128, 512, 1024, 1024]
+    sizes = (10_000, 100_000, 1_000_000, 4_100_000, 10**8)
+    assert [resolve_conf(hnsw, n, 64).ef_search for n in sizes] == [64, 128, 256, 256, 512]
+    assert [resolve_conf(hnsw, n, 64).ef_construction for n in sizes] == [40, 40, 128, 256, 512]
     assert resolve_conf(hnsw, 10**6, 64).refine == "none" and resolve_conf(IndexConf(), 10**6, 64).refine == "none"
     kept = resolve_conf(IndexConf(kind="ivfpq", nlist=64, nprobe=7, k_factor=3, m=8, refine="fp32"), 10**6, 64)
     assert (kept.nlist, kept.nprobe, kept.k_factor, kept.m, kept.refine) == (64, 7, 3, 8, "fp32")
+
+
+def test_ef_construction_reaches_faiss():
+    index = RetrievalIndex.build(names_of(300), random_unit(300, 8), IndexConf(kind="hnsw", ef_construction=77))
+    assert index.index.hnsw.efConstruction == 77 == index.conf.ef_construction
+    assert RetrievalIndex.build(names_of(300), random_unit(300, 8), IndexConf(kind="hnsw")).conf.ef_construction == 40
 
 
 def test_refine_conf_errors():
@@ -208,11 +215,12 @@ def test_version_1_index_loads(tmp_path):
     path = index.save(tmp_path / "old.index")
     record_path = path.with_name("old.index.json")
     record = json.loads(record_path.read_text())
-    old_conf = {k: v for k, v in record["conf"].items() if k not in ("refine", "k_factor")}
+    old_conf = {k: v for k, v in record["conf"].items() if k not in ("refine", "k_factor", "ef_construction")}
     record_path.write_text(json.dumps({**{k: v for k, v in record.items() if k != "vectors"}, "version": 1,
                                        "conf": {**old_conf, "nprobe": 16, "nlist": 1024, "m": 16}}))
     loaded = RetrievalIndex.load(path)
     assert loaded.conf.refine == "none" and loaded.conf.ef_search == 32 and loaded.vectors is None
+    assert loaded.conf.ef_construction == 40  # faiss's default, with which version 1 built
     assert loaded.search(db[:3], 3)[0] == index.search(db[:3], 3)[0]
 
 

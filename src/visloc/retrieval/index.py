@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -97,6 +98,8 @@ def _new_index(conf: IndexConf, dim: int) -> faiss.Index:
     if conf.kind == "ivfpq":
         # only serves Hamming-distance search, and is slow to train (faiss's stubs lack the attribute)
         index.do_polysemous_training = False  # pyright: ignore[reportAttributeAccessIssue]
+    if conf.kind == "hnsw" and conf.ef_construction:
+        cast(faiss.IndexHNSW, index).hnsw.efConstruction = conf.ef_construction
     return index
 
 

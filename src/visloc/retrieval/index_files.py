@@ -26,7 +26,8 @@ from visloc.retrieval.index_conf import IndexConf
 from visloc.retrieval.refine import fingerprint
 
 FORMAT = "visloc-retrieval-index"
-#: 2: the refine stage (``conf.refine``, ``conf.k_factor``, the record's ``vectors``); 1 still loads
+#: 2: the refine stage (``conf.refine``, ``conf.k_factor``, the record's ``vectors``) and
+#: ``conf.ef_construction``; 1 still loads
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 
@@ -106,7 +107,9 @@ def read_record(path: Path) -> dict:
                                   f"{' and '.join(map(str, _READABLE_VERSIONS))}")
     conf = record["conf"]
     if record["version"] == 1 and isinstance(conf, dict):
-        conf = {**conf, "refine": "none"}  # version 1 had no refine stage
+        conf = {**conf, "refine": "none"}  # version 1 had no refine stage, and built HNSW with faiss's default
+        if conf.get("kind") == "hnsw":
+            conf.setdefault("ef_construction", 40)
         record["vectors"] = None
     try:
         record["conf"] = load_conf(IndexConf, conf, where=f"{path}: conf")
