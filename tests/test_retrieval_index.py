@@ -21,6 +21,7 @@ from visloc.retrieval.index import (
     global_descriptors,
     pairs_from_retrieval,
 )
+from visloc.retrieval.index_conf import resolve_conf
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -55,7 +56,7 @@ def test_flat_search_is_exact():
     assert found == [[names[j] for j in row] for row in top]
     assert scores.shape == (20, 7) and scores.dtype == np.float32
     np.testing.assert_allclose(scores, sims, atol=1e-5)
-    assert index.conf == IndexConf() and index.dim == 32 and len(index) == 500
+    assert index.conf == IndexConf(refine="none") and index.dim == 32 and len(index) == 500
 
 
 def test_self_exclusion_matches_brute_force():
@@ -132,8 +133,9 @@ def recalls(index: RetrievalIndex, clustered) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def ivfpq_index(clustered):
     names, db, _, _ = clustered
-    # train on 5000 sampled vectors: k-means on PQ's 4-dim sub-vectors is slow in faiss
-    return RetrievalIndex.build(names, db, IndexConf(kind="ivfpq", nlist=128, m=16, train_size=5000))
+    # train on 5000 sampled vectors: k-means on PQ's 4-dim sub-vectors is slow in faiss; plain PQ (the
+    # refine stage is tested in test_retrieval_refine)
+    return RetrievalIndex.build(names, db, IndexConf(kind="ivfpq", nlist=128, m=16, train_size=5000, refine="none"))
 
 
 def test_ivfpq_recall(ivfpq_index, clustered):
@@ -158,17 +160,21 @@ def test_hnsw_recall(clustered):
 
 def test_ivfpq_reduces_nlist_for_few_vectors(caplog):
     db = random_unit(1000, 32, seed=6)
-    with caplog.at_level(logging.WARNING, logger="visloc.retrieval.index"):
-        index = RetrievalIndex.build(names_of(1000), db, IndexConf(kind="ivfpq", m=8))
+    with caplog.at_level(logging.WARNING, logger="visloc.retrieval.index_conf"):
+        index = RetrievalIndex.build(names_of(1000), db, IndexConf(kind="ivfpq", m=8, nlist=1024))
     assert index.conf.nlist == 1000 // 39 == index.index.nlist
-    assert "using nlist=25" in caplog.text
+    assert "too few for nlist=1024" in caplog.text and "using nlist=25" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="visloc.retrieval.index_conf"):  # the default: no warning
+        assert RetrievalIndex.build(names_of(1000), db, IndexConf(kind="ivfpq")).conf.nlist == 25
+    assert "using nlist" not in caplog.text
     found, _ = index.search(db[:5], 3, exclude_names=names_of(5))
     assert all(len(row) == 3 for row in found)
 
 
 def test_ivfpq_errors():
     with pytest.raises(ValueError, match="dimension 30 is not divisible by m=16"):
-        RetrievalIndex.build(names_of(500), random_unit(500, 30), IndexConf(kind="ivfpq"))
+        RetrievalIndex.build(names_of(500), random_unit(500, 30), IndexConf(kind="ivfpq", m=16))
     with pytest.raises(ValueError, match="at least 2\\*\\*nbits = 256 training vectors, got 100"):
         RetrievalIndex.build(names_of(100), random_unit(100, 32), IndexConf(kind="ivfpq"))
 
@@ -177,7 +183,8 @@ def test_ivfpq_errors():
 
 
 @pytest.mark.parametrize("conf", [IndexConf(), IndexConf(kind="hnsw", hnsw_m=8, ef_search=32),
-                                  IndexConf(kind="ivfpq", nlist=16, m=8, nprobe=4)], ids=lambda c: c.kind)
+                                  IndexConf(kind="ivfpq", nlist=16, m=8, nprobe=4, refine="none")],
+                         ids=lambda c: c.kind)
 def test_save_load_round_trip(tmp_path, conf):
     db, queries = random_unit(2000, 32, seed=7), random_unit(30, 32, seed=8)
     names = names_of(2000)
@@ -185,7 +192,7 @@ def test_save_load_round_trip(tmp_path, conf):
     path = index.save(tmp_path / "sub" / "db.index")
     assert sorted(p.name for p in path.parent.iterdir()) == ["db.index", "db.index.json", "db.index.names.txt"]
     loaded = RetrievalIndex.load(path)
-    assert loaded.names == names and loaded.conf == conf and loaded.dim == 32
+    assert loaded.names == names and loaded.conf == index.conf == resolve_conf(conf, 2000, 32) and loaded.dim == 32
     exclude = names[:30]
     before, after = index.search(queries, 10, exclude), loaded.search(queries, 10, exclude)
     assert before[0] == after[0]

@@ -21,7 +21,13 @@ from visloc.errors import InputError
 from visloc.io import features_h5
 from visloc.io.pairs import write_pairs
 from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
-from visloc.retrieval.index import IndexConf, RetrievalIndex, global_descriptors, pairs_from_retrieval
+from visloc.retrieval.index import (
+    IndexConf,
+    RetrievalIndex,
+    feature_file_reader,
+    global_descriptors,
+    pairs_from_retrieval,
+)
 from visloc.retrieval.rerank import RerankConf
 
 logger = logging.getLogger(__name__)
@@ -71,14 +77,20 @@ def build_index(features: str | Path, out: str | Path, *,
     Args:
         features: feature file (hloc layout) whose images all have a global descriptor.
         out: index path; rebuilt when it exists.
-        overrides: ``IndexConf`` overrides (``kind=ivfpq``, ``nlist=256``...).
+        overrides: ``IndexConf`` overrides (``kind=ivfpq``, ``nprobe=32``...).
+
+    The descriptors are read in chunks as they are added (``RetrievalIndex.build_on_disk``), so the
+    feature file may be larger than RAM; with ``kind=ivfpq`` RAM holds the PQ codes and the training sample.
     """
     conf = apply_overrides(IndexConf(), overrides)
-    names, vectors = global_descriptors(features)
+    if not Path(features).is_file():
+        raise features_h5.FeatureStoreError(f"{features}: feature file not found")
+    names = features_h5.list_feature_names(features)
+    if not names:
+        raise features_h5.FeatureStoreError(f"{features}: no images to read global descriptors from")
     start = time.perf_counter()
-    index = RetrievalIndex.build(names, vectors, conf)
+    index = RetrievalIndex.build_on_disk(out, names, feature_file_reader(features, names), conf)
     seconds = time.perf_counter() - start
-    index.save(out)
     return IndexSummary(Path(out), len(index), index.dim, index.conf, seconds)
 
 
