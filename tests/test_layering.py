@@ -52,7 +52,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("visloc.train", "visloc.eval", "visloc.viz"),
     ("visloc.pipelines",),
     ("visloc.cli_common",),
-    ("visloc.cli_eval", "visloc.cli_export", "visloc.cli_live", "visloc.cli_loc", "visloc.cli_train"),
+    ("visloc.cli_eval", "visloc.cli_events", "visloc.cli_export", "visloc.cli_live", "visloc.cli_loc",
+     "visloc.cli_train"),
     ("visloc.cli",),
     ("visloc.__main__",),
 )
@@ -231,8 +232,8 @@ def test_weights_records_are_light():
 
 def test_cli_import_is_light():
     """``visloc --help`` must stay fast: today the CLI modules import neither torch nor any heavy library."""
-    modules = ["visloc.cli", "visloc.cli_common", "visloc.cli_eval", "visloc.cli_export", "visloc.cli_live",
-               "visloc.cli_loc", "visloc.cli_train"]
+    modules = ["visloc.cli", "visloc.cli_common", "visloc.cli_eval", "visloc.cli_events", "visloc.cli_export",
+               "visloc.cli_live", "visloc.cli_loc", "visloc.cli_train"]
     assert _pulled_in(modules, ("torch", *HEAVY, "cv2", "h5py", "pycolmap", "onnxruntime")) == {}
 
 

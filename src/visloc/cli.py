@@ -14,6 +14,7 @@ import typer
 
 from visloc.cli_common import BoundaryGroup, DeviceOpt, SetOpt, SetRerankMatcher, fail, rerank_conf, resolve_conf, run
 from visloc.cli_eval import bench, eval_app
+from visloc.cli_events import events_app
 from visloc.cli_export import export_app
 from visloc.cli_live import live
 from visloc.cli_loc import demo, localize, map_app
@@ -31,6 +32,7 @@ app.add_typer(export_app, name="export")
 app.command()(bench)
 app.command()(train)
 app.add_typer(data_app, name="data")
+app.add_typer(events_app, name="events")
 app.add_typer(map_app, name="map")
 app.command()(localize)
 app.command()(demo)

@@ -3,7 +3,11 @@
 - ``stream``: ``EventStream`` (sorted int64 µs from a stated origin, ``x``, ``y``, ``p`` in {-1, +1});
 - ``windows``: fixed-count, fixed-duration and fixed-distance windows (``WindowSet``);
 - ``representations``: voxel grid, histogram, time surface (``REPRESENTATIONS``, kind ``events``);
-  imported on demand (it imports torch and registers its entries).
+  imported on demand (it imports torch and registers its entries);
+- ``simulator``: an ESIM-style simulator, frames with timestamps -> ``EventStream`` chunks (``EsimConf``,
+  ``EventSimulator.feed``, ``simulate_frames``), with v2e's leak and shot noise (``sim_noise``);
+- ``frame_sources``: frames + timestamps from an image folder or a video (OpenCV), and the motion check;
+- ``sim_writer``: a minimal HDF5 event file (``t``, ``x``, ``y``, ``p``), until the shared event writers land.
 """
 
 from visloc.events.stream import EventStream, EventStreamError, TorchEvents
