@@ -6,6 +6,12 @@
   imported on demand (it imports torch and registers its entries);
 - ``est``: the learnable EST layer (an ``nn.Module``), registered as ``est`` beside them;
 - ``vpr``: representation + Event-VPR network as one module over event windows.
+- ``simulator``: an ESIM-style simulator, frames with timestamps -> ``EventStream`` chunks (``EsimConf``,
+  ``EventSimulator.feed``, ``simulate_frames``), with v2e's leak and shot noise (``sim_noise``);
+- ``frame_sources``: frames + timestamps from an image folder or a video (OpenCV), and the motion check;
+- ``sim_writer``: the simulator's minimal HDF5 event file (``t``, ``x``, ``y``, ``p``), to be replaced by
+  ``io.h5.EventWriter``;
+- ``io``: readers and writers of event files (MVSEC, visloc HDF5, text, npy windows, parquet, NMEA GPS).
 """
 
 from visloc.events.stream import EventStream, EventStreamError, TorchEvents
