@@ -14,11 +14,27 @@ from typer.testing import CliRunner
 from visloc.cli import app
 from visloc.errors import InputError
 from visloc.events.frame_sources import folder_frames, mean_flow_px, read_timestamps, video_frames
-from visloc.events.sim_writer import events_h5_writer, read_events_h5
+from visloc.events.io.dispatch import detect_format
+from visloc.events.io.h5 import EventWriter, VislocEvents
 from visloc.events.simulator import EsimConf, simulate_frames
 from visloc.events.stream import EventStream
 
 runner = CliRunner()
+
+
+def read_events_h5(path: Path) -> tuple[EventStream, dict[str, str]]:
+    """The whole stream and the extra attributes of a visloc event file."""
+    f = VislocEvents(path)
+    try:
+        return f.read_all(), f.attrs
+    finally:
+        f.close()
+
+
+def simulate_events_cli_record(path: Path) -> str | None:
+    from visloc.pipelines.simulate_events import stored_record
+
+    return stored_record(path)
 QUIET = ("--set", "shot_noise_rate_hz=0", "--set", "leak_rate_hz=0")
 
 
@@ -69,7 +85,7 @@ def test_a_frame_folder_end_to_end_matches_the_api(tmp_path):
     assert result.exit_code == 0, result.output
     assert "events simulate: 12 frames (48x36, 0.044 s)" in result.output and "warning" not in result.output
     events, attrs = read_events_h5(out)
-    assert attrs["format"] == "visloc-events" and int(attrs["version"]) == 1
+    assert set(attrs) == {"visloc_simulator"} and detect_format(out) == "visloc-h5"
     assert events.sensor_size == (48, 36) and events.origin_us == 1_500_000 and len(events) > 50
     conf = EsimConf(shot_noise_rate_hz=0.0, leak_rate_hz=0.0, contrast_pos=0.15, seed=3)
     api = list(simulate_frames([f.astype(np.float32) / 255 for f in frames],
@@ -78,8 +94,9 @@ def test_a_frame_folder_end_to_end_matches_the_api(tmp_path):
     assert np.array_equal(events.x, np.concatenate([c.x for c in api]))
     assert np.array_equal(events.p, np.concatenate([c.p for c in api]))
     with h5py.File(out) as f:
-        assert {k: f[k].dtype for k in "txyp"} == {"t": np.int64, "x": np.uint16, "y": np.uint16, "p": np.int8}
-        assert f["t"].chunks is not None
+        ds = {k: f[f"events/{k}"] for k in "txyp"}
+        assert {k: d.dtype for k, d in ds.items()} == {"t": np.int64, "x": np.uint16, "y": np.uint16, "p": np.int8}
+        assert ds["t"].chunks is not None and ds["t"].compression == "gzip"
     # a re-run with the same conf and input skips; another conf needs --overwrite
     again = invoke("events", "simulate", "--frames", d, "--timestamps", ts, "--out", out, *QUIET,
                    "--set", "contrast_pos=0.15", "--set", "seed=3", "--quiet")
@@ -207,15 +224,17 @@ def test_sources_and_writer_directly(tmp_path):
     assert [ti for _, ti in video_frames(video, "pos_msec")] == [0, 50_000, 100_000]
     ev = EventStream(np.array([0, 5], np.int64), np.array([1, 2], np.uint16), np.array([0, 1], np.uint16),
                      np.array([1, -1], np.int8), (4, 3), 77)
-    with events_h5_writer(tmp_path / "w.h5", (4, 3), 77, {"note": "x"}) as writer:
+    with EventWriter(tmp_path / "w.h5", (4, 3), 77, attrs={"note": "x"}) as writer:
         writer.append(ev)
         writer.append(ev.slice_index(1, 2))
         with pytest.raises(ValueError, match="before the last"):
             writer.append(ev)
     back, attrs = read_events_h5(tmp_path / "w.h5")
-    assert back.t.tolist() == [0, 5, 5] and back.p.tolist() == [1, -1, -1] and attrs["note"] == "x"
+    assert back.t.tolist() == [0, 5, 5] and back.p.tolist() == [1, -1, -1] and attrs == {"note": "x"}
     assert back.sensor_size == (4, 3) and back.origin_us == 77
-    with pytest.raises(InputError, match="not a visloc-events"):
-        with h5py.File(tmp_path / "o.h5", "w") as f:
-            f.attrs["format"] = "other"
-        read_events_h5(tmp_path / "o.h5")
+    with pytest.raises(ValueError, match="format's own"):
+        EventWriter(tmp_path / "r.h5", (4, 3), attrs={"origin_us": "1"})
+    with h5py.File(tmp_path / "o.h5", "w") as f:
+        f.attrs["format"] = "other"
+    with pytest.raises(InputError, match="not a visloc event file"):
+        simulate_events_cli_record(tmp_path / "o.h5")

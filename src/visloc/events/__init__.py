@@ -9,8 +9,7 @@
 - ``simulator``: an ESIM-style simulator, frames with timestamps -> ``EventStream`` chunks (``EsimConf``,
   ``EventSimulator.feed``, ``simulate_frames``), with v2e's leak and shot noise (``sim_noise``);
 - ``frame_sources``: frames + timestamps from an image folder or a video (OpenCV), and the motion check;
-- ``sim_writer``: the simulator's minimal HDF5 event file (``t``, ``x``, ``y``, ``p``), to be replaced by
-  ``io.h5.EventWriter``;
+- ``world_drive``: a world ``drive`` traversal rendered at an adaptive rate (exact flow) into the simulator;
 - ``io``: readers and writers of event files (MVSEC, visloc HDF5, text, npy windows, parquet, NMEA GPS).
 """
 

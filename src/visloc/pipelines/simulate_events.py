@@ -2,8 +2,8 @@
 
 ``simulate_events(out, frames=DIR, timestamps=FILE | video=FILE, conf=EsimConf(...))`` reads the frames
 (``events.frame_sources``), runs ``events.simulator.EventSimulator`` over them and streams each chunk
-into ``out`` (``events.sim_writer``: datasets ``t``, ``x``, ``y``, ``p``; ``origin_us`` is the first
-frame's time on the source's clock), written atomically. The resolved conf and the source are recorded
+into ``out``, visloc's event file (``events.io.h5``: ``events/t``, ``x``, ``y``, ``p``; ``origin_us`` is the
+first frame's time on the source's clock), written atomically. The resolved conf and the source are recorded
 in the file's ``visloc_simulator`` attribute (JSON): a re-run with the same record skips, a different
 one needs ``overwrite``.
 
@@ -33,7 +33,8 @@ from visloc.events.frame_sources import (
     mean_flow_px,
     video_frames,
 )
-from visloc.events.sim_writer import events_h5_writer, read_events_h5
+from visloc.events.io.common import EventFileError
+from visloc.events.io.h5 import EventWriter, VislocEvents
 from visloc.events.simulator import EsimConf, EventSimulator
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,18 @@ def _record(conf: EsimConf, source: FrameSequence, **inputs: object) -> str:
                        "inputs": {k: str(v) if isinstance(v, Path) else v for k, v in inputs.items()}}, sort_keys=True)
 
 
+def stored_record(path: Path) -> str | None:
+    """The simulator record of an existing event file (None when it has none); ``InputError`` when unreadable."""
+    try:
+        f = VislocEvents(path)
+    except EventFileError as e:
+        raise InputError(f"{e} (--overwrite to replace it)") from None
+    try:
+        return f.attrs.get(RECORD_ATTR)
+    finally:
+        f.close()
+
+
 def simulate_events(out: Path, *, frames: Path | None = None, timestamps: Path | None = None,
                     timestamps_unit: TimeUnit = "s", video: Path | None = None, video_timing: VideoTiming = "fps",
                     fps: float | None = None, size: tuple[int, int] | None = None, conf: EsimConf | None = None,
@@ -129,8 +142,7 @@ def simulate_events(out: Path, *, frames: Path | None = None, timestamps: Path |
     record = _record(conf, source, timestamps=timestamps, timestamps_unit=timestamps_unit, video_timing=video_timing,
                      fps=fps, size=list(size) if size else None)
     if out.exists() and not overwrite:
-        _, attrs = read_events_h5(out)
-        if attrs.get(RECORD_ATTR) == record:
+        if stored_record(out) == record:
             return SimulateSummary(out, already_done=True)
         raise InputError(f"{out}: exists, made with another conf or input (--overwrite to replace it)")
     summary = SimulateSummary(out)
@@ -144,7 +156,7 @@ def simulate_events(out: Path, *, frames: Path | None = None, timestamps: Path |
     sim = EventSimulator((w, h), conf)
     sim.feed(frame0, t0)
     prev, t_prev, summary.frames = frame0, t0, 1
-    with events_h5_writer(out, (w, h), t0, {RECORD_ATTR: record}) as writer, \
+    with EventWriter(out, (w, h), t0, attrs={RECORD_ATTR: record}) as writer, \
             tqdm(total=source.total, desc="events simulate", unit="frame", disable=not progress, initial=1) as bar:
         for i, (frame, t) in enumerate(it, 1):
             if frame.shape[:2] != (h, w):

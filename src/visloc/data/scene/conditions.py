@@ -180,7 +180,8 @@ def _needs_linear(cond: ConditionConf) -> bool:
 
 
 def apply_conditions(image: np.ndarray, cond: ConditionConf, rng: np.random.Generator,
-                     depth: np.ndarray | None = None, *, model: ConditionModel = DEFAULT_MODEL) -> np.ndarray:
+                     depth: np.ndarray | None = None, *, model: ConditionModel = DEFAULT_MODEL,
+                     camera: bool = True) -> np.ndarray:
     """``image`` seen under ``cond``, reproducible from ``rng``.
 
     The steps, in the order light travels, on linear intensities (sRGB decoded, encoded again at the end):
@@ -203,6 +204,9 @@ def apply_conditions(image: np.ndarray, cond: ConditionConf, rng: np.random.Gene
         depth: optional float32 ``[H, W]`` z-depth in metres (``inf`` = sky) for the night light falloff, the
             dusk sky and the fog and rain veils (``model.no_depth_m`` everywhere without it).
         model: the constants of the models.
+        camera: False leaves out the frame camera (motion blur, sensor noise, the night model's noise): the
+            light that reaches a sensor that models its own noise, as the event simulator does. Exposure
+            stays (it scales the light).
 
     Returns:
         float32 ``[H, W, 3]`` in [0, 1].
@@ -221,12 +225,12 @@ def apply_conditions(image: np.ndarray, cond: ConditionConf, rng: np.random.Gene
             x = rain(x, cond, a, depth, model, rng)
         if cond.exposure_ev != 0:
             x = x * np.float32(2.0 ** cond.exposure_ev)
-        if cond.motion_blur_px > 0:
+        if cond.motion_blur_px > 0 and camera:
             kernel = motion_kernel(cond.motion_blur_px, rng.uniform(0.0, 180.0))
             x = cv2.filter2D(np.ascontiguousarray(x, np.float32), -1, kernel, borderType=cv2.BORDER_REFLECT)
-        if cond.noise_std > 0:
+        if cond.noise_std > 0 and camera:
             x = sensor_noise(x, cond.noise_std, model.shot_gain, rng)
         x = linear_to_srgb(x)
-    if cond.time == "night":
+    if cond.time == "night" and camera:
         return _night_noise(x, model.night, rng)
     return np.clip(x, 0.0, 1.0).astype(np.float32, copy=False)

@@ -2,7 +2,8 @@
 
 Layout (``format = "visloc-events"``, ``format_version = 1``), readable by any HDF5 tool::
 
-    /                 attrs: format, format_version, sensor_size [W, H] int64, origin_us int64
+    /                 attrs: format, format_version, sensor_size [W, H] int64, origin_us int64, and any
+                      string attributes the writer was given (e.g. the simulator's record, JSON)
     /events/t         int64  [N]  µs relative to origin_us, sorted
     /events/x         uint16 [N]  pixel column in [0, W)
     /events/y         uint16 [N]  pixel row in [0, H)
@@ -16,7 +17,7 @@ without loading the rest.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -30,6 +31,7 @@ from visloc.io.atomic import atomic_path
 
 FORMAT = "visloc-events"
 VERSION = 1
+_RESERVED = ("format", "format_version", "sensor_size", "origin_us")
 _FIELDS = {"t": np.int64, "x": np.uint16, "y": np.uint16, "p": np.int8}
 
 
@@ -45,17 +47,22 @@ class EventWriter:
         origin_us: absolute µs of the file's ``t = 0``; appended streams of another origin are re-based.
         chunk_events: events per HDF5 chunk (the unit of compression and of partial reads).
         compression: gzip level 0-9.
+        attrs: extra string attributes of the root (names other than the format's own).
     """
 
     def __init__(self, path: str | Path, sensor_size: tuple[int, int], origin_us: int = 0, *,
-                 chunk_events: int = 1 << 16, compression: int = 4) -> None:
+                 chunk_events: int = 1 << 16, compression: int = 4, attrs: Mapping[str, str] | None = None) -> None:
         w, h = sensor_size
         if not (0 < w <= 65535 and 0 < h <= 65535):
             raise ValueError(f"EventWriter: sensor_size must be in [1, 65535]^2, got {sensor_size}")
         if chunk_events < 1 or not 0 <= compression <= 9:
             raise ValueError(f"EventWriter: need chunk_events >= 1 and compression in 0..9, got "
                              f"{chunk_events}, {compression}")
+        reserved = set(attrs or {}) & set(_RESERVED)
+        if reserved:
+            raise ValueError(f"EventWriter: attrs may not set the format's own attributes {sorted(reserved)}")
         self.path = Path(path)
+        self.attrs = {str(k): str(v) for k, v in (attrs or {}).items()}
         self.sensor_size = (int(w), int(h))
         self.origin_us = int(origin_us)
         self._chunk, self._level = chunk_events, compression
@@ -70,7 +77,7 @@ class EventWriter:
             f = stack.enter_context(h5py.File(tmp, "w"))
             f.attrs.update({"format": FORMAT, "format_version": VERSION,
                             "sensor_size": np.asarray(self.sensor_size, np.int64),
-                            "origin_us": np.int64(self.origin_us)})
+                            "origin_us": np.int64(self.origin_us), **self.attrs})
             grp = f.create_group("events")
             for name, dtype in _FIELDS.items():
                 self._ds[name] = grp.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
@@ -175,6 +182,15 @@ class VislocEvents(LazyEvents):
 
     def __len__(self) -> int:
         return int(self._ds["t"].shape[0])
+
+    @property
+    def attrs(self) -> dict[str, str]:
+        """The extra string attributes of the root (those ``EventWriter(attrs=...)`` wrote)."""
+        out = {}
+        for k, v in self._file.attrs.items():
+            if k not in _RESERVED:
+                out[str(k)] = v.decode() if isinstance(v, bytes) else str(v)
+        return out
 
     def _read_t(self, i0: int, i1: int) -> np.ndarray:
         return read_rows(self._ds["t"], slice(i0, i1), self.path).astype(np.int64, copy=False)

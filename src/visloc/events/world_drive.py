@@ -1,0 +1,260 @@
+"""Events of a world ``drive`` traversal: frames rendered at an adaptive rate from the exact poses, then ESIM.
+
+A traversal of the ``drive`` generator (:mod:`visloc.data.world.drive`) has its poses at ``pose_hz`` (1000 Hz by
+default) in ``poses.csv``, but frames only at ``render_hz``. Here the city is rendered again at the poses the
+simulator needs: after a frame at pose ``i``, the next one is at pose ``i + k`` with the largest ``k`` for which
+no pixel moves more than ``max_flow_px`` (ESIM's adaptive sampling, ``dt = lambda / max |flow|``). The motion is
+the renderer's exact flow: each pixel of a grid (every ``flow_stride_px``) is carried through its depth from
+pose ``i`` to pose ``i + 1`` (1 / ``pose_hz`` later) and the largest displacement ``d1`` sets
+``k = floor(max_flow_px / d1)``, clamped to ``[1, pose_hz / min_rate_hz]``. The poses are the vehicle's
+smooth trajectory, so the first-order estimate holds over ``k`` poses; ``flow_checked`` in the summary is the
+largest displacement measured between the frames actually rendered (same grid), so a user sees when the
+estimate was off, and ``over_budget`` counts frame pairs above ``max_flow_px`` (at ``k = 1``, the pose rate
+is the limit).
+
+The light is the traversal's condition seen by a sensor with its own noise model
+(``apply_conditions(..., camera=False)``: no frame-camera blur or noise; rain streaks, when a condition has
+rain, are redrawn every frame and flicker), decoded to linear intensity and turned into luminance; ESIM's
+log intensity, thresholds, refractory period, leak and shot noise then apply (:mod:`visloc.events.simulator`).
+Deterministic per seed: the condition's random draws come from ``job_rng`` of the world seed and the frame's
+pose index, the simulator's from ``EsimConf.seed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+from scipy.spatial.transform import Rotation
+
+from visloc.conf import ConfError, load_conf
+from visloc.data.world.drive_io import read_poses_csv
+from visloc.errors import InputError
+from visloc.events.simulator import EsimConf, EventSimulator
+from visloc.events.stream import EventStream
+from visloc.io.poses import CameraPose
+
+if TYPE_CHECKING:
+    from visloc.data.scene.city import City
+
+
+@dataclass(frozen=True)
+class WorldEventsConf:
+    """How a drive traversal becomes events.
+
+    Attributes:
+        esim: the simulated sensor (thresholds, mismatch, refractory, leak, shot noise, seed).
+        max_flow_px: the most any pixel may move between two rendered frames (pixels; ESIM's adaptive
+            sampling ``lambda``).
+        min_rate_hz: a frame at least this often, also when nothing moves (leak and shot noise go on).
+        flow_stride_px: grid step of the flow estimate (pixels).
+    """
+
+    esim: EsimConf = field(default_factory=EsimConf)
+    max_flow_px: float = 0.5
+    min_rate_hz: float = 20.0
+    flow_stride_px: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_flow_px <= 10:
+            raise ConfError(f"WorldEventsConf.max_flow_px: must be in (0, 10], got {self.max_flow_px}")
+        if not 0 < self.min_rate_hz <= 1000:
+            raise ConfError(f"WorldEventsConf.min_rate_hz: must be in (0, 1000], got {self.min_rate_hz}")
+        if not 1 <= self.flow_stride_px <= 64:
+            raise ConfError(f"WorldEventsConf.flow_stride_px: must be in [1, 64], got {self.flow_stride_px}")
+
+
+@dataclass(frozen=True)
+class DriveTraversal:
+    """One traversal of a drive folder, as the simulator needs it.
+
+    Attributes:
+        root: the drive folder; ``name``: the traversal's folder name; ``condition``: its condition name.
+        split: the split the drive shows; ``seed``: the world seed; ``city``: the city's conf as recorded.
+        t_us: ``[N]`` int64 pose times (µs from the traversal's start); ``R`` ``[N, 3, 3]`` and ``centre``
+            ``[N, 3]``: ``cam_from_world`` rotations and camera centres (world ENU metres).
+        K: ``[3, 3]`` intrinsics; ``size``: ``(W, H)``.
+    """
+
+    root: Path
+    name: str
+    condition: str
+    split: str
+    seed: int
+    city: dict[str, Any]
+    t_us: np.ndarray
+    R: np.ndarray
+    centre: np.ndarray
+    K: np.ndarray
+    size: tuple[int, int]
+
+    def pose(self, i: int) -> CameraPose:
+        """``cam_from_world`` of pose ``i``."""
+        return CameraPose(self.R[i], -self.R[i] @ self.centre[i])
+
+    @property
+    def pose_hz(self) -> float:
+        """Pose rate (Hz), from the first two poses."""
+        return 1e6 / float(self.t_us[1] - self.t_us[0])
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (not a finished world drive folder?)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not readable YAML ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping")
+    return data
+
+
+def drive_traversals(root: str | Path) -> list[str]:
+    """The traversal names of the drive folder ``root``, in ``route.yaml`` order."""
+    route = _yaml(Path(root) / "route.yaml")
+    return [str(t["name"]) for t in route.get("traversals", [])]
+
+
+def read_traversal(root: str | Path, name: str) -> DriveTraversal:
+    """Traversal ``name`` of the finished drive folder ``root`` (``world.yaml``, ``route.yaml``, ``poses.csv``).
+
+    Raises:
+        InputError: not a finished drive folder, no such traversal, or a poses file that is not the generator's.
+    """
+    from visloc.data.scene.render import intrinsics
+
+    root = Path(root)
+    world, route = _yaml(root / "world.yaml"), _yaml(root / "route.yaml")
+    if world.get("kind") != "drive":
+        raise InputError(f"{root / 'world.yaml'}: a world {world.get('kind')!r} dataset, not a drive")
+    trav = {str(t["name"]): t for t in route.get("traversals", [])}
+    if name not in trav:
+        raise InputError(f"{root}: no traversal {name!r} (it has {', '.join(trav) or 'none'})")
+    cols = read_poses_csv(root / name / "poses.csv")
+    if len(cols["t_us"]) < 2 or np.any(np.diff(cols["t_us"]) <= 0):
+        raise InputError(f"{root / name / 'poses.csv'}: needs at least two poses in increasing time")
+    q = np.stack([cols["qx"], cols["qy"], cols["qz"], cols["qw"]], axis=1)
+    cam = route["camera"]
+    size = (int(cam["width"]), int(cam["height"]))
+    return DriveTraversal(root, name, str(trav[name]["condition"]), str(world["split"]), int(world["seed"]),
+                          dict(world["conf"]["city"]), cols["t_us"], Rotation.from_quat(q).as_matrix(),
+                          np.stack([cols["x"], cols["y"], cols["z"]], axis=1), intrinsics(float(cam["focal"]), *size),
+                          size)
+
+
+def max_displacement(depth: np.ndarray, K: np.ndarray, pose0: CameraPose, pose1: CameraPose, stride: int) -> float:
+    """The largest image motion (pixels) of the pixels on a ``stride`` grid from ``pose0`` to ``pose1``.
+
+    Each grid pixel with a finite depth (z-depth, metres; ``inf`` is the sky, which does not move with a
+    translation and is left out) is unprojected, moved to camera 1 and projected; points that end behind
+    camera 1 (z < 1 cm) are left out. 0 when no point is left.
+    """
+    h, w = depth.shape
+    v, u = np.mgrid[0:h:stride, 0:w:stride]
+    z = depth[v, u].astype(np.float64)
+    ok = np.isfinite(z) & (z > 0)
+    if not ok.any():
+        return 0.0
+    uv = np.stack([u[ok], v[ok]], axis=1).astype(np.float64)
+    rays = (np.linalg.inv(K) @ np.c_[uv, np.ones(len(uv))].T).T * z[ok, None]
+    world = (rays - pose0.t) @ pose0.R  # R0^T (X0 - t0)
+    x1 = world @ pose1.R.T + pose1.t
+    front = x1[:, 2] > 0.01
+    if not front.any():
+        return 0.0
+    proj = (K @ x1[front].T).T
+    uv1 = proj[:, :2] / proj[:, 2:3]
+    return float(np.max(np.linalg.norm(uv1 - uv[front], axis=1)))
+
+
+@dataclass
+class TraversalEvents:
+    """Progress of one traversal's simulation: counts and the motion actually seen between rendered frames."""
+
+    frames: int = 0
+    events: int = 0
+    flow_checked: float = 0.0
+    over_budget: int = 0
+    duration_us: int = 0
+
+
+class WorldEventSource:
+    """Renders one traversal at the adaptive rate and simulates its events, chunk by chunk.
+
+    Args:
+        traversal: the traversal (:func:`read_traversal`).
+        conf: the simulation conf.
+        city: the city, built from the traversal's city conf and the condition's season when None.
+    """
+
+    def __init__(self, traversal: DriveTraversal, conf: WorldEventsConf, city: City | None = None) -> None:
+        from visloc.data.scene.city import build_city
+        from visloc.data.scene.city_conf import CityConf
+        from visloc.data.scene.conditions import parse_condition
+
+        self.traversal, self.conf = traversal, conf
+        self.condition = parse_condition(traversal.condition)
+        self.city = city if city is not None else build_city(load_conf(CityConf, traversal.city, "world.yaml city"),
+                                                             season=self.condition.season)
+        self.stats = TraversalEvents()
+        self._max_step = max(1, int(traversal.pose_hz // conf.min_rate_hz))
+
+    def light(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(luminance [H, W] float64 linear in [0, 1], depth [H, W] float32)`` of pose ``i``."""
+        from visloc.data.scene.condition_steps import srgb_to_linear
+        from visloc.data.scene.conditions import apply_conditions
+        from visloc.data.scene.render import render
+        from visloc.data.world.base import job_rng
+        from visloc.utils.image_ops import LUMA_WEIGHTS
+
+        tr = self.traversal
+        frame = render(self.city, tr.K, tr.pose(i), size=tr.size)
+        rng = job_rng(tr.seed, "drive-events", tr.split, i)
+        rgb = apply_conditions(frame.image_float, self.condition, rng, frame.depth, camera=False)
+        lum = srgb_to_linear(rgb).astype(np.float64) @ np.asarray(LUMA_WEIGHTS, np.float64)
+        return np.clip(lum, 0.0, 1.0), frame.depth
+
+    def _step(self, i: int, depth: np.ndarray) -> int:
+        tr, n = self.traversal, len(self.traversal.t_us)
+        if i + 1 >= n:
+            return 1
+        d1 = max_displacement(depth, tr.K, tr.pose(i), tr.pose(i + 1), self.conf.flow_stride_px)
+        k = self._max_step if d1 <= 0 else int(np.clip(self.conf.max_flow_px // d1, 1, self._max_step))
+        return min(k, n - 1 - i)
+
+    def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[EventStream]:
+        """Event chunks (one per rendered frame after the first) of poses ``start .. stop - 1``.
+
+        ``t`` of the chunks is relative to pose ``start``'s time (their ``origin_us`` is that time, on the
+        traversal's clock). The last pose is always rendered, so the events cover the whole span.
+        """
+        tr = self.traversal
+        stop = len(tr.t_us) if stop is None else min(stop, len(tr.t_us))
+        if not 0 <= start < stop - 1:
+            raise ValueError(f"chunks: need 0 <= start < stop - 1, got {start}, {stop}")
+        sim = EventSimulator(tr.size, self.conf.esim)
+        i = start
+        lum, depth = self.light(i)
+        sim.feed(lum, int(tr.t_us[i]))
+        self.stats.frames += 1
+        while i < stop - 1:
+            j = min(i + self._step(i, depth), stop - 1)
+            moved = max_displacement(depth, tr.K, tr.pose(i), tr.pose(j), self.conf.flow_stride_px)
+            self.stats.flow_checked = max(self.stats.flow_checked, moved)
+            self.stats.over_budget += moved > self.conf.max_flow_px
+            lum, depth = self.light(j)
+            chunk = sim.feed(lum, int(tr.t_us[j]))
+            self.stats.frames += 1
+            self.stats.events += len(chunk)
+            i = j
+            yield chunk
+        self.stats.duration_us = int(tr.t_us[stop - 1] - tr.t_us[start])
+
+
+__all__ = ["DriveTraversal", "TraversalEvents", "WorldEventSource", "WorldEventsConf", "drive_traversals",
+           "max_displacement", "read_traversal"]
