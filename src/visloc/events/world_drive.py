@@ -6,11 +6,12 @@ simulator needs: after a frame at pose ``i``, the next one is at pose ``i + k`` 
 no pixel moves more than ``max_flow_px`` (ESIM's adaptive sampling, ``dt = lambda / max |flow|``). The motion is
 the renderer's exact flow: each pixel of a grid (every ``flow_stride_px``) is carried through its depth from
 pose ``i`` to pose ``i + 1`` (1 / ``pose_hz`` later) and the largest displacement ``d1`` sets
-``k = floor(max_flow_px / d1)``, clamped to ``[1, pose_hz / min_rate_hz]``. The poses are the vehicle's
-smooth trajectory, so the first-order estimate holds over ``k`` poses; ``flow_checked`` in the summary is the
-largest displacement measured between the frames actually rendered (same grid), so a user sees when the
-estimate was off, and ``over_budget`` counts frame pairs above ``max_flow_px`` (at ``k = 1``, the pose rate
-is the limit).
+``k = floor(max_flow_px / d1)``, clamped to ``[1, pose_hz / min_rate_hz]``. The motion to pose ``i + k`` is
+then measured on the same grid, and when the first-order step overshot (a start after a stop, the
+perspective growth of near points) ``k`` is shrunk once in proportion. ``flow_checked`` in the summary is the
+largest displacement measured between the frames actually rendered (on the grid: the true maximum can be a
+little larger), and ``over_budget`` counts frame pairs still above ``max_flow_px`` (at ``k = 1`` the pose
+rate is the limit).
 
 The light is the traversal's condition seen by a sensor with its own noise model
 (``apply_conditions(..., camera=False)``: no frame-camera blur or noise; rain streaks, when a condition has
@@ -245,6 +246,9 @@ class WorldEventSource:
         while i < stop - 1:
             j = min(i + self._step(i, depth), stop - 1)
             moved = max_displacement(depth, tr.K, tr.pose(i), tr.pose(j), self.conf.flow_stride_px)
+            if moved > self.conf.max_flow_px and j > i + 1:  # the first-order step overshot: shrink it once
+                j = i + max(1, int((j - i) * self.conf.max_flow_px / moved))
+                moved = max_displacement(depth, tr.K, tr.pose(i), tr.pose(j), self.conf.flow_stride_px)
             self.stats.flow_checked = max(self.stats.flow_checked, moved)
             self.stats.over_budget += moved > self.conf.max_flow_px
             lum, depth = self.light(j)
