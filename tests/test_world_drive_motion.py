@@ -137,3 +137,19 @@ def test_vehicle_conf_checks_name_the_field() -> None:
         VehicleConf(max_jerk_mps3=0.0)
     with pytest.raises(ConfError, match=r"^VehicleConf\.stop_probability"):
         VehicleConf(stop_probability=1.5)
+
+
+@pytest.mark.parametrize("caps, stops", [([(0.0, 2.4, 9.2)], []),  # the route starts on a curve
+                                         ([(50.5, 60.0, 4.0)], [(50.0, 3.0)]),  # a turn just after a stop
+                                         ([(95.0, 99.9, 4.0)], [])])  # a curve just before the end
+def test_a_cap_next_to_a_rest_is_not_crawled_through(caps: list[tuple[float, float, float]],
+                                                     stops: list[tuple[float, float]]) -> None:
+    # the cap used to be held at the speed reachable at its start (1e-12 m/s): a duration of 1e12 s
+    prof = plan_profile(100.0, stops, caps, LIM, 1.0, 1.0)
+    dwell = 2.0 + sum(d for _, d in stops)
+    assert prof.duration < dwell + 40.0  # 100 m at up to 12 m/s with S-curves: well under 40 s of driving
+    dt = 1e-3
+    s, v, _ = prof.sample(np.arange(0.0, prof.duration + dt / 2, dt))
+    assert s[-1] == pytest.approx(100.0, abs=1e-6)
+    for a_, b_, cap in caps:
+        assert v[(s >= a_) & (s <= b_)].max() <= cap + 1e-9

@@ -143,7 +143,7 @@ def revisitop_download(
         raise typer.Exit(1)
 
 
-WORLD_KINDS = "landmarks, pairs, drive, distill"
+WORLD_KINDS = "landmarks, pairs, drive, event-drive, distill"
 KindArg = Annotated[str, typer.Argument(help=f"What to generate: {WORLD_KINDS}.")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="World seed (sets city.seed, default the conf's: 0); same "
                                                     "seed, same dataset.")]

@@ -35,7 +35,7 @@ from visloc.io.atomic import atomic_path, atomic_write_text
 from visloc.io.jobs import JobSummary
 
 #: bump on any change of what a generator writes for the same conf (a stored dataset is then not resumed)
-WORLD_VERSION = 2
+WORLD_VERSION = 3  # 3: drive profiles no longer crawl through a curve that starts at a rest
 #: the completion record, written last
 RECORD = "world.yaml"
 #: the record of a job in progress (removed by :func:`finish`)

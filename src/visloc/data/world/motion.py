@@ -126,7 +126,32 @@ def _constraints(length: float, stops: list[tuple[float, float]], caps: list[tup
     for prev, cur in zip(items, items[1:], strict=False):
         if cur.start < prev.end - 1e-9:
             raise ValueError(f"plan_profile: constraints overlap at s = {cur.start:.2f} m")
-    return items
+    return _clear_of_rests(items, lim)
+
+
+def _clear_of_rests(items: list[_Constraint], lim: Limits) -> list[_Constraint]:
+    """Caps next to a rest, shortened to where the S-curves from and to that rest reach their speed.
+
+    A cap starts no earlier than a start from the rest before it reaches its speed, and ends no later than
+    where the stop at the rest after it must begin; a cap left with no length becomes a point.
+
+    A cap is held at one speed from its start to its end. One that begins within the S-curve's distance of
+    a rest (a route starting on a curve, a stop just before a turn) could only be entered at the speed
+    reachable there, close to 0 m/s, and would be held so over its whole length: a crawl, or a duration of
+    1e12 s. The S-curve from rest towards the cap's speed stays below it, so the cap still holds over the
+    part taken off.
+    """
+    out = []
+    for i, c in enumerate(items):
+        if c.cap > 0:
+            start, end = c.start, c.end
+            if i > 0 and items[i - 1].cap <= 0:
+                start = min(max(start, items[i - 1].end + transition_distance(0.0, c.cap, lim)), end)
+            if i + 1 < len(items) and items[i + 1].cap <= 0:
+                end = max(min(end, items[i + 1].start - transition_distance(c.cap, 0.0, lim)), start)
+            c = _Constraint(start, end, c.cap, c.dwell)
+        out.append(c)
+    return out
 
 
 def _speeds(items: list[_Constraint], lim: Limits) -> list[float]:
