@@ -20,7 +20,7 @@ from visloc.events.world_drive import WorldEventsConf, WorldEventSource, max_dis
 from visloc.io.poses import CameraPose
 
 runner = CliRunner()
-TINY = ["width=64", "height=48", "focal=50", "route_length_m=20",
+TINY = ["width=64", "height=48", "focal=50", "route_length_m=20", "workers=2",
         "traversals=[{name: day1, condition: day}, {name: night1, condition: night, lateral_offset_m: 0.3}]"]
 
 
@@ -45,6 +45,22 @@ def test_max_displacement_is_exact_for_a_plane_and_a_sideways_step() -> None:
     depth[:24] = np.inf  # the sky does not move with a translation; the wall half still does
     assert max_displacement(depth, K, pose0, pose1, 1) == pytest.approx(2.0, abs=1e-9)
     assert max_displacement(np.full((48, 64), np.inf, np.float32), K, pose0, pose1, 1) == 0.0
+
+
+def test_pose_at_interpolates_between_the_samples(tiny_drive: Path) -> None:
+    tr = read_traversal(tiny_drive, "day1")
+    j = len(tr.t_us) // 2
+    for i in (j, j + 1):
+        assert np.allclose(tr.pose_at(int(tr.t_us[i])).R, tr.R[i]) and np.allclose(tr.pose_at(int(tr.t_us[i])).t,
+                                                                                   tr.pose(i).t)
+    mid = tr.pose_at(int(tr.t_us[j] + tr.t_us[j + 1]) // 2)
+    centre = -mid.R.T @ mid.t
+    assert np.allclose(centre, (tr.centre[j] + tr.centre[j + 1]) / 2, atol=1e-9)
+    from scipy.spatial.transform import Rotation
+    half = (Rotation.from_matrix(tr.R[j]).inv() * Rotation.from_matrix(mid.R)).magnitude()
+    full = (Rotation.from_matrix(tr.R[j]).inv() * Rotation.from_matrix(tr.R[j + 1])).magnitude()
+    assert half == pytest.approx(full / 2, rel=1e-6, abs=1e-12)
+    assert np.allclose(tr.pose_at(-5).R, tr.R[0]) and np.allclose(tr.pose_at(10**12).R, tr.R[-1])  # clamped
 
 
 def test_world_events_conf_ranges() -> None:

@@ -1,17 +1,18 @@
 """Events of a world ``drive`` traversal: frames rendered at an adaptive rate from the exact poses, then ESIM.
 
 A traversal of the ``drive`` generator (:mod:`visloc.data.world.drive`) has its poses at ``pose_hz`` (1000 Hz by
-default) in ``poses.csv``, but frames only at ``render_hz``. Here the city is rendered again at the poses the
-simulator needs: after a frame at pose ``i``, the next one is at pose ``i + k`` with the largest ``k`` for which
-no pixel moves more than ``max_flow_px`` (ESIM's adaptive sampling, ``dt = lambda / max |flow|``). The motion is
-the renderer's exact flow: each pixel of a grid (every ``flow_stride_px``) is carried through its depth from
-pose ``i`` to pose ``i + 1`` (1 / ``pose_hz`` later) and the largest displacement ``d1`` sets
-``k = floor(max_flow_px / d1)``, clamped to ``[1, pose_hz / min_rate_hz]``. The motion to pose ``i + k`` is
-then measured on the same grid, and when the first-order step overshot (a start after a stop, the
-perspective growth of near points) ``k`` is shrunk once in proportion. ``flow_checked`` in the summary is the
-largest displacement measured between the frames actually rendered (on the grid: the true maximum can be a
-little larger), and ``over_budget`` counts frame pairs still above ``max_flow_px`` (at ``k = 1`` the pose
-rate is the limit).
+default) in ``poses.csv``, but frames only at ``render_hz``. Here the city is rendered again at the times the
+simulator needs, at poses interpolated between the samples (``DriveTraversal.pose_at``: centre linear,
+rotation slerped): after a frame at ``t``, the next one is ``dt`` later with no pixel moving more than
+``max_flow_px`` (ESIM's adaptive sampling, ``dt = lambda / max |flow|``). The motion is the renderer's exact
+flow: each pixel of a grid (every ``flow_stride_px``) is carried through its depth from ``t`` to
+``t + PROBE_US`` and the largest displacement sets the rate; ``dt`` is clamped to ``[MIN_STEP_US,
+1 / min_rate_hz]``. The motion over ``dt`` is then measured on the same grid, and when the first-order step
+overshot (a start after a stop, the perspective growth of near points) ``dt`` is shrunk once in proportion.
+``flow_checked`` in the summary is the largest displacement measured between the frames actually rendered
+(on the grid: the true maximum can be a little larger), and ``over_budget`` counts frame pairs still above
+``max_flow_px``. At the default camera the road just below the image's bottom corners moves fastest: about
+0.8 px per ms at 10 m/s, so ``max_flow_px = 1`` renders about 1300 frames per second of drive at top speed.
 
 The light is the traversal's condition seen by a sensor with its own noise model
 (``apply_conditions(..., camera=False)``: no frame-camera blur or noise; rain streaks, when a condition has
@@ -41,6 +42,13 @@ from visloc.io.poses import CameraPose
 
 if TYPE_CHECKING:
     from visloc.data.scene.city import City
+
+#: the motion rate is probed over this span (µs; the default pose spacing)
+PROBE_US = 1000
+#: the shortest frame interval (µs)
+MIN_STEP_US = 20
+#: bump when the same conf and drive give other events (a stored event file is then not resumed)
+ALGORITHM = 2
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,22 @@ class DriveTraversal:
     def pose(self, i: int) -> CameraPose:
         """``cam_from_world`` of pose ``i``."""
         return CameraPose(self.R[i], -self.R[i] @ self.centre[i])
+
+    def pose_at(self, t_us: int) -> CameraPose:
+        """``cam_from_world`` at ``t_us`` (clamped to the poses).
+
+        The centre is linear and the rotation slerped between the two poses around ``t_us`` (the vehicle's
+        trajectory is smooth at the pose rate).
+        """
+        j = int(np.clip(np.searchsorted(self.t_us, t_us, side="right") - 1, 0, len(self.t_us) - 2))
+        w = float(np.clip((t_us - self.t_us[j]) / (self.t_us[j + 1] - self.t_us[j]), 0.0, 1.0))
+        if w == 0.0:
+            return self.pose(j)
+        r0 = Rotation.from_matrix(self.R[j])
+        rel = (r0.inv() * Rotation.from_matrix(self.R[j + 1])).as_rotvec()
+        R = (r0 * Rotation.from_rotvec(w * rel)).as_matrix()
+        c = (1 - w) * self.centre[j] + w * self.centre[j + 1]
+        return CameraPose(R, -R @ c)
 
     @property
     def pose_hz(self) -> float:
@@ -203,10 +227,10 @@ class WorldEventSource:
         self.city = city if city is not None else build_city(load_conf(CityConf, traversal.city, "world.yaml city"),
                                                              season=self.condition.season)
         self.stats = TraversalEvents()
-        self._max_step = max(1, int(traversal.pose_hz // conf.min_rate_hz))
+        self._max_dt = max(MIN_STEP_US, int(1e6 / conf.min_rate_hz))
 
-    def light(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(luminance [H, W] float64 linear in [0, 1], depth [H, W] float32)`` of pose ``i``."""
+    def light(self, t_us: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(luminance [H, W] float64 linear in [0, 1], depth [H, W] float32)`` at time ``t_us``."""
         from visloc.data.scene.condition_steps import srgb_to_linear
         from visloc.data.scene.conditions import apply_conditions
         from visloc.data.scene.render import render
@@ -214,48 +238,54 @@ class WorldEventSource:
         from visloc.utils.image_ops import LUMA_WEIGHTS
 
         tr = self.traversal
-        frame = render(self.city, tr.K, tr.pose(i), size=tr.size)
-        rng = job_rng(tr.seed, "drive-events", tr.split, i)
+        frame = render(self.city, tr.K, tr.pose_at(t_us), size=tr.size)
+        rng = job_rng(tr.seed, "drive-events", tr.split, t_us)
         rgb = apply_conditions(frame.image_float, self.condition, rng, frame.depth, camera=False)
         lum = srgb_to_linear(rgb).astype(np.float64) @ np.asarray(LUMA_WEIGHTS, np.float64)
         return np.clip(lum, 0.0, 1.0), frame.depth
 
-    def _step(self, i: int, depth: np.ndarray) -> int:
-        tr, n = self.traversal, len(self.traversal.t_us)
-        if i + 1 >= n:
-            return 1
-        d1 = max_displacement(depth, tr.K, tr.pose(i), tr.pose(i + 1), self.conf.flow_stride_px)
-        k = self._max_step if d1 <= 0 else int(np.clip(self.conf.max_flow_px // d1, 1, self._max_step))
-        return min(k, n - 1 - i)
+    def _moved(self, depth: np.ndarray, t0: int, t1: int) -> float:
+        tr = self.traversal
+        return max_displacement(depth, tr.K, tr.pose_at(t0), tr.pose_at(t1), self.conf.flow_stride_px)
+
+    def _next(self, t: int, end: int, depth: np.ndarray) -> tuple[int, float]:
+        """The next frame time after ``t`` (at most ``end``) and the motion measured up to it."""
+        probe = min(PROBE_US, end - t)
+        rate = self._moved(depth, t, t + probe) / probe  # px per µs
+        budget = self.conf.max_flow_px
+        dt = self._max_dt if rate <= 0 else int(np.clip(budget / rate, MIN_STEP_US, self._max_dt))
+        t1 = min(t + dt, end)
+        moved = self._moved(depth, t, t1)
+        if moved > budget and t1 - t > MIN_STEP_US:  # the first-order step overshot: shrink it once
+            t1 = t + max(MIN_STEP_US, int((t1 - t) * budget / moved))
+            moved = self._moved(depth, t, t1)
+        return t1, moved
 
     def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[EventStream]:
-        """Event chunks (one per rendered frame after the first) of poses ``start .. stop - 1``.
+        """Event chunks (one per rendered frame after the first) from pose ``start``'s time to pose ``stop - 1``'s.
 
         ``t`` of the chunks is relative to pose ``start``'s time (their ``origin_us`` is that time, on the
-        traversal's clock). The last pose is always rendered, so the events cover the whole span.
+        traversal's clock). Frames fall between the poses where the motion needs them (poses interpolated:
+        ``DriveTraversal.pose_at``); the last pose is always rendered, so the events cover the whole span.
         """
         tr = self.traversal
         stop = len(tr.t_us) if stop is None else min(stop, len(tr.t_us))
         if not 0 <= start < stop - 1:
             raise ValueError(f"chunks: need 0 <= start < stop - 1, got {start}, {stop}")
         sim = EventSimulator(tr.size, self.conf.esim)
-        i = start
-        lum, depth = self.light(i)
-        sim.feed(lum, int(tr.t_us[i]))
+        t, end = int(tr.t_us[start]), int(tr.t_us[stop - 1])
+        lum, depth = self.light(t)
+        sim.feed(lum, t)
         self.stats.frames += 1
-        while i < stop - 1:
-            j = min(i + self._step(i, depth), stop - 1)
-            moved = max_displacement(depth, tr.K, tr.pose(i), tr.pose(j), self.conf.flow_stride_px)
-            if moved > self.conf.max_flow_px and j > i + 1:  # the first-order step overshot: shrink it once
-                j = i + max(1, int((j - i) * self.conf.max_flow_px / moved))
-                moved = max_displacement(depth, tr.K, tr.pose(i), tr.pose(j), self.conf.flow_stride_px)
+        while t < end:
+            t1, moved = self._next(t, end, depth)
             self.stats.flow_checked = max(self.stats.flow_checked, moved)
             self.stats.over_budget += moved > self.conf.max_flow_px
-            lum, depth = self.light(j)
-            chunk = sim.feed(lum, int(tr.t_us[j]))
+            lum, depth = self.light(t1)
+            chunk = sim.feed(lum, t1)
             self.stats.frames += 1
             self.stats.events += len(chunk)
-            i = j
+            t = t1
             yield chunk
         self.stats.duration_us = int(tr.t_us[stop - 1] - tr.t_us[start])
 

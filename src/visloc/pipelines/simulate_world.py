@@ -18,7 +18,7 @@ from tqdm import tqdm
 from visloc.conf import conf_to_dict
 from visloc.errors import InputError
 from visloc.events.io.h5 import EventWriter
-from visloc.events.world_drive import TraversalEvents, WorldEventsConf, WorldEventSource, read_traversal
+from visloc.events.world_drive import ALGORITHM, TraversalEvents, WorldEventsConf, WorldEventSource, read_traversal
 from visloc.pipelines.simulate_events import RECORD_ATTR, stored_record
 
 
@@ -46,7 +46,8 @@ class TraversalSummary:
 
 def _record(root: Path, name: str, conf: WorldEventsConf) -> str:
     world = (root / "world.yaml").read_text()
-    return json.dumps({"conf": conf_to_dict(conf), "traversal": name, "drive": world}, sort_keys=True)
+    return json.dumps({"conf": conf_to_dict(conf), "traversal": name, "drive": world, "algorithm": ALGORITHM},
+                      sort_keys=True)
 
 
 def simulate_traversal(root: str | Path, name: str, out: str | Path, conf: WorldEventsConf | None = None, *,
