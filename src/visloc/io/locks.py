@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from visloc.errors import VislocError
+from visloc.io.outputs import check_writable
 
 _HELD: dict[str, int] = {}  # lock path -> times this process holds it
 _GUARD = threading.Lock()
@@ -69,9 +70,11 @@ def output_lock(out: str | Path, option: str = "--out") -> Iterator[Path]:
         option: the command's option that names ``out``, for the message.
 
     Raises:
+        OutputError: ``out``'s folder cannot be created or written (``io.outputs.check_writable``).
         OutputLockedError: another process holds the lock, or the lock file cannot be created.
     """
     out = Path(out)
+    check_writable(out, option)
     path = lock_path(out)
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
