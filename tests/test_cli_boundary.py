@@ -99,7 +99,7 @@ def test_a_bad_option_value_is_a_user_error(tmp_path):
              ("eval", "recall", "--pred", tmp_path / "p.npy", "--db-utm", tmp_path / "d.npy", "--query-utm",
               tmp_path / "q.npy", "--radius", 0): "radius: expected metres > 0",
              ("pairs", "exhaustive", "--out", tmp_path / "a.png" / "p.txt", "--images", tmp_path):
-             "a.png/p.txt: cannot write here",  # a file where the output's folder should be
+             "a.png is not a folder; choose another --out",  # a file where the output's folder should be
              ("extract", tmp_path, "--out", tmp_path / "f.h5", "--conf", "sift", "--set", "resize_max=4"):
              "resize_max: expected >= 8 pixels"}
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((32, 32), np.uint8))

@@ -373,7 +373,7 @@ def test_cli_errors(tmp_path):
     assert invoke("index", "build", "--features", tmp_path / "db.h5", "--out", tmp_path / "x.index").exit_code == 0
     result = invoke("search", "--index", tmp_path / "x.index", "--features", tmp_path / "db.h5",
                     "--out", tmp_path / "p.txt", "-k", 0)
-    assert result.exit_code == 2 and "k must be an integer >= 1" in result.stderr
+    assert result.exit_code == 2 and "-k: expected an integer >= 1" in result.stderr
     write_features(tmp_path / "q.h5", {"q.jpg": {"global_descriptor": random_unit(1, 4)[0]}})
     result = invoke("search", "--index", tmp_path / "x.index", "--features", tmp_path / "q.h5",
                     "--out", tmp_path / "p.txt")

@@ -142,10 +142,13 @@ def pairs_sequential(out: Annotated[Path, typer.Option(help="Pairs file to write
 def _names(images: Optional[Path], features: Optional[Path]) -> list[str]:
     from visloc.io.features_h5 import list_feature_names
     from visloc.io.images import list_images
+    from visloc.io.names import check_names
 
     if (images is None) == (features is None):
         fail("give exactly one of --images or --features")
-    return run(list_images, images) if images is not None else run(list_feature_names, features)
+    names = run(list_images, images) if images is not None else run(list_feature_names, features)
+    run(check_names, names, images if images is not None else features, "rename those images")
+    return names
 
 
 @index_app.command("build")

@@ -75,14 +75,70 @@ def _allowed() -> dict[tuple[str, str], Callable[[], Any]]:
 _ALLOWED = _allowed()
 
 
+def _children(obj: object) -> list[object]:
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return list(obj)
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "O":
+        return list(obj.ravel())
+    return []
+
+
+def check_bounds(root: object, max_depth: int, max_elements: int) -> None:
+    """Refuse (``UnpicklingError``) a deep, huge (as a tree) or cyclic object graph.
+
+    Refused: containers nested deeper than ``max_depth``, a tree of more than ``max_elements``
+    objects (shared references counted each time they occur), a container that holds itself.
+
+    A pickle of a few hundred bytes can reference one list from another 30 times over: loading it is
+    cheap, but any code that walks it as a tree (``np.asarray``, a copy) meets 2**30 elements. The walk
+    here visits each object once (sizes memoised by identity), so it costs the graph, not the tree.
+    """
+    sizes: dict[int, int] = {}
+    path: set[int] = set()  # objects whose subtree is being walked: the current path from the root
+    stack: list[tuple[object, bool]] = [(root, False)]
+    while stack:
+        obj, finished = stack.pop()
+        key, children = id(obj), _children(obj)
+        if finished:
+            path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > max_elements:
+                raise _Refused(f"refusing a structure of more than {max_elements} elements (shared references "
+                               "counted each time)")
+        elif key in path:
+            raise _Refused("refusing a container that contains itself")
+        elif key not in sizes:
+            if not children:
+                sizes[key] = 1
+                continue
+            path.add(key)
+            if len(path) > max_depth:
+                raise _Refused(f"refusing containers nested deeper than {max_depth}")
+            stack.append((obj, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only numpy array / dtype / scalar reconstruction and builtin sets.
 
     Lists, dicts, tuples, strings, bytes and numbers need no global and load as usual. Any other
     global (``os.system``, ``builtins.eval``, a class of any module...) raises
     ``pickle.UnpicklingError`` when the pickle names it, before it could be called; so do
-    ``_codecs.encode`` with another encoding than latin-1 and ``bytes`` with arguments.
+    ``_codecs.encode`` with another encoding than latin-1 and ``bytes`` with arguments. What it
+    loads is bounded too (``check_bounds``): ``MAX_DEPTH`` levels of containers and ``MAX_ELEMENTS``
+    objects in the tree (a published ``gnd_*.pkl`` has 5 levels and about 10k objects).
     """
+
+    MAX_DEPTH = 16
+    MAX_ELEMENTS = 20_000_000
+
+    def load(self) -> Any:
+        """Unpickle, then refuse a result nested or sized beyond the bounds."""
+        obj = super().load()
+        check_bounds(obj, self.MAX_DEPTH, self.MAX_ELEMENTS)
+        return obj
 
     def find_class(self, module: str, name: str) -> Any:
         """Resolve an allowed global, refuse every other."""

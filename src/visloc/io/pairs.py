@@ -1,4 +1,8 @@
-"""Image pairs: text files (``name0 name1`` per line) and generators."""
+"""Image pairs: text files (``name0 name1`` per line) and generators.
+
+Names are whitespace-separated, as in hloc's pairs files: a name holding whitespace cannot be written
+(``write_pairs`` refuses it, ``io.names``), so what is written reads back the same.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ from pathlib import Path
 
 from visloc.errors import InputError, VislocError
 from visloc.io.atomic import atomic_write_text
+from visloc.io.names import check_names
+from visloc.io.outputs import check_text_output
 
 Pair = tuple[str, str]
-
-
 
 class PairsError(VislocError, ValueError):
     """A pairs file that cannot be parsed."""
@@ -33,8 +37,16 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return pairs
 
 
-def write_pairs(path: str | Path, pairs: Sequence[Pair]) -> Path:
-    """Write pairs atomically, one ``name0 name1`` per line."""
+def write_pairs(path: str | Path, pairs: Sequence[Pair], option: str = "--out") -> Path:
+    """Write pairs atomically, one ``name0 name1`` per line.
+
+    Raises:
+        OutputError: ``path`` exists and is not a text file (a photo, an HDF5 file, a folder), or its
+            folder cannot be written (``option`` names it in the message).
+        ImageNameError: a name holds whitespace.
+    """
+    check_text_output(path, "pairs", option)
+    check_names(dict.fromkeys(n for pair in pairs for n in pair), path, "rename those images")
     return atomic_write_text(path, "".join(f"{a} {b}\n" for a, b in pairs))
 
 
@@ -45,11 +57,15 @@ def exhaustive_pairs(names: Sequence[str]) -> list[Pair]:
 
 
 def sequential_pairs(names: Sequence[str], window: int = 5, loop: bool = False) -> list[Pair]:
-    """Each image with its next ``window`` images in order (``loop`` wraps around the end)."""
+    """Each image with its next ``window`` images in order (``loop`` wraps around the end).
+
+    ``window`` is clamped to ``len(names) - 1``: a larger one adds no pair, only time.
+    """
     if window < 1:
         raise InputError(f"window must be >= 1, got {window}")
     names = list(names)
     n = len(names)
+    window = min(window, max(n - 1, 1))
     pairs: list[Pair] = []
     seen: set[frozenset[int]] = set()
     for i in range(n):

@@ -7,6 +7,10 @@ Layout of the staging folder ``<out>.parts/``:
   spreads a million items over 256 folders of about 4k files each.
 - ``index-<pid>.tsv``: an append-only name index, one line ``sha1 <TAB> size <TAB> json(name)`` per
   staged part, appended by the staging process after the part's rename.
+- ``job.json``: the record (part name + resolved conf) of the job that stages here, written by
+  ``claim`` before its first part. A job with another record refuses the folder while it holds parts
+  (``check_staged``): items made with two confs never meet in one file. Parts without a record (an
+  older visloc, direct API use) are accepted as they are.
 
 Listing the staged names (``staged_names``, used to resume) never opens an array: a part is named by
 its index line when the line's hash is the hash of the name and its size is the part's size (one
@@ -16,6 +20,10 @@ only its ``__name__`` member (``np.load`` is lazy per member). A part that canno
 (cut short, not a zip) is skipped, so its item is re-done. Damage inside an array member of a named
 part (which an atomic rename alone cannot cause) surfaces when the commit loads it: the item is then
 skipped with a warning, left out of the file, and re-done by the next run.
+
+Committing removes only the parts it merged (or found unreadable, so that their items are re-done):
+a part staged after the commit listed the folder stays for the next commit, and the folder goes
+when no part is left.
 
 Committing: ``visloc.io.shards.commit`` (cost proportional to the new items; used by the feature and
 match stores) or ``merge_parts`` here (copies the existing file: kept for callers that list a file
@@ -36,15 +44,21 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from visloc.io.atomic import atomic_path
+from visloc.errors import VislocError
+from visloc.io.atomic import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 NAME_KEY = "__name__"
+RECORD_NAME = "job.json"
 _PART_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 _HEX = frozenset("0123456789abcdef")
 
 WriteFn = Callable[[h5py.File, str, dict[str, np.ndarray]], None]
+
+
+class StagedConfError(VislocError, ValueError):
+    """Staged parts of an interrupted run made with another conf than the job's."""
 
 
 def write_group(fd: h5py.File, key: str, arrays: dict[str, np.ndarray]) -> None:
@@ -182,8 +196,58 @@ def staged_parts(out: Path) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
 
 
 def discard(out: Path) -> None:
-    """Remove the staging folder of ``out`` (after a commit, or to start afresh)."""
+    """Remove the staging folder of ``out`` with every part (to start afresh)."""
     shutil.rmtree(parts_dir(out), ignore_errors=True)
+
+
+def discard_merged(out: Path, paths: Iterable[Path]) -> None:
+    """Remove the part files ``paths`` (merged); the folder too once no nameable part is left in it."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    if parts_dir(out).is_dir() and not staged_entries(out):
+        discard(out)
+
+
+def staged_record(out: Path) -> str | None:
+    """The record ``claim`` left in the staging folder of ``out``, or None."""
+    try:
+        return (parts_dir(out) / RECORD_NAME).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _same_record(a: str, b: str) -> bool:
+    try:
+        return json.loads(a) == json.loads(b)
+    except ValueError:
+        return False
+
+
+def check_staged(out: Path, record: str, hint: str = "add --overwrite to discard them") -> None:
+    """Raise ``StagedConfError`` if ``out`` has parts staged under another job record than ``record``.
+
+    ``hint`` (what else the user can do, naming the command's option) ends the message.
+    """
+    found = staged_record(out)
+    if found is None or _same_record(found, record):
+        return
+    entries = staged_entries(out)
+    if not entries:
+        return  # a record alone (a run that failed before its first item) blocks nothing
+    try:
+        other, mine = json.loads(found).get("name"), json.loads(record).get("name")
+        what = f"another conf of {other}" if other == mine else str(other)
+    except (ValueError, AttributeError):
+        what = "an unreadable record"
+    raise StagedConfError(f"{parts_dir(out)}: {len(entries)} items staged by an interrupted run with {what}; "
+                          f"re-run it with that conf to finish them, or {hint}")
+
+
+def claim(out: Path, record: str) -> None:
+    """Record in the staging folder of ``out`` the conf its parts are made with (before the first part)."""
+    found = staged_record(out)
+    if found is None or not _same_record(found, record):
+        atomic_write_text(parts_dir(out) / RECORD_NAME, record)
 
 
 def merge_parts(out: Path, write: WriteFn, attrs: dict[str, str] | None = None) -> int:
@@ -193,7 +257,7 @@ def merge_parts(out: Path, write: WriteFn, attrs: dict[str, str] | None = None) 
     """
     entries = staged_entries(out)
     if not entries and not (attrs and not out.exists()):
-        discard(out)
+        discard_merged(out, [])
         return 0
     n = 0
     with atomic_path(out) as tmp:
@@ -207,5 +271,5 @@ def merge_parts(out: Path, write: WriteFn, attrs: dict[str, str] | None = None) 
                 if item is not None:
                     write(fd, *item)
                     n += 1
-    discard(out)
+    discard_merged(out, [path for _, path in entries])
     return n

@@ -20,7 +20,7 @@ Commit (``commit``), in this order:
 2. the master is copied (about 65 B per item, about 1/5000 of the feature data) to a temporary
    file beside ``<out>``; each new item is linked there (replacing an older link of the same name),
    the attributes are set; it is fsynced and renamed over ``<out>``;
-3. the staged parts are removed;
+3. the staged parts it merged are removed (a part staged since stays for the next commit);
 4. shards the master does not list and temporary files of killed commits are deleted.
 
 A file that is not a master (written by an older visloc, by hloc, or consolidated) is adopted at
@@ -38,8 +38,9 @@ Failure analysis (a kill, SIGKILL included, at any moment):
 - during 4: only unlisted files are deleted, so no linked shard is lost.
 - power loss: the shard and the master are fsynced before their renames, and their folders after.
 
-Not supported: two processes committing into the same ``<out>`` at once (the later rename wins, as
-with the copy commit). Shards whose items were all restaged later stay listed until ``consolidate``.
+Two processes never commit into the same ``<out>`` at once: the jobs hold its writer lock
+(``visloc.io.locks``) for their whole life. Shards whose items were all restaged later stay listed
+until ``consolidate``.
 """
 
 from __future__ import annotations
@@ -263,12 +264,13 @@ def commit(out: str | Path, write: parts.WriteFn, attrs: dict[str, str] | None =
     out = Path(out)
     entries = parts.staged_entries(out)
     if not entries and not (attrs and not out.exists()):
-        parts.discard(out)
+        parts.discard_merged(out, [])
+        _collect(out)  # a commit killed between its steps 3 and 4 left orphans
         return 0
     _remove_stale_tmp(out)
     shard_id, names = _write_shard(out, entries, write) if entries else ("", [])
     _publish(out, shard_id, names, dict(attrs or {}))
-    parts.discard(out)
+    parts.discard_merged(out, [path for _, path in entries])
     _collect(out)
     return len(names)
 

@@ -2,6 +2,9 @@
 
 Resumable: finished images are staged one by one and merged atomically; a re-run skips images that
 are in the file or staged. A bad image is skipped with a one-line reason and listed at the end.
+One writer per output: the job holds ``out``'s lock (``io.locks``) from its plan to its commit. Before
+any work ``out`` is checked to be a feature file (or absent) in a writable folder (``io.outputs``), the
+image names to hold no whitespace (``io.names``), and staged parts to have been made with this conf.
 ``plan_extraction`` and ``stage_images`` are the two halves a distributed run reuses
 (``pipelines.extract_ray``): the first resolves the job on the driver, the second runs in each task.
 """
@@ -9,7 +12,6 @@ are in the file or staged. A bad image is skipped with a one-line reason and lis
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,12 @@ from visloc.errors import InputError, VislocError
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_tensor
 from visloc.features.base import Extractor
-from visloc.io import features_h5, shards
+from visloc.io import features_h5, parts, shards
 from visloc.io.images import ImageError, list_images
 from visloc.io.jobs import JobSummary
+from visloc.io.locks import output_lock
+from visloc.io.names import check_names
+from visloc.io.outputs import check_h5_output
 from visloc.io.parts import parts_dir
 from visloc.io.sources import ImageBatch, ImageRecord, ImageSource, ResizeSpec, image_loader
 from visloc.pipelines.common import conf_record, conflicting_conf, pick_device
@@ -76,24 +81,33 @@ def plan_extraction(image_dir: str | Path, out: str | Path, *, extractor: str,
                     overwrite: bool = False) -> ExtractPlan:
     """Resolve a job (arguments as ``extract_features``): list the images, check ``out``, find what is left.
 
+    Call it holding ``out``'s lock (``io.locks.output_lock``): with ``overwrite`` it removes ``out``.
+
     Raises:
         ExtractError: no image folder, no images, or ``out`` holds another extractor's features.
+        OutputError: ``out`` is not a feature file (a photo, a match file, a folder) or cannot be written.
+        ImageNameError: image names with whitespace.
+        StagedConfError: parts staged by an interrupted run with another conf (without ``overwrite``).
     """
     image_dir, out = Path(image_dir), Path(out)
+    check_h5_output(out, "features")
     try:
         names = list(image_list) if image_list is not None else list_images(image_dir)
     except ImageError as e:
         raise ExtractError(str(e)) from None
+    check_names(names, image_dir, "rename them, or leave them out of --image-list")
     conf = EXTRACTORS.conf(extractor, overrides)
     record = conf_record(extractor, conf)
     if overwrite:
         shards.remove(out)
-        shutil.rmtree(parts_dir(out), ignore_errors=True)
+    parts.check_staged(out, record)
     _check_compatible(out, record)
     if not names and not out.exists():
         raise ExtractError(f"{image_dir}: no images found")
     done = features_h5.done_names(out)
     todo = tuple(n for n in names if n not in done)
+    if todo:
+        parts.claim(out, record)
     return ExtractPlan(image_dir, out, extractor, conf, record, len(names), todo)
 
 
@@ -126,26 +140,34 @@ def extract_features(image_dir: str | Path, out: str | Path, *, extractor: str =
         The job summary; the resolved conf is stored in the file's ``visloc_extractor`` attribute.
     """
     check_loader_args(batch_size, num_workers)
-    plan = plan_extraction(image_dir, out, extractor=extractor, overrides=overrides, image_list=image_list,
-                           overwrite=overwrite)
-    summary = plan.summary()
-    if plan.todo:
-        dev = pick_device(device)
-        model = EXTRACTORS.build_conf(extractor, plan.conf).to(dev)
-        workers = num_workers if num_workers is not None else (1 if len(plan.todo) >= 8 else 0)
-        try:
-            stage_images(model, plan, plan.todo, summary, as_half=as_half, device=dev, batch_size=batch_size,
-                         num_workers=workers, crops=crops, progress=progress)
-        finally:  # also on Ctrl-C: what finished is merged, the rest stays staged
+    with output_lock(out):
+        plan = plan_extraction(image_dir, out, extractor=extractor, overrides=overrides, image_list=image_list,
+                               overwrite=overwrite)
+        summary = plan.summary()
+        if plan.todo:
+            try:
+                dev = pick_device(device)
+                model = EXTRACTORS.build_conf(extractor, plan.conf).to(dev)
+                workers = num_workers if num_workers is not None else (1 if len(plan.todo) >= 8 else 0)
+                stage_images(model, plan, plan.todo, summary, as_half=as_half, device=dev, batch_size=batch_size,
+                             num_workers=workers, crops=crops, progress=progress)
+            finally:  # also on Ctrl-C: what finished is merged, the rest stays staged
+                commit(plan)
+        elif parts_dir(plan.out).is_dir():  # a run killed after staging its last image, before its merge
             commit(plan)
-    elif parts_dir(plan.out).is_dir():  # a run killed after staging its last image, before its merge
-        commit(plan)
     return summary
 
 
 def commit(plan: ExtractPlan) -> None:
-    """Merge the staged images of ``plan`` into its file atomically, with the extractor's record."""
-    features_h5.commit_features(plan.out, {ATTR: plan.record})
+    """Merge the staged images of ``plan`` into its file atomically, with the extractor's record.
+
+    A job that staged nothing creates no file: a run that failed at its first image (a conf error, a
+    model that cannot be built) leaves nothing that would refuse its corrected re-run.
+    """
+    if plan.out.exists() or parts.staged_entries(plan.out):
+        features_h5.commit_features(plan.out, {ATTR: plan.record})
+    else:
+        parts.discard_merged(plan.out, [])
 
 
 def check_loader_args(batch_size: int, num_workers: int | None) -> None:

@@ -40,6 +40,7 @@ from visloc.features import EXTRACTORS
 from visloc.features.base import Extractor
 from visloc.io import parts
 from visloc.io.jobs import JobSummary
+from visloc.io.locks import output_lock
 from visloc.pipelines.extract import ExtractError, ExtractPlan, check_loader_args, commit, plan_extraction, stage_images
 from visloc.pipelines.ray_tasks import TasksStillRunningError, connect, import_ray, run_tasks
 
@@ -119,24 +120,25 @@ def extract_features_ray(image_dir: str | Path, out: str | Path, *, extractor: s
     if shard_size < 1 or cpus_per_task < 1 or gpus_per_task < 0 or max_retries < 0:
         raise InputError(f"shard_size >= 1, cpus_per_task >= 1, gpus_per_task >= 0 and max_retries >= 0 expected, "
                          f"got {shard_size}, {cpus_per_task}, {gpus_per_task} and {max_retries}")
-    plan = plan_extraction(image_dir, out, extractor=extractor, overrides=overrides, image_list=image_list,
-                           overwrite=overwrite)
-    summary = plan.summary()
-    if not plan.todo:
-        if parts.parts_dir(plan.out).is_dir():  # a run killed after staging its last image, before its merge
-            commit(plan)
-        return summary
-    light = replace(plan, image_dir=plan.image_dir.resolve(), out=plan.out.resolve(), todo=())
-    token = _write_token(light.out)
-    builder = EXTRACTORS.entry(extractor).builder
-    device = device if device is not None else ("cuda" if gpus_per_task > 0 else "cpu")  # as Ray reserved
-    tasks = [ShardTask(i, names, light, builder, token, cpus_per_task, as_half, device, batch_size, num_workers,
-                       None if crops is None else {n: crops[n] for n in names if n in crops})
-             for i, names in enumerate(shard_names(plan.todo, shard_size))]
-    with connect(address, num_cpus) as ray:
-        remote = ray.remote(_run_shard).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
-                                                max_retries=max_retries, retry_exceptions=False)
-        _run(ray, remote, plan, tasks, summary, progress)
+    with output_lock(out):  # the driver holds it for the whole job; the tasks only stage parts
+        plan = plan_extraction(image_dir, out, extractor=extractor, overrides=overrides, image_list=image_list,
+                               overwrite=overwrite)
+        summary = plan.summary()
+        if not plan.todo:
+            if parts.parts_dir(plan.out).is_dir():  # a run killed after staging its last image, before its merge
+                commit(plan)
+            return summary
+        light = replace(plan, image_dir=plan.image_dir.resolve(), out=plan.out.resolve(), todo=())
+        token = _write_token(light.out)
+        builder = EXTRACTORS.entry(extractor).builder
+        device = device if device is not None else ("cuda" if gpus_per_task > 0 else "cpu")  # as Ray reserved
+        tasks = [ShardTask(i, names, light, builder, token, cpus_per_task, as_half, device, batch_size, num_workers,
+                           None if crops is None else {n: crops[n] for n in names if n in crops})
+                 for i, names in enumerate(shard_names(plan.todo, shard_size))]
+        with connect(address, num_cpus) as ray:
+            remote = ray.remote(_run_shard).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
+                                                    max_retries=max_retries, retry_exceptions=False)
+            _run(ray, remote, plan, tasks, summary, progress)
     return summary
 
 

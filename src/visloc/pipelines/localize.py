@@ -16,6 +16,10 @@ Query intrinsics come from ``cameras`` (``name MODEL W H params...``); a query w
 map's camera when the map has exactly one and the sizes agree, else ``SIMPLE_RADIAL`` with focal
 ``1.2 * max(W, H)`` and the focal length estimated with the pose. Unreadable images are skipped and
 listed; an error on one query fails that query only.
+
+Before any work: ``out`` and ``log`` must be text files (or absent) in writable folders, the query
+names must hold no whitespace, and the map's COLMAP model is checked (``colmap_files``); the job
+holds ``out``'s writer lock (``io.locks``) for its whole life.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pycolmap
 import torch
 from tqdm import tqdm
 
@@ -36,8 +39,12 @@ from visloc.eval.localization import STAGES
 from visloc.io import features_h5
 from visloc.io.atomic import atomic_write_text
 from visloc.io.images import list_images, read_image
+from visloc.io.locks import output_lock
+from visloc.io.names import check_names
+from visloc.io.outputs import check_text_output
 from visloc.io.poses import Camera, read_cameras, write_poses
 from visloc.localization.colmap import default_camera
+from visloc.localization.colmap_files import read_reconstruction
 from visloc.localization.localize import Localizer, LocalizerConf, PairMatching, QueryResult
 from visloc.localization.pair_matching import DensePairs, Query, SparsePairs
 from visloc.matching import MATCHERS
@@ -189,22 +196,26 @@ def localize_queries(map_dir: str | Path, queries: str | Path, out: str | Path, 
     record, files = read_map_record(map_dir)
     queries, out = Path(queries), Path(out)
     log = Path(log) if log is not None else out.with_suffix(".log.jsonl")
+    check_text_output(out, "poses")
+    check_text_output(log, "log", "--log")
     names = list(image_list) if image_list is not None else list_images(queries)
+    check_names(names, queries, "rename them")  # else their poses would be computed, then not written
     cams = read_cameras(cameras) if cameras is not None else {}
-    local, glob, skipped, extract_s = _extract_queries(record, files, queries, names, out, device, progress)
-    dev = pick_device(device)
-    rec = pycolmap.Reconstruction(files.model)
-    localizer = Localizer(rec, _pair_matching(record, files, dev), RetrievalIndex.load(files.index), conf)
-    map_cameras = [Camera(c.model.name, c.width, c.height, tuple(c.params)) for c in rec.cameras.values()]
-    todo = [n for n in names if n not in dict(skipped)]
-    summary = LocalizeSummary(out, log, skipped=skipped)
-    for name in tqdm(todo, desc="localize", disable=not progress, unit="query"):
-        summary.results.append(_localize_one(localizer, name, queries, local, glob, cams, map_cameras))
-        timings = summary.results[-1].timings
-        for stage, total in extract_s.items():
-            timings[stage] = timings.get(stage, 0.0) + total / max(len(todo), 1)
-    write_poses(out, {r.name: r.pose for r in summary.results if r.pose is not None})
-    atomic_write_text(log, "".join(json.dumps(r.record()) + "\n" for r in summary.results))
+    rec = read_reconstruction(files.model)  # checked: a damaged map fails before any query is extracted
+    with output_lock(out):
+        local, glob, skipped, extract_s = _extract_queries(record, files, queries, names, out, device, progress)
+        dev = pick_device(device)
+        localizer = Localizer(rec, _pair_matching(record, files, dev), RetrievalIndex.load(files.index), conf)
+        map_cameras = [Camera(c.model.name, c.width, c.height, tuple(c.params)) for c in rec.cameras.values()]
+        todo = [n for n in names if n not in dict(skipped)]
+        summary = LocalizeSummary(out, log, skipped=skipped)
+        for name in tqdm(todo, desc="localize", disable=not progress, unit="query"):
+            summary.results.append(_localize_one(localizer, name, queries, local, glob, cams, map_cameras))
+            timings = summary.results[-1].timings
+            for stage, total in extract_s.items():
+                timings[stage] = timings.get(stage, 0.0) + total / max(len(todo), 1)
+        write_poses(out, {r.name: r.pose for r in summary.results if r.pose is not None})
+        atomic_write_text(log, "".join(json.dumps(r.record()) + "\n" for r in summary.results))
     return summary
 
 

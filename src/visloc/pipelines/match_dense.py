@@ -36,6 +36,8 @@ from visloc.errors import InputError
 from visloc.io import features_h5, matches_h5, parts
 from visloc.io.images import ImageError, read_image
 from visloc.io.jobs import JobSummary
+from visloc.io.locks import output_lock
+from visloc.io.outputs import check_h5_output
 from visloc.io.pairs import read_pairs
 from visloc.matching import MATCHERS
 from visloc.pipelines.common import conf_record, conflicting_conf, pick_device
@@ -197,6 +199,15 @@ def match_dense(pairs: str | Path, images: str | Path, features: str | Path, mat
         The job summary (``out`` is the match file).
     """
     pairs, images, features, matches = Path(pairs), Path(images), Path(features), Path(matches)
+    check_h5_output(features, "features", "--features")
+    check_h5_output(matches, "matches", "--out")
+    with output_lock(features, "--features"), output_lock(matches, "--out"):
+        return _match_dense(pairs, images, features, matches, matcher, overrides, quantize, device, progress)
+
+
+def _match_dense(pairs: Path, images: Path, features: Path, matches: Path, matcher: str,
+                 overrides: Mapping[str, Any] | Sequence[str], quantize: QuantizeConf | None, device: str | None,
+                 progress: bool) -> JobSummary:
     if MATCHERS.kind_of(matcher) != "image":
         raise InputError(f"{matcher}: a feature matcher (it matches stored features); use 'visloc match-features' "
                          "for it, or an image matcher here")

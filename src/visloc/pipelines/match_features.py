@@ -10,8 +10,10 @@ from typing import Any
 from tqdm import tqdm
 
 from visloc.errors import VislocError
-from visloc.io import features_h5, matches_h5
+from visloc.io import features_h5, matches_h5, parts
 from visloc.io.jobs import JobSummary
+from visloc.io.locks import output_lock
+from visloc.io.outputs import check_h5_output
 from visloc.io.pairs import read_pairs
 from visloc.matching import MATCHERS
 from visloc.matching.select import check_feature_matcher, family_of_record, matcher_conf
@@ -49,13 +51,26 @@ def match_features(pairs: str | Path, features: str | Path, out: str | Path, *, 
         features1: feature file of the second images (e.g. database features).
         device: ``cpu``, ``cuda`` or None for automatic.
         progress: show a progress bar.
+
+    The job holds ``out``'s writer lock (``io.locks``) for its whole life; ``out`` must be a match file
+    (or absent) in a writable folder (``io.outputs``), and parts staged by an interrupted run of another
+    conf are refused (``io.parts.check_staged``).
     """
-    features, out = Path(features), Path(out)
+    with output_lock(out):
+        return _match_features(Path(pairs), Path(features), Path(out), matcher, overrides, features1, device,
+                               progress)
+
+
+def _match_features(pairs: Path, features: Path, out: Path, matcher: str,
+                    overrides: Mapping[str, Any] | Sequence[str], features1: str | Path | None, device: str | None,
+                    progress: bool) -> JobSummary:
+    check_h5_output(out, "matches")
     features1 = Path(features1) if features1 is not None else features
     check_feature_matcher(matcher, "match-features")
     conf = matcher_conf(matcher, overrides, family_of_record(features_h5.read_attrs(features).get(EXTRACTOR_ATTR)))
     record = conf_record(matcher, conf)
     _check_compatible(out, record)  # else finished pairs of another conf would be skipped silently
+    parts.check_staged(out, record, "choose another --out")
     pair_list = read_pairs(pairs)
     done = matches_h5.done_pairs(out)
     todo = [p for p in pair_list if matches_h5.names_to_pair(*p) not in done
@@ -66,6 +81,7 @@ def match_features(pairs: str | Path, features: str | Path, out: str | Path, *, 
     dev = pick_device(device)
     model = MATCHERS.build_conf(matcher, conf).to(dev)
     cache: dict[tuple[Path, str], Features] = {}
+    parts.claim(out, record)
 
     def load(path: Path, name: str) -> Features:
         if (path, name) not in cache:
@@ -85,6 +101,9 @@ def match_features(pairs: str | Path, features: str | Path, out: str | Path, *, 
             matches_h5.stage_matches(out, name0, name1, pred.matches0().cpu().numpy(),
                                      pred.matching_scores0().cpu().numpy())
             summary.done += 1
-    finally:
-        matches_h5.commit_matches(out, {ATTR: record})
+    finally:  # a run that staged nothing (an error at its first pair) creates no file that would block a re-run
+        if out.exists() or parts.staged_entries(out):
+            matches_h5.commit_matches(out, {ATTR: record})
+        else:
+            parts.discard_merged(out, [])
     return summary

@@ -19,6 +19,7 @@ from typing import Any
 from visloc.conf import apply_overrides
 from visloc.errors import InputError
 from visloc.io import features_h5
+from visloc.io.outputs import check_text_output
 from visloc.io.pairs import write_pairs
 from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
 from visloc.retrieval.index import (
@@ -102,16 +103,19 @@ def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, *, 
         index: index written by ``build_index``.
         features: query feature file; every image needs a global descriptor of the index's size.
         out: pairs file, ``query db`` per line, each query's results best first.
-        k: database images per query (>= 1); a query that is itself in the database is not paired with itself.
+        k: database images per query (>= 1, clamped to the index size); a query that is itself in the
+            database is not paired with itself.
         rerank: re-ranking of each query's first results by inliers; None or ``top=0``: none.
 
     Raises:
         InputError: ``k`` < 1, or the descriptors of ``features`` do not fit the index.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be an integer >= 1, got {k!r}")
+        raise InputError(f"-k: expected an integer >= 1, got {k!r}")
+    check_text_output(out, "pairs")
     rerank = rerank or RerankConf()
     db = RetrievalIndex.load(index)
+    k = min(k, len(db))  # more results than database images add none, only memory
     names, vectors = global_descriptors(features)
     if vectors.shape[1] != db.dim:
         raise InputError(f"{features}: global descriptors of size {vectors.shape[1]}, but {index} "

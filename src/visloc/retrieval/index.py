@@ -24,6 +24,7 @@ import numpy as np
 from visloc.io.atomic import atomic_path
 from visloc.io.features_h5 import FeatureStoreError, read_global_descriptors
 from visloc.retrieval import index_files as files
+from visloc.retrieval.faiss_files import check_index_file
 from visloc.retrieval.index_conf import IndexConf, resolve_conf
 from visloc.retrieval.index_files import RetrievalIndexError
 from visloc.retrieval.refine import refine_dtype, rescore
@@ -290,6 +291,7 @@ class RetrievalIndex:
             raise RetrievalIndexError(f"{path}: retrieval index not found")
         record = files.read_record(path)
         names = files.read_names(path)
+        check_index_file(path)  # faiss allocates what a size field says before reading: checked first
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as e:
@@ -339,5 +341,6 @@ def pairs_from_retrieval(index: RetrievalIndex, query_names: Sequence[str], quer
                          k: int) -> list[tuple[str, str]]:
     """``(query, db)`` pairs: each query's ``k`` best database images, ranked; a query never pairs with itself."""
     query_names = list(query_names)
+    k = min(k, len(index)) if isinstance(k, int) and k >= 1 else k  # search pads [Q, k] scores: keep them small
     results, _ = index.search(query_vectors, k, exclude_names=query_names)
     return [(q, db) for q, found in zip(query_names, results, strict=True) for db in found]

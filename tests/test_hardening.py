@@ -1,0 +1,183 @@
+"""In-process checks of the hardening pieces: writer locks, staged-part records, bounded readers."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+
+from visloc.conf import ConfError
+from visloc.data.oxford_paris import RestrictedUnpickler
+from visloc.io import parts, shards
+from visloc.io.features_h5 import list_feature_names, stage_features
+from visloc.io.locks import lock_path, output_lock
+from visloc.io.names import ImageNameError
+from visloc.io.outputs import OutputError, check_h5_output, check_text_output
+from visloc.io.pairs import sequential_pairs, write_pairs
+from visloc.localization.colmap_files import ModelFileError, check_binary_model, read_reconstruction
+from visloc.retrieval.faiss_files import FaissFileError, check_index_file
+from visloc.retrieval.index import RetrievalIndex
+from visloc.retrieval.index_conf import IndexConf
+
+
+def _feats(n: int) -> dict[str, np.ndarray]:
+    return {"keypoints": np.zeros((n, 2), np.float32), "descriptors": np.zeros((n, 4), np.float32)}
+
+
+def test_lock_is_reentrant_in_a_process_and_removed_after(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "f.h5"
+    with output_lock(out), output_lock(out):
+        assert lock_path(out).is_file()
+    assert not lock_path(out).exists()
+
+
+def test_a_commit_keeps_parts_staged_after_it_listed_them(tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    stage_features(out, "a", _feats(2))
+    stage_features(out, "b", _feats(3))
+
+    def write(fd, name, arrays):  # noqa: ANN001, ANN202 - a commit's writer that sees a part staged meanwhile
+        if name == "a":
+            stage_features(out, "late", _feats(1))
+        parts.write_group(fd, name, arrays)
+
+    assert shards.commit(out, write) == 2
+    assert list_feature_names(out) == ["a", "b"] and parts.staged_names(out) == {"late"}
+    assert shards.commit(out, parts.write_group) == 1
+    assert list_feature_names(out) == ["a", "b", "late"] and not parts.parts_dir(out).exists()
+
+
+def test_a_record_without_parts_blocks_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    parts.claim(out, '{"name": "aliked-n16", "conf": {}}')
+    parts.check_staged(out, '{"name": "sift", "conf": {}}')  # no part: no refusal
+    stage_features(out, "a", _feats(1))
+    with pytest.raises(parts.StagedConfError, match=r"f\.h5\.parts: 1 items staged .* with aliked-n16"):
+        parts.check_staged(out, '{"name": "sift", "conf": {}}')
+    with pytest.raises(parts.StagedConfError, match="another conf of aliked-n16"):
+        parts.check_staged(out, '{"name": "aliked-n16", "conf": {"x": 1}}')
+    parts.check_staged(out, '{"conf": {}, "name": "aliked-n16"}')
+
+
+def test_a_run_failing_at_its_first_image_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    from visloc.pipelines import extract
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    out = tmp_path / "f.h5"
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ConfError("sift: a conf error found at the first image")
+
+    with monkeypatch.context() as m:
+        m.setattr(extract, "extract_tensor", broken)
+        with pytest.raises(ConfError):
+            extract.extract_features(images, out, extractor="sift", progress=False)
+    assert not out.exists() and not parts.parts_dir(out).exists() and not lock_path(out).exists()
+    summary = extract.extract_features(images, out, extractor="orb", progress=False)  # another conf: not blocked
+    assert summary.done == 1 and list_feature_names(out) == ["a.png"]
+
+
+def test_output_kinds(tmp_path: Path) -> None:
+    text = tmp_path / "p.txt"
+    text.write_text("a b\n")
+    check_text_output(text, "pairs")
+    binary = tmp_path / "x.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\0\0")
+    with pytest.raises(OutputError, match="not a text pairs file"):
+        check_text_output(binary, "pairs")
+    with pytest.raises(OutputError, match="not an HDF5 feature file"):
+        check_h5_output(text, "features")
+    with pytest.raises(OutputError, match="is a directory"):
+        check_h5_output(tmp_path, "matches")
+
+
+def test_pairs_refuse_whitespace_and_clamp_windows(tmp_path: Path) -> None:
+    with pytest.raises(ImageNameError, match=r"1 image names contain whitespace.*'b c'"):
+        write_pairs(tmp_path / "p.txt", [("a", "b c")])
+    assert not (tmp_path / "p.txt").exists()
+    names = [f"{i}" for i in range(4)]
+    assert sequential_pairs(names, window=10**9, loop=True) == sequential_pairs(names, window=3)
+    assert len(sequential_pairs(["a"], window=10**9, loop=True)) == 0
+
+
+def test_unpickler_bounds() -> None:
+    def load(obj: object) -> object:
+        return RestrictedUnpickler(io.BytesIO(pickle.dumps(obj, protocol=2))).load()
+
+    ok = {"imlist": [f"{i}.jpg" for i in range(100)], "gnd": [{"easy": np.arange(3), "bbx": [1.0, 2.0, 3.0, 4.0]}]}
+    assert load(ok)["imlist"] == ok["imlist"]
+    deep: list = []
+    for _ in range(40):
+        deep = [deep]
+    with pytest.raises(pickle.UnpicklingError, match="nested deeper than 16"):
+        load(deep)
+    wide: list = [0]
+    for _ in range(10):
+        wide = [wide] * 10
+    with pytest.raises(pickle.UnpicklingError, match="more than 20000000 elements"):
+        load(wide)
+    cyclic: list = []
+    cyclic.append(cyclic)
+    with pytest.raises(pickle.UnpicklingError, match="contains itself"):
+        load(cyclic)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sfm")
+    options = pycolmap.SyntheticDatasetOptions()
+    options.num_points3D = 60
+    pycolmap.synthesize_dataset(options).write_binary(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin"])
+def test_every_cut_of_a_colmap_file_is_refused(model: Path, tmp_path: Path, name: str) -> None:
+    assert read_reconstruction(model).num_points3D() == 60
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for path in model.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    good = (model / name).read_bytes()
+    for size in sorted({*range(0, len(good), max(len(good) // 40, 1)), len(good) - 1}):
+        (folder / name).write_bytes(good[:size])
+        with pytest.raises(ModelFileError, match=name):
+            check_binary_model(folder)
+    (folder / name).write_bytes(good + b"\0")
+    with pytest.raises(ModelFileError, match="1 bytes after the last record"):
+        check_binary_model(folder)
+
+
+def test_a_forged_colmap_count_is_refused_before_reading(model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for path in model.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    data = bytearray((model / "points3D.bin").read_bytes())
+    data[51:59] = (1 << 40).to_bytes(8, "little")  # the first point's track length
+    (folder / "points3D.bin").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="a track of 1099511627776 elements"):
+        read_reconstruction(folder)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_faiss_files_walk_and_cuts(tmp_path: Path, kind: str) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    conf = IndexConf(kind=kind, nlist=4, m=4, nbits=4) if kind == "ivfpq" else IndexConf(kind=kind)
+    path = RetrievalIndex.build([f"{i}" for i in range(300)], x, conf).save(tmp_path / "db.index")
+    check_index_file(path)
+    good = path.read_bytes()
+    for size in range(0, len(good), max(len(good) // 30, 1)):
+        path.write_bytes(good[:size])
+        with pytest.raises(FaissFileError, match="not a readable faiss index"):
+            check_index_file(path)
