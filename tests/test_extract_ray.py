@@ -164,7 +164,7 @@ def test_a_worker_that_does_not_see_the_output_folder_stops_the_job(images, tmp_
                      False, "cpu", 1, 0, None)
     with pytest.raises(ExtractError, match=r"must be on storage every node shares"):
         extract_ray._run_shard(task)
-    parts_dir(out).mkdir()
+    parts_dir(out).mkdir(exist_ok=True)  # the job record may have made it
     (parts_dir(out) / task.token).write_text("driver\n")
     assert extract_ray._run_shard(task) == extract_ray.ShardResult(1, 0, ())  # the same task, seeing the token
     assert extract_ray._run_shard(task) == extract_ray.ShardResult(0, 1, ())  # a retry: staged, so skipped

@@ -1,6 +1,6 @@
 """An event drive folder, read for place recognition: traversals, places along the route, event windows.
 
-A folder of the ``event-drive`` world kind (:mod:`visloc.data.world.event_drive`), or any ``drive`` folder whose
+A folder of the ``event-drive`` world kind (:mod:`visloc.pipelines.event_drive`), or any ``drive`` folder whose
 traversals have an ``events.h5``::
 
     world.yaml, route.yaml            the drive generator's records (split, seed, camera, conditions)

@@ -33,7 +33,7 @@ GENERATORS: dict[str, GeneratorEntry] = {
                               "street views at random poses and conditions, for HF-Net distillation"),
     "drive": GeneratorEntry("visloc.data.world.drive", "DriveConf", "generate_drive",
                             "vehicle traversals of one route: frames, poses at up to 1000 Hz, pseudo-GPS"),
-    "event-drive": GeneratorEntry("visloc.data.world.event_drive", "EventDriveConf", "generate_event_drive",
+    "event-drive": GeneratorEntry("visloc.pipelines.event_drive", "EventDriveConf", "generate_event_drive",
                                   "the drive's traversals (day, dusk, night) with their ESIM events at 346 x 260"),
     "landmarks": GeneratorEntry("visloc.data.world.landmarks", "LandmarksConf", "generate_landmarks",
                                 "GLDv2-layout landmark classes (train / val) or a Revisited-Oxford test set (test)"),

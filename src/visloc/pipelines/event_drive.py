@@ -1,4 +1,4 @@
-"""The ``event-drive`` generator: the ``drive`` dataset, then every traversal's events at 346 x 260.
+"""The ``event-drive`` world kind: the ``drive`` dataset, then every traversal's events at 346 x 260.
 
 ``generate_event_drive(conf, out, split=...)`` writes the drive (:mod:`visloc.data.world.drive`: route, poses at
 ``pose_hz``, frames at ``render_hz``, pseudo-GPS), then simulates each traversal into
@@ -17,7 +17,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
@@ -29,9 +28,7 @@ from visloc.events.simulator import EsimConf
 from visloc.events.world_drive import WorldEventsConf
 from visloc.io.atomic import atomic_write_text
 from visloc.io.jobs import JobSummary
-
-if TYPE_CHECKING:
-    from visloc.pipelines.simulate_world import TraversalSummary
+from visloc.pipelines.simulate_world import TraversalSummary, simulate_traversal
 
 RECORD = "events.yaml"
 
@@ -87,8 +84,6 @@ class EventDriveFiles:
 
 
 def _simulate(root: Path, name: str, path: Path, conf: WorldEventsConf, progress: bool) -> TraversalSummary:
-    from visloc.pipelines.simulate_world import simulate_traversal
-
     return simulate_traversal(root, name, path, conf, progress=progress)
 
 
