@@ -12,6 +12,7 @@ from visloc.errors import InputError
 from visloc.eval.event_vpr import (
     DescribedPlaces,
     RecallProtocol,
+    chance_rows,
     format_table,
     markdown_table,
     nearest_neighbours,
@@ -75,6 +76,20 @@ def test_a_condition_pools_the_queries_of_its_traversals():
     text = format_table(rows, (1,))
     assert "all day" in text and "all night" not in text  # night pools one traversal: its row is n1's
     assert markdown_table(rows, (1,)).count("\n") == 1 + 4
+
+
+def test_chance_is_the_expected_recall_of_a_random_ranking():
+    # q0: 1 positive of 3 (db0); q1: 2 of 3 (db1 and db2 at 25 m); q2: none (left out)
+    xy = np.array([[0.0, 0.0], [75.0, 0.0], [500.0, 0.0]])
+    q = DescribedPlaces("q", "night", xy, np.zeros((3, 4), np.float32))
+    row, pooled = chance_rows(DB, [q], RecallProtocol(ns=(1, 2, 3, 20)))
+    assert row.method == "chance" and row.result.without_positives == (2,)
+    want = {1: (1 / 3 + 2 / 3) / 2, 2: (2 / 3 + 1.0) / 2, 3: 1.0, 20: 1.0}
+    assert row.result.recall == pytest.approx(want, abs=1e-12)
+    rng = np.random.default_rng(1)  # against random rankings: the same to a few percent
+    hits = [[np.isin(rng.permutation(3)[:1], pos).any() for pos in ([0], [1, 2])] for _ in range(4000)]
+    assert np.mean(hits) == pytest.approx(want[1], abs=0.03)
+    assert pooled.pooled and pooled.result.recall == row.result.recall
 
 
 def test_the_database_traversal_is_refused_as_a_query():

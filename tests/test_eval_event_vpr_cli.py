@@ -25,12 +25,12 @@ def invoke(*args: object) -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 64 x 48 event drive of a ~50 m route: d1, d2 (day) and n1 (night), test split (~20 s to make)."""
+    """A 64 x 48 event drive of a ~50 m route: d1, d2 (day) and n1 (night), test split (~15 s of CPU to make)."""
     from visloc.conf import apply_overrides
     from visloc.data.world.event_drive import EventDriveConf, generate_event_drive
 
     conf = apply_overrides(EventDriveConf(), {"width": 64, "height": 48, "focal": 50.0, "route_length_m": 20.0,
-                                              "traversals": TRAVERSALS})
+                                              "traversals": TRAVERSALS, "events": {"max_flow_px": 2.0}})
     root = tmp_path_factory.mktemp("event_drive") / "drive"
     generate_event_drive(conf, root, split="test", progress=False)
     return root
@@ -62,7 +62,8 @@ def test_events_recall_table_and_json(tiny_drive: Path, random_model: Path, tmp_
     assert (data["database"], data["queries"], data["split"]) == ("d1", ["d2", "n1"], "test")
     assert data["windows"] == {"stride_m": 2.0, "kind": "count", "count": 5000, "duration_us": 50000}
     assert data["protocol"] == {"radius_m": 25.0, "ns": [1, 5, 10, 20]}
-    rows = {(r["queries"], r["pooled"]): r for r in data["rows"]}
+    assert [r["method"] for r in data["rows"]] == ["chance"] * 4 + ["events"] * 4
+    rows = {(r["queries"], r["pooled"]): r for r in data["rows"] if r["method"] == "events"}
     assert set(rows) == {("d2", False), ("n1", False), ("d2", True), ("n1", True)}
     for (name, _), r in rows.items():
         assert r["method"] == "events" and r["num_queries"] == data["num_places"][name] > 5
@@ -86,7 +87,7 @@ def test_frame_baselines_on_the_same_places(tiny_drive: Path, random_model: Path
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     methods = [r["method"] for r in data["rows"] if not r["pooled"]]
-    assert methods == ["events", "hfnet-global", "vlad-aliked"]
+    assert methods == ["chance", "events", "hfnet-global", "vlad-aliked"]
     assert len({r["num_queries"] for r in data["rows"]}) == 1  # the same places for every method
     assert data["skipped"] == ["netvlad: skipped, needs weights that visloc does not ship "
                                "(--frame-set netvlad:weights=FILE)"]
@@ -97,7 +98,7 @@ def test_frame_baselines_on_the_same_places(tiny_drive: Path, random_model: Path
     assert vocab.source["images"] == frames_d1  # every database frame, and only those
     assert data["frames"]["vlad-aliked"]["vocabulary_learned_from"] == "d1 frames"
     assert [ln.split()[0] for ln in res.stdout.splitlines() if "day->night" in ln] == [
-        "events", "hfnet-global", "vlad-aliked"]
+        "chance", "events", "hfnet-global", "vlad-aliked"]
 
 
 def test_the_database_traversal_is_refused_as_a_query(tiny_drive: Path, random_model: Path):
@@ -135,3 +136,27 @@ def test_one_line_errors(tiny_drive: Path, random_model: Path, tmp_path: Path):
     bad_set = _error(invoke("eval", "event-vpr", "--model", random_model, "--database", tiny_drive / "d1",
                             "--queries", tiny_drive / "d2", "--set", "kind=sliding"))
     assert "kind" in bad_set
+
+
+@pytest.mark.slow
+def test_benchmark_script_writes_the_side_by_side_table(tiny_drive: Path, random_model: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    md, js = tmp_path / "t.md", tmp_path / "t.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "event_vpr_table.py"), str(tiny_drive),
+                           "--model", str(random_model), "--frames", "netvlad", "--set", "count=5000",
+                           "--set", "stride_m=4", "--out", str(md), "--json", str(js), "--device", "cpu"],
+                          capture_output=True, text=True, env={"PYTHONPATH": str(root / "src"), "PATH": "/usr/bin"},
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = md.read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| day->")]
+    assert [r.split(" | ")[:2] for r in rows] == [["| day->day", "d2"], ["| day->night", "n1"]]
+    assert "| database -> queries | query traversals | chance R@1/5/10 | events R@1/5/10 |" in text
+    assert "- netvlad: skipped, needs weights" in text and "(test split)" in text
+    data = json.loads(js.read_text())
+    events = next(r for r in data["rows"] if r["method"] == "events" and r["pooled"] and r["queries"] == "n1")
+    cell = rows[1].removesuffix(" |").split(" | ")[3]
+    assert cell == " / ".join(f"{100 * events[f'recall@{n}']:.1f}" for n in (1, 5, 10))

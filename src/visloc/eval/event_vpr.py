@@ -170,6 +170,44 @@ def recall_rows(method: str, database: DescribedPlaces, queries: Sequence[Descri
     return rows
 
 
+def _chance(database: DescribedPlaces, queries: Sequence[DescribedPlaces], protocol: RecallProtocol
+            ) -> RecallResult:
+    """Expected recall@N of a uniformly random ranking of the database, for the pooled ``queries``."""
+    q_xy = np.concatenate([q.xy for q in queries])
+    positives = positives_within_radius(database.xy, q_xy, protocol.radius_m)
+    m = len(database)
+    counts = np.array([len(p) for p in positives], dtype=np.int64)
+    valid = counts > 0
+    recall = {}
+    for n in protocol.ns:
+        # P(no positive among the first n of a random permutation) = prod_i (m - c - i) / (m - i), i < min(n, m)
+        miss = np.ones(len(counts))
+        for i in range(min(n, m)):
+            miss *= np.clip(m - counts - i, 0, None) / (m - i)
+        recall[n] = float(np.mean(1.0 - miss[valid])) if valid.any() else float("nan")
+    without = tuple(int(i) for i in np.flatnonzero(~valid))
+    return RecallResult(recall, len(q_xy), without, np.full(len(q_xy), -1, dtype=np.int64))
+
+
+def chance_rows(database: DescribedPlaces, queries: Sequence[DescribedPlaces],
+                protocol: RecallProtocol | None = None) -> list[RecallRow]:
+    """The rows of ``recall_rows`` for a random ranking (method ``chance``): the expected recall@N.
+
+    A query with ``c`` positives among ``M`` database places is found in the first ``N`` with probability
+    ``1 - prod_{i < N} (M - c - i) / (M - i)``; on a route not much longer than the radius this is high, and
+    a method's recall means something only above it. ``first_hit`` is ``-1`` (no ranking). Descriptors are
+    not used.
+    """
+    protocol = protocol or RecallProtocol()
+    rows = [RecallRow("chance", database.traversal, database.condition, q.traversal, q.condition, False,
+                      _chance(database, [q], protocol)) for q in queries]
+    for condition in dict.fromkeys(q.condition for q in queries):
+        group = [q for q in queries if q.condition == condition]
+        rows.append(RecallRow("chance", database.traversal, database.condition, "+".join(q.traversal for q in group),
+                              condition, True, _chance(database, group, protocol)))
+    return rows
+
+
 def _percent(v: float) -> str:
     return "-" if np.isnan(v) else f"{100 * v:.1f}"
 
@@ -203,5 +241,5 @@ def markdown_table(rows: Sequence[RecallRow], ns: Sequence[int]) -> str:
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
 
 
-__all__ = ["DescribedPlaces", "RecallProtocol", "RecallRow", "format_table", "markdown_table",
+__all__ = ["DescribedPlaces", "RecallProtocol", "RecallRow", "chance_rows", "format_table", "markdown_table",
            "nearest_neighbours", "recall_rows", "shown", "table_rows"]

@@ -4,7 +4,8 @@
 (``events.drive_dataset``: ``ROOT/<traversal>/events.h5``): the places of each traversal (``PlaceWindows``:
 one every ``stride_m`` metres of travel, its window the events before it), the model's descriptor of every
 window, exact L2 neighbours of each query place among the database places, and recall@N with positives within
-25 m (``eval.event_vpr``) per query traversal and per condition. Frame baselines (``pipelines.frame_vpr``)
+25 m (``eval.event_vpr``) per query traversal and per condition, beside the expected recall of a random ranking
+(``chance``: on a route not much longer than 50 m most places are positives). Frame baselines (``pipelines.frame_vpr``)
 describe each place's nearest rendered frame and are scored on the same places and positions.
 
 The database and the queries are different traversals (never windows of one traversal split in two, which
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from visloc.conf import conf_to_dict
 from visloc.errors import InputError
-from visloc.eval.event_vpr import DescribedPlaces, RecallProtocol, RecallRow, format_table, recall_rows
+from visloc.eval.event_vpr import DescribedPlaces, RecallProtocol, RecallRow, chance_rows, format_table, recall_rows
 from visloc.events.drive_dataset import EventDrive, EventTraversal, Places, PlaceWindows, read_event_drive
 from visloc.events.vpr import EventVPRWindows, build_event_vpr
 from visloc.io.atomic import atomic_write_text
@@ -50,7 +51,8 @@ class EventVPRReport:
         model: the checkpoint.
         windows, protocol: the places and windows, the positives and cut-offs.
         num_places: places per traversal.
-        rows: ``events`` rows first, then each frame baseline's (``eval.event_vpr.recall_rows``).
+        rows: ``chance`` rows (a random ranking's expected recall), ``events`` rows, then each frame baseline's
+            (``eval.event_vpr.recall_rows``).
         frames: per frame baseline, its extractor, overrides and the largest place-to-frame time offset (µs).
         skipped: one line per frame baseline that could not run.
     """
@@ -196,16 +198,17 @@ def evaluate_event_vpr(model: str | Path, database: str | Path, queries: Sequenc
     windows, protocol = windows or PlaceWindows(), protocol or RecallProtocol()
     if batch_size < 1 or vocab_images < 1:
         raise InputError(f"batch_size and vocab_images: expected >= 1, got {batch_size}, {vocab_images}")
-    labels = [EVENTS, *(m.label for m in frames)]
+    labels = ["chance", EVENTS, *(m.label for m in frames)]
     if len(set(labels)) != len(labels):
-        raise InputError(f"method labels must be distinct (and not {EVENTS!r}), got {labels}")
+        raise InputError(f"method labels must be distinct (and not chance or {EVENTS}), got {labels[1:]}")
     drive, db, qs = resolve_traversals(database, queries)
     net = load_event_vpr(model).to(pick_device(device))
     places = {name: _places(drive[name], windows) for name in (db, *qs)}
     described = [DescribedPlaces(name, drive[name].condition, places[name].xy,
                                  describe_events(net, drive[name], places[name], batch_size=batch_size,
                                                  progress=progress)) for name in (db, *qs)]
-    rows = recall_rows(EVENTS, described[0], described[1:], protocol)
+    rows = chance_rows(described[0], described[1:], protocol) + recall_rows(EVENTS, described[0], described[1:],
+                                                                             protocol)
     records, skipped = {}, []
     with tempfile.TemporaryDirectory(prefix="visloc-event-vpr-") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
