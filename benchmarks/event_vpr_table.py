@@ -1,7 +1,7 @@
 """Event-VPR against frame baselines on one event drive: recall@N per condition, side by side, as Markdown.
 
 Usage: python benchmarks/event_vpr_table.py DRIVE --model CKPT [--database NAME] [--frames hfnet-global,...]
-                                            [--netvlad-weights FILE] [--set stride_m=2 ...] [--vocab-images 300]
+                                            [--netvlad-weights FILE] [--set stride_m=2 ...] [--vocab-images 100]
                                             [--out outputs/event_vpr.md] [--json outputs/event_vpr.json]
                                             [--device cpu]
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", default=",".join(METHODS), help="frame baselines, comma separated ('' for none)")
     ap.add_argument("--netvlad-weights", help="NetVLAD weights (*_struct.mat or pytorch-NetVlad checkpoint)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="PlaceWindows override key=value")
-    ap.add_argument("--vocab-images", type=int, default=300)
+    ap.add_argument("--vocab-images", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--work", type=Path, help="keep learned vocabularies here")
     ap.add_argument("--out", type=Path, default=Path("outputs/event_vpr.md"))

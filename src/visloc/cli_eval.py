@@ -291,7 +291,7 @@ FrameSetOpt = Annotated[Optional[list[str]], typer.Option("--frame-set", help="F
 def eval_event_vpr(model: EvModelOpt, database: EvDbOpt, queries: EvQueriesOpt, set_: SetOpt = None,
                    radius: RadiusOpt = 25.0, n: NOpt = None, frames: FramesOpt = None, frame_set: FrameSetOpt = None,
                    vocab_images: Annotated[int, typer.Option(help="Most database frames a vlad-aliked vocabulary "
-                                                                  "is learned from.")] = 300,
+                                                                  "is learned from.")] = 100,
                    work: Annotated[Optional[Path], typer.Option(help="Keep learned vocabularies here (default: a "
                                                                      "temporary folder).")] = None,
                    batch_size: Annotated[int, typer.Option(help="Windows or frames per forward pass.")] = 8,

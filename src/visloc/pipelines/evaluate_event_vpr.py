@@ -177,7 +177,7 @@ def _frame_rows(method: FrameMethod, drive: EventDrive, db: str, queries: Sequen
 
 def evaluate_event_vpr(model: str | Path, database: str | Path, queries: Sequence[str | Path], *,
                        windows: PlaceWindows | None = None, protocol: RecallProtocol | None = None,
-                       frames: Sequence[FrameMethod] = (), batch_size: int = 8, vocab_images: int = 300,
+                       frames: Sequence[FrameMethod] = (), batch_size: int = 8, vocab_images: int = 100,
                        work_dir: str | Path | None = None, device: str | None = None,
                        progress: bool = False) -> EventVPRReport:
     """Recall@N of the ``event-vpr`` checkpoint ``model`` and of the frame baselines (module docstring).

@@ -108,7 +108,7 @@ def _vocabulary(method: FrameMethod, root: Path, database: EventTraversal, work_
 
 
 def build_frame_extractor(method: FrameMethod, root: Path, database: EventTraversal, work_dir: Path, *,
-                          vocab_images: int = 300, device: str | None = None, progress: bool = False
+                          vocab_images: int = 100, device: str | None = None, progress: bool = False
                           ) -> tuple[Extractor | None, tuple[str, ...], str | None]:
     """The extractor of ``method`` (a vocabulary learned first when it needs one), or why it is skipped.
 
