@@ -83,7 +83,7 @@ def test_frame_baselines_on_the_same_places(tiny_drive: Path, random_model: Path
     res = invoke("eval", "event-vpr", "--model", random_model, "--database", tiny_drive / "d1",
                  "--queries", tiny_drive / "n1", "--set", "count=5000", "--set", "stride_m=4",
                  "--frames", "hfnet-global,vlad-aliked,netvlad", "--frame-set", "vlad-aliked:num_clusters=8",
-                 "--work", work, "--out", out, "--device", "cpu")
+                 "--vocab-images", 1000, "--work", work, "--out", out, "--device", "cpu")
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     methods = [r["method"] for r in data["rows"] if not r["pooled"]]
@@ -99,6 +99,20 @@ def test_frame_baselines_on_the_same_places(tiny_drive: Path, random_model: Path
     assert data["frames"]["vlad-aliked"]["vocabulary_learned_from"] == "d1 frames"
     assert [ln.split()[0] for ln in res.stdout.splitlines() if "day->night" in ln] == [
         "chance", "events", "hfnet-global", "vlad-aliked"]
+
+
+def test_radius_n_and_batch_size_reach_the_evaluation(tiny_drive: Path, random_model: Path, tmp_path: Path):
+    out = tmp_path / "r.json"
+    res = invoke("eval", "event-vpr", "--model", random_model, "--database", tiny_drive / "d1", "--queries",
+                 tiny_drive / "n1", "--set", "count=5000", "--set", "stride_m=5", "--radius", 4, "--n", 1, "--n", 3,
+                 "--batch-size", 3, "--out", out)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["protocol"] == {"radius_m": 4.0, "ns": [1, 3]}
+    assert set(data["rows"][0]) >= {"recall@1", "recall@3"} and "recall@5" not in data["rows"][0]
+    chance = data["rows"][0]  # 4 m at a place every 5 m: one positive per query at most, about 1 / P at R@1
+    assert chance["method"] == "chance" and chance["recall@1"] < 0.2
+    assert "R@3" in res.stdout and "R@5" not in res.stdout
 
 
 def test_the_database_traversal_is_refused_as_a_query(tiny_drive: Path, random_model: Path):
