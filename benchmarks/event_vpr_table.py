@@ -44,8 +44,10 @@ def frame_methods(names: list[str], netvlad_weights: str | None) -> list[FrameMe
     out = []
     for name in names:
         if name == "hfnet-world":
-            out.append(FrameMethod(name, "hfnet-global", (f"weights={WORLD_WEIGHTS}",) if WORLD_WEIGHTS.is_file()
-                                   else ()))
+            if not WORLD_WEIGHTS.is_file():  # without them it would be hfnet-global under another name
+                print(f"hfnet-world: skipped, {WORLD_WEIGHTS} not found", file=sys.stderr)
+                continue
+            out.append(FrameMethod(name, "hfnet-global", (f"weights={WORLD_WEIGHTS}",)))
         elif name == "netvlad":
             out.append(FrameMethod(name, "netvlad", (f"weights={netvlad_weights}",) if netvlad_weights else ()))
         elif name in METHODS:
