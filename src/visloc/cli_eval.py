@@ -273,3 +273,49 @@ def eval_localization(gt: GtPosesOpt, pred: PredPosesOpt, log: LocLogOpt = None,
     if out is not None:
         report.write(out)
         typer.echo(f"report -> {out}")
+
+
+EvModelOpt = Annotated[Path, typer.Option("--model", help="A visloc event-vpr checkpoint.")]
+EvDbOpt = Annotated[Path, typer.Option("--database", help="The database traversal: its folder ROOT/NAME in an "
+                                                          "event drive (visloc data world event-drive).")]
+EvQueriesOpt = Annotated[list[Path], typer.Option("--queries", help="A query traversal ROOT/NAME2 of the same drive "
+                                                                    "(repeatable; not the database).")]
+FramesOpt = Annotated[Optional[str], typer.Option("--frames", help="Frame baselines on the same places, comma "
+                                                                   "separated extractors (hfnet-global,vlad-aliked,"
+                                                                   "netvlad); none by default.")]
+FrameSetOpt = Annotated[Optional[list[str]], typer.Option("--frame-set", help="Frame baseline override "
+                                                                              "EXTRACTOR:key=value (repeatable).")]
+
+
+@eval_app.command("event-vpr")
+def eval_event_vpr(model: EvModelOpt, database: EvDbOpt, queries: EvQueriesOpt, set_: SetOpt = None,
+                   radius: RadiusOpt = 25.0, n: NOpt = None, frames: FramesOpt = None, frame_set: FrameSetOpt = None,
+                   vocab_images: Annotated[int, typer.Option(help="Most database frames a vlad-aliked vocabulary "
+                                                                  "is learned from.")] = 100,
+                   work: Annotated[Optional[Path], typer.Option(help="Keep learned vocabularies here (default: a "
+                                                                     "temporary folder).")] = None,
+                   batch_size: Annotated[int, typer.Option(help="Windows or frames per forward pass.")] = 8,
+                   out: Out = None, device: DeviceOpt = None) -> None:
+    """Event place recognition across traversals: recall@1/5/10/20 within --radius m, per traversal and condition.
+
+    Places every stride_m metres of each traversal (--set stride_m=2 kind=count count=30000 duration_us=50000),
+    the model's descriptor of each place's window, exact L2 neighbours among the database places. --frames scores
+    the rendered frame nearest each place through global extractors on the same places (a vlad-aliked vocabulary
+    is learned from the database traversal's frames only; a method without its weights is skipped with a line).
+    """
+    from visloc.conf import apply_overrides
+    from visloc.eval.event_vpr import RecallProtocol
+    from visloc.eval.place_recognition import RECALL_NS
+    from visloc.events.drive_dataset import PlaceWindows
+    from visloc.pipelines.evaluate_event_vpr import evaluate_event_vpr
+    from visloc.pipelines.frame_vpr import FrameMethod
+
+    windows = run(apply_overrides, PlaceWindows(), list(set_ or ()))
+    protocol = run(RecallProtocol, float(radius), tuple(n) if n else RECALL_NS)
+    methods = run(FrameMethod.parse, (frames or "").split(","), list(frame_set or ()))
+    report = run(evaluate_event_vpr, model, database, queries, windows=windows, protocol=protocol, frames=methods,
+                 batch_size=batch_size, vocab_images=vocab_images, work_dir=work, device=device, progress=True)
+    typer.echo(report.text())
+    if out is not None:
+        report.write(out)
+        typer.echo(f"report -> {out}")
