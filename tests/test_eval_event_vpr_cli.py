@@ -27,7 +27,7 @@ def invoke(*args: object) -> Any:
 def tiny_drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 64 x 48 event drive of a ~50 m route: d1, d2 (day) and n1 (night), test split (~15 s of CPU to make)."""
     from visloc.conf import apply_overrides
-    from visloc.data.world.event_drive import EventDriveConf, generate_event_drive
+    from visloc.pipelines.event_drive import EventDriveConf, generate_event_drive
 
     conf = apply_overrides(EventDriveConf(), {"width": 64, "height": 48, "focal": 50.0, "route_length_m": 20.0,
                                               "traversals": TRAVERSALS, "events": {"max_flow_px": 2.0}})
