@@ -137,13 +137,16 @@ class EventVPRTrainModule(RecipeModule):
         rows = np.concatenate([q, p, n.reshape(-1)])
         return self._store().many(rows), len(q), n.shape[1]
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        """Mine, encode ``[q, p, n]`` in one pass with gradients, triplet loss; the total."""
-        windows, b, k = self.triplet_batch(batch.cpu().numpy())
+    def triplet_forward(self, query_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        """Mine the queries' triplets, encode ``[q, p, n]`` in one pass with gradients: the loss terms."""
+        windows, b, k = self.triplet_batch(query_ids)
         desc = self.net(windows)  # [B (2 + K), D], one forward pass: positives get gradients too
         with torch.autocast(device_type=self.device.type, enabled=False):
-            losses = triplet_losses(desc, b, k, self.conf.loss.margin)
-        return self.log_losses(losses, batch_idx, b)
+            return triplet_losses(desc, b, k, self.conf.loss.margin)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """The batch's triplet loss (scalars every ``train.log_every`` optimiser steps); the total."""
+        return self.log_losses(self.triplet_forward(batch.cpu().numpy()), batch_idx, len(batch))
 
     def val_metrics(self) -> dict[str, float] | None:
         """Recall@N within ``val.radius_m`` on the validation drive; None without one."""
