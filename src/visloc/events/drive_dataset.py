@@ -62,8 +62,11 @@ class PlaceWindows:
 
 @dataclass(frozen=True)
 class Places:
-    """The places of one traversal: ``t_us`` ``[P]`` window end times, ``xy`` ``[P, 2]`` positions (metres),
-    ``spans`` ``[P, 2]`` event index ranges ``[i0, i1)`` in the traversal's event file."""
+    """The places of one traversal.
+
+    ``t_us`` ``[P]`` window end times, ``xy`` ``[P, 2]`` positions (metres), ``spans`` ``[P, 2]`` event index
+    ranges ``[i0, i1)`` in the traversal's event file.
+    """
 
     traversal: str
     t_us: np.ndarray

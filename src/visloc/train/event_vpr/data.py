@@ -29,9 +29,9 @@ import torch
 from torch.utils.data import Dataset
 
 from visloc.errors import InputError
-from visloc.eval.place_recognition import positives_within_radius
 from visloc.events.drive_dataset import EventTraversal, Places, PlaceWindows, read_event_drive
 from visloc.events.stream import EventStream
+from visloc.retrieval.recall import positives_within_radius
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Validation of Event-VPR training: recall@N within ``radius_m`` of query traversals against database ones.
 
-The VG benchmark's protocol (``eval.place_recognition``): every database and query window is encoded
+The VG benchmark's protocol (``retrieval.recall``): every database and query window is encoded
 (eval mode, no grad), database places are ranked by inner product of the L2-normalised descriptors (the
 same order as faiss ``IndexFlatL2``), and a query counts as found at ``N`` when one of its ``N`` first
 places lies within ``radius_m`` metres (``positives_within_radius``, inclusive). Queries without any
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from visloc.errors import InputError
-from visloc.eval.place_recognition import positives_within_radius, recall_at_n
 from visloc.events.drive_dataset import PlaceWindows
+from visloc.retrieval.recall import positives_within_radius, recall_at_n
 from visloc.train.event_vpr.data import PlaceSet, WindowStore, drive_store, open_drives
 
 #: place rows ``[n]`` -> descriptors ``[n, D]`` (no grad)
