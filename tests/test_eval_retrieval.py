@@ -27,6 +27,7 @@ from visloc.eval.retrieval import (
     report_json,
     revisited_gnd,
 )
+from visloc.retrieval import recall as rr
 
 
 def column(*indices: int) -> np.ndarray:
@@ -194,7 +195,7 @@ def test_positives_within_radius_kdtree_and_numpy_fallback(monkeypatch):
     got = pr.positives_within_radius(DB_UTM, Q_UTM, 25.0)
     assert [p.tolist() for p in got] == POSITIVES
     monkeypatch.setitem(sys.modules, "scipy.spatial", None)  # import fails -> chunked numpy brute force
-    monkeypatch.setattr(pr, "_BRUTE_FORCE_ELEMENTS", 7)  # 1 query per chunk
+    monkeypatch.setattr(rr, "_BRUTE_FORCE_ELEMENTS", 7)  # 1 query per chunk
     got = pr.positives_within_radius(DB_UTM, Q_UTM, 25.0)
     assert [p.tolist() for p in got] == POSITIVES
     assert all(p.dtype == np.int64 for p in got)
@@ -203,8 +204,8 @@ def test_positives_within_radius_kdtree_and_numpy_fallback(monkeypatch):
 def test_radius_backends_agree_on_random_points():
     rng = np.random.default_rng(0)
     db, q = rng.uniform(0, 300, (400, 2)), rng.uniform(0, 300, (50, 2))
-    a = pr._within_radius_kdtree(db, q, 25.0)
-    b = pr._within_radius_brute(db, q, 25.0)
+    a = rr._within_radius_kdtree(db, q, 25.0)
+    b = rr._within_radius_brute(db, q, 25.0)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     with pytest.raises(ValueError, match="radius"):
         pr.positives_within_radius(db, q, 0.0)

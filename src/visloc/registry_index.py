@@ -83,6 +83,9 @@ INDEX: dict[str, dict[str, L]] = {
         "loftr-coarse": L("visloc.train.loftr.recipe", "train",
                           "Coarse LoFTR on the world's pairs: depth-GT focal loss, optional LoFTR or "
                           "ALIKED+LightGlue teacher"),
+        "event-vpr": L("visloc.train.event_vpr.recipe", "train",
+                       "Event-VPR (EST or voxel grid + ResNet-34 + NetVLAD) on event drives: metric triplets across "
+                       "traversals, partial hard-negative mining"),
     },
     "representation": {
         "voxel-grid": L("visloc.events.representations", "events",
