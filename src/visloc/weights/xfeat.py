@@ -15,9 +15,12 @@ def load_xfeat(weights: str | None = None) -> XFeatNet:
     """
     net = XFeatNet()
     sd = load_state_dict("xfeat", weights)
+    where = weights or resolve_weights("xfeat")
     try:
-        net.load_state_dict(sd)
-    except RuntimeError as e:
-        raise WeightsError(f"{weights or resolve_weights('xfeat')}: not XFeat weights "
-                           f"({str(e).splitlines()[0][:100]})") from None
+        result = net.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise WeightsError(f"{where}: not XFeat weights ({str(e).splitlines()[-1].strip()[:100]})") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(f"{where}: not XFeat weights (missing {result.missing_keys[:3]}, unexpected "
+                           f"{result.unexpected_keys[:3]})")
     return net.eval()
