@@ -5,8 +5,8 @@ runs through XFeat's network at two scales (0.6 and 1.3, each resized to multipl
 highest reliability are kept (20 % of ``max_num_keypoints`` at the small scale, 80 % at the large one),
 with their raw 64-d descriptors and the cell's corner ``8 (i, j)`` as position; the two images' cells
 are matched by mutual nearest neighbour on the descriptors' dot product; then XFeat's fine MLP predicts,
-from the two descriptors of each match, an 8x8 offset heatmap whose soft-argmax moves the image-0
-keypoint (by up to 4 cells of its scale), and matches whose heatmap peak is below ``fine_confidence``
+from the two descriptors of each match, an 8x8 heatmap over the pixels of the image-0 cell whose
+soft-argmax places the image-0 keypoint inside that cell, and matches whose heatmap peak is below ``fine_confidence``
 are dropped. Scores are the fine heatmap's peak probability.
 
 Keypoints (pixel-centre-at-0 of the matcher's input): in image 0 the pixel ``8 i + b`` of the cell that the
