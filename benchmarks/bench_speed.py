@@ -1,6 +1,7 @@
 """Before/after of the ALIKED + LightGlue speed work, and the per-part table for the README.
 
 Usage: python benchmarks/bench_speed.py [--threads 2] [--runs 10] [--out outputs/bench.json] [--quick]
+                                       [--rows WORD ...]
 "before" is kornia's ALIKED forward (``sparse_descriptors=false``); "after" is visloc's default.
 Each line runs in its own process (``visloc.pipelines.bench.run_one``); ``pair`` lines time an image matcher on
 the two images. ``--quick``: one extractor, two matchers and one image matcher at 320x240, one run each (the
@@ -51,12 +52,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="4 lines at 320x240, 1 run each")
+    parser.add_argument("--rows", nargs="+", default=None,
+                        help="only the full table's rows whose name or extractor contains one of these words")
     args = parser.parse_args()
+    rows = QUICK if args.quick else FULL
+    if args.rows:
+        rows = [r for r in rows if any(w in r[1] or w in r[2] for w in args.rows)]
     size, warmup, runs = ((320, 240), 0, 1) if args.quick else ((640, 480), 2, args.runs)
     results = [run_one(kind, name, extractor=extractor, overrides=overrides,
                        extractor_overrides=rest[0] if rest else (), size=size, threads=args.threads, warmup=warmup,
                        runs=runs)
-               for kind, name, extractor, overrides, *rest in (QUICK if args.quick else FULL)]
+               for kind, name, extractor, overrides, *rest in rows]
     print(machine_line(args.threads))
     print(format_results(results))
     if args.out:
