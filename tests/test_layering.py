@@ -43,7 +43,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # pure networks
     ("visloc.models",),
     # loaders that build models from files (visloc.weights' records sit below models)
-    ("visloc.weights.hfnet", "visloc.weights.converters", "visloc.export"),  # export: MODELS builders
+    ("visloc.weights.hfnet", "visloc.weights.xfeat", "visloc.weights.converters",
+     "visloc.export"),  # export: MODELS builders
     # parts: matchers, then retrieval (its re-ranking verifies with matches), then extractors
     ("visloc.matching",),
     ("visloc.retrieval",),

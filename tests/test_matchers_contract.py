@@ -24,12 +24,36 @@ NAMES = MATCHERS.names(kind="feature")
 H_0TO1 = np.array([[0.95, 0.08, 12.0], [-0.06, 0.97, 8.0], [1e-5, -2e-5, 1.0]])
 
 
+#: descriptor family -> the extractor whose features test a matcher whose weights accept only that family
+EXTRACTOR_FOR = {"xfeat-64": "xfeat"}
+
+
+def _warped_pair(ex, image):
+    warped = cv2.warpPerspective(image, H_0TO1, (320, 240), flags=cv2.INTER_LINEAR)
+    return extract_image(ex, image), extract_image(ex, warped)
+
+
 @pytest.fixture(scope="module")
 def aliked_pair(build_extractor, astronaut_320):
     """ALIKED features of the astronaut and of a mildly warped copy."""
-    ex = build_extractor("aliked-n16")
-    warped = cv2.warpPerspective(astronaut_320, H_0TO1, (320, 240), flags=cv2.INTER_LINEAR)
-    return extract_image(ex, astronaut_320), extract_image(ex, warped)
+    return _warped_pair(build_extractor("aliked-n16"), astronaut_320)
+
+
+@pytest.fixture(scope="module")
+def pair_for(build_extractor, astronaut_320, aliked_pair):
+    """``pair_for(matcher)``: the warped pair's features of a family the matcher accepts (ALIKED when any)."""
+    cache: dict[str, tuple[Features, Features]] = {}
+
+    def get(name: str) -> tuple[Features, Features]:
+        accepts = MATCHERS.capabilities(name).accepts
+        extractor = next((EXTRACTOR_FOR[f] for f in sorted(accepts) if f in EXTRACTOR_FOR), None)
+        if extractor is None:
+            return aliked_pair
+        if extractor not in cache:
+            cache[extractor] = _warped_pair(build_extractor(extractor), astronaut_320)
+        return cache[extractor]
+
+    return get
 
 
 def check_matches(out: Matches, n0: int, n1: int) -> None:
@@ -56,8 +80,8 @@ def check_matches(out: Matches, n0: int, n1: int) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_output_contract(name, build_matcher, aliked_pair):
-    f0, f1 = aliked_pair
+def test_output_contract(name, build_matcher, pair_for):
+    f0, f1 = pair_for(name)
     out = build_matcher(name)(f0, f1)
     check_matches(out, f0.num_keypoints, f1.num_keypoints)
     matches = out.matches.numpy()
@@ -73,8 +97,8 @@ def _emptied(f: Features) -> Features:
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("empty", ["feats0", "feats1", "both"])
-def test_empty_keypoints(name, empty, build_matcher, aliked_pair):
-    f0, f1 = aliked_pair
+def test_empty_keypoints(name, empty, build_matcher, pair_for):
+    f0, f1 = pair_for(name)
     if empty in ("feats0", "both"):
         f0 = _emptied(f0)
     if empty in ("feats1", "both"):
@@ -89,15 +113,15 @@ def _broken(f: Features, breakage: str) -> object:
     if breakage == "no_descriptors":  # keypoints without descriptors (a dense matcher's merged file)
         return replace(f, descriptors=torch.zeros(f.num_keypoints, 0))
     if breakage == "other_dim":  # unit descriptors of another dimension than the other image's
-        return replace(f, descriptors=torch.nn.functional.normalize(f.descriptors[:, :64], dim=1))
+        return replace(f, descriptors=torch.nn.functional.normalize(f.descriptors[:, :f.descriptor_dim // 2], dim=1))
     return f.numpy()  # the old dict contract
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("which", ["feats0", "feats1"])
 @pytest.mark.parametrize("breakage", ["no_descriptors", "other_dim", "dict"])
-def test_bad_inputs_name_the_argument(name, which, breakage, build_matcher, aliked_pair):
-    feats = dict(zip(("feats0", "feats1"), aliked_pair, strict=True))
+def test_bad_inputs_name_the_argument(name, which, breakage, build_matcher, pair_for):
+    feats = dict(zip(("feats0", "feats1"), pair_for(name), strict=True))
     feats[which] = _broken(feats[which], breakage)
     with pytest.raises(ValueError, match=which):
         build_matcher(name)(feats["feats0"], feats["feats1"])

