@@ -108,7 +108,7 @@ def test_threshold_and_size_checks(build_extractor, graf):
     assert 0 < few < many
     with pytest.raises(ValueError, match=r"image: XFeat needs sides of at least 32 px, got 24x64"):
         ex(torch.rand(1, 3, 24, 64))
-    with pytest.raises(ValueError, match=r"nms_window must be a positive odd number"):
+    with pytest.raises(ValueError, match=r"XFeatConf.nms_window: expected a positive odd number, got 4"):
         XFeatConf(nms_window=4)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.export import OnnxModelError, export_onnx, onnx_session
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.xfeat import XFeatConf, xfeat_capabilities, xfeat_postprocess
@@ -31,6 +32,10 @@ class XFeatOnnxConf(XFeatConf):
 
     onnx: str | None = None
     num_threads: int = 0  # 0: torch.get_num_threads()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ranges.threads(self)
 
 
 class XFeatOnnx(Extractor):
