@@ -221,3 +221,55 @@ def test_parts_of_another_conf_are_refused_by_name(images: Path, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list_feature_names(out) == sorted(p.name for p in images.glob("*.png"))
     assert not parts.parts_dir(out).exists()
+
+
+@pytest.fixture(scope="module")
+def with_tiny(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Path:
+    """The four images and an 8x8 one, too small for ALIKED, DISK and vlad-aliked."""
+    folder = tmp_path_factory.mktemp("with_tiny")
+    for p in images.glob("*.png"):
+        (folder / p.name).write_bytes(p.read_bytes())
+    cv2.imwrite(str(folder / "tiny.png"), np.random.default_rng(1).integers(0, 255, (8, 8), dtype=np.uint8))
+    return folder
+
+
+@pytest.mark.parametrize("conf", ["aliked-n16", "disk"])
+def test_an_image_too_small_for_the_network_is_skipped_alone(with_tiny: Path, tmp_path: Path, conf: str) -> None:
+    out = tmp_path / "f.h5"
+    proc = visloc("extract", with_tiny, "--conf", conf, "--out", out, "--batch-size", 4)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped tiny.png: image of 8x8 px after resizing:" in proc.stdout
+    assert "needs sides of at least" in proc.stdout
+    assert list_feature_names(out) == [f"im{i}.png" for i in range(4)]
+
+
+def test_vocab_skips_an_image_too_small_for_aliked(with_tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vocab.pt"
+    proc = visloc("vocab", with_tiny, "--out", out, "--clusters", 4, "--set", "max_num_keypoints=64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped tiny.png: image of 8x8 px after resizing: ALIKED needs sides of at least 16 px" in proc.stdout
+    assert out.is_file()
+
+
+def test_out_of_range_conf_is_one_line_before_opencv(images: Path, tmp_path: Path) -> None:
+    line = refused(visloc("extract", images, "--conf", "orb", "--set", "n_levels=0", "--out", tmp_path / "f.h5"),
+                   "ORBConf.n_levels", "got 0")
+    assert "Segmentation" not in line and not (tmp_path / "f.h5").exists()
+
+
+def test_nan_descriptors_are_reported_per_pair(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    good = {"keypoints": rng.random((50, 2), dtype=np.float32) * 90, "descriptors": _unit(50, 128, seed=2),
+            "scores": np.ones(50, np.float32), "image_size": np.array([96, 96])}
+    nan = {**good, "descriptors": good["descriptors"].copy()}
+    nan["descriptors"][3, 5] = np.nan
+    feats = tmp_path / "f.h5"
+    write_features(feats, {"a.png": good, "b.png": good, "n.png": nan})
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("a.png b.png\na.png n.png\n")
+    proc = visloc("match-features", "--pairs", pairs, "--features", feats, "--conf", "nn-mutual",
+                  "--out", tmp_path / "m.h5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reason = f"{feats}: features of image 'n.png' hold NaN or inf values (descriptors)"
+    assert f"skipped a.png n.png: {reason}" in proc.stdout
+    assert "1 new" in proc.stdout

@@ -244,3 +244,27 @@ def test_camera_focal_lengths_must_be_positive(tmp_path: Path) -> None:
     path.write_text("bad.jpg SIMPLE_RADIAL 640 480 nan 320 240 0\n")
     with pytest.raises(PoseFileError, match=r"cameras\.txt:1: Camera: parameters must be finite"):
         read_cameras(path)
+
+
+def test_an_opencv_error_on_one_image_is_recorded_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    from visloc.features.opencv import SIFT
+    from visloc.pipelines.extract import extract_features
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, side in enumerate((64, 64, 80)):
+        cv2.imwrite(str(folder / f"im{i}.png"), np.random.default_rng(i).integers(0, 255, (side, side), np.uint8))
+    one = SIFT._one
+
+    def failing(self: SIFT, image: torch.Tensor):  # noqa: ANN202 - OpenCV fails on the 80 px image only
+        if image.shape[-1] == 80:
+            raise cv2.error("OpenCV(4.x) error: (-215:Assertion failed) !img.empty() in function 'detect'")
+        return one(self, image)
+
+    monkeypatch.setattr(SIFT, "_one", failing)
+    summary = extract_features(folder, tmp_path / "f.h5", extractor="sift", progress=False)
+    assert summary.done == 2 and [name for name, _ in summary.failed] == ["im2.png"]
+    assert summary.failed[0][1].startswith("OpenCV error: ") and "!img.empty()" in summary.failed[0][1]
+    assert list_feature_names(tmp_path / "f.h5") == ["im0.png", "im1.png"]

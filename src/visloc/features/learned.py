@@ -66,6 +66,7 @@ class ALIKED(Extractor):
     """ALIKED keypoints and 128-d descriptors, RGB input."""
 
     input_spec = IMAGE_RGB
+    min_side = 16  # the last ALIKED-n32 block pools 16x
 
     def __init__(self, conf: ALIKEDConf) -> None:
         super().__init__(conf)
@@ -97,6 +98,7 @@ class DISK(Extractor):
     """DISK keypoints and 128-d descriptors, RGB input (padded to a multiple of 16 inside)."""
 
     input_spec = IMAGE_RGB
+    min_side = 20  # its U-Net pools 16x; smaller fails in a norm layer
 
     def __init__(self, conf: DISKConf) -> None:
         super().__init__(conf)

@@ -43,6 +43,7 @@ class VLADALIKED(Extractor):
     """ALIKED-n16 keypoints and 128-d descriptors, plus ``global_descriptor [1, K * 128]``."""
 
     input_spec = IMAGE_RGB
+    min_side = 16  # ALIKED's
     centroids: torch.Tensor  # buffer [K, 128] (registered in __init__; [0, 128] without a vocabulary)
 
     def __init__(self, conf: VLADALIKEDConf) -> None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from visloc import conf_ranges as ranges
 from visloc.features.base import EXTRACTORS, Extractor, local_features
-from visloc.models.xfeat import CELL, resize_to_divisor
+from visloc.models.xfeat import CELL, DIVISOR, resize_to_divisor
 from visloc.registry import Capabilities
 from visloc.types import IMAGE_RGB, Features
 from visloc.weights.records import resolve_weights
@@ -129,6 +129,7 @@ class XFeat(Extractor):
     """XFeat keypoints and 64-d descriptors; RGB or gray input (the network averages the channels)."""
 
     input_spec = IMAGE_RGB
+    min_side = DIVISOR  # the network resizes to multiples of it
 
     def __init__(self, conf: XFeatConf) -> None:
         super().__init__(conf)

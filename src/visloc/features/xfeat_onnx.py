@@ -20,7 +20,7 @@ from visloc import conf_ranges as ranges
 from visloc.export import OnnxModelError, export_onnx, onnx_session
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.xfeat import XFeatConf, xfeat_capabilities, xfeat_postprocess
-from visloc.models.xfeat import ONNX_INPUT, ONNX_OUTPUTS, resize_to_divisor
+from visloc.models.xfeat import DIVISOR, ONNX_INPUT, ONNX_OUTPUTS, resize_to_divisor
 from visloc.types import IMAGE_RGB, Features
 from visloc.weights.load import WeightsError
 from visloc.weights.xfeat import load_xfeat
@@ -42,6 +42,7 @@ class XFeatOnnx(Extractor):
     """``xfeat`` with onnxruntime running the network; same outputs."""
 
     input_spec = IMAGE_RGB
+    min_side = DIVISOR  # the network resizes to multiples of it
 
     def __init__(self, conf: XFeatOnnxConf) -> None:
         super().__init__(conf)
