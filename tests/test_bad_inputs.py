@@ -273,3 +273,33 @@ def test_nan_descriptors_are_reported_per_pair(tmp_path: Path) -> None:
     reason = f"{feats}: features of image 'n.png' hold NaN or inf values (descriptors)"
     assert f"skipped a.png n.png: {reason}" in proc.stdout
     assert "1 new" in proc.stdout
+
+
+def test_user_errors_of_options_and_confs_are_one_line(images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    refused(visloc("extract", images, "--conf", "sift", "--set", "max_num_keypoints", "--out", out),
+            "'max_num_keypoints'", "key=value")
+    folder = tmp_path / "conf_dir"
+    folder.mkdir()
+    refused(visloc("train", folder), folder, "is a directory")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    refused(visloc("train", latin1), latin1, "not UTF-8")
+    for option, value in (("--runs", 0), ("--threads", 0), ("--width", 0), ("--warmup", -1)):
+        refused(visloc("bench", "--extractor", "sift", "--matcher", "nn-mutual:sift", option, value), option, value)
+    refused(visloc("bench", "--extractor", "sift", "--out", tmp_path), tmp_path, "is a directory")
+    assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_line(images: Path, tmp_path: Path) -> None:
+    refused(visloc("extract", images, "--conf", "sift", "--device", "cuda", "--out", tmp_path / "f.h5"),
+            "--device cuda", "no CUDA GPU")
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_a_map_without_its_features_fails_at_the_start(images: Path, tmp_path: Path) -> None:
+    root = _fake_map(tmp_path / "map")
+    refused(visloc("localize", "--map", root, "--queries", images, "--out", tmp_path / "poses.txt"),
+            root / "features.h5", "missing", "visloc map build")
+    assert not (tmp_path / "poses.txt").exists() and not (tmp_path / "poses.features.h5").exists()

@@ -268,3 +268,20 @@ def test_an_opencv_error_on_one_image_is_recorded_for_it(tmp_path: Path, monkeyp
     assert summary.done == 2 and [name for name, _ in summary.failed] == ["im2.png"]
     assert summary.failed[0][1].startswith("OpenCV error: ") and "!img.empty()" in summary.failed[0][1]
     assert list_feature_names(tmp_path / "f.h5") == ["im0.png", "im1.png"]
+
+
+def test_a_cut_prediction_cache_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
+    from visloc.errors import InputError
+    from visloc.eval.predictions import cached_keys, read_predictions
+
+    cache = tmp_path / "method.h5"
+    parts.write_part(cache, "a.png/b.png", {"matches": np.zeros(3, np.int64)})
+    parts.merge_parts(cache, parts.write_group, {})
+    assert cached_keys(cache) == {"a.png/b.png"}
+    size = cache.stat().st_size
+    with open(cache, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(InputError, match=r"method\.h5: the prediction cache cannot be read .* delete the file"):
+        read_predictions(cache, "a.png/b.png")
+    assert cached_keys(cache) == set()  # predicted afresh
+    assert not cache.exists() and (tmp_path / "method.h5.damaged").stat().st_size == size // 2
