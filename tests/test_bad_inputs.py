@@ -221,3 +221,85 @@ def test_parts_of_another_conf_are_refused_by_name(images: Path, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list_feature_names(out) == sorted(p.name for p in images.glob("*.png"))
     assert not parts.parts_dir(out).exists()
+
+
+@pytest.fixture(scope="module")
+def with_tiny(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Path:
+    """The four images and an 8x8 one, too small for ALIKED, DISK and vlad-aliked."""
+    folder = tmp_path_factory.mktemp("with_tiny")
+    for p in images.glob("*.png"):
+        (folder / p.name).write_bytes(p.read_bytes())
+    cv2.imwrite(str(folder / "tiny.png"), np.random.default_rng(1).integers(0, 255, (8, 8), dtype=np.uint8))
+    return folder
+
+
+@pytest.mark.parametrize("conf", ["aliked-n16", "disk"])
+def test_an_image_too_small_for_the_network_is_skipped_alone(with_tiny: Path, tmp_path: Path, conf: str) -> None:
+    out = tmp_path / "f.h5"
+    proc = visloc("extract", with_tiny, "--conf", conf, "--out", out, "--batch-size", 4)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped tiny.png: image of 8x8 px after resizing:" in proc.stdout
+    assert "needs sides of at least" in proc.stdout
+    assert list_feature_names(out) == [f"im{i}.png" for i in range(4)]
+
+
+def test_vocab_skips_an_image_too_small_for_aliked(with_tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vocab.pt"
+    proc = visloc("vocab", with_tiny, "--out", out, "--clusters", 4, "--set", "max_num_keypoints=64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped tiny.png: image of 8x8 px after resizing: ALIKED needs sides of at least 16 px" in proc.stdout
+    assert out.is_file()
+
+
+def test_out_of_range_conf_is_one_line_before_opencv(images: Path, tmp_path: Path) -> None:
+    line = refused(visloc("extract", images, "--conf", "orb", "--set", "n_levels=0", "--out", tmp_path / "f.h5"),
+                   "ORBConf.n_levels", "got 0")
+    assert "Segmentation" not in line and not (tmp_path / "f.h5").exists()
+
+
+def test_nan_descriptors_are_reported_per_pair(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    good = {"keypoints": rng.random((50, 2), dtype=np.float32) * 90, "descriptors": _unit(50, 128, seed=2),
+            "scores": np.ones(50, np.float32), "image_size": np.array([96, 96])}
+    nan = {**good, "descriptors": good["descriptors"].copy()}
+    nan["descriptors"][3, 5] = np.nan
+    feats = tmp_path / "f.h5"
+    write_features(feats, {"a.png": good, "b.png": good, "n.png": nan})
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("a.png b.png\na.png n.png\n")
+    proc = visloc("match-features", "--pairs", pairs, "--features", feats, "--conf", "nn-mutual",
+                  "--out", tmp_path / "m.h5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reason = f"{feats}: features of image 'n.png' hold NaN or inf values (descriptors)"
+    assert f"skipped a.png n.png: {reason}" in proc.stdout
+    assert "1 new" in proc.stdout
+
+
+def test_user_errors_of_options_and_confs_are_one_line(images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    refused(visloc("extract", images, "--conf", "sift", "--set", "max_num_keypoints", "--out", out),
+            "'max_num_keypoints'", "key=value")
+    folder = tmp_path / "conf_dir"
+    folder.mkdir()
+    refused(visloc("train", folder), folder, "is a directory")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    refused(visloc("train", latin1), latin1, "not UTF-8")
+    for option, value in (("--runs", 0), ("--threads", 0), ("--width", 0), ("--warmup", -1)):
+        refused(visloc("bench", "--extractor", "sift", "--matcher", "nn-mutual:sift", option, value), option, value)
+    refused(visloc("bench", "--extractor", "sift", "--out", tmp_path), tmp_path, "is a directory")
+    assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_line(images: Path, tmp_path: Path) -> None:
+    refused(visloc("extract", images, "--conf", "sift", "--device", "cuda", "--out", tmp_path / "f.h5"),
+            "--device cuda", "no CUDA GPU")
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_a_map_without_its_features_fails_at_the_start(images: Path, tmp_path: Path) -> None:
+    root = _fake_map(tmp_path / "map")
+    refused(visloc("localize", "--map", root, "--queries", images, "--out", tmp_path / "poses.txt"),
+            root / "features.h5", "missing", "visloc map build")
+    assert not (tmp_path / "poses.txt").exists() and not (tmp_path / "poses.features.h5").exists()

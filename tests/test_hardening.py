@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 import pytest
+import torch
 
 from visloc.conf import ConfError
 from visloc.data.oxford_paris import RestrictedUnpickler
@@ -181,3 +182,106 @@ def test_faiss_files_walk_and_cuts(tmp_path: Path, kind: str) -> None:
         path.write_bytes(good[:size])
         with pytest.raises(FaissFileError, match="not a readable faiss index"):
             check_index_file(path)
+
+
+BAD_CONFS = [
+    ("orb", "n_levels=0", "ORBConf.n_levels"), ("orb", "scale_factor=1.0", "ORBConf.scale_factor"),
+    ("orb", "max_num_keypoints=-1", "ORBConf.max_num_keypoints"), ("orb", "fast_threshold=-3", "fast_threshold"),
+    ("sift", "n_octave_layers=0", "SIFTConf.n_octave_layers"), ("sift", "max_num_keypoints=0", "max_num_keypoints"),
+    ("sift", "contrast_threshold=-1", "contrast_threshold"), ("sift", "edge_threshold=0", "edge_threshold"),
+    ("sift", "resize_max=-1", "SIFTConf.resize_max"), ("sift", "resize_to=[4,4]", "SIFTConf.resize_to"),
+    ("aliked-n16", "max_num_keypoints=-7", "ALIKEDConf.max_num_keypoints"),
+    ("aliked-n16", "detection_threshold=2", "detection_threshold"), ("disk", "nms_window=4", "DISKConf.nms_window"),
+    ("xfeat", "max_num_keypoints=-1", "XFeatConf.max_num_keypoints"), ("hfnet", "nms_radius=-1", "nms_radius"),
+    ("hfnet", "detection_threshold=nan", "detection_threshold"), ("vlad-aliked", "num_clusters=0", "num_clusters"),
+    ("delg", "iou_threshold=0", "iou_threshold"), ("delg", "scales=[0.5,-1]", "scales"),
+    ("xfeat-onnx", "num_threads=-2", "XFeatOnnxConf.num_threads"),
+]
+BAD_MATCHER_CONFS = [
+    ("nn-ratio", "ratio_threshold=1.5", "NNConf.ratio_threshold"), ("lightglue", "filter_threshold=-0.1", "filter"),
+    ("lightglue", "depth_confidence=0", "LightGlueConf.depth_confidence"), ("loftr", "threshold=3", "threshold"),
+    ("xfeat-star", "max_num_keypoints=2", "max_num_keypoints"), ("loftr-coarse", "size=[4,300]", "size"),
+]
+
+
+@pytest.mark.parametrize(("name", "override", "field"), BAD_CONFS + BAD_MATCHER_CONFS)
+def test_out_of_range_conf_values_are_refused_where_the_conf_is_built(
+        name: str, override: str, field: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    from visloc.registry import EXTRACTORS, MATCHERS
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an out-of-range value reached OpenCV")
+
+    monkeypatch.setattr(cv2.ORB, "create", never)
+    monkeypatch.setattr(cv2.SIFT, "create", never)
+    registry = EXTRACTORS if name in EXTRACTORS else MATCHERS
+    with pytest.raises(ConfError) as info:
+        registry.build(name, [override])
+    message = str(info.value)
+    assert field in message and "\n" not in message and override.split("=")[1].split(",")[-1].strip("[]") in message
+
+
+def test_the_unlimited_budget_and_defaults_build() -> None:
+    from visloc.registry import EXTRACTORS, MATCHERS
+
+    for registry in (EXTRACTORS, MATCHERS):
+        for name in registry.names():
+            registry.conf(name)  # every registered default is in range
+    sift = EXTRACTORS.build("sift", ["max_num_keypoints=-1"])
+    image = np.random.default_rng(0).random((1, 1, 64, 64), dtype=np.float32)
+    assert len(sift(torch.from_numpy(image))[0].keypoints) > 0
+
+
+def test_camera_focal_lengths_must_be_positive(tmp_path: Path) -> None:
+    from visloc.io.poses import PoseFileError, read_cameras
+
+    path = tmp_path / "cameras.txt"
+    path.write_text("ok.jpg SIMPLE_PINHOLE 640 480 500 320 240\nbad.jpg PINHOLE 640 480 500 0 320 240\n")
+    with pytest.raises(PoseFileError, match=r"cameras\.txt:2: Camera: focal length must be > 0, got 0"):
+        read_cameras(path)
+    path.write_text("bad.jpg SIMPLE_RADIAL 640 480 nan 320 240 0\n")
+    with pytest.raises(PoseFileError, match=r"cameras\.txt:1: Camera: parameters must be finite"):
+        read_cameras(path)
+
+
+def test_an_opencv_error_on_one_image_is_recorded_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    from visloc.features.opencv import SIFT
+    from visloc.pipelines.extract import extract_features
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, side in enumerate((64, 64, 80)):
+        cv2.imwrite(str(folder / f"im{i}.png"), np.random.default_rng(i).integers(0, 255, (side, side), np.uint8))
+    one = SIFT._one
+
+    def failing(self: SIFT, image: torch.Tensor):  # noqa: ANN202 - OpenCV fails on the 80 px image only
+        if image.shape[-1] == 80:
+            raise cv2.error("OpenCV(4.x) error: (-215:Assertion failed) !img.empty() in function 'detect'")
+        return one(self, image)
+
+    monkeypatch.setattr(SIFT, "_one", failing)
+    summary = extract_features(folder, tmp_path / "f.h5", extractor="sift", progress=False)
+    assert summary.done == 2 and [name for name, _ in summary.failed] == ["im2.png"]
+    assert summary.failed[0][1].startswith("OpenCV error: ") and "!img.empty()" in summary.failed[0][1]
+    assert list_feature_names(tmp_path / "f.h5") == ["im0.png", "im1.png"]
+
+
+def test_a_cut_prediction_cache_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
+    from visloc.errors import InputError
+    from visloc.eval.predictions import cached_keys, read_predictions
+
+    cache = tmp_path / "method.h5"
+    parts.write_part(cache, "a.png/b.png", {"matches": np.zeros(3, np.int64)})
+    parts.merge_parts(cache, parts.write_group, {})
+    assert cached_keys(cache) == {"a.png/b.png"}
+    size = cache.stat().st_size
+    with open(cache, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(InputError, match=r"method\.h5: the prediction cache cannot be read .* delete the file"):
+        read_predictions(cache, "a.png/b.png")
+    assert cached_keys(cache) == set()  # predicted afresh
+    assert not cache.exists() and (tmp_path / "method.h5.damaged").stat().st_size == size // 2

@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # foundations
     ("visloc", "visloc.errors"),
     ("visloc.conf", "visloc.types", "visloc.utils", "visloc.export.spec"),  # export.spec: what networks declare
+    ("visloc.conf_ranges",),  # the conf field range checks, on visloc.conf
     ("visloc.registry",),
     ("visloc.registry_index",),
     ("visloc.geometry",),

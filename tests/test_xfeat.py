@@ -106,9 +106,9 @@ def test_threshold_and_size_checks(build_extractor, graf):
     many = extract_image(ex, graf[0], resize_max=640).num_keypoints
     few = extract_image(build_extractor("xfeat", ["detection_threshold=0.2"]), graf[0], resize_max=640).num_keypoints
     assert 0 < few < many
-    with pytest.raises(ValueError, match=r"image: XFeat needs sides of at least 32 px, got 24x64"):
+    with pytest.raises(ValueError, match=r"image of 64x24 px after resizing: XFeat needs sides of at least 32 px"):
         ex(torch.rand(1, 3, 24, 64))
-    with pytest.raises(ValueError, match=r"nms_window must be a positive odd number"):
+    with pytest.raises(ValueError, match=r"XFeatConf.nms_window: expected a positive odd number, got 4"):
         XFeatConf(nms_window=4)
 
 

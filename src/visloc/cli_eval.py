@@ -93,8 +93,12 @@ def bench(extractors: Annotated[Optional[list[str]], typer.Option("--extractor",
     import json
 
     from visloc.io.atomic import atomic_write_text
-    from visloc.pipelines.bench import format_results, machine_line, results_json, run_one
+    from visloc.io.outputs import check_text_output
+    from visloc.pipelines.bench import check_bench_args, format_results, machine_line, results_json, run_one
 
+    run(check_bench_args, threads, runs, warmup, (width, height))
+    if out is not None:
+        run(check_text_output, out, "JSON report")
     extractors = extractors or ["sift", "orb", "aliked-n16", "disk"]
     matchers = matchers or ["nn-ratio:sift", "nn-mutual:orb", "lightglue:aliked-n16", "lightglue:disk"]
     results = []

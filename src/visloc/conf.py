@@ -146,9 +146,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a clear one-line error names the file otherwise."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfError(f"{path}: is a directory, not a YAML config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfError(f"{path}: not UTF-8 text (byte {e.start}); a YAML config must be UTF-8") from None
+    except OSError as e:
+        raise ConfError(f"{path}: cannot read the config file ({e.strerror or e.__class__.__name__})") from None
     except yaml.YAMLError as e:
         raise ConfError(f"{path}: invalid YAML ({e.__class__.__name__})") from None
     if data is None:

@@ -28,3 +28,10 @@ class UnknownNameError(VislocError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; the message is for people
         return str(self.args[0]) if self.args else ""
+
+
+class ItemError(VislocError, ValueError):
+    """A failure tied to one item of a batch job (an image too small for the network, a malformed group).
+
+    Batch jobs record it for that item, list it in their summary and go on with the others.
+    """

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,8 @@ from visloc.features.base import Extractor
 from visloc.io import parts
 from visloc.matching.select import check_feature_matcher, descriptor_family, matcher_conf
 from visloc.registry import EXTRACTORS, MATCHERS
+
+logger = logging.getLogger(__name__)
 
 
 def _record(name: str, conf: Any) -> str:
@@ -124,25 +127,45 @@ def cache_path(cache_dir: Path, dataset: str, method: Method) -> Path:
 
 
 def read_predictions(path: Path, key: str) -> dict[str, np.ndarray]:
-    """One pair's cached predictions; ``InputError`` naming the file if the entry is malformed."""
-    with h5py.File(path, "r") as fd:
-        grp = fd[key]
-        if not isinstance(grp, h5py.Group):
-            raise InputError(f"{path}: cached predictions {key!r} are not a group (malformed file; delete it)")
-        out: dict[str, np.ndarray] = {}
-        for k, v in grp.items():
-            if not isinstance(v, h5py.Dataset):
-                raise InputError(f"{path}: cached predictions {key}/{k} are not a dataset (malformed file; delete it)")
-            out[k] = v[()]
-        return out
-
-
-def _cached_keys(path: Path) -> set[str]:
-    done: set[str] = set(parts.staged_names(path))
-    if path.exists():
+    """One pair's cached predictions; ``InputError`` naming the file if the entry is malformed or unreadable."""
+    try:
         with h5py.File(path, "r") as fd:
-            fd.visititems(lambda k, o: done.add(k) if isinstance(o, h5py.Group) and "matches" in o else None)
-    return done
+            grp = fd.get(key)
+            if not isinstance(grp, h5py.Group):
+                raise InputError(f"{path}: cached predictions {key!r} are missing or not a group (a damaged cache: "
+                                 f"delete the file and re-run)")
+            out: dict[str, np.ndarray] = {}
+            for k, v in grp.items():
+                if not isinstance(v, h5py.Dataset):
+                    raise InputError(f"{path}: cached predictions {key}/{k} are not a dataset (a damaged cache: "
+                                     f"delete the file and re-run)")
+                out[k] = v[()]
+            return out
+    except OSError as e:
+        raise InputError(f"{path}: the prediction cache cannot be read ({str(e).splitlines()[0][:80]}); delete the "
+                         f"file and re-run") from None
+
+
+def cached_keys(path: Path) -> set[str]:
+    """The pairs cached in ``path`` (staged or merged).
+
+    A cache file that cannot be read (cut short by a killed run, a full disk) is moved aside to
+    ``<name>.damaged`` with a warning naming it, and the predictions are made afresh.
+    """
+    done: set[str] = set(parts.staged_names(path))
+    if not path.exists():
+        return done
+    merged: set[str] = set()
+    try:
+        with h5py.File(path, "r") as fd:
+            fd.visititems(lambda k, o: merged.add(k) if isinstance(o, h5py.Group) and "matches" in o else None)
+    except OSError as e:
+        aside = path.with_name(path.name + ".damaged")
+        path.replace(aside)
+        logger.warning("%s: unreadable prediction cache (%s), moved to %s; predicting afresh", path,
+                       str(e).splitlines()[0][:80], aside)
+        return done
+    return done | merged
 
 
 class _Predictor:
@@ -195,7 +218,7 @@ def predict(pairs: Sequence[tuple[str, PairLoader]], method: Method, path: Path,
     ``key`` is ``name0/name1`` (slashes inside names replaced); with an extractor, an image's features
     are computed once per run and reused by the other pairs that name it.
     """
-    done = _cached_keys(path)
+    done = cached_keys(path)
     todo = [(k, load) for k, load in pairs if k not in done]
     if not todo:
         return path

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from visloc.errors import ItemError
 from visloc.registry import EXTRACTORS
 from visloc.types import IMAGE_RGB, Features, InputSpec
 from visloc.utils.image_ops import rgb_to_gray_torch
@@ -27,6 +28,8 @@ class Extractor(nn.Module):
     input_spec: ClassVar[InputSpec] = IMAGE_RGB
     #: the largest batch ``forward`` takes (None: any); a declared limit of the part, not of the contract
     max_batch: ClassVar[int | None] = None
+    #: the smallest image side the network takes (a smaller image raises ``ItemError`` in ``check_image``)
+    min_side: ClassVar[int] = 1
 
     def __init__(self, conf: Any) -> None:
         super().__init__()
@@ -47,6 +50,9 @@ class Extractor(nn.Module):
             return image
         if image.ndim != 4 or image.shape[1] not in (1, 3):
             raise ValueError(f"image: expected [B, 1 or 3, H, W], got {tuple(image.shape)}")
+        if min(image.shape[-2:]) < self.min_side:
+            raise ItemError(f"image of {image.shape[-1]}x{image.shape[-2]} px after resizing: "
+                            f"{type(self).__name__} needs sides of at least {self.min_side} px")
         if self.max_batch is not None and image.shape[0] > self.max_batch:
             raise ValueError(f"image: {type(self).__name__} takes at most B={self.max_batch} images, "
                              f"got B={image.shape[0]}")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from visloc import conf_ranges as ranges
 from visloc.conf import ConfError
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.delf_pca import apply_delf_pca, load_delf_pca
@@ -63,6 +64,16 @@ class DELGNetConf:
     normalisation: Normalisation | None = None
     resize_max: int | None = 1024
     resize_to: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        ranges.image_size(self)
+        for name in ("scales", "global_scales"):
+            if hasattr(self, name):
+                ranges.scales(self, name)
+        if isinstance(self, DELGLocalConf):
+            ranges.keypoint_budget(self, unlimited=False)
+            ranges.at_least(self, 0, "attention_threshold")
+            ranges.between(self, 1e-6, 1, "iou_threshold")
 
 
 @dataclass(frozen=True)
@@ -110,18 +121,6 @@ class DELGExtractorConf(DELGLocalConf):
     """``delg``: the local settings and the global scales."""
 
     global_scales: tuple[float, ...] = GLOBAL_SCALES
-
-
-def _check_conf(conf: DELGNetConf) -> None:
-    for field in ("scales", "global_scales"):
-        scales = getattr(conf, field, ())
-        if any(not s > 0 for s in scales):
-            raise ConfError(f"{field}: expected positive scales, got {scales}")
-    if isinstance(conf, DELGLocalConf):
-        if conf.max_num_keypoints < 1:
-            raise ConfError(f"max_num_keypoints: expected >= 1, got {conf.max_num_keypoints}")
-        if not conf.iou_threshold > 0:
-            raise ConfError(f"iou_threshold: expected > 0, got {conf.iou_threshold}")
 
 
 #: the weights record of the model the DELG extractors use when no ``weights`` are given
@@ -215,7 +214,6 @@ class DELGBase(Extractor):
     def setup(self, arch: DELGConf, extras: Mapping[str, Any]) -> None:
         """Settings derived from the conf, the network's ``arch`` and the checkpoint's ``extras``."""
         conf = self.conf
-        _check_conf(conf)
         if self.mode != "delf" and arch.global_dim == 0:
             raise ConfError(f"{self.mode}: the network has no global head (a DELF network): use the delf extractor")
         self.arch = arch

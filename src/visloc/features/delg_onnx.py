@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.conf import ConfError, load_conf
 from visloc.export import OnnxModelError, export_onnx, onnx_session
 from visloc.features.base import EXTRACTORS
@@ -41,6 +42,10 @@ class DELGOnnxConf(DELGExtractorConf):
 
     onnx: str | None = None
     num_threads: int = 0  # 0: torch.get_num_threads()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ranges.threads(self)
 
 
 def delg_onnx_bytes(weights: str | None, preset: str = "delg-r50", allow_random: bool = False) -> bytes:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from visloc import conf_ranges as ranges
 from visloc.conf import ConfError
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.models.backbones import fuse_batchnorm
@@ -51,6 +52,12 @@ class HFNetExtractorConf:
     remove_borders: int = 4
     resize_max: int | None = 1024
     resize_to: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        ranges.keypoint_budget(self)  # -1: every keypoint
+        ranges.between(self, 0, 64, "nms_radius", "remove_borders")
+        ranges.between(self, 0, 1, "detection_threshold")  # a softmax heatmap
+        ranges.image_size(self)
 
 
 def pad_to_cell(image: torch.Tensor) -> torch.Tensor:

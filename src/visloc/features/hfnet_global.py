@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from visloc import conf_ranges as ranges
 from visloc.features.base import EXTRACTORS, Extractor, input_size
 from visloc.features.hfnet import pad_to_cell
 from visloc.models.backbones import fuse_batchnorm
@@ -40,6 +41,9 @@ class HFNetGlobalConf:
     allow_random: bool = False
     resize_max: int | None = 1024
     resize_to: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        ranges.image_size(self)
 
 
 class HFNetGlobal(Extractor):

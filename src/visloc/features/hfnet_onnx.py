@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.export import OnnxModelError, export_onnx
 from visloc.export import onnx_session as _generic_session
 from visloc.features.base import EXTRACTORS, Extractor
@@ -58,6 +59,10 @@ class HFNetOnnxConf(HFNetExtractorConf):
 
     onnx: str | None = None
     num_threads: int = 0  # 0: torch.get_num_threads()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ranges.threads(self)
 
 
 class HFNetOnnxExtractor(Extractor):

@@ -13,6 +13,7 @@ import kornia.feature as KF
 import torch
 from kornia.feature.aliked.aliked import _ALIKED_CFGS
 
+from visloc import conf_ranges as ranges
 from visloc.features.aliked_sparse import SparseALIKED
 from visloc.features.base import EXTRACTORS, Extractor, local_features
 from visloc.registry import Capabilities
@@ -36,6 +37,12 @@ class ALIKEDConf:
     resize_to: tuple[int, ...] | None = None  # (W, H): exact size, overrides resize_max
     sparse_descriptors: bool = True  # same output, half the time: see features/aliked_sparse.py
 
+    def __post_init__(self) -> None:
+        ranges.keypoint_budget(self)  # -1: every maximum above the threshold (kornia caps at 20000)
+        ranges.between(self, -1, 1, "detection_threshold")  # scores lie in [0, 1]; <= 0: top-k
+        ranges.between(self, 0, 64, "nms_radius")
+        ranges.image_size(self)
+
 
 @dataclass(frozen=True)
 class DISKConf:
@@ -48,11 +55,18 @@ class DISKConf:
     resize_max: int | None = 1024
     resize_to: tuple[int, ...] | None = None  # (W, H): exact size, overrides resize_max
 
+    def __post_init__(self) -> None:
+        ranges.keypoint_budget(self)  # -1: every maximum above the threshold
+        ranges.at_least(self, -1e9, "detection_threshold")  # finite
+        ranges.odd_window(self, "nms_window")
+        ranges.image_size(self)
+
 
 class ALIKED(Extractor):
     """ALIKED keypoints and 128-d descriptors, RGB input."""
 
     input_spec = IMAGE_RGB
+    min_side = 16  # the last ALIKED-n32 block pools 16x
 
     def __init__(self, conf: ALIKEDConf) -> None:
         super().__init__(conf)
@@ -84,6 +98,7 @@ class DISK(Extractor):
     """DISK keypoints and 128-d descriptors, RGB input (padded to a multiple of 16 inside)."""
 
     input_spec = IMAGE_RGB
+    min_side = 20  # its U-Net pools 16x; smaller fails in a norm layer
 
     def __init__(self, conf: DISKConf) -> None:
         super().__init__(conf)
@@ -105,7 +120,8 @@ class DISK(Extractor):
         """Detect and describe a batch; see the contract in ``features.base``."""
         c = self.conf
         image = self.check_image(image)
-        out = self.net(image, n=c.max_num_keypoints, window_size=c.nms_window,
+        budget = c.max_num_keypoints if c.max_num_keypoints > 0 else None
+        out = self.net(image, n=budget, window_size=c.nms_window,
                        score_threshold=c.detection_threshold, pad_if_not_divisible=True)
         return [local_features(f.keypoints, f.detection_scores, f.descriptors, image) for f in out]
 

@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.features.base import EXTRACTORS, Extractor, input_size
 from visloc.models.netvlad_vgg import NetVLADVGG16
 from visloc.registry import Capabilities
@@ -45,6 +46,9 @@ class NetVLADConf:
     format: Literal["auto", "matconvnet", "pytorch"] = "auto"
     resize_max: int | None = 1024
     resize_to: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        ranges.image_size(self)
 
 
 def load_netvlad(conf: NetVLADConf) -> NetVLADVGG16:

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.features.base import EXTRACTORS, Extractor, input_size
 from visloc.registry import Capabilities
 from visloc.types import IMAGE_GRAY, Features
@@ -26,6 +27,13 @@ class SIFTConf:
     resize_max: int | None = 1024
     resize_to: tuple[int, ...] | None = None  # (W, H): exact size, overrides resize_max
 
+    def __post_init__(self) -> None:
+        ranges.keypoint_budget(self)  # -1: every keypoint (OpenCV's nfeatures=0)
+        ranges.between(self, 1, 32, "n_octave_layers")
+        ranges.at_least(self, 0, "contrast_threshold")
+        ranges.above(self, 0, "edge_threshold")
+        ranges.image_size(self)
+
 
 @dataclass(frozen=True)
 class ORBConf:
@@ -38,6 +46,13 @@ class ORBConf:
     score_type: Literal["harris", "fast"] = "harris"
     resize_max: int | None = 1024
     resize_to: tuple[int, ...] | None = None  # (W, H): exact size, overrides resize_max
+
+    def __post_init__(self) -> None:
+        ranges.keypoint_budget(self, unlimited=False)
+        ranges.above(self, 1, "scale_factor")
+        ranges.between(self, 1, 64, "n_levels")
+        ranges.between(self, 0, 255, "fast_threshold")
+        ranges.image_size(self)
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -59,7 +74,7 @@ class SIFT(Extractor):
 
     def __init__(self, conf: SIFTConf) -> None:
         super().__init__(conf)
-        self._sift = cv2.SIFT.create(nfeatures=conf.max_num_keypoints, nOctaveLayers=conf.n_octave_layers,
+        self._sift = cv2.SIFT.create(nfeatures=max(conf.max_num_keypoints, 0), nOctaveLayers=conf.n_octave_layers,
                                      contrastThreshold=conf.contrast_threshold,
                                      edgeThreshold=conf.edge_threshold)
 

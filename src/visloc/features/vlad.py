@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.learned import ALIKED, ALIKEDConf
 from visloc.registry import Capabilities
@@ -31,11 +32,18 @@ class VLADALIKEDConf:
     num_clusters: int = 64  # checked against the vocabulary file
     power_norm: bool = True  # signed square root after intra-normalisation
 
+    def __post_init__(self) -> None:
+        ranges.keypoint_budget(self)
+        ranges.between(self, -1, 1, "detection_threshold")
+        ranges.at_least(self, 1, "num_clusters")
+        ranges.image_size(self)
+
 
 class VLADALIKED(Extractor):
     """ALIKED-n16 keypoints and 128-d descriptors, plus ``global_descriptor [1, K * 128]``."""
 
     input_spec = IMAGE_RGB
+    min_side = 16  # ALIKED's
     centroids: torch.Tensor  # buffer [K, 128] (registered in __init__; [0, 128] without a vocabulary)
 
     def __init__(self, conf: VLADALIKEDConf) -> None:

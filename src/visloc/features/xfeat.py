@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from visloc import conf_ranges as ranges
 from visloc.features.base import EXTRACTORS, Extractor, local_features
-from visloc.models.xfeat import CELL, resize_to_divisor
+from visloc.models.xfeat import CELL, DIVISOR, resize_to_divisor
 from visloc.registry import Capabilities
 from visloc.types import IMAGE_RGB, Features
 from visloc.weights.records import resolve_weights
@@ -53,10 +54,10 @@ class XFeatConf:
     resize_to: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.max_num_keypoints < 1:
-            raise ValueError(f"max_num_keypoints must be >= 1, got {self.max_num_keypoints}")
-        if self.nms_window < 1 or self.nms_window % 2 == 0:
-            raise ValueError(f"nms_window must be a positive odd number, got {self.nms_window}")
+        ranges.keypoint_budget(self, unlimited=False)
+        ranges.between(self, 0, 1, "detection_threshold")  # a softmax heatmap
+        ranges.odd_window(self, "nms_window")
+        ranges.image_size(self)
 
 
 def sample(x: torch.Tensor, pos: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
@@ -128,6 +129,7 @@ class XFeat(Extractor):
     """XFeat keypoints and 64-d descriptors; RGB or gray input (the network averages the channels)."""
 
     input_spec = IMAGE_RGB
+    min_side = DIVISOR  # the network resizes to multiples of it
 
     def __init__(self, conf: XFeatConf) -> None:
         super().__init__(conf)

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.export import OnnxModelError, export_onnx, onnx_session
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.xfeat import XFeatConf, xfeat_capabilities, xfeat_postprocess
-from visloc.models.xfeat import ONNX_INPUT, ONNX_OUTPUTS, resize_to_divisor
+from visloc.models.xfeat import DIVISOR, ONNX_INPUT, ONNX_OUTPUTS, resize_to_divisor
 from visloc.types import IMAGE_RGB, Features
 from visloc.weights.load import WeightsError
 from visloc.weights.xfeat import load_xfeat
@@ -32,11 +33,16 @@ class XFeatOnnxConf(XFeatConf):
     onnx: str | None = None
     num_threads: int = 0  # 0: torch.get_num_threads()
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ranges.threads(self)
+
 
 class XFeatOnnx(Extractor):
     """``xfeat`` with onnxruntime running the network; same outputs."""
 
     input_spec = IMAGE_RGB
+    min_side = DIVISOR  # the network resizes to multiples of it
 
     def __init__(self, conf: XFeatOnnxConf) -> None:
         super().__init__(conf)

@@ -153,9 +153,18 @@ def read_global_descriptors(path: str | Path, names: list[str] | None = None) ->
 
 
 def load_features(path: str | Path, name: str) -> Features:
-    """One image's features as ``types.Features`` (``read_features`` gives the raw arrays)."""
+    """One image's features as ``types.Features`` (``read_features`` gives the raw arrays).
+
+    Raises:
+        FeatureStoreError: the group is missing or malformed, or holds NaN or inf (never matched into nothing).
+    """
+    arrays = read_features(path, name)
+    bad = sorted(k for k, v in arrays.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"
+                 and not np.isfinite(v).all())
+    if bad:
+        raise FeatureStoreError(f"{path}: features of image {name!r} hold NaN or inf values ({', '.join(bad)})")
     try:
-        return Features.from_numpy(read_features(path, name))
+        return Features.from_numpy(arrays)
     except ValueError as e:
         if isinstance(e, FeatureStoreError):
             raise

@@ -15,6 +15,7 @@ Blank lines and lines starting with ``#`` are ignored in both files.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,11 @@ class Camera:
             raise ValueError(f"Camera: {self.model} takes {CAMERA_MODELS[self.model]} parameters, "
                              f"got {len(self.params)}")
         object.__setattr__(self, "params", tuple(float(p) for p in self.params))
+        if not all(math.isfinite(p) for p in self.params):
+            raise ValueError(f"Camera: parameters must be finite, got {self.params}")
+        focals = self.params[:1] if self.model in _ONE_FOCAL else self.params[:2]
+        if min(focals) <= 0:
+            raise ValueError(f"Camera: focal length must be > 0, got {min(focals):g}")
 
     @classmethod
     def from_opencv(cls, K: np.ndarray, width: int, height: int) -> Camera:

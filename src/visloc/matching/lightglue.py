@@ -20,6 +20,7 @@ from typing import Literal
 import kornia.feature as KF
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.errors import InputError
 from visloc.matching.base import MATCHERS, Matcher, check_features
 from visloc.registry import Capabilities
@@ -60,6 +61,10 @@ class LightGlueConf:
     depth_confidence: float = 0.95
     width_confidence: float = 0.99
     filter_threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        ranges.confidence_or_off(self, "depth_confidence", "width_confidence")
+        ranges.between(self, 0, 1, "filter_threshold")
     weights: str | None = None
 
 
@@ -70,6 +75,10 @@ class LighterGlueConf:
     depth_confidence: float = -1.0
     width_confidence: float = 0.95
     filter_threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        ranges.confidence_or_off(self, "depth_confidence", "width_confidence")
+        ranges.between(self, 0, 1, "filter_threshold")
     weights: str | None = None
 
     def as_lightglue(self) -> LightGlueConf:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.errors import InputError
 from visloc.matching.base import MATCHERS, Matcher, check_features
 from visloc.registry import Capabilities
@@ -19,6 +20,10 @@ class NNConf:
     ratio_threshold: float | None = None
     distance_threshold: float | None = None
     mutual: bool = True
+
+    def __post_init__(self) -> None:
+        ranges.between(self, 0, 1, "ratio_threshold")
+        ranges.between(self, 0, 2, "distance_threshold")  # L2 between unit vectors
 
 
 def nearest_neighbor_match(desc0: torch.Tensor, desc1: torch.Tensor, ratio_threshold: float | None = None,

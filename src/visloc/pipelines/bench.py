@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from visloc.errors import InputError
+
 
 @dataclass(frozen=True)
 class BenchResult:
@@ -94,6 +96,15 @@ def _worker(kind: str, name: str, extractor: str, overrides: Sequence[str], size
     label = name if kind == "extract" else f"{name} ({', '.join((extractor, *extractor_overrides))})"
     queue.put(BenchResult(kind, label, statistics.median(times), float(np.percentile(times, 90)), peak, n_kp, n_m,
                           threads, size))
+
+
+def check_bench_args(threads: int, runs: int, warmup: int, size: tuple[int, int]) -> None:
+    """Raise ``InputError`` naming the ``visloc bench`` option whose value is out of range."""
+    for option, value, low, high in (("--threads", threads, 1, 1024), ("--runs", runs, 1, 100_000),
+                                     ("--warmup", warmup, 0, 100_000), ("--width", size[0], 8, 16384),
+                                     ("--height", size[1], 8, 16384)):
+        if not low <= value <= high:
+            raise InputError(f"bench {option}: expected {low} to {high}, got {value}")
 
 
 def run_one(kind: str, name: str, *, extractor: str, overrides: Sequence[str] = (),

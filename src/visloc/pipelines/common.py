@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from visloc.conf import conf_to_dict
+from visloc.errors import InputError
 
 
 def conflicting_conf(out: Path, attr: str, record: str) -> str | None:
@@ -25,7 +26,17 @@ def pick_device(device: str | None) -> torch.device:
     """``None``/"auto" -> CUDA when available, else CPU; otherwise the named device."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device!r}: not a device; expected cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA GPU is available here; use --device cpu (or leave it unset)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {device}: MPS is not available here; use --device cpu")
+    return dev
 
 
 def conf_record(name: str, conf: Any) -> str:

@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from visloc.errors import InputError, VislocError
 from visloc.features import EXTRACTORS
-from visloc.features.api import extract_tensor
 from visloc.features.base import Extractor
 from visloc.io import features_h5, parts, shards
 from visloc.io.images import ImageError, list_images
@@ -33,6 +32,7 @@ from visloc.io.outputs import check_h5_output
 from visloc.io.parts import parts_dir
 from visloc.io.sources import ImageBatch, ImageRecord, ImageSource, ResizeSpec, image_loader
 from visloc.pipelines.common import conf_record, conflicting_conf, pick_device
+from visloc.pipelines.item_failures import extract_each
 
 logger = logging.getLogger(__name__)
 ATTR = "visloc_extractor"
@@ -205,7 +205,6 @@ def _extract_batch(model: Extractor, batch: ImageBatch, image_dir: Path, out: Pa
             raise RuntimeError(f"{r.name}: a leftover record without an image")
         groups.append(([r], r.image[None]))
     for records, images in groups:
-        feats = extract_tensor(model, images, [r.scale for r in records], [r.original_size for r in records], device)
-        for rec, f in zip(records, feats, strict=True):
+        for rec, f in extract_each(model, records, images, device, summary):
             features_h5.stage_features(out, rec.name, f.numpy(), as_half=as_half)
             summary.done += 1

@@ -108,6 +108,16 @@ def read_map_record(map_dir: str | Path) -> tuple[dict[str, Any], MapFiles]:
     return record, files
 
 
+def check_map_parts(files: MapFiles) -> None:
+    """Raise ``MapError`` naming the first part localization reads that the map folder lacks."""
+    from visloc.io import shards
+
+    for what, path in (("database features", files.features), ("retrieval index", files.index)):
+        if not (path.is_file() or shards.shards_dir(path).is_dir()):
+            raise MapError(f"{path}: the map's {what} file is missing; rebuild the map with 'visloc map build' "
+                           f"(or copy the whole map folder)")
+
+
 def _portable(conf: dict[str, Any], files: MapFiles) -> dict[str, Any]:
     """A recorded conf whose vocabulary moved with the map folder points at the map's copy."""
     vocab = conf.get("vocabulary")
@@ -202,6 +212,7 @@ def localize_queries(map_dir: str | Path, queries: str | Path, out: str | Path, 
     check_names(names, queries, "rename them")  # else their poses would be computed, then not written
     cams = read_cameras(cameras) if cameras is not None else {}
     rec = read_reconstruction(files.model)  # checked: a damaged map fails before any query is extracted
+    check_map_parts(files)
     with output_lock(out):
         local, glob, skipped, extract_s = _extract_queries(record, files, queries, names, out, device, progress)
         dev = pick_device(device)

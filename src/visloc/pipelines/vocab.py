@@ -9,15 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
 from visloc.conf import conf_to_dict
-from visloc.errors import InputError
+from visloc.errors import InputError, ItemError
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_image
 from visloc.io.images import ImageError, list_images, read_image
 from visloc.pipelines.common import pick_device
+from visloc.pipelines.item_failures import item_failure
 from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -76,9 +78,9 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, *, num_clusters: in
         try:
             feats = extract_image(model, read_image(image_dir / name, grayscale=False), device=dev)
             descs.append(feats.descriptors.numpy())
-        except ImageError as e:
-            failed.append((name, str(e).removeprefix(f"{image_dir / name}: ")))
-            logger.warning("%s", e)
+        except (ImageError, ItemError, cv2.error) as e:  # this image only: recorded, the job goes on
+            failed.append((name, item_failure(e) or str(e).removeprefix(f"{image_dir / name}: ")))
+            logger.warning("%s: %s", name, failed[-1][1])
     if not descs:
         raise ImageError(f"{image_dir}: no readable images to learn a vocabulary from")
     x = np.concatenate(descs)

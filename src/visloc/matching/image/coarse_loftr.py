@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from visloc import conf_ranges as ranges
 from visloc.matching.base import MATCHERS, ImageMatcher
 from visloc.models.coarse_loftr import (
     CoarseLoFTR,
@@ -58,6 +59,9 @@ class CoarseLoFTRMatcherConf:
     match: CoarseMatchConf = field(default_factory=CoarseMatchConf)
     size: tuple[int, int] | None = None
     resize_max: int | None = 640
+
+    def __post_init__(self) -> None:
+        ranges.image_size(self)
 
 
 def resolve_coarse_loftr(weights: str | None, preset_name: str = "s", allow_random: bool = False) -> CoarseLoFTR:
@@ -154,6 +158,10 @@ class CoarseLoFTROnnxConf(CoarseLoFTRMatcherConf):
 
     onnx: str | None = None
     num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ranges.threads(self)
 
 
 class CoarseLoFTROnnxMatcher(ImageMatcher):

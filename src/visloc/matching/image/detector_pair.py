@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.matching.base import MATCHERS, ImageMatcher
 from visloc.registry import Capabilities
 from visloc.types import IMAGE_RGB, Matches
@@ -29,6 +30,9 @@ class DetectorPairConf:
     matcher: str = "lightglue"
     matcher_set: tuple[str, ...] = ()
     resize_max: int | None = 1024
+
+    def __post_init__(self) -> None:
+        ranges.image_size(self)
 
 
 class DetectorPair(ImageMatcher):

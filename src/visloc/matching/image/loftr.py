@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.matching.base import MATCHERS, ImageMatcher
 from visloc.registry import Capabilities
 from visloc.types import Matches
@@ -32,6 +33,10 @@ class LoFTRConf:
     variant: str = "outdoor"
     threshold: float = 0.2
     resize_max: int | None = 840
+
+    def __post_init__(self) -> None:
+        ranges.between(self, 0, 1, "threshold")
+        ranges.image_size(self)
 
 
 class LoFTRMatcher(ImageMatcher):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from visloc import conf_ranges as ranges
 from visloc.matching.base import MATCHERS, ImageMatcher
 from visloc.models.xfeat import CELL, XFeatNet, resize_to_divisor
 from visloc.registry import Capabilities
@@ -57,11 +58,12 @@ class XFeatStarConf:
     resize_max: int | None = 640
 
     def __post_init__(self) -> None:
-        if self.max_num_keypoints < 5:
-            raise ValueError(f"max_num_keypoints must be >= 5 (20 % of them at the small scale), "
-                             f"got {self.max_num_keypoints}")
-        if len(self.scales) != 2 or min(self.scales) <= 0:
-            raise ValueError(f"scales: expected two positive scales, got {self.scales}")
+        ranges.at_least(self, 5, "max_num_keypoints")  # 20 % of them at the small scale
+        if len(self.scales) != 2:
+            ranges.fail(self, "scales", "two positive scales")
+        ranges.scales(self, "scales")
+        ranges.between(self, 0, 1, "fine_confidence")
+        ranges.image_size(self)
 
 
 def dense_cells(net: XFeatNet, image: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
