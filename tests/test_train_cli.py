@@ -64,11 +64,12 @@ def test_train_errors_are_one_line(tmp_path):
     no_recipe.write_text("run_dir: x\ntrain: {max_steps: 3}\n")
     res = runner.invoke(app, ["train", str(no_recipe)])
     assert res.exit_code == 2
-    assert f"{no_recipe}: no top-level 'recipe:' key naming the recipe (known: delf, delg, event-vpr, hfnet-distill" in res.output
+    assert (f"{no_recipe}: no top-level 'recipe:' key naming the recipe (known: delf, delg, event-vpr, "
+            "hfnet-distill") in res.output
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("recipe: nope\n")
     res = runner.invoke(app, ["train", str(unknown)])
-    assert res.exit_code == 2 and "unknown recipe 'nope'; known: delf, delg, hfnet-distill" in res.output
+    assert res.exit_code == 2 and "unknown recipe 'nope'; known: delf, delg, event-vpr, hfnet-distill" in res.output
 
 
 def test_data_bdd(tmp_path):
