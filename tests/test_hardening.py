@@ -78,7 +78,7 @@ def test_a_run_failing_at_its_first_image_leaves_nothing(tmp_path: Path, monkeyp
         raise ConfError("sift: a conf error found at the first image")
 
     with monkeypatch.context() as m:
-        m.setattr(extract, "extract_tensor", broken)
+        m.setattr(extract, "extract_each", broken)
         with pytest.raises(ConfError):
             extract.extract_features(images, out, extractor="sift", progress=False)
     assert not out.exists() and not parts.parts_dir(out).exists() and not lock_path(out).exists()
