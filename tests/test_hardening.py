@@ -285,3 +285,24 @@ def test_a_cut_prediction_cache_is_moved_aside_and_rebuilt(tmp_path: Path) -> No
         read_predictions(cache, "a.png/b.png")
     assert cached_keys(cache) == set()  # predicted afresh
     assert not cache.exists() and (tmp_path / "method.h5.damaged").stat().st_size == size // 2
+
+
+def test_text_inputs_that_are_not_utf8_or_are_folders_give_one_line(tmp_path: Path) -> None:
+    from visloc.data.world.drive_io import read_frames_txt
+    from visloc.errors import InputError
+    from visloc.io.pairs import PairsError, read_pairs
+    from visloc.io.poses import PoseFileError, read_cameras, read_poses
+
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf\xe9.jpg b.jpg\n".encode("latin-1"))
+    with pytest.raises(PairsError, match=r"latin1.txt: not a UTF-8 text pairs file \(byte 3: b'\\xe9'\)"):
+        read_pairs(latin)
+    for reader in (read_poses, read_cameras):
+        with pytest.raises(PoseFileError, match="latin1.txt: not a UTF-8 text file"):
+            reader(latin)
+        with pytest.raises(PoseFileError, match="is a folder, not a file"):
+            reader(tmp_path)
+    with pytest.raises(InputError, match="latin1.txt: not a UTF-8 text file"):
+        read_frames_txt(latin)
+    with pytest.raises(PairsError, match="nope.txt: pairs file not found"):
+        read_pairs(tmp_path / "nope.txt")

@@ -13,6 +13,7 @@ from visloc.errors import InputError, VislocError
 from visloc.io.atomic import atomic_write_text
 from visloc.io.names import check_names
 from visloc.io.outputs import check_text_output
+from visloc.io.text import read_text
 
 Pair = tuple[str, str]
 
@@ -23,10 +24,8 @@ class PairsError(VislocError, ValueError):
 def read_pairs(path: str | Path) -> list[Pair]:
     """Read ``name0 name1`` lines; blank lines and ``#`` comments are ignored."""
     path = Path(path)
-    if not path.is_file():
-        raise PairsError(f"{path}: pairs file not found")
     pairs: list[Pair] = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(path, PairsError, "pairs file").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

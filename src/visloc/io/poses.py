@@ -26,6 +26,7 @@ from scipy.spatial.transform import Rotation
 
 from visloc.errors import VislocError
 from visloc.io.atomic import atomic_write_text
+from visloc.io.text import read_text
 
 if TYPE_CHECKING:  # pycolmap is imported on use
     import pycolmap
@@ -158,10 +159,8 @@ class Camera:
 
 
 def _lines(path: Path) -> list[tuple[int, list[str]]]:
-    if not path.is_file():
-        raise PoseFileError(f"{path}: file not found")
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(path, PoseFileError).splitlines(), 1):
         line = line.strip()
         if line and not line.startswith("#"):
             out.append((i, line.split()))

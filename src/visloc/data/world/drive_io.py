@@ -24,6 +24,7 @@ from scipy.spatial.transform import Rotation
 from visloc.data.world.geodesy import GeoOrigin, enu_to_geodetic, geodetic_to_utm
 from visloc.data.world.trajectory import Trajectory
 from visloc.errors import InputError
+from visloc.io.text import read_text
 
 POSE_COLUMNS = ("t_us", "x", "y", "z", "qw", "qx", "qy", "qz", "lat", "lon", "utm_e", "utm_n", "zone", "speed",
                 "street_id", "alt", "accel", "heading_deg", "lateral_m")
@@ -53,9 +54,7 @@ def poses_csv_text(traj: Trajectory, origin: GeoOrigin) -> str:
 def read_poses_csv(path: str | Path) -> dict[str, np.ndarray]:
     """Columns of a ``poses.csv`` by name: ``t_us`` and ``street_id`` int64, ``zone`` str, the rest float64."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    lines = path.read_text().splitlines()
+    lines = read_text(path, InputError).splitlines()
     if not lines or tuple(lines[0].split(",")) != POSE_COLUMNS:
         raise InputError(f"{path}: expected the header {','.join(POSE_COLUMNS)}")
     fields = [line.split(",") for line in lines[1:] if line]
@@ -76,10 +75,8 @@ def read_poses_csv(path: str | Path) -> dict[str, np.ndarray]:
 def read_frames_txt(path: str | Path) -> list[tuple[int, str]]:
     """``(t_us, name)`` of each line of a ``frames.txt``."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(path, InputError).splitlines(), 1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
