@@ -116,7 +116,7 @@ def _overrides(ov: Overrides) -> dict[str, Any]:
 
 
 def _extract_with(name: str, overrides: dict[str, Any], out: Path, files: MapFiles, images: Path, names: list[str],
-                  device: str | None, progress: bool) -> tuple[dict[str, Any], JobSummary]:
+                  device: str | None, progress: bool, batch_size: int) -> tuple[dict[str, Any], JobSummary]:
     """Extract ``names`` with ``name`` into ``out``; returns the overrides ``out`` records and the summary.
 
     An extractor that needs a VLAD vocabulary (``vocabulary`` unset) gets the map's, learned from the
@@ -125,9 +125,10 @@ def _extract_with(name: str, overrides: dict[str, Any], out: Path, files: MapFil
     conf = EXTRACTORS.conf(name, overrides)
     if "vocabulary" in EXTRACTORS.capabilities(name, conf).needs:
         return extract_vlad_features(images, out, files.vocabulary, overrides=overrides, image_list=names,
-                                     vocab_images=VOCAB_IMAGES, device=device, progress=progress)
+                                     vocab_images=VOCAB_IMAGES, device=device, progress=progress,
+                                     batch_size=batch_size)
     summary = extract_features(images, out, extractor=name, overrides=overrides, image_list=names, device=device,
-                               progress=progress)
+                               progress=progress, batch_size=batch_size)
     return overrides, summary
 
 
@@ -170,21 +171,21 @@ def _inputs(images: Path, poses: str | Path | None,
 
 def _extract(images: Path, names: list[str], files: MapFiles, extractor: str | None, overrides: Overrides,
              retrieval: str, retrieval_overrides: Overrides, device: str | None,
-             progress: bool) -> tuple[dict[str, Any], Path, list[tuple[str, str]]]:
+             progress: bool, batch_size: int) -> tuple[dict[str, Any], Path, list[tuple[str, str]]]:
     """Local (and, when those lack them, global) features; returns the confs, the global file and failures."""
     recorded = _recorded_extractor(files.features)
     ov = _overrides(overrides)
     if extractor is None and recorded is not None:
         extractor, ov = recorded[0], merge(recorded[1], ov)
     extractor = extractor or DEFAULT_EXTRACTOR
-    ov, summary = _extract_with(extractor, ov, files.features, files, images, names, device, progress)
+    ov, summary = _extract_with(extractor, ov, files.features, files, images, names, device, progress, batch_size)
     failed = list(summary.failed)
     ok = [n for n in names if n not in dict(failed)]
     confs = {"extractor": {"name": extractor, "conf": conf_to_dict(EXTRACTORS.conf(extractor, ov))}}
     global_file = files.features
     if ok and not _has_global(files.features, ok[0]):
         rov, extra = _extract_with(retrieval, _overrides(retrieval_overrides), files.global_features, files, images,
-                                   ok, device, progress)
+                                   ok, device, progress, batch_size)
         failed += extra.failed
         global_file = files.global_features
         confs["retrieval"] = {"name": retrieval, "conf": conf_to_dict(EXTRACTORS.conf(retrieval, rov))}
@@ -195,13 +196,13 @@ def _extract(images: Path, names: list[str], files: MapFiles, extractor: str | N
 
 def _extract_global(images: Path, names: list[str], files: MapFiles, features: str | Path | None, retrieval: str,
                     retrieval_overrides: Overrides, device: str | None,
-                    progress: bool) -> tuple[dict[str, Any], Path, list[tuple[str, str]]]:
+                    progress: bool, batch_size: int) -> tuple[dict[str, Any], Path, list[tuple[str, str]]]:
     """Global descriptors only (maps matched by an image matcher); returns the confs, the file, failures."""
     if features is not None and features_h5.read_attrs(files.features).get(EXTRACTOR_ATTR):
         raise InputError(f"{files.features}: holds an extractor's features; an image matcher writes its own "
                          "keypoints there: give another --features path or none")
     rov, summary = _extract_with(retrieval, _overrides(retrieval_overrides), files.global_features, files, images,
-                                 names, device, progress)
+                                 names, device, progress, batch_size)
     confs = {"extractor": None, "retrieval": {"name": retrieval, "conf": conf_to_dict(EXTRACTORS.conf(retrieval, rov))}}
     return confs, files.global_features, list(summary.failed)
 
@@ -228,7 +229,7 @@ def build_map(images: str | Path, out: str | Path, *, poses: str | Path | None =
               matches: str | Path | None = None, num_pairs: int = 10,
               triangulation: TriangulationConf | None = None, sfm: SfMConf | None = None,
               device: str | None = None, progress: bool = True, verbose: bool = False,
-              cell_size: float = 2.0) -> MapSummary:
+              cell_size: float = 2.0, batch_size: int = 1) -> MapSummary:
     """Build a map in ``out`` (layout in the module docstring) from the images below ``images``.
 
     Args:
@@ -256,6 +257,8 @@ def build_map(images: str | Path, out: str | Path, *, poses: str | Path | None =
         cell_size: with an image matcher (``MATCHERS`` kind ``image``, e.g. ``detector-pair``), keypoints of
             an image closer than this many pixels merge into one (``pipelines.match_dense``); its features
             file then holds keypoints only, and ``extractor`` is not used.
+        batch_size: database images of equal size per extractor call (``pipelines.extract``; the features
+            equal one-by-one extraction's).
     """
     if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
         raise InputError(f"num_pairs: expected an integer >= 1, got {num_pairs!r}")
@@ -268,10 +271,10 @@ def build_map(images: str | Path, out: str | Path, *, poses: str | Path | None =
     dense = MATCHERS.kind_of(matcher) == "image"
     if dense:
         confs, global_file, failed = _extract_global(images, names, files, features, retrieval, retrieval_overrides,
-                                                     device, progress)
+                                                     device, progress, batch_size)
     else:
         confs, global_file, failed = _extract(images, names, files, extractor, extractor_overrides, retrieval,
-                                              retrieval_overrides, device, progress)
+                                              retrieval_overrides, device, progress, batch_size)
     names = [n for n in names if n not in dict(failed)]
     build_index(global_file, files.index)
     seconds["extraction"] = time.perf_counter() - start
