@@ -1,10 +1,11 @@
 """Images per second of ``extract_features`` with batch sizes 1, 4 and 8, side by side in one run.
 
 Usage: python benchmarks/bench_batch.py [--threads 2] [--images 8] [--size 640 480] [--batch 1 4 8]
-                                        [--extractors aliked-n16 xfeat ...]
+                                        [--extractors aliked-n16 xfeat ...] [--quick]
 Writes ``--images`` real photos (``skimage.data``, resized to ``--size``) to a temporary folder, then for each
 extractor times the whole pipeline (read, resize, network, staging, commit; no loader workers) once per batch
 size into a fresh file, after one warm-up image. The load average before and after is printed with the table.
+``--quick``: 4 images at 320x240, XFeat only, B = 1 and 2 (the code path; the numbers mean little).
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
     parser.add_argument("--batch", type=int, nargs="+", default=(1, 4, 8))
     parser.add_argument("--extractors", nargs="+", default=("aliked-n16", "xfeat", "hfnet", "disk"))
+    parser.add_argument("--quick", action="store_true", help="4 images at 320x240, xfeat, B = 1 and 2")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.size, args.batch, args.extractors = 4, (320, 240), (1, 2), ("xfeat",)
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
     rows = []
