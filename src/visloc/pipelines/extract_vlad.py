@@ -71,8 +71,7 @@ def extract_vlad_features(image_dir: str | Path, out: str | Path, vocabulary: st
                                  extractor_conf=conf_to_dict(EXTRACTORS.conf("aliked-n16", local_ov)))
     final = {**dict(overrides), "vocabulary": str(vocabulary.resolve())}
     _write_vlad(image_dir, out, local, final, ok)
-    if not failed:
-        shards.remove(local)
+    shards.remove(local)  # everything it held is in ``out`` now
     return final, JobSummary(out, summary.done, len(image_list) - len(todo), list(summary.failed))
 
 
