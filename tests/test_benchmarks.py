@@ -102,6 +102,17 @@ def test_bench_demo_quick(tmp_path):
     assert {r["condition"] for r in recall} == {"day", "night", "fog", "blur", "all"}
 
 
+def test_bench_batch_quick(tmp_path):
+    rows = table_with(run_quick("bench_batch.py", tmp_path), "B=1 img/s")
+    assert [r["extractor"] for r in rows] == ["xfeat"] and float(rows[0]["B=2 img/s"]) > 0
+
+
+def test_bench_match_many_quick(tmp_path):
+    rows = table_with(run_quick("bench_match_many.py", tmp_path), "one call ms")
+    assert [r["features + matcher"] for r in rows] == ["hfnet + nn-mutual", "sift + nn-ratio"]
+    assert all(float(r["pair by pair ms"]) > 0 and int(r["query keypoints"]) > 50 for r in rows)
+
+
 @pytest.mark.slow
 def test_bench_speed_quick(tmp_path):
     out = tmp_path / "bench.json"

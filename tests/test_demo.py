@@ -136,7 +136,7 @@ def test_demo_cli_flags_reach_the_code(fake_pipeline, tmp_path):
                                       "--set-scene", "num_queries=9", "--method", "hfnet+nn-mutual", "--method",
                                       "aliked-n16+lightglue", "--set-extractor", "max_num_keypoints=512",
                                       "--set-matcher", "distance_threshold=0.7", "-k", "3", "--thresholds",
-                                      "1,3;2,6", "--device", "cpu"])
+                                      "1,3;2,6", "--device", "cpu", "--batch-size", "4"])
     assert result.exit_code == 2 and result.stderr == "error: stop here\n"
     (a,) = calls
     assert a["out"] == tmp_path and a["scene"].city.seed == 7 and a["scene"].num_queries == 9
@@ -145,6 +145,13 @@ def test_demo_cli_flags_reach_the_code(fake_pipeline, tmp_path):
         "distance_threshold": 0.7}
     assert a["localizer"] == LocalizerConf(num_retrieved=3) != DEMO_LOCALIZER
     assert a["thresholds"] == ((1.0, 3.0), (2.0, 6.0)) and a["device"] == "cpu" and a["progress"] is True
+    assert a["batch_size"] == 4
+
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--method", "xfeat+lighterglue"])
+    assert result.exit_code == 2
+    (xfeat,) = calls[-1]["methods"]  # a known method brings its own settings
+    assert xfeat.extractor_overrides == {"max_num_keypoints": 1024} and xfeat.retrieval == "vlad-aliked"
+    assert calls[-1]["batch_size"] == 1
 
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--extractor", "sift"])  # one method
     assert result.exit_code == 2

@@ -320,14 +320,14 @@ def test_map_build_flags_reach_the_code(fake_pipeline):
                               "nn-ratio", "--set-matcher", "ratio_threshold=0.7", "--retrieval", "vlad-aliked",
                               "--set-retrieval", "num_clusters=8", "--features", "f.h5", "--matches", "m.h5",
                               "--num-pairs", "3", "--set-model", "min_angle=2.5", "--device", "cpu",
-                              "--verbose-colmap", "--cell-size", "3.5"])
+                              "--verbose-colmap", "--cell-size", "3.5", "--batch-size", "4"])
     assert res.exit_code == 0, res.output
     assert calls == [{"images": Path("db"), "out": Path("m"), "poses": Path("p.txt"), "cameras": Path("c.txt"),
                       "extractor": "sift", "extractor_overrides": {"max_num_keypoints": 99}, "matcher": "nn-ratio",
                       "matcher_overrides": {"ratio_threshold": 0.7}, "retrieval": "vlad-aliked",
                       "retrieval_overrides": {"num_clusters": 8}, "features": Path("f.h5"), "matches": Path("m.h5"),
                       "num_pairs": 3, "triangulation": TriangulationConf(min_angle=2.5), "sfm": None,
-                      "device": "cpu", "progress": True, "verbose": True, "cell_size": 3.5}]
+                      "device": "cpu", "progress": True, "verbose": True, "cell_size": 3.5, "batch_size": 4}]
     assert "map (triangulation): 3/3 images, 10 3D points" in res.output
 
 

@@ -28,6 +28,8 @@ FeaturesOpt = Annotated[Optional[Path], typer.Option(help="Existing local featur
 MatchesOpt = Annotated[Optional[Path], typer.Option(help="Existing match file to use (and extend).")]
 NumPairs = Annotated[int, typer.Option(help="Neighbours matched per image (by poses, or by retrieval).")]
 VerboseColmap = Annotated[bool, typer.Option(help="Show COLMAP's log.")]
+BatchSize = Annotated[int, typer.Option(help="Database images of equal size per extractor call (features equal "
+                                             "one-by-one extraction's; benchmarks/bench_batch.py).")]
 
 
 @map_app.command("build")
@@ -38,7 +40,8 @@ def map_build(images: ImagesOpt, out: MapOut, poses: PosesOpt = None, cameras: C
               num_pairs: NumPairs = 10, set_model: SetModel = None, device: DeviceOpt = None,
               verbose_colmap: VerboseColmap = False,
               cell_size: Annotated[float, typer.Option(help="With an image matcher: keypoints closer than this "
-                                                            "many pixels merge.")] = 2.0) -> None:
+                                                            "many pixels merge.")] = 2.0,
+              batch_size: BatchSize = 1) -> None:
     """Extract, pair, match and triangulate (with --poses --cameras) or run SfM; resumes."""
     from visloc.conf import apply_overrides, parse_overrides
     from visloc.localization.sfm import SfMConf
@@ -54,7 +57,7 @@ def map_build(images: ImagesOpt, out: MapOut, poses: PosesOpt = None, cameras: C
     summary = run(build_map, images, out, poses=poses, cameras=cameras, extractor=ext_name, extractor_overrides=ext_ov,
                   matcher=match_name, matcher_overrides=match_ov, retrieval=ret_name, retrieval_overrides=ret_ov,
                   features=features, matches=matches, num_pairs=num_pairs, triangulation=tri, sfm=sfm, device=device,
-                  verbose=verbose_colmap, cell_size=cell_size)
+                  verbose=verbose_colmap, cell_size=cell_size, batch_size=batch_size)
     for line in summary.lines():
         typer.echo(line)
 
@@ -113,7 +116,8 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch CPU threads (defa
 def demo(out: DemoOut = Path("visloc-demo"), scene_conf: SceneConfOpt = None, set_scene: SetScene = None,
          method: MethodOpt = None, extractor: DemoExtractor = None, matcher: DemoMatcher = None,
          set_extractor: SetDemoExtractor = None, set_matcher: SetDemoMatcher = None, top_k: TopK = 10,
-         thresholds: Thresholds = None, device: DeviceOpt = None, threads: ThreadsOpt = None) -> None:
+         thresholds: Thresholds = None, device: DeviceOpt = None, threads: ThreadsOpt = None,
+         batch_size: BatchSize = 1) -> None:
     """Render the built-in city, map and localize its day/night/fog/blur queries with each method, print recall."""
     import dataclasses
     import os
@@ -149,7 +153,7 @@ def demo(out: DemoOut = Path("visloc-demo"), scene_conf: SceneConfOpt = None, se
     summary = run(run_demo, out, scene=scene, methods=methods,
                   extractor_overrides=run(parse_overrides, list(set_extractor or ())),
                   matcher_overrides=run(parse_overrides, list(set_matcher or ())), localizer=localizer,
-                  thresholds=thr, device=device)
+                  thresholds=thr, device=device, batch_size=batch_size)
     for line in summary.lines():
         typer.echo(line)
     typer.echo(f"demo finished in {time.perf_counter() - start:.0f} s")

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pycolmap
@@ -113,7 +112,16 @@ class QueryResult:
         return out
 
 
-PairMatching = Callable[[Query, str], tuple[np.ndarray, np.ndarray]]
+class PairMatching(Protocol):
+    """A pair-matching strategy (``pair_matching.SparsePairs`` or ``DensePairs``)."""
+
+    def __call__(self, query: Query, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Matched query keypoints ``[M, 2]`` and database keypoint indices ``[M]``."""
+        ...
+
+    def place(self, query: Query, names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``__call__`` for each of ``names``, in one matcher call where the matcher batches."""
+        ...
 
 
 class Localizer:
@@ -158,8 +166,7 @@ class Localizer:
     def correspondences(self, query: Query, place: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """2D-3D matches of the query with one place: ``(keypoints [M, 2] visloc convention, points [M, 3])``."""
         kpts, xyz = [], []
-        for name in place:
-            kq, db_idx = self.pairs(query, name)
+        for name, (kq, db_idx) in zip(place, self.pairs.place(query, place), strict=True):
             lookup = self._point_lookup(self._ids[name])
             if len(db_idx) and int(db_idx.max()) >= len(lookup):
                 raise ValueError(f"{name}: matched keypoint {int(db_idx.max())} is not in the map "

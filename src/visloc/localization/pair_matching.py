@@ -2,7 +2,9 @@
 
 A strategy answers ``pairs(query, name) -> (query_keypoints [M, 2], db_keypoint_index [M])``: the
 query's matched keypoints (original pixels, pixel-centre-at-0) and, for each, the index of the
-database image's keypoint in the map's feature file, whose 3D point the localizer looks up.
+database image's keypoint in the map's feature file, whose 3D point the localizer looks up;
+``pairs.place(query, names)`` answers for several database images at once (one matcher call where the
+matcher batches: ``Matcher.match_many``), with the results of one call per image.
 
 - ``SparsePairs``: a feature matcher on the query's and the database image's stored features
   (``query.features``); the database keypoint index is the match index.
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from scipy.spatial import KDTree
 
-from visloc.matching.base import ImageMatcher
+from visloc.matching.base import ImageMatcher, Matcher
 from visloc.types import Features
 
 
@@ -49,9 +51,18 @@ class SparsePairs:
 
     def __call__(self, query: Query, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Matched query keypoints ``[M, 2]`` and database keypoint indices ``[M]``."""
+        return self.place(query, [name])[0]
+
+    def place(self, query: Query, names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``__call__`` for each of ``names``, matched in one ``match_many`` call."""
+        q = query.features.to(self.device)
         with torch.inference_mode():
-            m, _ = self.matcher(query.features.to(self.device), self.db_features(name).to(self.device)).numpy()
-        return query.features.keypoints.numpy()[m[:, 0]].astype(np.float64), m[:, 1]
+            if isinstance(self.matcher, Matcher):
+                found = self.matcher.match_many(q, [self.db_features(n).to(self.device) for n in names])
+            else:  # any module with the feature matcher's forward
+                found = [self.matcher(q, self.db_features(n).to(self.device)) for n in names]
+        kq = query.features.keypoints.numpy()
+        return [(kq[m[:, 0]].astype(np.float64), m[:, 1]) for m, _ in (f.numpy() for f in found)]
 
 
 class DensePairs:
@@ -66,6 +77,10 @@ class DensePairs:
         self.db_image, self.db_keypoints, self.matcher = db_image, db_keypoints, matcher
         self.max_error, self.device = float(max_error), torch.device(device)
         self._trees: dict[str, KDTree] = {}
+
+    def place(self, query: Query, names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``__call__`` for each of ``names`` (image matchers take one pair at a time)."""
+        return [self(query, n) for n in names]
 
     def _tree(self, name: str) -> KDTree:
         if name not in self._trees:

@@ -5,6 +5,8 @@
   the keypoints it was given. Which descriptor families it accepts is its entry's
   ``capabilities(conf).accepts`` (empty: any), and an entry may adapt its conf to a family
   (``select.matcher_conf``: LightGlue picks its weights from the features' family).
+  ``match_many(feats0, others)`` matches one image with several (a query with its retrieved images),
+  in one call where the matcher can, with the matches of pair-by-pair ``forward``.
 - An **image matcher** (kind ``image``: detector-free matchers such as Coarse LoFTR, or an extractor +
   feature matcher run as one) takes two images, ``matcher(image0 [B, C, H, W], image1 [B, C, H, W])
   -> list[Matches]``, and returns its own keypoints in ``Matches.keypoints0 / keypoints1`` (pixels of
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -45,6 +48,16 @@ class Matcher(nn.Module):
     def forward(self, feats0: Features, feats1: Features) -> Matches:  # pragma: no cover - abstract
         """Match two images' features (see the module docstring)."""
         raise NotImplementedError
+
+    def match_many(self, feats0: Features, others: Sequence[Features]) -> list[Matches]:
+        """``feats0`` against each of ``others``: per pair, the matches ``forward`` gives on that pair alone.
+
+        Pair by pair here; a matcher that can run the pairs as one call with the same results overrides it
+        (``nearest_neighbor``). LightGlue does not: kornia runs a batch pair by pair whenever point pruning is
+        on (its default), and without pruning early stopping waits for every pair of the batch, which changes
+        the matches of the pairs that would have stopped sooner.
+        """
+        return [self(feats0, f) for f in others]
 
 
 class ImageMatcher(nn.Module):

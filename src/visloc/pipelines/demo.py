@@ -85,18 +85,26 @@ DEFAULT_METHODS: tuple[DemoMethod, ...] = (
     DemoMethod("hfnet", "nn-mutual", {"max_num_keypoints": 1024}),
     DemoMethod("sift", "nn-ratio", {"max_num_keypoints": 2048}),
 )
+#: other methods ``--method`` names with their own settings: the project's default pipeline (ALIKED + LightGlue,
+#: VLAD of ALIKED retrieving) and XFeat (1024 keypoints) + LighterGlue with the same retrieval
+KNOWN_METHODS: tuple[DemoMethod, ...] = (
+    *DEFAULT_METHODS,
+    DemoMethod("vlad-aliked", "lightglue"),
+    DemoMethod("xfeat", "lighterglue", {"max_num_keypoints": 1024}, retrieval="vlad-aliked"),
+)
 
 
 def parse_method(text: str) -> DemoMethod:
     """``"EXTRACTOR+MATCHER"`` (e.g. ``hfnet+nn-mutual``, ``vlad-aliked+lightglue``) as a :class:`DemoMethod`.
 
-    A default method's own overrides (its number of keypoints) come with its name.
+    A known method's own settings (:data:`KNOWN_METHODS`: its number of keypoints, its retrieval) come with its
+    name.
     """
     extractor, sep, matcher = text.partition("+")
     if not sep or not extractor.strip() or not matcher.strip() or "+" in matcher:
         raise InputError(f"method: expected EXTRACTOR+MATCHER (e.g. hfnet+nn-mutual), got {text!r}")
     method = DemoMethod(extractor.strip(), matcher.strip())
-    return next((m for m in DEFAULT_METHODS if m.name == method.name), method)
+    return next((m for m in KNOWN_METHODS if m.name == method.name), method)
 
 
 @dataclass
@@ -216,7 +224,7 @@ def run_demo(out: str | Path = "visloc-demo", *, scene: CitySceneConf | SceneCon
              methods: Sequence[DemoMethod] = DEFAULT_METHODS, extractor_overrides: Mapping[str, Any] | None = None,
              matcher_overrides: Mapping[str, Any] | None = None, localizer: LocalizerConf = DEMO_LOCALIZER,
              thresholds: Sequence[tuple[float, float]] = DEFAULT_THRESHOLDS, device: str | None = None,
-             progress: bool = True) -> DemoSummary:
+             progress: bool = True, batch_size: int = 1) -> DemoSummary:
     """Render the demo's world, then map, localize, score and draw it with every method.
 
     Args:
@@ -230,6 +238,7 @@ def run_demo(out: str | Path = "visloc-demo", *, scene: CitySceneConf | SceneCon
         thresholds: ``(metres, degrees)`` recall thresholds.
         device: torch device; None picks CUDA when available.
         progress: show progress bars.
+        batch_size: database images per extractor call (``build_map``'s).
     """
     if not methods:
         raise InputError("methods: give at least one EXTRACTOR+MATCHER")
@@ -246,7 +255,8 @@ def run_demo(out: str | Path = "visloc-demo", *, scene: CitySceneConf | SceneCon
     for m in methods:
         m = dataclasses.replace(m, extractor_overrides={**m.extractor_overrides, **(extractor_overrides or {})},
                                 matcher_overrides={**m.matcher_overrides, **(matcher_overrides or {})})
-        results.append(_run_method(m, files, out / m.name, conditions, localizer, thresholds, device, progress))
+        results.append(_run_method(m, files, out / m.name, conditions, localizer, thresholds, device, progress,
+                                   batch_size))
         seconds[m.name] = sum(results[-1].seconds.values())
     summary = DemoSummary(out, files, results, seconds)
     atomic_write_text(out / "report.json", json.dumps(summary.to_json(), indent=2) + "\n")
@@ -255,14 +265,15 @@ def run_demo(out: str | Path = "visloc-demo", *, scene: CitySceneConf | SceneCon
 
 def _run_method(method: DemoMethod, files: SceneFiles, out: Path, conditions: Mapping[str, str],
                 localizer: LocalizerConf, thresholds: Sequence[tuple[float, float]], device: str | None,
-                progress: bool) -> MethodResult:
+                progress: bool, batch_size: int = 1) -> MethodResult:
     """Map, localize, score and draw the scene with one method, in ``out``."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     map_summary = build_map(files.root, out / "map", poses=files.poses_db, cameras=files.cameras,
                             extractor=method.extractor, extractor_overrides=method.extractor_overrides,
                             matcher=method.matcher, matcher_overrides=method.matcher_overrides,
-                            retrieval=method.retrieval, num_pairs=method.num_pairs, device=device, progress=progress)
+                            retrieval=method.retrieval, num_pairs=method.num_pairs, device=device, progress=progress,
+                            batch_size=batch_size)
     seconds["map"] = time.perf_counter() - start
 
     start = time.perf_counter()

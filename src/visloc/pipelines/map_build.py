@@ -17,7 +17,8 @@ MAP_DIR layout (everything ``visloc localize --map MAP_DIR`` needs)::
     matches.h5           matches of the pairs (hloc layout)
     pairs.txt            the matched pairs
     global.index         faiss index of the global descriptors (+ .names.txt, .json)
-    vocab.pt             the VLAD vocabulary learned from the database images, when one was needed
+    vocab.pt             the VLAD vocabulary learned from the database images' ALIKED descriptors (extracted
+                         once: ``pipelines.extract_vlad``), when one was needed
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from visloc.features import EXTRACTORS
 from visloc.io import features_h5
 from visloc.io.atomic import atomic_write_text
 from visloc.io.images import list_images
+from visloc.io.jobs import JobSummary
 from visloc.io.pairs import read_pairs, write_pairs
 from visloc.io.poses import Camera, read_cameras, read_poses
 from visloc.localization import colmap
@@ -46,6 +48,7 @@ from visloc.localization.triangulation import TriangulationConf, triangulate, ve
 from visloc.matching import MATCHERS
 from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
 from visloc.pipelines.extract import extract_features
+from visloc.pipelines.extract_vlad import extract_vlad_features
 from visloc.pipelines.match_dense import QuantizeConf, match_dense
 from visloc.pipelines.match_features import match_features
 from visloc.pipelines.retrieve import build_index
@@ -112,21 +115,21 @@ def _overrides(ov: Overrides) -> dict[str, Any]:
     return dict(ov) if isinstance(ov, Mapping) else parse_overrides(list(ov))
 
 
-def _with_vocabulary(name: str, overrides: dict[str, Any], files: MapFiles, images: Path, names: list[str],
-                     device: str | None, progress: bool) -> dict[str, Any]:
-    """Point an extractor that needs a VLAD vocabulary (``vocabulary`` field unset) at one learned here."""
-    conf = EXTRACTORS.conf(name, overrides)
-    if "vocabulary" not in EXTRACTORS.capabilities(name, conf).needs:
-        return overrides
-    if not files.vocabulary.exists():
-        from visloc.pipelines.vocab import build_vocabulary
+def _extract_with(name: str, overrides: dict[str, Any], out: Path, files: MapFiles, images: Path, names: list[str],
+                  device: str | None, progress: bool, batch_size: int) -> tuple[dict[str, Any], JobSummary]:
+    """Extract ``names`` with ``name`` into ``out``; returns the overrides ``out`` records and the summary.
 
-        aliked = {k: v for k, v in conf_to_dict(conf).items() if k in ("max_num_keypoints", "detection_threshold",
-                                                                       "resize_max")}
-        summary = build_vocabulary(images, files.vocabulary, num_clusters=conf.num_clusters, max_images=VOCAB_IMAGES,
-                                   overrides=aliked, device=device, progress=progress, names=names)
-        logger.info("%s", summary.lines()[0])
-    return {**overrides, "vocabulary": str(files.vocabulary.resolve())}
+    An extractor that needs a VLAD vocabulary (``vocabulary`` unset) gets the map's, learned from the
+    descriptors of this extraction (``pipelines.extract_vlad``: each image goes through ALIKED once).
+    """
+    conf = EXTRACTORS.conf(name, overrides)
+    if "vocabulary" in EXTRACTORS.capabilities(name, conf).needs:
+        return extract_vlad_features(images, out, files.vocabulary, overrides=overrides, image_list=names,
+                                     vocab_images=VOCAB_IMAGES, device=device, progress=progress,
+                                     batch_size=batch_size)
+    summary = extract_features(images, out, extractor=name, overrides=overrides, image_list=names, device=device,
+                               progress=progress, batch_size=batch_size)
+    return overrides, summary
 
 
 def _recorded_extractor(features: Path) -> tuple[str, dict[str, Any]] | None:
@@ -168,24 +171,21 @@ def _inputs(images: Path, poses: str | Path | None,
 
 def _extract(images: Path, names: list[str], files: MapFiles, extractor: str | None, overrides: Overrides,
              retrieval: str, retrieval_overrides: Overrides, device: str | None,
-             progress: bool) -> tuple[dict[str, Any], Path, list[tuple[str, str]]]:
+             progress: bool, batch_size: int) -> tuple[dict[str, Any], Path, list[tuple[str, str]]]:
     """Local (and, when those lack them, global) features; returns the confs, the global file and failures."""
     recorded = _recorded_extractor(files.features)
     ov = _overrides(overrides)
     if extractor is None and recorded is not None:
         extractor, ov = recorded[0], merge(recorded[1], ov)
     extractor = extractor or DEFAULT_EXTRACTOR
-    ov = _with_vocabulary(extractor, ov, files, images, names, device, progress)
-    summary = extract_features(images, files.features, extractor=extractor, overrides=ov, image_list=names,
-                               device=device, progress=progress)
+    ov, summary = _extract_with(extractor, ov, files.features, files, images, names, device, progress, batch_size)
     failed = list(summary.failed)
     ok = [n for n in names if n not in dict(failed)]
     confs = {"extractor": {"name": extractor, "conf": conf_to_dict(EXTRACTORS.conf(extractor, ov))}}
     global_file = files.features
     if ok and not _has_global(files.features, ok[0]):
-        rov = _with_vocabulary(retrieval, _overrides(retrieval_overrides), files, images, ok, device, progress)
-        extra = extract_features(images, files.global_features, extractor=retrieval, overrides=rov, image_list=ok,
-                                 device=device, progress=progress)
+        rov, extra = _extract_with(retrieval, _overrides(retrieval_overrides), files.global_features, files, images,
+                                   ok, device, progress, batch_size)
         failed += extra.failed
         global_file = files.global_features
         confs["retrieval"] = {"name": retrieval, "conf": conf_to_dict(EXTRACTORS.conf(retrieval, rov))}
@@ -196,14 +196,13 @@ def _extract(images: Path, names: list[str], files: MapFiles, extractor: str | N
 
 def _extract_global(images: Path, names: list[str], files: MapFiles, features: str | Path | None, retrieval: str,
                     retrieval_overrides: Overrides, device: str | None,
-                    progress: bool) -> tuple[dict[str, Any], Path, list[tuple[str, str]]]:
+                    progress: bool, batch_size: int) -> tuple[dict[str, Any], Path, list[tuple[str, str]]]:
     """Global descriptors only (maps matched by an image matcher); returns the confs, the file, failures."""
     if features is not None and features_h5.read_attrs(files.features).get(EXTRACTOR_ATTR):
         raise InputError(f"{files.features}: holds an extractor's features; an image matcher writes its own "
                          "keypoints there: give another --features path or none")
-    rov = _with_vocabulary(retrieval, _overrides(retrieval_overrides), files, images, names, device, progress)
-    summary = extract_features(images, files.global_features, extractor=retrieval, overrides=rov, image_list=names,
-                               device=device, progress=progress)
+    rov, summary = _extract_with(retrieval, _overrides(retrieval_overrides), files.global_features, files, images,
+                                 names, device, progress, batch_size)
     confs = {"extractor": None, "retrieval": {"name": retrieval, "conf": conf_to_dict(EXTRACTORS.conf(retrieval, rov))}}
     return confs, files.global_features, list(summary.failed)
 
@@ -230,7 +229,7 @@ def build_map(images: str | Path, out: str | Path, *, poses: str | Path | None =
               matches: str | Path | None = None, num_pairs: int = 10,
               triangulation: TriangulationConf | None = None, sfm: SfMConf | None = None,
               device: str | None = None, progress: bool = True, verbose: bool = False,
-              cell_size: float = 2.0) -> MapSummary:
+              cell_size: float = 2.0, batch_size: int = 1) -> MapSummary:
     """Build a map in ``out`` (layout in the module docstring) from the images below ``images``.
 
     Args:
@@ -258,6 +257,8 @@ def build_map(images: str | Path, out: str | Path, *, poses: str | Path | None =
         cell_size: with an image matcher (``MATCHERS`` kind ``image``, e.g. ``detector-pair``), keypoints of
             an image closer than this many pixels merge into one (``pipelines.match_dense``); its features
             file then holds keypoints only, and ``extractor`` is not used.
+        batch_size: database images of equal size per extractor call (``pipelines.extract``; the features
+            equal one-by-one extraction's).
     """
     if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
         raise InputError(f"num_pairs: expected an integer >= 1, got {num_pairs!r}")
@@ -270,10 +271,10 @@ def build_map(images: str | Path, out: str | Path, *, poses: str | Path | None =
     dense = MATCHERS.kind_of(matcher) == "image"
     if dense:
         confs, global_file, failed = _extract_global(images, names, files, features, retrieval, retrieval_overrides,
-                                                     device, progress)
+                                                     device, progress, batch_size)
     else:
         confs, global_file, failed = _extract(images, names, files, extractor, extractor_overrides, retrieval,
-                                              retrieval_overrides, device, progress)
+                                              retrieval_overrides, device, progress, batch_size)
     names = [n for n in names if n not in dict(failed)]
     build_index(global_file, files.index)
     seconds["extraction"] = time.perf_counter() - start

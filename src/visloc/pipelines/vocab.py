@@ -17,6 +17,7 @@ from visloc.conf import conf_to_dict
 from visloc.errors import InputError, ItemError
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_image
+from visloc.io import features_h5
 from visloc.io.images import ImageError, list_images, read_image
 from visloc.pipelines.common import pick_device
 from visloc.pipelines.item_failures import item_failure
@@ -66,9 +67,7 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, *, num_clusters: in
     image_dir, out = Path(image_dir), Path(out)
     if max_images is not None and max_images < 1:
         raise InputError(f"max_images: expected >= 1, got {max_images}")
-    names = list_images(image_dir) if names is None else list(names)
-    if max_images is not None and len(names) > max_images:
-        names = [names[i] for i in np.linspace(0, len(names) - 1, max_images).round().astype(int)]
+    names = evenly_spaced(list_images(image_dir) if names is None else list(names), max_images)
     conf = EXTRACTORS.conf(EXTRACTOR, overrides)
     dev = pick_device(device)
     model = EXTRACTORS.entry(EXTRACTOR).builder(conf).to(dev)
@@ -84,8 +83,46 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, *, num_clusters: in
     if not descs:
         raise ImageError(f"{image_dir}: no readable images to learn a vocabulary from")
     x = np.concatenate(descs)
+    _learn_and_save(x, out, num_clusters, seed, max_descriptors, conf_to_dict(conf), len(descs))
+    return VocabSummary(out, len(descs), len(x), num_clusters, x.shape[1], time.perf_counter() - start, failed)
+
+
+def evenly_spaced(names: list[str], max_images: int | None) -> list[str]:
+    """At most ``max_images`` of ``names``, evenly spaced in their order (all of them when None)."""
+    if max_images is None or len(names) <= max_images:
+        return names
+    return [names[i] for i in np.linspace(0, len(names) - 1, max_images).round().astype(int)]
+
+
+def _learn_and_save(x: np.ndarray, out: Path, num_clusters: int, seed: int, max_descriptors: int,
+                    extractor_conf: dict[str, Any], num_images: int) -> None:
     centroids = learn_vocabulary(x, num_clusters, seed, max_descriptors)
     vocab_conf = {"num_clusters": num_clusters, "seed": seed, "max_descriptors": max_descriptors,
-                  "extractor_conf": conf_to_dict(conf)}
-    save_vocabulary(out, centroids, vocab_conf, {"extractor": EXTRACTOR, "images": len(descs)})
-    return VocabSummary(out, len(descs), len(x), num_clusters, x.shape[1], time.perf_counter() - start, failed)
+                  "extractor_conf": extractor_conf}
+    save_vocabulary(out, centroids, vocab_conf, {"extractor": EXTRACTOR, "images": num_images})
+
+
+def vocabulary_from_features(features: str | Path, names: Sequence[str], out: str | Path, *, num_clusters: int = 64,
+                             max_images: int | None = None, extractor_conf: dict[str, Any], seed: int = 0,
+                             max_descriptors: int = 200_000) -> int:
+    """The vocabulary ``build_vocabulary`` learns, from ALIKED-n16 descriptors already in a feature file.
+
+    Args:
+        features: a feature file of ``aliked-n16`` (the conf ``extractor_conf``, recorded in the vocabulary).
+        names: images of ``features`` to learn from; ``max_images`` of them, evenly spaced, are used.
+        out: vocabulary file, written atomically.
+        num_clusters: ``K``.
+        max_images: as ``build_vocabulary``'s.
+        extractor_conf: the resolved conf the descriptors were extracted with.
+        seed: seeds the descriptor subsample and k-means.
+        max_descriptors: at most this many descriptors are clustered.
+
+    Returns:
+        The number of descriptors the vocabulary was learned from.
+    """
+    used = evenly_spaced(list(names), max_images)
+    if not used:
+        raise ImageError(f"{features}: no images to learn a vocabulary from")
+    x = np.concatenate([features_h5.read_features(features, n)["descriptors"] for n in used])
+    _learn_and_save(x, Path(out), num_clusters, seed, max_descriptors, extractor_conf, len(used))
+    return len(x)
