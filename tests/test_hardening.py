@@ -306,3 +306,19 @@ def test_text_inputs_that_are_not_utf8_or_are_folders_give_one_line(tmp_path: Pa
         read_frames_txt(latin)
     with pytest.raises(PairsError, match="nope.txt: pairs file not found"):
         read_pairs(tmp_path / "nope.txt")
+
+
+def test_localize_counts_are_checked_under_the_commands_own_option_names(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from visloc.cli import app
+
+    runner = CliRunner()
+    for args, option in ((["-k", "0"], "--top-k"), (["--max-places", "0"], "--max-places"),
+                         (["--min-inliers", "-3"], "--min-inliers")):
+        res = runner.invoke(app, ["localize", "--map", str(tmp_path), "--queries", str(tmp_path), "--out",
+                                  str(tmp_path / "p.txt"), *args])
+        assert res.exit_code == 2 and f"error: {option}: expected an integer >= 1" in res.output, res.output
+        assert "LocalizerConf" not in res.output
+    res = runner.invoke(app, ["demo", "-k", "0", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "error: --top-k: expected an integer >= 1" in res.output
