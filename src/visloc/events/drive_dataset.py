@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 
 from visloc.conf import ConfError
-from visloc.data.world.drive_io import read_frames_txt, read_poses_csv
+from visloc.data.world.drive_io import read_drive_yaml, read_frames_txt, read_poses_csv
 from visloc.errors import InputError
 from visloc.events.io.h5 import VislocEvents
 from visloc.events.stream import EventStream
@@ -140,18 +139,6 @@ class EventDrive:
         return self.traversals[name]
 
 
-def _yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found (not a world drive folder?)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not readable YAML ({type(e).__name__})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping")
-    return data
-
-
 def read_event_drive(root: str | Path) -> EventDrive:
     """The event drive folder ``root`` (see the module docstring).
 
@@ -159,7 +146,7 @@ def read_event_drive(root: str | Path) -> EventDrive:
         InputError: not a drive folder, or no traversal with an ``events.h5``.
     """
     root = Path(root)
-    world, route = _yaml(root / "world.yaml"), _yaml(root / "route.yaml")
+    world, route = read_drive_yaml(root / "world.yaml"), read_drive_yaml(root / "route.yaml")
     if world.get("kind") != "drive":
         raise InputError(f"{root / 'world.yaml'}: a world {world.get('kind')!r} dataset, not a drive")
     out = {}

@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 from scipy.spatial.transform import Rotation
 
 from visloc.conf import ConfError, load_conf
-from visloc.data.world.drive_io import read_poses_csv
+from visloc.data.world.drive_io import read_drive_yaml, read_poses_csv
 from visloc.errors import InputError
 from visloc.events.simulator import EsimConf, EventSimulator
 from visloc.events.stream import EventStream
@@ -127,21 +126,9 @@ class DriveTraversal:
         return 1e6 / float(self.t_us[1] - self.t_us[0])
 
 
-def _yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found (not a finished world drive folder?)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not readable YAML ({type(e).__name__})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping")
-    return data
-
-
 def drive_traversals(root: str | Path) -> list[str]:
     """The traversal names of the drive folder ``root``, in ``route.yaml`` order."""
-    route = _yaml(Path(root) / "route.yaml")
+    route = read_drive_yaml(Path(root) / "route.yaml")
     return [str(t["name"]) for t in route.get("traversals", [])]
 
 
@@ -154,7 +141,7 @@ def read_traversal(root: str | Path, name: str) -> DriveTraversal:
     from visloc.data.scene.render import intrinsics
 
     root = Path(root)
-    world, route = _yaml(root / "world.yaml"), _yaml(root / "route.yaml")
+    world, route = read_drive_yaml(root / "world.yaml"), read_drive_yaml(root / "route.yaml")
     if world.get("kind") != "drive":
         raise InputError(f"{root / 'world.yaml'}: a world {world.get('kind')!r} dataset, not a drive")
     trav = {str(t["name"]): t for t in route.get("traversals", [])}

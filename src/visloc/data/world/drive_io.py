@@ -72,6 +72,22 @@ def read_poses_csv(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
+def read_drive_yaml(path: str | Path) -> dict:
+    """A drive folder's ``world.yaml`` or ``route.yaml`` as a mapping; ``InputError`` naming it otherwise."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (not a finished world drive folder?)")
+    try:
+        data = yaml.safe_load(read_text(path, InputError))
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not readable YAML ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping")
+    return data
+
+
 def read_frames_txt(path: str | Path) -> list[tuple[int, str]]:
     """``(t_us, name)`` of each line of a ``frames.txt``."""
     path = Path(path)
