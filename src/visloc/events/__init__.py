@@ -10,6 +10,7 @@
   ``EventSimulator.feed``, ``simulate_frames``), with v2e's leak and shot noise (``sim_noise``);
 - ``frame_sources``: frames + timestamps from an image folder or a video (OpenCV), and the motion check;
 - ``world_drive``: a world ``drive`` traversal rendered at an adaptive rate (exact flow) into the simulator;
+- ``drive_dataset``: an event drive folder for place recognition (places along the route, event windows);
 - ``io``: readers and writers of event files (MVSEC, visloc HDF5, text, npy windows, parquet, NMEA GPS).
 """
 
