@@ -362,7 +362,7 @@ def test_localize_flags_reach_the_code(fake_pipeline):
                       "image_list": None, "log": Path("l.jsonl"), "device": "cpu", "progress": True}]
     assert "localize: 0/1 queries localized" in res.output and "failed q: why" in res.output
     bad = runner.invoke(app, ["localize", "--map", "M", "--queries", "Q", "--out", "o.txt", "--min-inliers", "0"])
-    assert bad.exit_code == 2 and "min_inliers must be >= 1" in bad.output
+    assert bad.exit_code == 2 and "--min-inliers: expected an integer >= 1, got 0" in bad.output
 
 
 def test_pose_file_has_localized_queries_only(tmp_path, monkeypatch):

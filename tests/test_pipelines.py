@@ -159,8 +159,10 @@ def test_extract_conflicting_conf(photo_dir, tmp_path, photo_names):
 
 
 def test_extract_resumes_after_interrupt(photo_dir, tmp_path, monkeypatch, photo_names):
+    from visloc.pipelines import item_failures  # where extract calls the network, image group by image group
+
     out = tmp_path / "f.h5"
-    original = extract_module.extract_tensor
+    original = item_failures.extract_tensor
     calls = []
 
     def crash_on_third(*args, **kwargs):
@@ -169,12 +171,12 @@ def test_extract_resumes_after_interrupt(photo_dir, tmp_path, monkeypatch, photo
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(extract_module, "extract_tensor", crash_on_third)
+    monkeypatch.setattr(item_failures, "extract_tensor", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         extract_features(photo_dir, out, extractor="sift", progress=False)
     assert features_h5.list_feature_names(out) == list(photo_names[:2])  # committed in `finally`
     assert extract_module.ATTR in features_h5.read_attrs(out)
-    monkeypatch.setattr(extract_module, "extract_tensor", original)
+    monkeypatch.setattr(item_failures, "extract_tensor", original)
     summary = extract_features(photo_dir, out, extractor="sift", progress=False)
     assert (summary.done, summary.already_done) == (1, 2)
     assert features_h5.list_feature_names(out) == list(photo_names)
