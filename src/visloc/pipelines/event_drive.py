@@ -13,6 +13,7 @@ night, so that a model trained on day can be tested on night and the reverse.
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
 from multiprocessing import get_context
@@ -30,6 +31,7 @@ from visloc.io.atomic import atomic_write_text
 from visloc.io.jobs import JobSummary
 from visloc.pipelines.simulate_world import TraversalSummary, simulate_traversal
 
+logger = logging.getLogger(__name__)
 RECORD = "events.yaml"
 
 
@@ -108,9 +110,8 @@ def generate_event_drive(conf: EventDriveConf, out: str | Path, *, split: str,
             summaries = list(pool.map(_simulate, *zip(*jobs, strict=True)))
     rows = []
     for t, s in zip(conf.traversals, summaries, strict=True):
-        if progress:
-            for line in s.lines():
-                print(line)
+        for line in s.lines():
+            logger.info("%s", line)
         row: dict[str, object] = {"name": t.name, "condition": s.condition, "file": f"{t.name}/events.h5"}
         if s.stats is not None:
             row |= {"events": s.stats.events, "frames_rendered": s.stats.frames,
