@@ -357,3 +357,16 @@ def test_ddp_two_gloo_processes(tiny_drives, tmp_path):
     # each rank takes half of the queries: 78 over 2 ranks in batches of 2
     assert all(r["batches"] == 19 for r in rows)
     assert rows[0]["exported"] == str(run / "event_vpr.pt") and rows[1]["exported"] is None
+
+
+@pytest.mark.slow
+def test_validation_with_only_its_database_named_queries_every_other_traversal(tiny_drives):
+    from visloc.events.drive_dataset import PlaceWindows
+    from visloc.train.event_vpr.validation import open_val
+
+    spec = PlaceWindows(stride_m=2.0, kind="count", count=3000)
+    vset = open_val(str(tiny_drives[1]), spec, database=["a"])
+    names = [name for _, name in vset.places.names]
+    assert names == ["a", "b"] and len(vset.database) and len(vset.queries)
+    assert set(vset.places.traversal[vset.queries].tolist()) == {names.index("b")}
+    assert set(vset.places.traversal[vset.database].tolist()) == {names.index("a")}

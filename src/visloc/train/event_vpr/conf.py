@@ -20,6 +20,7 @@ from visloc.conf import ConfError
 from visloc.events.drive_dataset import PlaceWindows
 from visloc.models.event_vpr import EventVPRConf
 from visloc.train.core import OptimConf, check_optim
+from visloc.train.event_vpr.augment import AugmentConf
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class ValConf:
         radius_m: a database place within this distance (metres, inclusive) is a correct match.
         recall_at: the ``N`` of recall@N.
         batch_size: windows per forward pass.
+        select: the metric (``recall@N`` of ``recall_at``) whose best value so far keeps its weights in
+            ``run_dir/event_vpr_best.pt`` (step and metrics in ``run_dir/val_best.yaml``); higher is better,
+            the earlier step wins a tie.
     """
 
     every: int = 500
@@ -123,6 +127,7 @@ class ValConf:
     radius_m: float = 25.0
     recall_at: tuple[int, ...] = (1, 5, 10)
     batch_size: int = 32
+    select: str = "recall@1"
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,7 @@ class EventVPRTrainConf:
     data: DataConf = field(default_factory=DataConf)
     mining: MiningConf = field(default_factory=MiningConf)
     loss: LossConf = field(default_factory=LossConf)
+    augment: AugmentConf = field(default_factory=AugmentConf)
     val: ValConf = field(default_factory=ValConf)
     generate: GenerateConf = field(default_factory=GenerateConf)
     train: OptimConf = field(default_factory=_train)
@@ -186,6 +192,8 @@ def _check_val(v: ValConf, d: DataConf) -> None:
         raise ConfError(f"val.radius_m: expected > 0 metres, got {v.radius_m}")
     if not v.recall_at or min(v.recall_at) < 1:
         raise ConfError(f"val.recall_at: expected N >= 1, got {list(v.recall_at)}")
+    if v.select not in {f"recall@{n}" for n in v.recall_at}:
+        raise ConfError(f"val.select: expected one of {[f'recall@{n}' for n in v.recall_at]}, got {v.select!r}")
     if set(v.database) & set(v.queries):
         raise ConfError(f"val: traversals {sorted(set(v.database) & set(v.queries))} are both database and queries")
     if v.every and v.root in d.roots:

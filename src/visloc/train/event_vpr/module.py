@@ -13,7 +13,13 @@ centroids by k-means of conv5 descriptors of ``model.init_windows`` training win
 
 Optimiser: Adam (``train.lr``, ``train.weight_decay``), the core's linear warm-up per optimiser step.
 Scalars on global rank zero: ``train/{total,triplet,active,d_pos,d_neg}`` every ``train.log_every`` steps;
-``val/{recall@N, num_evaluated}`` every ``val.every`` steps (and at the start and the end).
+``val/{recall@N, num_evaluated}`` every ``val.every`` steps (and at the start and the end). The weights of
+the best validation so far (``val.select``, the untrained start included) are kept in
+``run_dir/event_vpr_best.pt`` with their step and metrics in ``run_dir/val_best.yaml``: the model to
+evaluate is the one validation chose, not the last one, which may have fitted the training places.
+
+Training windows are augmented (``augment``: mirror per triplet set, shift, thinning) before the forward
+pass; the cache and the validation see them as they are.
 """
 
 from __future__ import annotations
@@ -24,17 +30,24 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from visloc.events.vpr import EventVPRWindows, build_event_vpr
+from visloc.io.atomic import atomic_write_text
 from visloc.train.core import warmup_lambda
+from visloc.train.event_vpr.augment import augment_triplets
 from visloc.train.event_vpr.conf import EventVPRTrainConf
 from visloc.train.event_vpr.data import Pairs, PlaceSet, WindowStore, build_pairs, drive_store, open_drives
 from visloc.train.event_vpr.losses import triplet_losses
 from visloc.train.event_vpr.mining import MiningCache
 from visloc.train.event_vpr.validation import ValSet, open_val, recall
 from visloc.train.module_base import RecipeModule
+from visloc.weights.checkpoint import save_model
 
 logger = logging.getLogger(__name__)
+MODEL_NAME = "event-vpr"
+BEST_WEIGHTS = "event_vpr_best.pt"
+BEST_RECORD = "val_best.yaml"
 
 
 class EventVPRTrainModule(RecipeModule):
@@ -138,8 +151,9 @@ class EventVPRTrainModule(RecipeModule):
         return self._store().many(rows), len(q), n.shape[1]
 
     def triplet_forward(self, query_ids: np.ndarray) -> dict[str, torch.Tensor]:
-        """Mine the queries' triplets, encode ``[q, p, n]`` in one pass with gradients: the loss terms."""
+        """Mine the queries' triplets, augment them (``augment``), encode ``[q, p, n]`` in one pass with gradients."""
         windows, b, k = self.triplet_batch(query_ids)
+        windows = augment_triplets(windows, b, k, self.conf.augment, self.conf.train.seed, self.global_step)
         desc = self.net(windows)  # [B (2 + K), D], one forward pass: positives get gradients too
         with torch.autocast(device_type=self.device.type, enabled=False):
             return triplet_losses(desc, b, k, self.conf.loss.margin)
@@ -155,6 +169,34 @@ class EventVPRTrainModule(RecipeModule):
         v, vset = self.conf.val, self.val_set
         return recall(lambda rows: self.encode(rows, vset.store), vset, v.radius_m, v.recall_at)
 
+    def validate(self) -> dict[str, float] | None:
+        """Validate (``RecipeModule``); keep the weights when ``val.select`` is the best so far (rank zero)."""
+        metrics = super().validate()
+        if metrics is not None:
+            self.keep_if_best(metrics)
+        return metrics
+
+    def keep_if_best(self, metrics: dict[str, float]) -> bool:
+        """Write ``event_vpr_best.pt`` and ``val_best.yaml`` when ``metrics[val.select]`` beats the record.
+
+        The record lives in the run folder, so a resumed run compares against the best of the steps before it.
+        """
+        key = self.conf.val.select
+        if key not in metrics:
+            logger.warning("val.select %s: not measured (database too small); best weights not updated", key)
+            return False
+        record = self.run_dir / BEST_RECORD
+        best = yaml.safe_load(record.read_text()) if record.is_file() else None
+        if isinstance(best, dict) and float(best.get(key, -1.0)) >= metrics[key]:
+            return False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_model(self.run_dir / BEST_WEIGHTS, MODEL_NAME, self.net)
+        atomic_write_text(record, yaml.safe_dump({"step": int(self.global_step), "select": key,
+                                                  **{k: float(v) for k, v in metrics.items()}}, sort_keys=False))
+        logger.info("step %d: best %s so far (%.3f) -> %s", self.global_step, key, metrics[key],
+                    self.run_dir / BEST_WEIGHTS)
+        return True
+
     def configure_optimizers(self) -> dict[str, Any]:
         """Adam on every parameter (EST's kernel included); the core's warm-up, per optimiser step."""
         t = self.conf.train
@@ -163,4 +205,4 @@ class EventVPRTrainModule(RecipeModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-__all__ = ["EventVPRTrainModule"]
+__all__ = ["BEST_RECORD", "BEST_WEIGHTS", "MODEL_NAME", "EventVPRTrainModule"]

@@ -2,8 +2,10 @@
 
 ``visloc train configs/event_vpr.yaml``. What it adds to a run folder (``train.core`` documents the rest)::
 
-    event_vpr.pt     the representation and the network, a visloc model checkpoint (model ``event-vpr``,
-                     ``events.vpr.EventVPRWindows``: ``representation.*`` and ``network.*``)
+    event_vpr.pt       the representation and the network at the last step, a visloc model checkpoint
+                       (model ``event-vpr``, ``events.vpr.EventVPRWindows``: ``representation.*``, ``network.*``)
+    event_vpr_best.pt  the same at the best validation so far (``val.select``; the untrained start counts)
+    val_best.yaml      that step and its metrics
 
 With ``generate.enabled``, ``prepare`` first writes tiny event drives (``visloc data world event-drive``) into
 ``data.roots[0]`` (split ``train``) and ``val.root`` (split ``val``) unless they are there. It then checks
@@ -31,13 +33,12 @@ from visloc.models.event_vpr import EventVPRConf
 from visloc.train.datasets.sharded import ResumableLoader, ShardedSampler
 from visloc.train.event_vpr.conf import EventVPRTrainConf, check_conf
 from visloc.train.event_vpr.data import QueryIds, build_pairs, open_drives
-from visloc.train.event_vpr.module import EventVPRTrainModule
+from visloc.train.event_vpr.module import BEST_WEIGHTS, MODEL_NAME, EventVPRTrainModule
 from visloc.train.event_vpr.validation import open_val
 from visloc.train.recipe_base import Recipe, register_recipe
 from visloc.weights.checkpoint import build_model, load_model_record, save_model
 
 logger = logging.getLogger(__name__)
-MODEL_NAME = "event-vpr"
 EXPORT_NAME = "event_vpr.pt"
 
 
@@ -132,7 +133,10 @@ class EventVPRRecipe(Recipe):
         """``event_vpr.pt``: representation and network, model ``event-vpr``."""
         if not isinstance(module, EventVPRTrainModule):
             raise TypeError(f"{self.name} exports an EventVPRTrainModule, got {type(module).__name__}")
-        return save_model(Path(run_dir) / EXPORT_NAME, MODEL_NAME, module.net)
+        path = save_model(Path(run_dir) / EXPORT_NAME, MODEL_NAME, module.net)
+        if conf.val.every and (Path(run_dir) / BEST_WEIGHTS).is_file():
+            logger.info("best validated weights: %s (val_best.yaml)", Path(run_dir) / BEST_WEIGHTS)
+        return path
 
     def tiny_sections(self, run_dir: Path) -> dict[str, Any]:
         """Overrides of a tiny run: generated 64x48 drives in the run folder, input 64, 2 bins, batch 2."""
@@ -155,6 +159,6 @@ class EventVPRRecipe(Recipe):
         return self.check(apply_overrides(EventVPRTrainConf(), self.tiny_sections(run_dir)))
 
 
-__all__ = ["EXPORT_NAME", "MODEL_NAME", "EventVPRRecipe", "generate_drives"]
+__all__ = ["BEST_WEIGHTS", "EXPORT_NAME", "MODEL_NAME", "EventVPRRecipe", "generate_drives"]
 
 register_recipe(EventVPRRecipe())

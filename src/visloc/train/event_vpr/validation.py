@@ -43,7 +43,8 @@ def open_val(root: str, spec: PlaceWindows, database: Sequence[str] = (), querie
     Raises:
         InputError: not an event drive, fewer than two traversals, or an empty side (one line).
     """
-    places, source = open_drives([root], spec, tuple(database) + tuple(queries), where="val.root")
+    wanted = tuple(database) + tuple(queries) if queries else ()  # no queries named: every traversal is read
+    places, source = open_drives([root], spec, wanted, where="val.root")
     names = [name for _, name in places.names]
     db_names = list(database) or names[:1]
     q_names = list(queries) or [n for n in names if n not in db_names]
