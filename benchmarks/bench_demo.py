@@ -12,7 +12,9 @@ As ``visloc demo``, it sets ``OMP_WAIT_POLICY=PASSIVE`` unless set (``--spin``: 
 ``--quick``: one street segment at 320x240, 8 queries, one method (the whole code path; numbers mean little).
 ``--method``: the methods compared (as ``visloc demo --method``); ``--set-scene``: scene overrides (as
 ``visloc demo --set-scene``, e.g. ``streets=[3,36] num_queries=12`` for a third of the district). Per method,
-the localization time per query (wall, and the mean of each stage from the localization log) follows the table.
+the localization time per query (wall, and the mean of each stage from the localization log) and the database
+images a query was matched with (those of the places tried) follow the table; ``--method X+M@kN`` retrieves N
+images per query for that method.
 To time code before and after a change in one run, call it twice with ``PYTHONPATH`` on the two source trees.
 """
 
@@ -37,7 +39,7 @@ from visloc.data.scene.city_scene import (
     CitySceneConf,  # noqa: E402
     load_city_scene_conf,  # noqa: E402
 )
-from visloc.pipelines.demo import DEFAULT_METHODS, DemoSummary, parse_method, run_demo  # noqa: E402
+from visloc.pipelines.demo import DEFAULT_METHODS, DemoSummary, MethodResult, parse_method, run_demo  # noqa: E402
 
 QUICK = CitySceneConf(city=CityConf(width=320, height=240, focal=250.0), streets=(3,), db_spacing_m=30.0,
                       num_queries=8)
@@ -55,6 +57,12 @@ def _stages(summary: DemoSummary) -> list[tuple[str, float]]:
                   r.seconds["map"]), (f"{r.method.name}: localize", r.seconds["localize"]),
                  (f"{r.method.name}: picture", r.seconds["picture"])]
     return rows
+
+
+def _matched_images(result: MethodResult) -> int:
+    """Database images the queries were matched with: those of the places tried (up to the accepted one)."""
+    tried = (q.places[: q.place + 1] if q.place is not None else q.places for q in result.localization.results)
+    return sum(len(p) for places in tried for p in places)
 
 
 def main() -> None:
@@ -92,7 +100,8 @@ def main() -> None:
     for r in summary.methods:
         n = max(len(r.localization.results), 1)
         stages = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in r.localization.mean_seconds().items())
-        print(f"{r.method.name}: localization {r.seconds['localize'] / n:.2f} s per query wall ({stages})")
+        print(f"{r.method.name}: localization {r.seconds['localize'] / n:.2f} s per query wall ({stages}); "
+              f"{_matched_images(r) / n:.1f} database images matched per query")
     print()
     print(summary.condition_table())
 

@@ -172,7 +172,7 @@ def ready_extractor(build_extractor, netvlad_checkpoint, delg_checkpoint, tmp_pa
     from visloc.features import EXTRACTORS
     from visloc.weights import hfnet as hfnet_weights
 
-    vocab = tmp_path_factory.mktemp("vocab") / "vocab.pt"
+    vocab = tmp_path_factory.mktemp("vocab")
     weights = {"netvlad": netvlad_checkpoint, **dict.fromkeys(("delg", "delg-global", "delf", "delg-onnx"),
                                                                 delg_checkpoint)}
 
@@ -188,18 +188,22 @@ def ready_extractor(build_extractor, netvlad_checkpoint, delg_checkpoint, tmp_pa
         if name in weights:  # the test checkpoint, also where a shipped model would do (the DELG family)
             overrides.append(f"weights={weights[name]}")
         if "vocabulary" in needs:
-            if not vocab.exists():
+            from visloc.features.vlad import vlad_spec
+
+            local = vlad_spec(name).local  # a vocabulary of its local extractor's descriptors
+            path = vocab / f"{local}.pt"
+            if not path.exists():
                 from visloc.features.api import extract_image
                 from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
 
                 # from other photos than the tests': an image's VLAD on a vocabulary of its own
                 # descriptors is ~0 (the residuals of k-means cells sum to zero)
-                aliked = build_extractor("aliked-n16")
-                descs = np.concatenate([extract_image(aliked, _rgb(n).astype(np.float32) / 255.0,
+                model = build_extractor(local)
+                descs = np.concatenate([extract_image(model, _rgb(n).astype(np.float32) / 255.0,
                                                       resize_max=320).descriptors.numpy()
                                         for n in ("rocket", "camera", "immunohistochemistry")])
-                save_vocabulary(vocab, learn_vocabulary(descs, conf.num_clusters), {}, {})
-            overrides.append(f"vocabulary={vocab}")
+                save_vocabulary(path, learn_vocabulary(descs, conf.num_clusters), {}, {})
+            overrides.append(f"vocabulary={path}")
         return build_extractor(name, overrides)
 
     return build

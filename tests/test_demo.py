@@ -1,5 +1,6 @@
 """The README's main job: ``visloc demo`` on the built-in city, methods side by side, recall per condition."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -117,6 +118,23 @@ def test_parse_method_names_and_defaults():
             parse_method(bad)
 
 
+def test_parse_method_retrieval_depth_and_vlad_xfeat_methods():
+    for matcher in ("lighterglue", "nn-mutual"):  # XFeat retrieving by the VLAD of its own descriptors
+        m = parse_method(f"vlad-xfeat+{matcher}")
+        assert m.extractor_overrides == {"max_num_keypoints": 1024} and m.num_retrieved is None
+        assert m.localizer(DEMO_LOCALIZER) is DEMO_LOCALIZER
+    m = parse_method("vlad-xfeat+lighterglue@k3")
+    assert m.name == "vlad-xfeat+lighterglue@k3" and m.num_retrieved == 3
+    assert m.extractor_overrides == {"max_num_keypoints": 1024}  # the known method's own settings
+    assert m.localizer(DEMO_LOCALIZER) == dataclasses.replace(DEMO_LOCALIZER, num_retrieved=3)
+    assert parse_method("sift+nn-ratio@k5").num_retrieved == 5
+    for bad in ("sift+nn-ratio@k0", "sift+nn-ratio@kx", "sift+nn-ratio@", "sift+nn-ratio@5"):
+        with pytest.raises(ValueError, match="@kN with N >= 1"):
+            parse_method(bad)
+    with pytest.raises(ValueError, match="num_retrieved"):
+        DemoMethod("sift", "nn-ratio", num_retrieved=0)
+
+
 def test_run_demo_refuses_no_or_repeated_methods(tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         run_demo(tmp_path, methods=())
@@ -152,6 +170,12 @@ def test_demo_cli_flags_reach_the_code(fake_pipeline, tmp_path):
     (xfeat,) = calls[-1]["methods"]  # a known method brings its own settings
     assert xfeat.extractor_overrides == {"max_num_keypoints": 1024} and xfeat.retrieval == "vlad-aliked"
     assert calls[-1]["batch_size"] == 1
+
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--method", "vlad-xfeat+nn-mutual@k2"])
+    assert result.exit_code == 2
+    (fast,) = calls[-1]["methods"]  # @kN: the method's own retrieval depth, the others keep --top-k
+    assert (fast.name, fast.num_retrieved, fast.extractor_overrides) == ("vlad-xfeat+nn-mutual@k2", 2,
+                                                                         {"max_num_keypoints": 1024})
 
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--extractor", "sift"])  # one method
     assert result.exit_code == 2

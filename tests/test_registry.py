@@ -44,7 +44,8 @@ def test_names_filter_by_kind(registry):
 
 def test_shipped_kinds():
     assert EXTRACTORS.names(kind="global") == ["delg-global", "hfnet-global", "netvlad"]
-    assert {"delg", "delg-onnx", "hfnet", "hfnet-onnx", "vlad-aliked"} == set(EXTRACTORS.names(kind="local+global"))
+    assert {"delg", "delg-onnx", "hfnet", "hfnet-onnx", "vlad-aliked", "vlad-xfeat"} == set(
+        EXTRACTORS.names(kind="local+global"))
     assert {"sift", "aliked-n16", "disk", "delf", "xfeat", "xfeat-onnx"} <= set(EXTRACTORS.names(kind="local"))
     assert MATCHERS.names(kind="image") == ["detector-pair", "loftr", "loftr-coarse", "loftr-coarse-onnx", "xfeat-star"]
     assert MATCHERS.names(kind="feature") == ["lighterglue", "lightglue", "nn-mutual", "nn-ratio"]

@@ -193,12 +193,15 @@ def vocab(images: Annotated[Path, typer.Argument(help="Image folder (searched re
           clusters: Annotated[int, typer.Option(help="Number of k-means clusters K.")] = 64,
           max_images: Annotated[Optional[int], typer.Option(help="Use at most N images (evenly spaced).")] = None,
           set_: SetOpt = None,
-          device: DeviceOpt = None) -> None:
-    """Learn a VLAD vocabulary (ALIKED-n16 descriptors, k-means) for the vlad-aliked extractor."""
+          device: DeviceOpt = None,
+          extractor: Annotated[str, typer.Option(help="The VLAD extractor it is for: vlad-aliked (ALIKED-n16 "
+                                                      "descriptors) or vlad-xfeat (XFeat's); --set sets "
+                                                      "that local extractor.")] = "vlad-aliked") -> None:
+    """Learn a VLAD vocabulary (local descriptors, k-means) for vlad-aliked (default) or vlad-xfeat."""
     from visloc.pipelines.vocab import build_vocabulary
 
     summary = run(build_vocabulary, images, out, num_clusters=clusters, max_images=max_images,
-                  overrides=list(set_ or ()), device=device)
+                  overrides=list(set_ or ()), device=device, extractor=extractor)
     for line in summary.lines():
         typer.echo(line)
 

@@ -109,7 +109,9 @@ SetScene = Annotated[Sets, typer.Option(help="Scene override key=value, e.g. num
                                              "city.seed=3 (repeatable).")]
 MethodOpt = Annotated[Optional[list[str]], typer.Option("--method", help="EXTRACTOR+MATCHER compared (repeatable; "
                                                                          "default hfnet+nn-mutual and "
-                                                                         "sift+nn-ratio).")]
+                                                                         "sift+nn-ratio); EXTRACTOR+MATCHER@kN "
+                                                                         "retrieves N images per query for that "
+                                                                         "method (else --top-k).")]
 DemoExtractor = Annotated[Optional[str], typer.Option(help="One method's extractor (registered or YAML; with "
                                                            "--matcher, instead of --method).")]
 DemoMatcher = Annotated[Optional[str], typer.Option(help="One method's matcher (default nn-mutual with --extractor).")]

@@ -26,6 +26,8 @@ INDEX: dict[str, dict[str, L]] = {
                         "XFeat run by onnxruntime (same outputs as 'xfeat'; --set onnx=FILE or exported at build)"),
         "vlad-aliked": L(_F + "vlad", "local+global",
                          "ALIKED-n16 + VLAD global descriptor (vocabulary from 'visloc vocab')"),
+        "vlad-xfeat": L(_F + "vlad", "local+global",
+                        "XFeat + VLAD global descriptor (vocabulary from 'visloc vocab --extractor vlad-xfeat')"),
         "hfnet": L(_F + "hfnet", "local+global",
                    "HF-Net (MobileNetV2-0.75): SuperPoint-style local features + NetVLAD global, one pass"),
         "hfnet-onnx": L(_F + "hfnet_onnx", "local+global",

@@ -61,6 +61,8 @@ class DemoMethod:
         matcher_overrides: its conf overrides.
         retrieval: global-descriptor extractor used when ``extractor`` gives none.
         num_pairs: database neighbours (from the known poses) matched per database image.
+        num_retrieved: database images retrieved per query, for this method only (None: the demo localizer's,
+            ``--top-k``); the images of the places tried are what a query is matched with, so fewer is faster.
     """
 
     extractor: str
@@ -69,14 +71,26 @@ class DemoMethod:
     matcher_overrides: Mapping[str, Any] = field(default_factory=dict)
     retrieval: str = "hfnet-global"
     num_pairs: int = 5
+    num_retrieved: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_retrieved is not None and self.num_retrieved < 1:
+            raise InputError(f"num_retrieved: expected >= 1 (or none), got {self.num_retrieved}")
 
     @property
     def name(self) -> str:
-        """``extractor+matcher`` (a YAML file by its stem): the method's folder and table label."""
+        """``extractor+matcher`` (a YAML file by its stem; ``@kN``: its own ``num_retrieved``): folder and label."""
         def stem(s: str) -> str:
             return Path(s).stem if s.endswith((".yaml", ".yml")) else s
 
-        return f"{stem(self.extractor)}+{stem(self.matcher)}"
+        top = "" if self.num_retrieved is None else f"@k{self.num_retrieved}"
+        return f"{stem(self.extractor)}+{stem(self.matcher)}{top}"
+
+    def localizer(self, default: LocalizerConf) -> LocalizerConf:
+        """``default`` with this method's ``num_retrieved``."""
+        if self.num_retrieved is None:
+            return default
+        return dataclasses.replace(default, num_retrieved=self.num_retrieved)
 
 
 #: the demo's default methods: the shipped HF-Net student (1024 keypoints: a quarter of the matching time of
@@ -86,25 +100,37 @@ DEFAULT_METHODS: tuple[DemoMethod, ...] = (
     DemoMethod("sift", "nn-ratio", {"max_num_keypoints": 2048}),
 )
 #: other methods ``--method`` names with their own settings: the project's default pipeline (ALIKED + LightGlue,
-#: VLAD of ALIKED retrieving) and XFeat (1024 keypoints) + LighterGlue with the same retrieval
+#: VLAD of ALIKED retrieving), XFeat (1024 keypoints) + LighterGlue with the same retrieval, and XFeat (1024)
+#: retrieving by the VLAD of its own descriptors (``vlad-xfeat``: one network per query) + LighterGlue or mutual NN
 KNOWN_METHODS: tuple[DemoMethod, ...] = (
     *DEFAULT_METHODS,
     DemoMethod("vlad-aliked", "lightglue"),
     DemoMethod("xfeat", "lighterglue", {"max_num_keypoints": 1024}, retrieval="vlad-aliked"),
+    DemoMethod("vlad-xfeat", "lighterglue", {"max_num_keypoints": 1024}),
+    DemoMethod("vlad-xfeat", "nn-mutual", {"max_num_keypoints": 1024}),
 )
 
 
 def parse_method(text: str) -> DemoMethod:
-    """``"EXTRACTOR+MATCHER"`` (e.g. ``hfnet+nn-mutual``, ``vlad-aliked+lightglue``) as a :class:`DemoMethod`.
+    """``"EXTRACTOR+MATCHER[@kN]"`` (e.g. ``hfnet+nn-mutual``, ``vlad-xfeat+lighterglue@k3``) as a :class:`DemoMethod`.
 
     A known method's own settings (:data:`KNOWN_METHODS`: its number of keypoints, its retrieval) come with its
-    name.
+    name; ``@kN`` retrieves ``N`` database images per query for this method (its ``num_retrieved``).
     """
-    extractor, sep, matcher = text.partition("+")
+    body, at, top = text.partition("@")
+    extractor, sep, matcher = body.partition("+")
     if not sep or not extractor.strip() or not matcher.strip() or "+" in matcher:
         raise InputError(f"method: expected EXTRACTOR+MATCHER (e.g. hfnet+nn-mutual), got {text!r}")
+    num_retrieved = None
+    if at:
+        digits = top.strip()[1:] if top.strip().startswith("k") else ""
+        if not digits.isdigit() or int(digits) < 1:
+            raise InputError(f"method: expected EXTRACTOR+MATCHER@kN with N >= 1 (e.g. xfeat+nn-mutual@k3), "
+                             f"got {text!r}")
+        num_retrieved = int(digits)
     method = DemoMethod(extractor.strip(), matcher.strip())
-    return next((m for m in KNOWN_METHODS if m.name == method.name), method)
+    known = next((m for m in KNOWN_METHODS if m.name == method.name), method)
+    return dataclasses.replace(known, num_retrieved=num_retrieved) if at else known
 
 
 @dataclass
@@ -255,8 +281,8 @@ def run_demo(out: str | Path = "visloc-demo", *, scene: CitySceneConf | SceneCon
     for m in methods:
         m = dataclasses.replace(m, extractor_overrides={**m.extractor_overrides, **(extractor_overrides or {})},
                                 matcher_overrides={**m.matcher_overrides, **(matcher_overrides or {})})
-        results.append(_run_method(m, files, out / m.name, conditions, localizer, thresholds, device, progress,
-                                   batch_size))
+        results.append(_run_method(m, files, out / m.name, conditions, m.localizer(localizer), thresholds, device,
+                                   progress, batch_size))
         seconds[m.name] = sum(results[-1].seconds.values())
     summary = DemoSummary(out, files, results, seconds)
     atomic_write_text(out / "report.json", json.dumps(summary.to_json(), indent=2) + "\n")

@@ -17,8 +17,9 @@ MAP_DIR layout (everything ``visloc localize --map MAP_DIR`` needs)::
     matches.h5           matches of the pairs (hloc layout)
     pairs.txt            the matched pairs
     global.index         faiss index of the global descriptors (+ .names.txt, .json)
-    vocab.pt             the VLAD vocabulary learned from the database images' ALIKED descriptors (extracted
-                         once: ``pipelines.extract_vlad``), when one was needed
+    vocab.pt             the VLAD vocabulary learned from the database images' local descriptors (ALIKED's
+                         for vlad-aliked, XFeat's for vlad-xfeat; extracted once: ``pipelines.extract_vlad``),
+                         when one was needed
 """
 
 from __future__ import annotations
@@ -120,13 +121,13 @@ def _extract_with(name: str, overrides: dict[str, Any], out: Path, files: MapFil
     """Extract ``names`` with ``name`` into ``out``; returns the overrides ``out`` records and the summary.
 
     An extractor that needs a VLAD vocabulary (``vocabulary`` unset) gets the map's, learned from the
-    descriptors of this extraction (``pipelines.extract_vlad``: each image goes through ALIKED once).
+    descriptors of this extraction (``pipelines.extract_vlad``: each image goes through the local network once).
     """
     conf = EXTRACTORS.conf(name, overrides)
     if "vocabulary" in EXTRACTORS.capabilities(name, conf).needs:
         return extract_vlad_features(images, out, files.vocabulary, overrides=overrides, image_list=names,
                                      vocab_images=VOCAB_IMAGES, device=device, progress=progress,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, extractor=name)
     summary = extract_features(images, out, extractor=name, overrides=overrides, image_list=names, device=device,
                                progress=progress, batch_size=batch_size)
     return overrides, summary

@@ -1,4 +1,8 @@
-"""Learn a VLAD vocabulary from the local descriptors of a folder of images (``visloc vocab``)."""
+"""Learn a VLAD vocabulary from the local descriptors of a folder of images (``visloc vocab``).
+
+A vocabulary is for one VLAD extractor (``features.vlad``: ``vlad-aliked``, ``vlad-xfeat``) and is learned
+from the descriptors of its local extractor (ALIKED-n16, XFeat).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from visloc.conf import conf_to_dict
 from visloc.errors import InputError, ItemError
 from visloc.features import EXTRACTORS
 from visloc.features.api import extract_image
+from visloc.features.vlad import ALIKED_SPEC, vlad_spec
 from visloc.io import features_h5
 from visloc.io.images import ImageError, list_images, read_image
 from visloc.pipelines.common import pick_device
@@ -24,7 +29,7 @@ from visloc.pipelines.item_failures import item_failure
 from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
 
 logger = logging.getLogger(__name__)
-EXTRACTOR = "aliked-n16"  # the local features of vlad-aliked
+EXTRACTOR = ALIKED_SPEC.local  # the local features of vlad-aliked, the default
 
 
 @dataclass
@@ -49,28 +54,31 @@ class VocabSummary:
 def build_vocabulary(image_dir: str | Path, out: str | Path, *, num_clusters: int = 64, max_images: int | None = None,
                      overrides: Mapping[str, Any] | Sequence[str] = (), seed: int = 0,
                      max_descriptors: int = 200_000, device: str | None = None,
-                     progress: bool = True, names: Sequence[str] | None = None) -> VocabSummary:
-    """Extract ALIKED-n16 descriptors of the images below ``image_dir`` and write their k-means to ``out``.
+                     progress: bool = True, names: Sequence[str] | None = None,
+                     extractor: str = ALIKED_SPEC.name) -> VocabSummary:
+    """Extract the local descriptors of the images below ``image_dir`` and write their k-means to ``out``.
 
     Args:
         image_dir: image root (searched recursively).
         out: vocabulary file (``vocab.pt``), written atomically.
         num_clusters: ``K``; the extractor's ``num_clusters`` must match it.
         max_images: use at most this many images (evenly spaced in name order); None uses all.
-        overrides: ``aliked-n16`` conf overrides (``max_num_keypoints=1024``...).
+        overrides: the local extractor's conf overrides (``max_num_keypoints=1024``...).
         seed: seeds the descriptor subsample and k-means.
         max_descriptors: at most this many descriptors are clustered.
         device: ``cpu``, ``cuda`` or None for automatic.
         progress: show a progress bar.
         names: learn from these images (relative to ``image_dir``) instead of every image below it.
+        extractor: the VLAD extractor the vocabulary is for (its local extractor's descriptors are clustered).
     """
     image_dir, out = Path(image_dir), Path(out)
     if max_images is not None and max_images < 1:
         raise InputError(f"max_images: expected >= 1, got {max_images}")
     names = evenly_spaced(list_images(image_dir) if names is None else list(names), max_images)
-    conf = EXTRACTORS.conf(EXTRACTOR, overrides)
+    local = vlad_spec(extractor).local
+    conf = EXTRACTORS.conf(local, overrides)
     dev = pick_device(device)
-    model = EXTRACTORS.entry(EXTRACTOR).builder(conf).to(dev)
+    model = EXTRACTORS.entry(local).builder(conf).to(dev)
     start = time.perf_counter()
     descs, failed = [], []
     for name in tqdm(names, desc="vocab: extract", disable=not progress, unit="img"):
@@ -83,7 +91,7 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, *, num_clusters: in
     if not descs:
         raise ImageError(f"{image_dir}: no readable images to learn a vocabulary from")
     x = np.concatenate(descs)
-    _learn_and_save(x, out, num_clusters, seed, max_descriptors, conf_to_dict(conf), len(descs))
+    _learn_and_save(x, out, num_clusters, seed, max_descriptors, conf_to_dict(conf), len(descs), local)
     return VocabSummary(out, len(descs), len(x), num_clusters, x.shape[1], time.perf_counter() - start, failed)
 
 
@@ -95,20 +103,20 @@ def evenly_spaced(names: list[str], max_images: int | None) -> list[str]:
 
 
 def _learn_and_save(x: np.ndarray, out: Path, num_clusters: int, seed: int, max_descriptors: int,
-                    extractor_conf: dict[str, Any], num_images: int) -> None:
+                    extractor_conf: dict[str, Any], num_images: int, local: str) -> None:
     centroids = learn_vocabulary(x, num_clusters, seed, max_descriptors)
     vocab_conf = {"num_clusters": num_clusters, "seed": seed, "max_descriptors": max_descriptors,
                   "extractor_conf": extractor_conf}
-    save_vocabulary(out, centroids, vocab_conf, {"extractor": EXTRACTOR, "images": num_images})
+    save_vocabulary(out, centroids, vocab_conf, {"extractor": local, "images": num_images})
 
 
 def vocabulary_from_features(features: str | Path, names: Sequence[str], out: str | Path, *, num_clusters: int = 64,
                              max_images: int | None = None, extractor_conf: dict[str, Any], seed: int = 0,
-                             max_descriptors: int = 200_000) -> int:
-    """The vocabulary ``build_vocabulary`` learns, from ALIKED-n16 descriptors already in a feature file.
+                             max_descriptors: int = 200_000, local: str = EXTRACTOR) -> int:
+    """The vocabulary ``build_vocabulary`` learns, from local descriptors already in a feature file.
 
     Args:
-        features: a feature file of ``aliked-n16`` (the conf ``extractor_conf``, recorded in the vocabulary).
+        features: a feature file of ``local`` (the conf ``extractor_conf``, recorded in the vocabulary).
         names: images of ``features`` to learn from; ``max_images`` of them, evenly spaced, are used.
         out: vocabulary file, written atomically.
         num_clusters: ``K``.
@@ -116,6 +124,7 @@ def vocabulary_from_features(features: str | Path, names: Sequence[str], out: st
         extractor_conf: the resolved conf the descriptors were extracted with.
         seed: seeds the descriptor subsample and k-means.
         max_descriptors: at most this many descriptors are clustered.
+        local: the registered local extractor of the descriptors (recorded in the vocabulary).
 
     Returns:
         The number of descriptors the vocabulary was learned from.
@@ -124,5 +133,5 @@ def vocabulary_from_features(features: str | Path, names: Sequence[str], out: st
     if not used:
         raise ImageError(f"{features}: no images to learn a vocabulary from")
     x = np.concatenate([features_h5.read_features(features, n)["descriptors"] for n in used])
-    _learn_and_save(x, Path(out), num_clusters, seed, max_descriptors, extractor_conf, len(used))
+    _learn_and_save(x, Path(out), num_clusters, seed, max_descriptors, extractor_conf, len(used), local)
     return len(x)
