@@ -2,7 +2,8 @@
 
 An existing output is replaced or extended only when it is the job's own kind of file: an HDF5
 feature file for ``extract``, an HDF5 match file for ``match-features``, a text file for pairs and
-poses. Anything else (a photo, a match file given as ``--out`` of ``extract``, a directory) is
+poses, the file a command writes (a faiss index, a vocabulary, a PCA) for the others
+(``check_file_output``). Anything else (a photo, a match file given as ``--out`` of ``extract``, a directory) is
 refused, ``--overwrite`` or not. The output's folder (or the nearest existing folder above it) must
 be a writable folder. Each check raises ``OutputError`` with one line naming the file and the option.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -116,3 +118,28 @@ def check_text_output(out: str | Path, what: str, option: str = "--out") -> None
         raise OutputError(f"{out}: exists and is not a text {what} file; refusing to replace it "
                           f"(choose another {option})")
     check_writable(out, option)
+
+
+def check_file_output(out: str | Path, what: str, accepts: Callable[[Path], bool], option: str = "--out") -> None:
+    """Raise ``OutputError`` unless ``out`` is absent or a regular file that ``accepts``, in a writable folder.
+
+    Args:
+        out: the output file.
+        what: its kind, for the message (``faiss index``, ``VLAD vocabulary``...).
+        accepts: whether an existing file is of that kind (and may be replaced).
+        option: the command's option that names ``out``.
+    """
+    out = Path(out)
+    if _existing_file(out, what, option) and not accepts(out):
+        raise OutputError(f"{out}: exists and is not a {what} file; refusing to replace it (choose another {option})")
+    check_writable(out, option)
+
+
+def has_magic(path: Path, *magics: bytes) -> bool:
+    """Whether ``path`` starts with one of ``magics`` (False when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(max(map(len, magics)))
+    except OSError:
+        return False
+    return any(head.startswith(m) for m in magics)

@@ -19,9 +19,11 @@ from visloc.features import EXTRACTORS
 from visloc.features.api import extract_image
 from visloc.io import features_h5
 from visloc.io.images import ImageError, list_images, read_image
+from visloc.io.locks import output_lock
+from visloc.io.outputs import check_file_output
 from visloc.pipelines.common import pick_device
 from visloc.pipelines.item_failures import item_failure
-from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
+from visloc.retrieval.vlad import is_vocabulary, learn_vocabulary, save_vocabulary
 
 logger = logging.getLogger(__name__)
 EXTRACTOR = "aliked-n16"  # the local features of vlad-aliked
@@ -63,15 +65,30 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, *, num_clusters: in
         device: ``cpu``, ``cuda`` or None for automatic.
         progress: show a progress bar.
         names: learn from these images (relative to ``image_dir``) instead of every image below it.
+
+    Raises:
+        OutputError: ``out`` exists and is not a vocabulary (a photo, a folder, a network's weights).
+        OutputLockedError: another job is writing ``out``.
     """
     image_dir, out = Path(image_dir), Path(out)
     if max_images is not None and max_images < 1:
         raise InputError(f"max_images: expected >= 1, got {max_images}")
-    names = evenly_spaced(list_images(image_dir) if names is None else list(names), max_images)
-    conf = EXTRACTORS.conf(EXTRACTOR, overrides)
+    check_file_output(out, "VLAD vocabulary", is_vocabulary)
+    with output_lock(out):
+        names = evenly_spaced(list_images(image_dir) if names is None else list(names), max_images)
+        conf = EXTRACTORS.conf(EXTRACTOR, overrides)
+        start = time.perf_counter()
+        descs, failed = _descriptors(image_dir, names, conf, device, progress)
+        x = np.concatenate(descs)
+        _learn_and_save(x, out, num_clusters, seed, max_descriptors, conf_to_dict(conf), len(descs))
+    return VocabSummary(out, len(descs), len(x), num_clusters, x.shape[1], time.perf_counter() - start, failed)
+
+
+def _descriptors(image_dir: Path, names: list[str], conf: Any, device: str | None,
+                 progress: bool) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """ALIKED-n16 descriptors of each readable image of ``names``, and the failures of the others."""
     dev = pick_device(device)
     model = EXTRACTORS.entry(EXTRACTOR).builder(conf).to(dev)
-    start = time.perf_counter()
     descs, failed = [], []
     for name in tqdm(names, desc="vocab: extract", disable=not progress, unit="img"):
         try:
@@ -82,9 +99,7 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, *, num_clusters: in
             logger.warning("%s: %s", name, failed[-1][1])
     if not descs:
         raise ImageError(f"{image_dir}: no readable images to learn a vocabulary from")
-    x = np.concatenate(descs)
-    _learn_and_save(x, out, num_clusters, seed, max_descriptors, conf_to_dict(conf), len(descs))
-    return VocabSummary(out, len(descs), len(x), num_clusters, x.shape[1], time.perf_counter() - start, failed)
+    return descs, failed
 
 
 def evenly_spaced(names: list[str], max_images: int | None) -> list[str]:

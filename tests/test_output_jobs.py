@@ -1,0 +1,139 @@
+"""One writer per output, and outputs that cannot destroy inputs, for map build, index build, vocab, delf-pca, search.
+
+Each case is built here: a lock held by this process makes the command (run in a process of its own) fail
+with one line naming the output; a photo, a folder or another kind of file as the output is refused before
+any work (the work is patched to fail the test), and is left as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from test_bad_inputs import refused, visloc
+
+from visloc.features import delf_pca
+from visloc.io.features_h5 import write_features
+from visloc.io.locks import output_lock
+from visloc.io.outputs import OutputError
+from visloc.pipelines import map_build, retrieve, vocab
+from visloc.pipelines.map_build import MapFiles
+from visloc.retrieval.index import RetrievalIndex
+from visloc.retrieval.index_files import names_path
+from visloc.retrieval.vlad import save_vocabulary
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``images/`` (3 photos), ``f.h5`` (local and global descriptors) and ``db.index`` of it."""
+    root = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(root / "images" / f"im{i}.png"), rng.integers(0, 255, (64, 64), dtype=np.uint8))
+    g = rng.normal(size=(3, 8)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    write_features(root / "f.h5", {f"im{i}.png": {"keypoints": rng.random((50, 2), dtype=np.float32) * 64,
+                                                   "descriptors": rng.normal(size=(50, 16)).astype(np.float32),
+                                                   "global_descriptor": g[i]} for i in range(3)})
+    retrieve.build_index(root / "f.h5", root / "db.index")
+    return root
+
+
+def _commands(root: Path, out: Path) -> dict[str, list[object]]:
+    return {"map": ["map", "build", "--images", root / "images", "--out", out],
+            "index": ["index", "build", "--features", root / "f.h5", "--out", out],
+            "vocab": ["vocab", root / "images", "--out", out, "--clusters", 4],
+            "delf-pca": ["delf-pca", root / "f.h5", "--out", out, "--dim", 4],
+            "search": ["search", "--index", root / "db.index", "--features", root / "f.h5", "--out", out]}
+
+
+@pytest.mark.parametrize("command", ["map", "index", "vocab", "delf-pca", "search"])
+def test_a_second_writer_gets_one_line_naming_the_output(inputs: Path, tmp_path: Path, command: str) -> None:
+    out = tmp_path / "out"
+    with output_lock(out):
+        refused(visloc(*_commands(inputs, out)[command]), out, "another visloc job is writing it")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any work of the five jobs fails the test: a refusal must come before it."""
+    def never(*args: object, **kwargs: object) -> None:
+        pytest.fail("the job started working before refusing its output")
+
+    monkeypatch.setattr(map_build, "_inputs", never)
+    monkeypatch.setattr(retrieve.RetrievalIndex, "build_on_disk", never)
+    monkeypatch.setattr(retrieve, "_retrieve", never)
+    monkeypatch.setattr(vocab, "_descriptors", never)
+    monkeypatch.setattr(delf_pca, "_sample", never)
+
+
+def _jobs(root: Path) -> dict[str, Callable[[Path], object]]:
+    return {"index": lambda out: retrieve.build_index(root / "f.h5", out),
+            "vocab": lambda out: vocab.build_vocabulary(root / "images", out, num_clusters=4),
+            "delf-pca": lambda out: delf_pca.learn_delf_pca_from_features(root / "f.h5", out, dim=4),
+            "search": lambda out: retrieve.retrieve_pairs(root / "db.index", root / "f.h5", out, k=1)}
+
+
+@pytest.mark.parametrize("job", ["index", "vocab", "delf-pca", "search"])
+def test_a_photo_or_a_folder_as_out_is_refused_before_work(inputs: Path, tmp_path: Path, job: str,
+                                                           no_work: None) -> None:
+    run = _jobs(inputs)[job]
+    photo = inputs / "images" / "im0.png"
+    before = photo.read_bytes()
+    with pytest.raises(OutputError, match=f"{photo}: exists and is not a .*choose another --out"):
+        run(photo)
+    assert photo.read_bytes() == before
+    with pytest.raises(OutputError, match=f"{tmp_path}: is a directory; --out must name"):
+        run(tmp_path)
+    with pytest.raises(OutputError, match="is not a folder"):
+        run(photo / "x")
+    assert not list(tmp_path.iterdir()) and not list(photo.parent.glob(".*"))
+
+
+def test_other_kinds_of_file_are_refused(inputs: Path, tmp_path: Path, no_work: None) -> None:
+    features = inputs / "f.h5"
+    with pytest.raises(OutputError, match="not a faiss index"):
+        retrieve.build_index(features, features)
+    with pytest.raises(OutputError, match="not a VLAD vocabulary"):
+        vocab.build_vocabulary(inputs / "images", inputs / "db.index")
+    with pytest.raises(OutputError, match="not a DELF PCA"):
+        delf_pca.learn_delf_pca_from_features(features, features)
+    names = names_path(tmp_path / "x.index")
+    names.write_bytes((inputs / "images" / "im1.png").read_bytes())
+    with pytest.raises(OutputError, match="not a text index names file"):
+        retrieve.build_index(features, tmp_path / "x.index")
+    weights = tmp_path / "vocab.pt"
+    save_vocabulary(weights, np.eye(4, dtype=np.float32), {}, {})  # a vocabulary may be replaced
+    with pytest.raises(pytest.fail.Exception):
+        vocab.build_vocabulary(inputs / "images", weights)
+
+
+def test_map_parts_of_another_kind_are_refused_before_work(inputs: Path, tmp_path: Path, no_work: None) -> None:
+    photo = inputs / "images" / "im0.png"
+    with pytest.raises(OutputError, match=f"{photo}: exists and is not a folder; --out must name a map folder"):
+        map_build.build_map(inputs / "images", photo)
+    files = MapFiles.of(tmp_path / "map")
+    cases = {files.features: "not an HDF5 feature file", files.matches: "not an HDF5 match file",
+             files.pairs: "not a text pairs file", files.index: "not a faiss index",
+             files.database: "not a COLMAP database", files.vocabulary: "not a VLAD vocabulary"}
+    files.root.mkdir()
+    for part, message in cases.items():
+        part.write_bytes(photo.read_bytes())
+        with pytest.raises(OutputError, match=f"{part}: exists and is {message}"):
+            map_build.build_map(inputs / "images", files.root)
+        part.unlink()
+    files.model.write_text("x")
+    with pytest.raises(OutputError, match="sfm: exists and is not a folder"):
+        map_build.build_map(inputs / "images", files.root)
+    with pytest.raises(OutputError, match="--features must name a HDF5 feature"):
+        map_build.build_map(inputs / "images", files.root, features=tmp_path)
+    files.model.unlink()
+    files.database.touch()  # the empty file of a run killed while creating the database blocks nothing
+    RetrievalIndex.load(inputs / "db.index")  # the fixture's index is readable: the checks did not touch it
+    with pytest.raises(pytest.fail.Exception):
+        map_build.build_map(inputs / "images", files.root)
