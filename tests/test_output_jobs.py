@@ -1,4 +1,5 @@
-"""One writer per output, and outputs that cannot destroy inputs, for map build, index build, vocab, delf-pca, search.
+"""One writer per output, and outputs that cannot destroy inputs: map build, index build, vocab, delf-pca, search,
+consolidate, match's picture and export.
 
 Each case is built here: a lock held by this process makes the command (run in a process of its own) fail
 with one line naming the output; a photo, a folder or another kind of file as the output is refused before
@@ -12,14 +13,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 from test_bad_inputs import refused, visloc
 
 from visloc.features import delf_pca
+from visloc.io import shards
 from visloc.io.features_h5 import write_features
 from visloc.io.locks import output_lock
 from visloc.io.outputs import OutputError
-from visloc.pipelines import map_build, retrieve, vocab
+from visloc.pipelines import export, map_build, match_pair, retrieve, vocab
 from visloc.pipelines.map_build import MapFiles
 from visloc.retrieval.index import RetrievalIndex
 from visloc.retrieval.index_files import names_path
@@ -137,3 +140,43 @@ def test_map_parts_of_another_kind_are_refused_before_work(inputs: Path, tmp_pat
     RetrievalIndex.load(inputs / "db.index")  # the fixture's index is readable: the checks did not touch it
     with pytest.raises(pytest.fail.Exception):
         map_build.build_map(inputs / "images", files.root)
+
+
+def test_consolidate_waits_for_no_writer(tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    write_features(out, {"im0.png": {"keypoints": np.zeros((2, 2), np.float32)}})  # sharded: its master links out
+    with output_lock(out):
+        refused(visloc("consolidate", out), out, "another visloc job is writing it")
+    shards.consolidate(out)
+
+
+def test_the_match_picture_may_not_replace_an_input_or_another_kind(inputs: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        pytest.fail("matched before refusing the picture")
+
+    monkeypatch.setattr(match_pair, "_match", never)
+    im0, im1 = inputs / "images" / "im0.png", inputs / "images" / "im1.png"
+    before = im1.read_bytes()
+    with pytest.raises(OutputError, match=f"{im1}: is an input image"):
+        match_pair.match_images(im0, im1, out=im1)
+    assert im1.read_bytes() == before
+    with pytest.raises(OutputError, match="exists and is not a picture"):
+        match_pair.match_images(im0, im1, out=inputs / "f.h5")
+    with pytest.raises(pytest.fail.Exception):  # another picture may be replaced
+        match_pair.match_images(im0, im1, out=inputs / "images" / "im2.png")
+
+
+def test_export_refuses_a_photo_and_replaces_an_onnx_file(inputs: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        pytest.fail("exported before refusing --onnx")
+
+    monkeypatch.setattr(export, "_export", never)
+    photo = inputs / "images" / "im0.png"
+    with pytest.raises(OutputError, match=f"{photo}: exists and is not a ONNX file.*--onnx"):
+        export.export_registered("hfnet", photo)
+    onnx_file = tmp_path / "m.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(onnx_file))
+    with pytest.raises(pytest.fail.Exception):
+        export.export_registered("hfnet", onnx_file)

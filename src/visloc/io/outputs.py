@@ -11,8 +11,9 @@ be a writable folder. Each check raises ``OutputError`` with one line naming the
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +27,8 @@ _FEATURE_MEMBERS = ("keypoints", "global_descriptor")
 _MATCH_MEMBERS = ("matches0",)
 _ATTRS = {"visloc_matcher": "matches", "visloc_extractor": "features"}
 _TEXT_PROBE = 1 << 16
+#: how the image files OpenCV writes begin (PNG, JPEG, BMP, TIFF, WebP)
+IMAGE_MAGICS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\0", b"MM\0*", b"RIFF")
 
 
 class OutputError(VislocError, ValueError):
@@ -143,3 +146,13 @@ def has_magic(path: Path, *magics: bytes) -> bool:
     except OSError:
         return False
     return any(head.startswith(m) for m in magics)
+
+
+def check_picture_output(out: str | Path, inputs: Sequence[str | Path], option: str = "--out") -> None:
+    """Raise ``OutputError`` unless ``out`` is absent or a picture that is none of ``inputs``, in a writable folder."""
+    out = Path(out)
+    for path in inputs:
+        with contextlib.suppress(OSError):  # either is missing: not the same file
+            if out.samefile(path):
+                raise OutputError(f"{out}: is an input image; refusing to replace it (choose another {option})")
+    check_file_output(out, "picture", lambda p: has_magic(p, *IMAGE_MAGICS), option)
