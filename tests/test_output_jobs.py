@@ -1,5 +1,5 @@
 """One writer per output, and outputs that cannot destroy inputs: map build, index build, vocab, delf-pca, search,
-consolidate, match's picture and export.
+consolidate, match's picture, export and the event simulators.
 
 Each case is built here: a lock held by this process makes the command (run in a process of its own) fail
 with one line naming the output; a photo, a folder or another kind of file as the output is refused before
@@ -24,6 +24,7 @@ from visloc.io.locks import output_lock
 from visloc.io.outputs import OutputError
 from visloc.pipelines import export, map_build, match_pair, retrieve, vocab
 from visloc.pipelines.map_build import MapFiles
+from visloc.pipelines.simulate_world import simulate_traversal
 from visloc.retrieval.index import RetrievalIndex
 from visloc.retrieval.index_files import names_path
 from visloc.retrieval.vlad import save_vocabulary
@@ -180,3 +181,19 @@ def test_export_refuses_a_photo_and_replaces_an_onnx_file(inputs: Path, tmp_path
     onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(onnx_file))
     with pytest.raises(pytest.fail.Exception):
         export.export_registered("hfnet", onnx_file)
+
+
+def test_events_simulate_refuses_a_photo_even_with_overwrite(inputs: Path, tmp_path: Path) -> None:
+    photo = inputs / "images" / "im1.png"
+    before = photo.read_bytes()
+    stamps = tmp_path / "t.txt"
+    stamps.write_text("0\n0.1\n0.2\n")
+    args = ["events", "simulate", "--frames", inputs / "images", "--timestamps", stamps]
+    refused(visloc(*args, "--out", photo, "--overwrite"), photo, "not a visloc event (HDF5) file")
+    assert photo.read_bytes() == before
+    out = tmp_path / "ev.h5"
+    with output_lock(out):
+        refused(visloc(*args, "--out", out), out, "another visloc job is writing it")
+    assert not out.exists()
+    with pytest.raises(OutputError, match="not a visloc event"):
+        simulate_traversal(tmp_path, "t0", inputs / "f.h5")
