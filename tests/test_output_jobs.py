@@ -197,3 +197,12 @@ def test_events_simulate_refuses_a_photo_even_with_overwrite(inputs: Path, tmp_p
     assert not out.exists()
     with pytest.raises(OutputError, match="not a visloc event"):
         simulate_traversal(tmp_path, "t0", inputs / "f.h5")
+
+
+def test_an_eval_report_over_a_photo_is_refused_before_the_evaluation(inputs: Path, tmp_path: Path) -> None:
+    photo = inputs / "images" / "im2.png"
+    before = photo.read_bytes()
+    missing = tmp_path / "missing.txt"  # read only after the check: the refusal names the photo, not these
+    refused(visloc("eval", "localization", "--gt", missing, "--pred", missing, "--out", photo), photo,
+            "not a text JSON report file")
+    assert photo.read_bytes() == before
