@@ -206,3 +206,37 @@ def test_an_eval_report_over_a_photo_is_refused_before_the_evaluation(inputs: Pa
     refused(visloc("eval", "localization", "--gt", missing, "--pred", missing, "--out", photo), photo,
             "not a text JSON report file")
     assert photo.read_bytes() == before
+
+
+OPTION_CASES = [
+    (["vocab", "I", "--out", "v.pt", "--clusters", "0"], "--clusters: expected an integer >= 1, got 0"),
+    (["map", "build", "--images", "I", "--out", "m", "--num-pairs", "0"], "--num-pairs: expected an integer >= 1"),
+    (["map", "build", "--images", "I", "--out", "m", "--cell-size", "0"], "--cell-size: expected a finite number > 0"),
+    (["localize", "--map", "m", "--queries", "I", "--out", "p.txt", "--max-error", "0"], "--max-error: expected"),
+    (["localize", "--map", "m", "--queries", "I", "--out", "p.txt", "--min-inlier-ratio", "2"],
+     "--min-inlier-ratio: expected a value in [0, 1]"),
+    (["match-dense", "--pairs", "p", "--images", "I", "--features", "f.h5", "--out", "m.h5", "--cell-size", "nan"],
+     "--cell-size: expected a finite number > 0, got nan"),
+    (["delf-pca", "f.h5", "--out", "p.npz", "--dim", "0"], "--dim: expected an integer >= 1"),
+    (["search", "--index", "x", "--features", "f", "--out", "p.txt", "--rerank-threshold", "0"],
+     "--rerank-threshold: expected a finite number > 0"),
+    (["search", "--index", "x", "--features", "f", "--out", "p.txt", "--rerank-min-inliers", "-1"],
+     "--rerank-min-inliers: expected an integer >= 0"),
+    (["extract", "I", "--out", "f.h5", "--batch-size", "0"], "--batch-size: expected an integer >= 1"),
+    (["extract", "I", "--out", "f.h5", "--num-workers", "-1"], "--num-workers: expected an integer >= 0"),
+    (["demo", "--out", "d", "--batch-size", "0"], "--batch-size: expected an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), OPTION_CASES,
+                         ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else "")
+def test_option_values_are_refused_under_the_commands_option_names(tmp_path: Path, args: list[str], message: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from visloc.cli import app
+
+    monkeypatch.chdir(tmp_path)  # nothing is written: each refusal comes before the job starts
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and f"error: {message}" in result.output, result.output
+    assert not list(tmp_path.iterdir())

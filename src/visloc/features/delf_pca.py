@@ -75,6 +75,10 @@ def learn_delf_pca_from_features(features: str | Path, out: str | Path, dim: int
     from visloc.io.outputs import check_file_output
 
     check_file_output(out, "DELF PCA (.npz)", is_delf_pca)
+    if not Path(features).is_file():
+        from visloc.io.features_h5 import FeatureStoreError
+
+        raise FeatureStoreError(f"{features}: feature file not found")
     with output_lock(out):
         return save_delf_pca(out, learn_delf_pca(_sample(Path(features), dim, max_descriptors, seed), dim, whiten))
 

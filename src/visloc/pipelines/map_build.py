@@ -268,6 +268,8 @@ def build_map(images: str | Path, out: str | Path, *, poses: str | Path | None =
     """
     if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
         raise InputError(f"num_pairs: expected an integer >= 1, got {num_pairs!r}")
+    dense = MATCHERS.kind_of(matcher) == "image"
+    quantize = QuantizeConf(cell_size=cell_size) if dense else None  # before any work: cell_size in range
     images = Path(images)
     files = MapFiles.of(out, features, matches)
     check_map_outputs(files, "--features" if features else "--out", "--matches" if matches else "--out")
@@ -276,7 +278,6 @@ def build_map(images: str | Path, out: str | Path, *, poses: str | Path | None =
         names, pose_map, cams = _inputs(images, poses, cameras)
         seconds: dict[str, float] = {}
         start = time.perf_counter()
-        dense = MATCHERS.kind_of(matcher) == "image"
         if dense:
             confs, global_file, failed = _extract_global(images, names, files, features, retrieval,
                                                          retrieval_overrides, device, progress, batch_size)
@@ -289,8 +290,7 @@ def build_map(images: str | Path, out: str | Path, *, poses: str | Path | None =
         start = time.perf_counter()
         pairs = _select_pairs(names, pose_map, files, global_file, num_pairs)
         write_pairs(files.pairs, pairs)
-        if dense:  # per-pair keypoints, merged per image into the map's feature file
-            quantize = QuantizeConf(cell_size=cell_size)
+        if quantize is not None:  # an image matcher: per-pair keypoints, merged per image into the feature file
             match_dense(files.pairs, images, files.features, files.matches, matcher=matcher,
                         overrides=matcher_overrides, quantize=quantize, device=device, progress=progress)
             confs["dense"] = {"cell_size": quantize.cell_size, "max_error": quantize.cell_size}

@@ -73,6 +73,8 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, *, num_clusters: in
     image_dir, out = Path(image_dir), Path(out)
     if max_images is not None and max_images < 1:
         raise InputError(f"max_images: expected >= 1, got {max_images}")
+    if num_clusters < 1:  # before the extraction (k-means refuses it only after)
+        raise InputError(f"num_clusters: expected >= 1, got {num_clusters}")
     check_file_output(out, "VLAD vocabulary", is_vocabulary)
     with output_lock(out):
         names = evenly_spaced(list_images(image_dir) if names is None else list(names), max_images)
