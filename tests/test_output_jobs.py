@@ -240,3 +240,23 @@ def test_option_values_are_refused_under_the_commands_option_names(tmp_path: Pat
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and f"error: {message}" in result.output, result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_folder_outputs_refuse_a_file_before_any_work(inputs: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from visloc.cli import app
+
+    photo = tmp_path / "photo.png"
+    photo.write_bytes((inputs / "images" / "im0.png").read_bytes())
+    before = photo.read_bytes()
+    runner = CliRunner()
+    for args in (["demo", "--out", photo], ["data", "world", "pairs", "--out", photo],
+                 ["data", "bdd", "--labels", tmp_path / "l.json", "--images", tmp_path, "--out", photo]):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2 and f"error: {photo}: exists and is not a folder" in result.output, result.output
+    assert photo.read_bytes() == before and sorted(tmp_path.iterdir()) == [photo]
+    images = inputs / "images"
+    result = runner.invoke(app, ["data", "bdd", "--labels", str(tmp_path / "l.json"), "--images", str(images),
+                                 "--out", str(images)])
+    assert result.exit_code == 2 and "is the --images folder" in result.output

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Optional, cast
 
 import typer
 
-from visloc.cli_common import run
+from visloc.cli_common import fail, run
 
 data_app = typer.Typer(help="Prepare training data: public datasets, and datasets generated from the built-in world.",
                       no_args_is_help=True)
@@ -50,7 +50,11 @@ def train(config: ConfigArg, overrides: OverridesArg = None, dry_run: DryOpt = F
 def data_bdd(labels: LabelsOpt, images: ImagesOpt, out: OutOpt, time: TimesOpt = None, size: SizeOpt = 640) -> None:
     """Select BDD100K's night and dawn/dusk frames and write VGA copies (resumable)."""
     from visloc.data.bdd import NIGHT_TIMES, select_bdd
+    from visloc.io.outputs import check_folder_output
 
+    run(check_folder_output, out)
+    if out.is_dir() and images.is_dir() and out.samefile(images):
+        fail(f"{out}: is the --images folder; its copies would replace the frames (choose another --out)")
     summary = run(select_bdd, labels, images, out, times=tuple(time) if time else NIGHT_TIMES, size=size)
     for line in summary.lines("bdd"):
         typer.echo(line)
@@ -159,7 +163,9 @@ def data_world(kind: KindArg, out: WorldOutOpt, seed: SeedOpt = None, split: Spl
                set_: WorldSetOpt = None, quiet: QuietOpt = False) -> None:
     """Generate a dataset from the built-in city (deterministic per seed; atomic, resumable writes)."""
     from visloc.data.world import run_generator
+    from visloc.io.outputs import check_folder_output
 
+    run(check_folder_output, out)
     files = run(run_generator, kind, out, split=split, seed=seed, overrides=list(set_ or ()), progress=not quiet)
     for line in files.summary.lines(f"world {kind} ({split})"):
         typer.echo(line)

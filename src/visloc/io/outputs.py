@@ -156,3 +156,13 @@ def check_picture_output(out: str | Path, inputs: Sequence[str | Path], option: 
             if out.samefile(path):
                 raise OutputError(f"{out}: is an input image; refusing to replace it (choose another {option})")
     check_file_output(out, "picture", lambda p: has_magic(p, *IMAGE_MAGICS), option)
+
+
+def check_folder_output(out: str | Path, option: str = "--out") -> None:
+    """Raise ``OutputError`` unless ``out`` is absent (and can be created) or a folder that can be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder; {option} must name a folder (choose another {option})")
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: cannot write in it (permission denied); choose another {option}")
+    check_writable(out, option)
