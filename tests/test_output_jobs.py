@@ -260,3 +260,30 @@ def test_folder_outputs_refuse_a_file_before_any_work(inputs: Path, tmp_path: Pa
     result = runner.invoke(app, ["data", "bdd", "--labels", str(tmp_path / "l.json"), "--images", str(images),
                                  "--out", str(images)])
     assert result.exit_code == 2 and "is the --images folder" in result.output
+
+
+def test_live_never_records_over_its_source_or_a_photo(inputs: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from visloc.pipelines import live
+
+    def never(*args: object, **kwargs: object) -> None:
+        pytest.fail("the video was opened before refusing --out")
+
+    monkeypatch.setattr(live, "_run", never)
+    video = tmp_path / "v.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 10, (64, 64))
+    for i in range(3):
+        writer.write(np.full((64, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    before = video.read_bytes()
+    with pytest.raises(OutputError, match=f"{video}: is the input video"):
+        live.run_live(video, live.LiveConf(out=video, show=False))
+    assert video.read_bytes() == before
+    photo = tmp_path / "photo.mp4"  # a photo under a video's name
+    photo.write_bytes((inputs / "images" / "im0.png").read_bytes())
+    with pytest.raises(OutputError, match=f"{photo}: exists and is not a video"):
+        live.run_live(video, live.LiveConf(out=photo, show=False))
+    other = tmp_path / "old.mp4"
+    other.write_bytes(before)  # a video of its own may be replaced
+    with pytest.raises(pytest.fail.Exception):
+        live.run_live(video, live.LiveConf(out=other, show=False))
