@@ -243,6 +243,7 @@ def test_option_values_are_refused_under_the_commands_option_names(tmp_path: Pat
 
 
 def test_folder_outputs_refuse_a_file_before_any_work(inputs: Path, tmp_path: Path) -> None:
+    """demo, data world / bdd / gldv2 / revisitop: no network and no rendering before the refusal."""
     from typer.testing import CliRunner
 
     from visloc.cli import app
@@ -252,7 +253,9 @@ def test_folder_outputs_refuse_a_file_before_any_work(inputs: Path, tmp_path: Pa
     before = photo.read_bytes()
     runner = CliRunner()
     for args in (["demo", "--out", photo], ["data", "world", "pairs", "--out", photo],
-                 ["data", "bdd", "--labels", tmp_path / "l.json", "--images", tmp_path, "--out", photo]):
+                 ["data", "bdd", "--labels", tmp_path / "l.json", "--images", tmp_path, "--out", photo],
+                 ["data", "gldv2", "download", "--out", photo], ["data", "revisitop", "download", "--out", photo],
+                 ["data", "gldv2", "prepare", tmp_path, "--out", photo]):
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 2 and f"error: {photo}: exists and is not a folder" in result.output, result.output
     assert photo.read_bytes() == before and sorted(tmp_path.iterdir()) == [photo]
