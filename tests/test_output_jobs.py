@@ -290,3 +290,13 @@ def test_live_never_records_over_its_source_or_a_photo(inputs: Path, tmp_path: P
     other.write_bytes(before)  # a video of its own may be replaced
     with pytest.raises(pytest.fail.Exception):
         live.run_live(video, live.LiveConf(out=other, show=False))
+
+
+def test_a_folder_named_dot_is_locked_beside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    with output_lock(Path(".")):
+        assert (tmp_path / ".run.lock").is_file()
+        with output_lock(Path("../run")):  # the same folder: re-entrant
+            pass
+    assert not (tmp_path / ".run.lock").exists()
