@@ -300,3 +300,11 @@ def test_a_folder_named_dot_is_locked_beside_it(tmp_path: Path, monkeypatch: pyt
         with output_lock(Path("../run")):  # the same folder: re-entrant
             pass
     assert not (tmp_path / ".run.lock").exists()
+
+
+@pytest.mark.parametrize("kind", ["exhaustive", "sequential"])
+def test_pairs_commands_hold_their_lock(inputs: Path, tmp_path: Path, kind: str) -> None:
+    out = tmp_path / "pairs.txt"
+    with output_lock(out):
+        refused(visloc("pairs", kind, "--images", inputs / "images", "--out", out), out, "another visloc job")
+    assert not out.exists()

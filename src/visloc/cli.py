@@ -131,10 +131,14 @@ def pairs_exhaustive(out: Annotated[Path, typer.Option(help="Pairs file to write
                      images: Annotated[Optional[Path], typer.Option(help="Image folder.")] = None,
                      features: Annotated[Optional[Path], typer.Option(help="Or a feature file.")] = None) -> None:
     """All unordered pairs of the images of a folder or of a feature file."""
+    from visloc.io.locks import output_lock
+    from visloc.io.outputs import check_text_output
     from visloc.io.pairs import exhaustive_pairs, write_pairs
 
-    pairs = exhaustive_pairs(_names(images, features))
-    write_pairs(out, pairs)
+    check_text_output(out, "pairs")  # before listing the images
+    with output_lock(out):
+        pairs = exhaustive_pairs(_names(images, features))
+        write_pairs(out, pairs)
     typer.echo(f"{len(pairs)} pairs -> {out}")
 
 
@@ -145,11 +149,15 @@ def pairs_sequential(out: Annotated[Path, typer.Option(help="Pairs file to write
                      window: Annotated[int, typer.Option(help="Pair each image with its next N.")] = 5,
                      loop: Annotated[bool, typer.Option(help="Wrap around the end of the sequence.")] = False) -> None:
     """Each image with its next --window images, in name order (video sequences)."""
+    from visloc.io.locks import output_lock
+    from visloc.io.outputs import check_text_output
     from visloc.io.pairs import sequential_pairs, write_pairs
 
     at_least({"--window": window})
-    pairs = run(sequential_pairs, _names(images, features), window=window, loop=loop)
-    write_pairs(out, pairs)
+    check_text_output(out, "pairs")
+    with output_lock(out):
+        pairs = run(sequential_pairs, _names(images, features), window=window, loop=loop)
+        write_pairs(out, pairs)
     typer.echo(f"{len(pairs)} pairs -> {out}")
 
 
