@@ -93,7 +93,7 @@ def test_usage_errors_and_exit_codes_pass_through():
 
 def test_a_bad_option_value_is_a_user_error(tmp_path):
     cases = {("pairs", "sequential", "--out", tmp_path / "p.txt", "--images", tmp_path, "--window", 0):
-             "window must be >= 1",
+             "--window: expected an integer >= 1, got 0",
              ("eval", "localization", "--gt", tmp_path / "gt.txt", "--pred", tmp_path / "p.txt", "--thresholds", "x"):
              "thresholds: expected 'position,degrees'",
              ("eval", "recall", "--pred", tmp_path / "p.npy", "--db-utm", tmp_path / "d.npy", "--query-utm",
@@ -275,8 +275,10 @@ def test_search_flags_reach_the_code(fake_pipeline):
     (["--rerank", 2], "--rerank needs --db-features"),
     (["--rerank", 2, "--db-features", "db.h5", "--rerank-model", "essential"],
      "model: expected homography, fundamental or affine"),
-    (["--rerank", 2, "--db-features", "db.h5", "--rerank-threshold", 0], "threshold: expected > 0 pixels"),
-    (["--rerank", 2, "--db-features", "db.h5", "--rerank-min-inliers", -3], "min_inliers: expected >= 0"),
+    (["--rerank", 2, "--db-features", "db.h5", "--rerank-threshold", 0],
+     "--rerank-threshold: expected a finite number > 0, got 0.0"),
+    (["--rerank", 2, "--db-features", "db.h5", "--rerank-min-inliers", -3],
+     "--rerank-min-inliers: expected an integer >= 0, got -3"),
 ])
 def test_search_bad_rerank_options_are_one_line(fake_pipeline, args, expected):
     import visloc.pipelines.retrieve as rp

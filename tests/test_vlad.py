@@ -121,7 +121,7 @@ def test_vocab_cli_writes_a_vocabulary(vocab_file, tmp_path, small_photos):
     assert vocab.conf["num_clusters"] == 8 and vocab.conf["extractor_conf"]["max_num_keypoints"] == 512
     result = CliRunner().invoke(app, ["vocab", str(small_photos), "--out", str(tmp_path / "v.pt"),
                                       "--max-images", "0"])
-    assert result.exit_code == 2 and "max_images: expected >= 1, got 0" in result.output
+    assert result.exit_code == 2 and "--max-images: expected an integer >= 1, got 0" in result.output
 
 
 def test_vlad_aliked_retrieves_warped_copies(vocab_file, photo_pairs):

@@ -12,7 +12,18 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from visloc.cli_common import BoundaryGroup, DeviceOpt, SetOpt, SetRerankMatcher, fail, rerank_conf, resolve_conf, run
+from visloc.cli_common import (
+    BoundaryGroup,
+    DeviceOpt,
+    SetOpt,
+    SetRerankMatcher,
+    above,
+    at_least,
+    fail,
+    rerank_conf,
+    resolve_conf,
+    run,
+)
 from visloc.cli_eval import bench, eval_app
 from visloc.cli_events import events_app
 from visloc.cli_export import export_app
@@ -87,6 +98,8 @@ def extract(images: Annotated[Path, typer.Argument(help="Image folder (searched 
             gpus_per_task: Annotated[float, typer.Option(help="With --ray: GPUs per task.")] = 0.0,
             shard_size: Annotated[int, typer.Option(help="With --ray: images per task.")] = 64) -> None:
     """Extract features of every image below IMAGES into --out; resumes, skips bad images."""
+    at_least({"--batch-size": batch_size, "--cpus-per-task": cpus_per_task, "--shard-size": shard_size})
+    at_least({"--num-workers": num_workers}, 0)
     names = None
     if image_list is not None:
         if not image_list.is_file():
@@ -118,10 +131,14 @@ def pairs_exhaustive(out: Annotated[Path, typer.Option(help="Pairs file to write
                      images: Annotated[Optional[Path], typer.Option(help="Image folder.")] = None,
                      features: Annotated[Optional[Path], typer.Option(help="Or a feature file.")] = None) -> None:
     """All unordered pairs of the images of a folder or of a feature file."""
+    from visloc.io.locks import output_lock
+    from visloc.io.outputs import check_text_output
     from visloc.io.pairs import exhaustive_pairs, write_pairs
 
-    pairs = exhaustive_pairs(_names(images, features))
-    write_pairs(out, pairs)
+    check_text_output(out, "pairs")  # before listing the images
+    with output_lock(out):
+        pairs = exhaustive_pairs(_names(images, features))
+        write_pairs(out, pairs)
     typer.echo(f"{len(pairs)} pairs -> {out}")
 
 
@@ -132,10 +149,15 @@ def pairs_sequential(out: Annotated[Path, typer.Option(help="Pairs file to write
                      window: Annotated[int, typer.Option(help="Pair each image with its next N.")] = 5,
                      loop: Annotated[bool, typer.Option(help="Wrap around the end of the sequence.")] = False) -> None:
     """Each image with its next --window images, in name order (video sequences)."""
+    from visloc.io.locks import output_lock
+    from visloc.io.outputs import check_text_output
     from visloc.io.pairs import sequential_pairs, write_pairs
 
-    pairs = run(sequential_pairs, _names(images, features), window=window, loop=loop)
-    write_pairs(out, pairs)
+    at_least({"--window": window})
+    check_text_output(out, "pairs")
+    with output_lock(out):
+        pairs = run(sequential_pairs, _names(images, features), window=window, loop=loop)
+        write_pairs(out, pairs)
     typer.echo(f"{len(pairs)} pairs -> {out}")
 
 
@@ -200,6 +222,7 @@ def vocab(images: Annotated[Path, typer.Argument(help="Image folder (searched re
     """Learn a VLAD vocabulary (local descriptors, k-means) for vlad-aliked (default) or vlad-xfeat."""
     from visloc.pipelines.vocab import build_vocabulary
 
+    at_least({"--clusters": clusters, "--max-images": max_images})
     summary = run(build_vocabulary, images, out, num_clusters=clusters, max_images=max_images,
                   overrides=list(set_ or ()), device=device, extractor=extractor)
     for line in summary.lines():
@@ -217,6 +240,7 @@ def delf_pca(features: Annotated[Path, typer.Argument(help="Raw delf features of
     """Learn DELF's PCA whitening of its local descriptors from a database's features."""
     from visloc.features.delf_pca import learn_delf_pca_from_features
 
+    at_least({"--dim": dim, "--max-descriptors": max_descriptors})
     path = run(learn_delf_pca_from_features, features, out, dim=dim, whiten=whiten, max_descriptors=max_descriptors)
     typer.echo(f"delf-pca: {dim}-d PCA{' with whitening' if whiten else ''} -> {path}")
 
@@ -267,6 +291,7 @@ def match_dense_cmd(pairs: Annotated[Path, typer.Option(help="Pairs file, 'name0
     """Match image pairs with an image matcher into --features and --out (hloc layout); resumes."""
     from visloc.pipelines.match_dense import QuantizeConf, match_dense
 
+    above({"--cell-size": cell_size})
     name, overrides = resolve_conf(conf, set_)
     quantize = run(QuantizeConf, cell_size=cell_size)
     summary = run(match_dense, pairs, images, features, out, matcher=name, overrides=overrides, quantize=quantize,

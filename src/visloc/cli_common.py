@@ -9,6 +9,7 @@ body follows the same rule.
 
 from __future__ import annotations
 
+import math
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,20 @@ def fail(message: str) -> NoReturn:
     """Print ``error: message`` and exit with code 2."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def at_least(options: dict[str, int | None], low: int = 1) -> None:
+    """One line naming the command's option (not the conf field behind it) when a count is below ``low``."""
+    for name, value in options.items():
+        if value is not None and value < low:
+            fail(f"{name}: expected an integer >= {low}, got {value}")
+
+
+def above(options: dict[str, float | None], low: float = 0.0) -> None:
+    """One line naming the command's option when a number is not finite or not above ``low``."""
+    for name, value in options.items():
+        if value is not None and not (math.isfinite(value) and value > low):
+            fail(f"{name}: expected a finite number > {low:g}, got {value}")
 
 
 def first_line(error: BaseException) -> str:
@@ -79,6 +94,8 @@ def rerank_conf(top: int, db_features: Optional[Path], model: str, threshold: Op
 
     if top < 0:
         fail(f"--rerank: expected >= 0, got {top}")
+    at_least({"--rerank-min-inliers": min_inliers}, 0)
+    above({"--rerank-threshold": threshold})
     if top and db_features is None:
         fail("--rerank needs --db-features (the database images' local features)")
     return run(RerankConf, top=top, db_features=db_features, model=model, threshold=threshold,

@@ -31,6 +31,14 @@ Cache = Annotated[Optional[Path], typer.Option(help="Prediction cache (default $
 Thr = Annotated[Optional[float], typer.Option(help="RANSAC inlier threshold in pixels.")]
 
 
+def _check_report(out: Optional[Path]) -> None:
+    """Before any work: a --out that exists is a text file (a JSON report), in a writable folder."""
+    if out is not None:
+        from visloc.io.outputs import check_text_output
+
+        run(check_text_output, out, "JSON report")
+
+
 def _finish(report, columns, out: Optional[Path]) -> None:  # noqa: ANN001
     """Print the table and write the JSON report."""
     from visloc.pipelines.evaluate import format_table
@@ -48,6 +56,7 @@ def eval_homography(dataset: Annotated[str, typer.Option(help="synthetic (built 
                     threshold: Thr = None, seed: Annotated[int, typer.Option(help="Synthetic pairs seed.")] = 0,
                     cache: Cache = None, out: Out = None, device: DeviceOpt = None) -> None:
     """Homography accuracy: corner-error AUC at 1/3/5 px, precision at 3 px."""
+    _check_report(out)
     from visloc.pipelines.evaluate import HOMOGRAPHY_COLUMNS, evaluate_homography
 
     if dataset not in ("synthetic", "graf"):
@@ -63,6 +72,7 @@ def eval_pose(extractor: Extr = "aliked-n16", matcher: Match = "lightglue", set_
               step: Annotated[int, typer.Option(help="Frames between the two images of a pair.")] = 5,
               threshold: Thr = None, cache: Cache = None, out: Out = None, device: DeviceOpt = None) -> None:
     """Relative pose on ViSP Castle-simu: AUC at 5/10/20 degrees (visp-images-data)."""
+    _check_report(out)
     from visloc.pipelines.evaluate import POSE_COLUMNS, evaluate_pose
 
     method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
@@ -75,6 +85,7 @@ def eval_stereo(extractor: Extr = "aliked-n16", matcher: Match = "lightglue", se
                 set_matcher: SetM = None, resize_max: Resize = 640, cache: Cache = None,
                 out: Out = None, device: DeviceOpt = None) -> None:
     """Stereo end-point error on skimage's Middlebury motorcycle pair."""
+    _check_report(out)
     from visloc.pipelines.evaluate import STEREO_COLUMNS, evaluate_stereo
 
     method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
@@ -195,6 +206,7 @@ def eval_retrieval(gnd: GndOpt = None, ranks: RanksOpt = None, scores: ScoresOpt
     end to end, --dataset: images of --root extracted with --extractor (queries cropped), searched, and
     with --rerank N re-ranked by DELG's geometric verification (Medium and Hard each without their junk).
     """
+    _check_report(out)
     from visloc.eval.retrieval import KAPPAS
 
     kappas = tuple(k) if k else KAPPAS
@@ -241,6 +253,7 @@ def _eval_ranking(gnd, ranks, scores, protocol, kappas, index, features, rerank,
 def eval_recall(pred: PredOpt, db_utm: UtmOpt = None, query_utm: UtmOpt = None, db_names: NamesOpt = None,
                 query_names: NamesOpt = None, radius: RadiusOpt = 25.0, n: NOpt = None, out: Out = None) -> None:
     """Place recognition recall@N, positives within --radius metres; queries without one are left out."""
+    _check_report(out)
     from visloc.eval.place_recognition import RECALL_NS
     from visloc.pipelines.evaluate_retrieval import evaluate_recall
 
@@ -268,6 +281,7 @@ LocThrOpt = Annotated[Optional[str], typer.Option(help="Recall thresholds 'posit
 def eval_localization(gt: GtPosesOpt, pred: PredPosesOpt, log: LocLogOpt = None, thresholds: LocThrOpt = None,
                       out: Out = None) -> None:
     """Localization accuracy: position / rotation errors, recall at thresholds, time per stage."""
+    _check_report(out)
     from visloc.eval.localization import DEFAULT_THRESHOLDS, evaluate_localization, parse_thresholds
 
     thr = run(parse_thresholds, thresholds) if thresholds is not None else DEFAULT_THRESHOLDS
@@ -307,6 +321,7 @@ def eval_event_vpr(model: EvModelOpt, database: EvDbOpt, queries: EvQueriesOpt, 
     the rendered frame nearest each place through global extractors on the same places (a vlad-aliked vocabulary
     is learned from the database traversal's frames only; a method without its weights is skipped with a line).
     """
+    _check_report(out)
     from visloc.conf import apply_overrides
     from visloc.eval.event_vpr import RecallProtocol
     from visloc.eval.place_recognition import RECALL_NS

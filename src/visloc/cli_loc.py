@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from visloc.cli_common import DeviceOpt, fail, resolve_conf, run
+from visloc.cli_common import DeviceOpt, above, at_least, fail, resolve_conf, run
 
 map_app = typer.Typer(help="Build localization maps (features, matches, COLMAP model, retrieval index).",
                       no_args_is_help=True)
@@ -48,6 +48,8 @@ def map_build(images: ImagesOpt, out: MapOut, poses: PosesOpt = None, cameras: C
     from visloc.localization.triangulation import TriangulationConf
     from visloc.pipelines.map_build import build_map
 
+    at_least({"--num-pairs": num_pairs, "--batch-size": batch_size})
+    above({"--cell-size": cell_size})
     ext_name, ext_ov = (None, run(parse_overrides, list(set_extractor or ()))) if extractor is None \
         else resolve_conf(extractor, set_extractor)
     match_name, match_ov = resolve_conf(matcher, set_matcher)
@@ -76,13 +78,6 @@ MinRatio = Annotated[float, typer.Option(help="A smaller ratio of pose inliers t
 LogOpt = Annotated[Optional[Path], typer.Option(help="Per-query JSON-lines log (default: OUT with .log.jsonl).")]
 
 
-def _at_least(options: dict[str, int], low: int = 1) -> None:
-    """One line naming the command's option (not the conf field behind it) when a count is below ``low``."""
-    for name, value in options.items():
-        if value < low:
-            fail(f"{name}: expected an integer >= {low}, got {value}")
-
-
 def localize(map_dir: MapOpt, queries: QueriesOpt, out: PosesOut, cameras: QueryCameras = None, top_k: TopK = 10,
              max_places: MaxPlaces = 3, covisibility: Covis = True, min_inliers: MinInliers = 30,
              max_error: MaxError = 12.0, min_inlier_ratio: MinRatio = 0.2, log: LogOpt = None,
@@ -91,7 +86,10 @@ def localize(map_dir: MapOpt, queries: QueriesOpt, out: PosesOut, cameras: Query
     from visloc.localization.localize import LocalizerConf
     from visloc.pipelines.localize import localize_queries
 
-    _at_least({"--top-k": top_k, "--max-places": max_places, "--min-inliers": min_inliers})
+    at_least({"--top-k": top_k, "--max-places": max_places, "--min-inliers": min_inliers})
+    above({"--max-error": max_error})
+    if not 0 <= min_inlier_ratio <= 1:
+        fail(f"--min-inlier-ratio: expected a value in [0, 1], got {min_inlier_ratio}")
     conf = run(LocalizerConf, num_retrieved=top_k, max_places=max_places, covisibility=covisibility,
                min_inliers=min_inliers, max_error=max_error, min_inlier_ratio=min_inlier_ratio)
     summary = run(localize_queries, map_dir, queries, out, cameras=cameras, conf=conf, log=log, device=device)
@@ -159,7 +157,7 @@ def demo(out: DemoOut = Path("visloc-demo"), scene_conf: SceneConfOpt = None, se
     else:
         methods = [run(parse_method, m) for m in method] if method else list(DEFAULT_METHODS)
     thr = run(parse_thresholds, thresholds) if thresholds is not None else DEFAULT_THRESHOLDS
-    _at_least({"--top-k": top_k})
+    at_least({"--top-k": top_k, "--batch-size": batch_size})
     localizer = run(dataclasses.replace, DEMO_LOCALIZER, num_retrieved=top_k)
     summary = run(run_demo, out, scene=scene, methods=methods,
                   extractor_overrides=run(parse_overrides, list(set_extractor or ())),

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Optional, cast
 
 import typer
 
-from visloc.cli_common import run
+from visloc.cli_common import fail, run
 
 data_app = typer.Typer(help="Prepare training data: public datasets, and datasets generated from the built-in world.",
                       no_args_is_help=True)
@@ -46,11 +46,20 @@ def train(config: ConfigArg, overrides: OverridesArg = None, dry_run: DryOpt = F
     typer.echo(f"train: {result.global_step} steps{resumed} -> {result.exported}")
 
 
+def _folder_out(out: Path) -> None:
+    """Before any work: ``--out`` is absent or a folder that can be written (one line otherwise)."""
+    from visloc.io.outputs import check_folder_output
+
+    run(check_folder_output, out)
+
+
 @data_app.command("bdd")
 def data_bdd(labels: LabelsOpt, images: ImagesOpt, out: OutOpt, time: TimesOpt = None, size: SizeOpt = 640) -> None:
     """Select BDD100K's night and dawn/dusk frames and write VGA copies (resumable)."""
     from visloc.data.bdd import NIGHT_TIMES, select_bdd
-
+    _folder_out(out)
+    if out.is_dir() and images.is_dir() and out.samefile(images):
+        fail(f"{out}: is the --images folder; its copies would replace the frames (choose another --out)")
     summary = run(select_bdd, labels, images, out, times=tuple(time) if time else NIGHT_TIMES, size=size)
     for line in summary.lines("bdd"):
         typer.echo(line)
@@ -81,6 +90,7 @@ def gldv2_download(
         return Gldv2DownloadConf(split=cast(Any, split), tars=parse_tar_range(tars) if tars else (),
                                  base_url=base_url or GLDV2_BASE_URL, jobs=jobs, keep_tars=keep_tars, extract=extract)
 
+    _folder_out(out)
     summary = run(download_gldv2, out, run(build), progress=not quiet)
     for line in summary.lines():
         typer.echo(line)
@@ -105,6 +115,8 @@ def gldv2_prepare(
 
     from visloc.data.gldv2_prepare import Gldv2PrepareConf, prepare_gldv2
 
+    if out is not None:
+        _folder_out(out)
     conf = run(Gldv2PrepareConf, clean=not full, val_fraction=val_fraction, seed=seed, locate=cast(Any, locate),
                verify_md5=verify_md5)
     with tqdm(desc="tars", unit="tar", leave=False) as bar:
@@ -136,6 +148,7 @@ def revisitop_download(
         return RevisitopDownloadConf(dataset=cast(Any, dataset), jobs=jobs, keep_archives=keep_archives,
                                      retries=retries, images_url=images_url or "", list_url=list_url or "")
 
+    _folder_out(out)
     summary = run(download_revisitop, out, run(build), progress=not quiet)
     for line in summary.lines():
         typer.echo(line)
@@ -159,7 +172,7 @@ def data_world(kind: KindArg, out: WorldOutOpt, seed: SeedOpt = None, split: Spl
                set_: WorldSetOpt = None, quiet: QuietOpt = False) -> None:
     """Generate a dataset from the built-in city (deterministic per seed; atomic, resumable writes)."""
     from visloc.data.world import run_generator
-
+    _folder_out(out)
     files = run(run_generator, kind, out, split=split, seed=seed, overrides=list(set_ or ()), progress=not quiet)
     for line in files.summary.lines(f"world {kind} ({split})"):
         typer.echo(line)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from visloc import conf_ranges as ranges
 from visloc.conf import ConfError
 from visloc.events.representations import Device, EventBatch, Mass, TimeRange, TimeRanges, Windows, gather_windows
 from visloc.events.stream import EventStream
@@ -84,9 +85,9 @@ class ESTConf:
             raise ConfError(f"est.hidden: expected one or more widths >= 1, got {self.hidden}")
         if not self.negative_slope >= 0:
             raise ConfError(f"est.negative_slope: must be >= 0, got {self.negative_slope}")
-        if self.fit_steps < 0 or self.fit_samples < 1 or not self.fit_lr > 0:
-            raise ConfError(f"est: need fit_steps >= 0, fit_samples >= 1, fit_lr > 0, got {self.fit_steps}, "
-                            f"{self.fit_samples}, {self.fit_lr}")
+        ranges.at_least(self, 0, "negative_slope", "fit_steps")
+        ranges.at_least(self, 1, "fit_samples")
+        ranges.above(self, 0, "fit_lr")
 
     @property
     def channels(self) -> int:

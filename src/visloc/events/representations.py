@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.conf import ConfError
 from visloc.events.stream import EventStream
 from visloc.registry import REPRESENTATIONS
@@ -105,6 +106,7 @@ class TimeSurfaceConf:
     def __post_init__(self) -> None:
         if not self.tau_us > 0:
             raise ConfError(f"time-surface.tau_us: must be > 0, got {self.tau_us}")
+        ranges.above(self, 0, "tau_us")  # inf: a surface of ones
 
     @property
     def channels(self) -> int:

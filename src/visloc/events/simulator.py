@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from visloc import conf_ranges as ranges
 from visloc.conf import ConfError
 from visloc.events.sim_noise import LeakModel, ShotNoiseModel, ThresholdNoise
 from visloc.events.stream import EventStream
@@ -112,6 +113,12 @@ class EsimConf:
             raise ConfError(f"EsimConf.leak_jitter_fraction: must be in [0, 1), got {self.leak_jitter_fraction}")
         if self.use_log and not self.log_eps > 0:
             raise ConfError(f"EsimConf.log_eps: must be > 0 with use_log, got {self.log_eps}")
+        # the checks above let inf through: an infinite leak or shot-noise rate asks for infinitely many events
+        ranges.at_least(self, MIN_CONTRAST, "contrast_pos", "contrast_neg")
+        ranges.at_least(self, 0, "sigma_contrast", "sigma_noise", "refractory_us", "leak_rate_hz",
+                        "leak_rate_cov_decades", "shot_noise_rate_hz")
+        if self.use_log:
+            ranges.above(self, 0, "log_eps")
 
 
 def to_intensity(frame: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ A PCA is a mapping of numpy arrays, saved with ``np.savez`` and read with
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from visloc.io.atomic import atomic_path
+from visloc.io.outputs import has_magic
 from visloc.weights.load import WeightsError
 
 PCA_KEYS = ("mean", "projection", "variances", "whiten")
@@ -66,11 +68,26 @@ def learn_delf_pca_from_features(features: str | Path, out: str | Path, dim: int
     Raises:
         FeatureStoreError: ``features`` is missing or not a feature file.
         InputError: the file holds no descriptors, or too few for ``dim`` (the message names it).
+        OutputError: ``out`` exists and is not a DELF PCA file.
+        OutputLockedError: another job is writing ``out``.
     """
+    from visloc.io.locks import output_lock
+    from visloc.io.outputs import check_file_output
+
+    check_file_output(out, "DELF PCA (.npz)", is_delf_pca)
+    if not Path(features).is_file():
+        from visloc.io.features_h5 import FeatureStoreError
+
+        raise FeatureStoreError(f"{features}: feature file not found")
+    with output_lock(out):
+        return save_delf_pca(out, learn_delf_pca(_sample(Path(features), dim, max_descriptors, seed), dim, whiten))
+
+
+def _sample(features: Path, dim: int, max_descriptors: int, seed: int) -> np.ndarray:
+    """At most ``max_descriptors`` local descriptors of ``features`` (seeded), checked to be enough for ``dim``."""
     from visloc.errors import InputError
     from visloc.io.features_h5 import list_feature_names, read_features
 
-    features = Path(features)
     chunks = []
     for name in list_feature_names(features):
         descriptors = read_features(features, name).get("descriptors")
@@ -84,7 +101,7 @@ def learn_delf_pca_from_features(features: str | Path, out: str | Path, dim: int
                          "(extract with --conf delf and no pca)")
     if len(x) > max_descriptors:
         x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_descriptors, replace=False))]
-    return save_delf_pca(out, learn_delf_pca(x, dim, whiten))
+    return x
 
 
 def save_delf_pca(path: str | Path, pca: dict[str, np.ndarray]) -> Path:
@@ -104,10 +121,21 @@ def load_delf_pca(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(p, allow_pickle=False) as data:
             pca = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise WeightsError(f"{p}: not a DELF PCA .npz file ({str(e)[:80]})") from None
     check_delf_pca(pca, str(p))
     return pca
+
+
+def is_delf_pca(path: Path) -> bool:
+    """Whether ``path`` is a DELF PCA file (an ``.npz`` zip archive that ``load_delf_pca`` reads)."""
+    if not has_magic(path, b"PK\x03\x04"):
+        return False
+    try:
+        load_delf_pca(path)
+    except WeightsError:
+        return False
+    return True
 
 
 def check_delf_pca(pca: dict[str, np.ndarray], where: str = "pca") -> None:
@@ -135,5 +163,5 @@ def apply_delf_pca(descriptors: torch.Tensor, pca: dict[str, np.ndarray]) -> tor
 
 
 __all__ = ["DELF_PCA_DIM", "PCA_KEYS", "apply_delf_pca", "check_delf_pca", "learn_delf_pca",
-           "learn_delf_pca_from_features", "load_delf_pca",
+           "learn_delf_pca_from_features", "load_delf_pca", "is_delf_pca",
            "save_delf_pca"]

@@ -32,7 +32,9 @@ class OutputLockedError(VislocError, RuntimeError):
 
 
 def lock_path(out: Path) -> Path:
-    """The lock file of ``out``."""
+    """The lock file of ``out`` (``.`` or ``..`` name their folder, whose lock lies beside it)."""
+    if out.name in ("", ".", ".."):
+        out = Path(os.path.abspath(out))
     return out.with_name(f".{out.name}.lock")
 
 

@@ -2,7 +2,8 @@
 
 An existing output is replaced or extended only when it is the job's own kind of file: an HDF5
 feature file for ``extract``, an HDF5 match file for ``match-features``, a text file for pairs and
-poses. Anything else (a photo, a match file given as ``--out`` of ``extract``, a directory) is
+poses, the file a command writes (a faiss index, a vocabulary, a PCA) for the others
+(``check_file_output``). Anything else (a photo, a match file given as ``--out`` of ``extract``, a directory) is
 refused, ``--overwrite`` or not. The output's folder (or the nearest existing folder above it) must
 be a writable folder. Each check raises ``OutputError`` with one line naming the file and the option.
 """
@@ -10,7 +11,9 @@ be a writable folder. Each check raises ``OutputError`` with one line naming the
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +27,8 @@ _FEATURE_MEMBERS = ("keypoints", "global_descriptor")
 _MATCH_MEMBERS = ("matches0",)
 _ATTRS = {"visloc_matcher": "matches", "visloc_extractor": "features"}
 _TEXT_PROBE = 1 << 16
+#: how the image files OpenCV writes begin (PNG, JPEG, BMP, TIFF, WebP)
+IMAGE_MAGICS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\0", b"MM\0*", b"RIFF")
 
 
 class OutputError(VislocError, ValueError):
@@ -115,4 +120,49 @@ def check_text_output(out: str | Path, what: str, option: str = "--out") -> None
     if _existing_file(out, what, option) and not is_text(out):
         raise OutputError(f"{out}: exists and is not a text {what} file; refusing to replace it "
                           f"(choose another {option})")
+    check_writable(out, option)
+
+
+def check_file_output(out: str | Path, what: str, accepts: Callable[[Path], bool], option: str = "--out") -> None:
+    """Raise ``OutputError`` unless ``out`` is absent or a regular file that ``accepts``, in a writable folder.
+
+    Args:
+        out: the output file.
+        what: its kind, for the message (``faiss index``, ``VLAD vocabulary``...).
+        accepts: whether an existing file is of that kind (and may be replaced).
+        option: the command's option that names ``out``.
+    """
+    out = Path(out)
+    if _existing_file(out, what, option) and not accepts(out):
+        raise OutputError(f"{out}: exists and is not a {what} file; refusing to replace it (choose another {option})")
+    check_writable(out, option)
+
+
+def has_magic(path: Path, *magics: bytes) -> bool:
+    """Whether ``path`` starts with one of ``magics`` (False when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(max(map(len, magics)))
+    except OSError:
+        return False
+    return any(head.startswith(m) for m in magics)
+
+
+def check_picture_output(out: str | Path, inputs: Sequence[str | Path], option: str = "--out") -> None:
+    """Raise ``OutputError`` unless ``out`` is absent or a picture that is none of ``inputs``, in a writable folder."""
+    out = Path(out)
+    for path in inputs:
+        with contextlib.suppress(OSError):  # either is missing: not the same file
+            if out.samefile(path):
+                raise OutputError(f"{out}: is an input image; refusing to replace it (choose another {option})")
+    check_file_output(out, "picture", lambda p: has_magic(p, *IMAGE_MAGICS), option)
+
+
+def check_folder_output(out: str | Path, option: str = "--out") -> None:
+    """Raise ``OutputError`` unless ``out`` is absent (and can be created) or a folder that can be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder; {option} must name a folder (choose another {option})")
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: cannot write in it (permission denied); choose another {option}")
     check_writable(out, option)

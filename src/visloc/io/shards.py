@@ -280,19 +280,25 @@ def consolidate(out: str | Path) -> Path:
 
     Costs one copy of every item; the result is what hloc's own writers produce, and the next commit
     adopts it as a base shard. A file that is already self-contained is left as it is.
+
+    Raises:
+        OutputLockedError: a job is writing ``out`` (its lock is held).
     """
+    from visloc.io.locks import output_lock
+
     out = Path(out)
     if not out.exists():
         raise StoreError(f"{out}: file not found; nothing to consolidate")
-    if is_master(out):
-        with atomic_path(out, durable=True) as tmp:
-            with h5py.File(out, "r", libver="latest") as src, h5py.File(tmp, "w", libver="latest") as dst:
-                for key, value in src.attrs.items():
-                    if key not in STORE_ATTRS:
-                        dst.attrs[key] = value
-                for key in src:
-                    src.copy(key, dst, name=key, expand_external=True)
-    _collect(out)
+    with output_lock(out, "FILES"):  # a job still writing ``out`` would lose what it commits meanwhile
+        if is_master(out):
+            with atomic_path(out, durable=True) as tmp:
+                with h5py.File(out, "r", libver="latest") as src, h5py.File(tmp, "w", libver="latest") as dst:
+                    for key, value in src.attrs.items():
+                        if key not in STORE_ATTRS:
+                            dst.attrs[key] = value
+                    for key in src:
+                        src.copy(key, dst, name=key, expand_external=True)
+        _collect(out)
     return out
 
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import pycolmap
 
+from visloc import conf_ranges as ranges
 from visloc.conf import ConfError
 from visloc.io.poses import Camera, CameraPose
 from visloc.localization.colmap import image_points3d, pose_from_rigid3d, to_colmap_keypoints
@@ -60,8 +61,10 @@ class LocalizerConf:
         for key in ("num_retrieved", "max_places", "min_shared", "min_inliers"):
             if getattr(self, key) < 1:
                 raise ConfError(f"LocalizerConf.{key} must be >= 1, got {getattr(self, key)}")
-        if self.max_error <= 0 or not 0 <= self.min_inlier_ratio <= 1:
-            raise ConfError("LocalizerConf: max_error must be > 0 and min_inlier_ratio in [0, 1]")
+        ranges.at_least(self, 1, "num_retrieved", "max_places", "min_shared", "min_inliers")  # finite
+        ranges.above(self, 0, "max_error")
+        ranges.between(self, 0, 1, "min_inlier_ratio")
+        ranges.at_least(self, -1, "seed")
 
 
 @dataclass

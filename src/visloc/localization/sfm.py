@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pycolmap
 
-from visloc.conf import ConfError
+from visloc import conf_ranges as ranges
 from visloc.errors import VislocError
 from visloc.io.pairs import write_pairs
 from visloc.localization.colmap import quiet_colmap
@@ -49,8 +49,10 @@ class SfMConf:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_error <= 0 or self.min_num_inliers < 1 or self.min_model_size < 2:
-            raise ConfError("SfMConf: max_error must be > 0, min_num_inliers >= 1, min_model_size >= 2")
+        ranges.above(self, 0, "max_error")
+        ranges.at_least(self, 1, "min_num_inliers")
+        ranges.at_least(self, 2, "min_model_size")
+        ranges.at_least(self, -1, "seed")
 
 
 def verify_matches(database: str | Path, pairs: Sequence[tuple[str, str]], work_dir: str | Path,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from visloc.conf import ConfError
+from visloc import conf_ranges as ranges
 from visloc.io import features_h5
 from visloc.localization.colmap import quiet_colmap, to_colmap_keypoints
 
@@ -43,8 +43,9 @@ class TriangulationConf:
     max_reprojection_error: float = 4.0
 
     def __post_init__(self) -> None:
-        if self.max_epipolar_error <= 0 or self.max_reprojection_error <= 0 or self.min_angle < 0:
-            raise ConfError("TriangulationConf: errors must be > 0 and min_angle >= 0")
+        ranges.above(self, 0, "max_epipolar_error", "max_reprojection_error")
+        ranges.at_least(self, 1, "min_verified_matches")
+        ranges.between(self, 0, 180, "min_angle")
 
 
 def sampson_distance(points0: np.ndarray, points1: np.ndarray, E: np.ndarray) -> np.ndarray:

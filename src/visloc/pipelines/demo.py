@@ -40,6 +40,8 @@ from visloc.data.scene.generate import SceneFiles, generate_city_scene, generate
 from visloc.errors import InputError
 from visloc.eval.localization import DEFAULT_THRESHOLDS, LocalizationReport, evaluate_poses, read_log, stage_times
 from visloc.io.atomic import atomic_write_text
+from visloc.io.locks import output_lock
+from visloc.io.outputs import check_folder_output
 from visloc.io.poses import read_poses
 from visloc.localization.localize import LocalizerConf
 from visloc.pipelines.localize import LocalizeSummary, localize_queries
@@ -273,19 +275,21 @@ def run_demo(out: str | Path = "visloc-demo", *, scene: CitySceneConf | SceneCon
         raise InputError(f"methods: each method once, got {names}")
     out = Path(out)
     scene = CitySceneConf() if scene is None else scene
-    start = time.perf_counter()
-    files = _scene(scene, out / "scene")
-    seconds = {"render": time.perf_counter() - start}
-    conditions = read_conditions(files.conditions)
-    results = []
-    for m in methods:
-        m = dataclasses.replace(m, extractor_overrides={**m.extractor_overrides, **(extractor_overrides or {})},
-                                matcher_overrides={**m.matcher_overrides, **(matcher_overrides or {})})
-        results.append(_run_method(m, files, out / m.name, conditions, m.localizer(localizer), thresholds, device,
-                                   progress, batch_size))
-        seconds[m.name] = sum(results[-1].seconds.values())
-    summary = DemoSummary(out, files, results, seconds)
-    atomic_write_text(out / "report.json", json.dumps(summary.to_json(), indent=2) + "\n")
+    check_folder_output(out)  # before rendering: a file in the way was found at the first rendered image
+    with output_lock(out):
+        start = time.perf_counter()
+        files = _scene(scene, out / "scene")
+        seconds = {"render": time.perf_counter() - start}
+        conditions = read_conditions(files.conditions)
+        results = []
+        for m in methods:
+            m = dataclasses.replace(m, extractor_overrides={**m.extractor_overrides, **(extractor_overrides or {})},
+                                    matcher_overrides={**m.matcher_overrides, **(matcher_overrides or {})})
+            results.append(_run_method(m, files, out / m.name, conditions, m.localizer(localizer), thresholds,
+                                       device, progress, batch_size))
+            seconds[m.name] = sum(results[-1].seconds.values())
+        summary = DemoSummary(out, files, results, seconds)
+        atomic_write_text(out / "report.json", json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
 
 

@@ -18,6 +18,8 @@ from torch import nn
 
 from visloc.conf import parse_overrides
 from visloc.export import Exportable, ExportError, ExportResult, export_model
+from visloc.io.locks import output_lock
+from visloc.io.outputs import check_file_output, has_magic
 from visloc.models.hfnet import ONNX_CHECK_SIZES
 from visloc.registry import MODELS
 
@@ -48,7 +50,17 @@ def export_registered(name: str, out: str | Path, overrides: Mapping[str, Any] |
     Raises:
         UnknownNameError: ``name`` is not registered (the message lists the exportable ones).
         ExportError: parity failed; nothing written.
+        OutputError: ``out`` exists and is not an ONNX file (a photo, a folder, a weights file).
+        OutputLockedError: another job is writing ``out``.
     """
+    # an ONNX file is a ModelProto: its first field is ir_version (field 1, varint: byte 0x08)
+    check_file_output(out, "ONNX", lambda p: has_magic(p, b"\x08"), "--onnx")
+    with output_lock(out, "--onnx"):
+        return _export(name, out, overrides, weights, allow_random, opset, atol, check)
+
+
+def _export(name: str, out: str | Path, overrides: Mapping[str, Any] | Sequence[str], weights: str | Path | None,
+            allow_random: bool, opset: int | None, atol: float | None, check: bool) -> ExportResult:
     sets = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(list(overrides))
     if weights is not None:
         sets["weights"] = str(weights)

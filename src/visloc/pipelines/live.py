@@ -13,6 +13,7 @@ then). The video is written atomically; Ctrl-C ends the loop and keeps the frame
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 
 from visloc.errors import InputError
+from visloc.io.locks import output_lock
+from visloc.io.outputs import OutputError, check_file_output
 from visloc.io.video import FrameReader, OpenedVideo, VideoOut, fit_frame, open_video
 from visloc.matching.api import match_images
 from visloc.matching.base import MATCHERS, ImageMatcher
@@ -277,10 +280,37 @@ def run_live(source: Path | str | int, conf: LiveConf | None = None, *, matcher:
     Raises:
         InputError: the file is missing or not a video, the camera does not open, ``--show`` without a
             display, a feature matcher given as the matcher, an unwritable ``out``.
+        OutputError: ``out`` is the source video, or exists and is not a video (checked before any frame).
+        OutputLockedError: another job is writing ``out``.
     """
     conf = conf or LiveConf()
     src: Path | int = Path(source) if isinstance(source, str) else source
     show, out = _resolve_outputs(src, conf, display)
+    if out is None:
+        return _run(src, conf, matcher, display, show, None)
+    _check_video_out(out, src)
+    with output_lock(out):
+        return _run(src, conf, matcher, display, show, out)
+
+
+def _check_video_out(out: Path, source: Path | int) -> None:
+    """``OutputError`` before any frame when ``out`` is the source video, or exists and is not a video."""
+    if isinstance(source, Path):
+        with contextlib.suppress(OSError):  # either is missing: not the same file
+            if Path(out).samefile(source):
+                raise OutputError(f"{out}: is the input video; refusing to replace it (choose another --out)")
+    check_file_output(out, "video", _is_video)
+
+
+def _is_video(path: Path) -> bool:
+    """Whether ``path`` begins as an MP4 / MOV (``ftyp`` box), AVI (RIFF) or MKV (EBML) file."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head[4:8] == b"ftyp" or head.startswith((b"RIFF", b"\x1aE\xdf\xa3"))
+
+
+def _run(src: Path | int, conf: LiveConf, matcher: ImageMatcher | None, display: Display | None, show: bool,
+         out: Path | None) -> LiveSummary:
     video = open_video(src)  # first: a bad source is named before any matcher is looked up
     try:
         device = pick_device(conf.device)

@@ -40,6 +40,7 @@ from visloc.io import features_h5
 from visloc.io.atomic import atomic_write_text
 from visloc.io.images import list_images
 from visloc.io.jobs import JobSummary
+from visloc.io.locks import output_lock
 from visloc.io.pairs import read_pairs, write_pairs
 from visloc.io.poses import Camera, read_cameras, read_poses
 from visloc.localization import colmap
@@ -50,6 +51,7 @@ from visloc.matching import MATCHERS
 from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
 from visloc.pipelines.extract import extract_features
 from visloc.pipelines.extract_vlad import extract_vlad_features
+from visloc.pipelines.map_outputs import check_map_outputs
 from visloc.pipelines.match_dense import QuantizeConf, match_dense
 from visloc.pipelines.match_features import match_features
 from visloc.pipelines.retrieve import build_index
@@ -260,56 +262,62 @@ def build_map(images: str | Path, out: str | Path, *, poses: str | Path | None =
             file then holds keypoints only, and ``extractor`` is not used.
         batch_size: database images of equal size per extractor call (``pipelines.extract``; the features
             equal one-by-one extraction's).
+
+    Raises:
+        OutputError: ``out`` or one of its parts exists as another kind of file (``pipelines.map_outputs``).
+        OutputLockedError: another job is building the map in ``out``.
     """
     if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
         raise InputError(f"num_pairs: expected an integer >= 1, got {num_pairs!r}")
+    dense = MATCHERS.kind_of(matcher) == "image"
+    quantize = QuantizeConf(cell_size=cell_size) if dense else None  # before any work: cell_size in range
     images = Path(images)
     files = MapFiles.of(out, features, matches)
-    files.root.mkdir(parents=True, exist_ok=True)
-    names, pose_map, cams = _inputs(images, poses, cameras)
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    dense = MATCHERS.kind_of(matcher) == "image"
-    if dense:
-        confs, global_file, failed = _extract_global(images, names, files, features, retrieval, retrieval_overrides,
-                                                     device, progress, batch_size)
-    else:
-        confs, global_file, failed = _extract(images, names, files, extractor, extractor_overrides, retrieval,
-                                              retrieval_overrides, device, progress, batch_size)
-    names = [n for n in names if n not in dict(failed)]
-    build_index(global_file, files.index)
-    seconds["extraction"] = time.perf_counter() - start
-    start = time.perf_counter()
-    pairs = _select_pairs(names, pose_map, files, global_file, num_pairs)
-    write_pairs(files.pairs, pairs)
-    if dense:  # per-pair keypoints, merged per image into the map's feature file
-        quantize = QuantizeConf(cell_size=cell_size)
-        match_dense(files.pairs, images, files.features, files.matches, matcher=matcher,
-                    overrides=matcher_overrides, quantize=quantize, device=device, progress=progress)
-        confs["dense"] = {"cell_size": quantize.cell_size, "max_error": quantize.cell_size}
-        matched = set(features_h5.list_feature_names(files.features))
-        names = [n for n in names if n in matched]  # an image in no matched pair has no keypoints
-    else:
-        match_features(files.pairs, files.features, files.matches, matcher=matcher, overrides=matcher_overrides,
-                       device=device, progress=progress)
-    confs["matcher"] = json.loads(features_h5.read_attrs(files.matches)["visloc_matcher"])
-    seconds["matching"] = time.perf_counter() - start
-    start = time.perf_counter()
-    known_intrinsics = all(n in cams for n in names)  # else guessed below (refined by SfM)
-    for n in names:
-        if n not in cams:
-            w, h = (int(v) for v in features_h5.read_features(files.features, n)["image_size"])
-            cams[n] = colmap.default_camera(w, h)
-    rec, mode, model_conf = _model(images, names, pose_map, cams, files, triangulation, sfm, verbose,
-                                   known_intrinsics)
-    seconds["model"] = time.perf_counter() - start
-    record = {"format": FORMAT, "version": VERSION, "image_root": str(images.resolve()), "mode": mode, **confs,
-              mode: model_conf, "files": _file_record(files), "num_images": len(names),
-              "num_registered": rec.num_reg_images(), "num_points": rec.num_points3D(),
-              "seconds": {k: round(v, 3) for k, v in seconds.items()}}
-    atomic_write_text(files.record, json.dumps(record, indent=2) + "\n")
-    return MapSummary(files.root, len(names), rec.num_reg_images(), rec.num_points3D(), len(pairs), mode, seconds,
-                      failed)
+    check_map_outputs(files, "--features" if features else "--out", "--matches" if matches else "--out")
+    with output_lock(files.root):
+        files.root.mkdir(parents=True, exist_ok=True)
+        names, pose_map, cams = _inputs(images, poses, cameras)
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        if dense:
+            confs, global_file, failed = _extract_global(images, names, files, features, retrieval,
+                                                         retrieval_overrides, device, progress, batch_size)
+        else:
+            confs, global_file, failed = _extract(images, names, files, extractor, extractor_overrides, retrieval,
+                                                  retrieval_overrides, device, progress, batch_size)
+        names = [n for n in names if n not in dict(failed)]
+        build_index(global_file, files.index)
+        seconds["extraction"] = time.perf_counter() - start
+        start = time.perf_counter()
+        pairs = _select_pairs(names, pose_map, files, global_file, num_pairs)
+        write_pairs(files.pairs, pairs)
+        if quantize is not None:  # an image matcher: per-pair keypoints, merged per image into the feature file
+            match_dense(files.pairs, images, files.features, files.matches, matcher=matcher,
+                        overrides=matcher_overrides, quantize=quantize, device=device, progress=progress)
+            confs["dense"] = {"cell_size": quantize.cell_size, "max_error": quantize.cell_size}
+            matched = set(features_h5.list_feature_names(files.features))
+            names = [n for n in names if n in matched]  # an image in no matched pair has no keypoints
+        else:
+            match_features(files.pairs, files.features, files.matches, matcher=matcher,
+                           overrides=matcher_overrides, device=device, progress=progress)
+        confs["matcher"] = json.loads(features_h5.read_attrs(files.matches)["visloc_matcher"])
+        seconds["matching"] = time.perf_counter() - start
+        start = time.perf_counter()
+        known_intrinsics = all(n in cams for n in names)  # else guessed below (refined by SfM)
+        for n in names:
+            if n not in cams:
+                w, h = (int(v) for v in features_h5.read_features(files.features, n)["image_size"])
+                cams[n] = colmap.default_camera(w, h)
+        rec, mode, model_conf = _model(images, names, pose_map, cams, files, triangulation, sfm, verbose,
+                                       known_intrinsics)
+        seconds["model"] = time.perf_counter() - start
+        record = {"format": FORMAT, "version": VERSION, "image_root": str(images.resolve()), "mode": mode,
+                  **confs, mode: model_conf, "files": _file_record(files), "num_images": len(names),
+                  "num_registered": rec.num_reg_images(), "num_points": rec.num_points3D(),
+                  "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+        atomic_write_text(files.record, json.dumps(record, indent=2) + "\n")
+        return MapSummary(files.root, len(names), rec.num_reg_images(), rec.num_points3D(), len(pairs), mode,
+                          seconds, failed)
 
 
 def _model(images: Path, names: list[str], poses: dict | None, cams: dict[str, Camera], files: MapFiles,

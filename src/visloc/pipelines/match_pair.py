@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ from visloc.features import EXTRACTORS
 from visloc.features.api import extract_image
 from visloc.geometry.estimators import ESTIMATORS, Estimate
 from visloc.io.images import read_image
+from visloc.io.locks import output_lock
+from visloc.io.outputs import check_picture_output
 from visloc.matching import MATCHERS
 from visloc.matching.select import descriptor_family, matcher_conf
 from visloc.pipelines.common import pick_device
@@ -37,7 +40,22 @@ def match_images(path0: str | Path, path1: str | Path, *, extractor: str = "alik
     """Match two images (extract + feature matcher, or an image matcher), estimate ``model``; draw to ``out``.
 
     With an image matcher (``MATCHERS`` kind ``image``) ``extractor`` is not used.
+
+    Raises:
+        OutputError: ``out`` is one of the images, or exists and is not a picture.
+        OutputLockedError: another job is writing ``out``.
     """
+    with contextlib.ExitStack() as stack:
+        if out is not None:  # before any work: the picture may not replace an input or another kind of file
+            check_picture_output(out, (path0, path1))
+            stack.enter_context(output_lock(out))
+        return _match(Path(path0), Path(path1), extractor, matcher, model, extractor_overrides, matcher_overrides,
+                      estimator_overrides, K0, K1, out, device)
+
+
+def _match(path0: Path, path1: Path, extractor: str, matcher: str, model: str, extractor_overrides: Sequence[str],
+           matcher_overrides: Sequence[str], estimator_overrides: Sequence[str], K0: np.ndarray | None,
+           K1: np.ndarray | None, out: str | Path | None, device: str | None) -> PairMatch:
     dev = pick_device(device)
     est = ESTIMATORS.build(model, estimator_overrides)
     img0, img1 = read_image(path0), read_image(path1)

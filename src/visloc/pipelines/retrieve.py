@@ -19,9 +19,11 @@ from typing import Any
 from visloc.conf import apply_overrides
 from visloc.errors import InputError
 from visloc.io import features_h5
+from visloc.io.locks import output_lock
 from visloc.io.outputs import check_text_output
 from visloc.io.pairs import write_pairs
 from visloc.pipelines.extract import ATTR as EXTRACTOR_ATTR
+from visloc.retrieval.faiss_files import check_index_output
 from visloc.retrieval.index import (
     IndexConf,
     RetrievalIndex,
@@ -82,16 +84,22 @@ def build_index(features: str | Path, out: str | Path, *,
 
     The descriptors are read in chunks as they are added (``RetrievalIndex.build_on_disk``), so the
     feature file may be larger than RAM; with ``kind=ivfpq`` RAM holds the PQ codes and the training sample.
+
+    Raises:
+        OutputError: ``out`` (or its names, record or vectors file) exists as another kind of file.
+        OutputLockedError: another job is writing ``out``.
     """
     conf = apply_overrides(IndexConf(), overrides)
+    check_index_output(out)
     if not Path(features).is_file():
         raise features_h5.FeatureStoreError(f"{features}: feature file not found")
-    names = features_h5.list_feature_names(features)
-    if not names:
-        raise features_h5.FeatureStoreError(f"{features}: no images to read global descriptors from")
-    start = time.perf_counter()
-    index = RetrievalIndex.build_on_disk(out, names, feature_file_reader(features, names), conf)
-    seconds = time.perf_counter() - start
+    with output_lock(out):
+        names = features_h5.list_feature_names(features)
+        if not names:
+            raise features_h5.FeatureStoreError(f"{features}: no images to read global descriptors from")
+        start = time.perf_counter()
+        index = RetrievalIndex.build_on_disk(out, names, feature_file_reader(features, names), conf)
+        seconds = time.perf_counter() - start
     return IndexSummary(Path(out), len(index), index.dim, index.conf, seconds)
 
 
@@ -109,11 +117,16 @@ def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, *, 
 
     Raises:
         InputError: ``k`` < 1, or the descriptors of ``features`` do not fit the index.
+        OutputLockedError: another job is writing ``out``.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InputError(f"-k: expected an integer >= 1, got {k!r}")
     check_text_output(out, "pairs")
-    rerank = rerank or RerankConf()
+    with output_lock(out):
+        return _retrieve(index, features, Path(out), k, rerank or RerankConf())
+
+
+def _retrieve(index: str | Path, features: str | Path, out: Path, k: int, rerank: RerankConf) -> RetrieveSummary:
     db = RetrievalIndex.load(index)
     k = min(k, len(db))  # more results than database images add none, only memory
     names, vectors = global_descriptors(features)
@@ -130,7 +143,7 @@ def retrieve_pairs(index: str | Path, features: str | Path, out: str | Path, *, 
         rerank_seconds = time.perf_counter() - start
     write_pairs(out, pairs)
     logger.info("retrieved %d pairs for %d queries in %.2f s", len(pairs), len(names), seconds)
-    return RetrieveSummary(Path(out), len(names), len(pairs), seconds, rerank.top, rerank.model, rerank_seconds)
+    return RetrieveSummary(out, len(names), len(pairs), seconds, rerank.top, rerank.model, rerank_seconds)
 
 
 def rerank_pairs(pairs: Sequence[tuple[str, str]], features: str | Path,

@@ -34,8 +34,9 @@ from visloc.events.frame_sources import (
     video_frames,
 )
 from visloc.events.io.common import EventFileError
-from visloc.events.io.h5 import EventWriter, VislocEvents
+from visloc.events.io.h5 import EventWriter, VislocEvents, check_event_output
 from visloc.events.simulator import EsimConf, EventSimulator
+from visloc.io.locks import output_lock
 
 logger = logging.getLogger(__name__)
 RECORD_ATTR = "visloc_simulator"
@@ -133,11 +134,22 @@ def simulate_events(out: Path, *, frames: Path | None = None, timestamps: Path |
     Raises:
         InputError: bad inputs (one line naming the file), fewer than two frames, ``out`` made with
             another record and no ``overwrite``.
+        OutputError: ``out`` exists and is not a visloc event file (``overwrite`` or not).
+        OutputLockedError: another job is writing ``out``.
     """
     conf = conf or EsimConf()
     out = Path(out)
     if flow_every < 1:
         raise InputError(f"flow_every: expected >= 1, got {flow_every}")
+    check_event_output(out)
+    with output_lock(out):
+        return _simulate(out, frames, timestamps, timestamps_unit, video, video_timing, fps, size, conf, overwrite,
+                         progress, max_flow_px, flow_every)
+
+
+def _simulate(out: Path, frames: Path | None, timestamps: Path | None, timestamps_unit: TimeUnit, video: Path | None,
+              video_timing: VideoTiming, fps: float | None, size: tuple[int, int] | None, conf: EsimConf,
+              overwrite: bool, progress: bool, max_flow_px: float, flow_every: int) -> SimulateSummary:
     source = _source(frames, timestamps, timestamps_unit, video, video_timing, fps, size)
     record = _record(conf, source, timestamps=timestamps, timestamps_unit=timestamps_unit, video_timing=video_timing,
                      fps=fps, size=list(size) if size else None)

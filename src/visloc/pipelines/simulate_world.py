@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 from visloc.conf import conf_to_dict
 from visloc.errors import InputError
-from visloc.events.io.h5 import EventWriter
+from visloc.events.io.h5 import EventWriter, check_event_output
 from visloc.events.world_drive import ALGORITHM, TraversalEvents, WorldEventsConf, WorldEventSource, read_traversal
+from visloc.io.locks import output_lock
 from visloc.pipelines.simulate_events import RECORD_ATTR, stored_record
 
 
@@ -57,9 +58,18 @@ def simulate_traversal(root: str | Path, name: str, out: str | Path, conf: World
     Raises:
         InputError: not a finished drive folder, no such traversal, ``out`` made with another record (and no
             ``overwrite``) or not a visloc event file.
+        OutputError: ``out`` exists and is not a visloc event file (``overwrite`` or not).
+        OutputLockedError: another job is writing ``out``.
     """
     conf = conf or WorldEventsConf()
     root, out = Path(root), Path(out)
+    check_event_output(out)
+    with output_lock(out):
+        return _simulate(root, name, out, conf, overwrite, progress)
+
+
+def _simulate(root: Path, name: str, out: Path, conf: WorldEventsConf, overwrite: bool,
+              progress: bool) -> TraversalSummary:
     traversal = read_traversal(root, name)
     record = _record(root, name, conf)
     if out.exists() and not overwrite:

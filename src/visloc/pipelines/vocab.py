@@ -24,9 +24,11 @@ from visloc.features.api import extract_image
 from visloc.features.vlad import ALIKED_SPEC, vlad_spec
 from visloc.io import features_h5
 from visloc.io.images import ImageError, list_images, read_image
+from visloc.io.locks import output_lock
+from visloc.io.outputs import check_file_output
 from visloc.pipelines.common import pick_device
 from visloc.pipelines.item_failures import item_failure
-from visloc.retrieval.vlad import learn_vocabulary, save_vocabulary
+from visloc.retrieval.vlad import is_vocabulary, learn_vocabulary, save_vocabulary
 
 logger = logging.getLogger(__name__)
 EXTRACTOR = ALIKED_SPEC.local  # the local features of vlad-aliked, the default
@@ -70,16 +72,33 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, *, num_clusters: in
         progress: show a progress bar.
         names: learn from these images (relative to ``image_dir``) instead of every image below it.
         extractor: the VLAD extractor the vocabulary is for (its local extractor's descriptors are clustered).
+
+    Raises:
+        OutputError: ``out`` exists and is not a vocabulary (a photo, a folder, a network's weights).
+        OutputLockedError: another job is writing ``out``.
     """
     image_dir, out = Path(image_dir), Path(out)
     if max_images is not None and max_images < 1:
         raise InputError(f"max_images: expected >= 1, got {max_images}")
-    names = evenly_spaced(list_images(image_dir) if names is None else list(names), max_images)
-    local = vlad_spec(extractor).local
-    conf = EXTRACTORS.conf(local, overrides)
+    if num_clusters < 1:  # before the extraction (k-means refuses it only after)
+        raise InputError(f"num_clusters: expected >= 1, got {num_clusters}")
+    check_file_output(out, "VLAD vocabulary", is_vocabulary)
+    with output_lock(out):
+        names = evenly_spaced(list_images(image_dir) if names is None else list(names), max_images)
+        local = vlad_spec(extractor).local
+        conf = EXTRACTORS.conf(local, overrides)
+        start = time.perf_counter()
+        descs, failed = _descriptors(image_dir, names, local, conf, device, progress)
+        x = np.concatenate(descs)
+        _learn_and_save(x, out, num_clusters, seed, max_descriptors, conf_to_dict(conf), len(descs), local)
+    return VocabSummary(out, len(descs), len(x), num_clusters, x.shape[1], time.perf_counter() - start, failed)
+
+
+def _descriptors(image_dir: Path, names: list[str], local: str, conf: Any, device: str | None,
+                 progress: bool) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """The ``local`` extractor's descriptors of each readable image of ``names``, and the failures of the others."""
     dev = pick_device(device)
     model = EXTRACTORS.entry(local).builder(conf).to(dev)
-    start = time.perf_counter()
     descs, failed = [], []
     for name in tqdm(names, desc="vocab: extract", disable=not progress, unit="img"):
         try:
@@ -90,9 +109,7 @@ def build_vocabulary(image_dir: str | Path, out: str | Path, *, num_clusters: in
             logger.warning("%s: %s", name, failed[-1][1])
     if not descs:
         raise ImageError(f"{image_dir}: no readable images to learn a vocabulary from")
-    x = np.concatenate(descs)
-    _learn_and_save(x, out, num_clusters, seed, max_descriptors, conf_to_dict(conf), len(descs), local)
-    return VocabSummary(out, len(descs), len(x), num_clusters, x.shape[1], time.perf_counter() - start, failed)
+    return descs, failed
 
 
 def evenly_spaced(names: list[str], max_images: int | None) -> list[str]:

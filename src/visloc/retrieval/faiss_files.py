@@ -16,10 +16,14 @@ import mmap
 import struct
 from pathlib import Path
 
-from visloc.retrieval.index_files import RetrievalIndexError
+from visloc.io.outputs import check_file_output, check_text_output, has_magic
+from visloc.retrieval.index_files import RetrievalIndexError, names_path, record_path, vectors_path
 
 _I32, _I64, _U64, _U8 = struct.Struct("<i"), struct.Struct("<q"), struct.Struct("<Q"), struct.Struct("<B")
 _FLAT = (b"IxFI", b"IxF2", b"IxFl")
+#: how the files of the index kinds visloc writes begin
+INDEX_MAGICS = (*_FLAT, b"IHNf", b"IwPQ")
+NPY_MAGIC = b"\x93NUMPY"
 
 
 class FaissFileError(RetrievalIndexError):
@@ -129,3 +133,15 @@ def check_index_file(path: str | Path) -> None:
         raise FaissFileError(f"{path}: not a readable faiss index ({e})") from None
     except OSError as e:
         raise FaissFileError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
+
+
+def check_index_output(out: str | Path, option: str = "--out") -> None:
+    """``OutputError`` unless ``out`` and its names, record and vectors files are absent or of their kind.
+
+    An index file is recognised by its first four bytes (a damaged visloc index may be rebuilt over).
+    """
+    out = Path(out)
+    check_file_output(out, "faiss index", lambda p: has_magic(p, *INDEX_MAGICS), option)
+    check_text_output(names_path(out), "index names", option)
+    check_text_output(record_path(out), "index record", option)
+    check_file_output(vectors_path(out), "index vectors (.npy)", lambda p: has_magic(p, NPY_MAGIC), option)

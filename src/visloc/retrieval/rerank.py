@@ -17,6 +17,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from visloc import conf_ranges as ranges
 from visloc.conf import ConfError
 from visloc.geometry.estimators import ESTIMATORS, Estimate
 from visloc.matching.base import Matcher
@@ -62,6 +63,8 @@ class RerankConf:
             raise ConfError(f"rerank min_inliers: expected >= 0, got {self.min_inliers}")
         if self.rule not in get_args(RerankRule):
             raise ConfError(f"rerank rule: expected min-inliers or delg, got {self.rule!r}")
+        ranges.above(self, 0, "threshold")  # the checks above let inf through
+        ranges.at_least(self, 0, "min_inliers")
         if self.top and self.db_features is None:
             raise ConfError("rerank: needs the database feature file (--db-features) for local features")
         if self.db_features is not None:

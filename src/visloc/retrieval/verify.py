@@ -25,6 +25,7 @@ from typing import Literal, get_args
 import cv2
 import numpy as np
 
+from visloc import conf_ranges as ranges
 from visloc.conf import ConfError
 from visloc.geometry.estimators import Estimator, EstimatorConf
 from visloc.types import Features
@@ -75,6 +76,9 @@ class VerifyConf:
                             f"{self.iterations}, {self.confidence}")
         if self.min_inliers < 0:
             raise ConfError(f"VerifyConf.min_inliers: expected >= 0, got {self.min_inliers}")
+        ranges.above(self, 0, "distance", "residual")  # the checks above let inf through
+        ranges.at_least(self, 1, "iterations")
+        ranges.at_least(self, 0, "min_inliers")
 
     @property
     def enabled(self) -> bool:

@@ -22,6 +22,7 @@ import torch
 
 from visloc.errors import VislocError
 from visloc.io.atomic import atomic_path
+from visloc.io.outputs import has_magic
 from visloc.weights.load import WeightsError, safe_load
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,17 @@ def save_vocabulary(path: str | Path, centroids: np.ndarray, conf: dict[str, Any
     with atomic_path(path) as tmp:
         torch.save(record, tmp)
     return Path(path)
+
+
+def is_vocabulary(path: str | Path) -> bool:
+    """Whether ``path`` is a vocabulary file (a torch zip archive that ``load_vocabulary`` reads)."""
+    if not has_magic(Path(path), b"PK\x03\x04"):
+        return False
+    try:
+        load_vocabulary(path)
+    except VocabularyError:
+        return False
+    return True
 
 
 def load_vocabulary(path: str | Path, num_clusters: int | None = None, dim: int | None = None) -> Vocabulary:

@@ -33,6 +33,7 @@ with a higher ``train.max_steps``. Multi-process: ``train.devices=N`` (Lightning
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -75,17 +76,22 @@ class OptimConf:
     threads: int = 0  # torch CPU threads during the run (0 = leave torch's setting)
 
 
+_AT_LEAST_ONE = ("max_steps", "batch_size", "accumulate_grad_batches", "devices", "num_nodes", "checkpoint_every",
+                 "log_every")
+_AT_LEAST_ZERO = ("warmup_steps", "image_every", "threads", "weight_decay")
+
+
 def check_optim(t: OptimConf, where: str = "train") -> OptimConf:
-    """Raise ``ConfError`` for values no run can use; return ``t``."""
-    for name in ("max_steps", "batch_size", "accumulate_grad_batches", "devices", "num_nodes",
-                 "checkpoint_every", "log_every"):
-        if getattr(t, name) < 1:
-            raise ConfError(f"{where}.{name}: must be >= 1, got {getattr(t, name)}")
-    for name in ("warmup_steps", "image_every", "threads"):
-        if getattr(t, name) < 0:
-            raise ConfError(f"{where}.{name}: must be >= 0, got {getattr(t, name)}")
-    if t.lr <= 0 or t.weight_decay < 0:
-        raise ConfError(f"{where}: lr must be > 0 and weight_decay >= 0, got {t.lr} and {t.weight_decay}")
+    """Raise ``ConfError`` for values no run can use (one line naming ``where.field``); return ``t``."""
+    for name in (*_AT_LEAST_ONE, *_AT_LEAST_ZERO, "lr"):
+        if not math.isfinite(getattr(t, name)):
+            raise ConfError(f"{where}.{name}: must be a finite number, got {getattr(t, name)}")
+    for names, low in ((_AT_LEAST_ONE, 1), (_AT_LEAST_ZERO, 0)):
+        for name in names:
+            if not getattr(t, name) >= low:
+                raise ConfError(f"{where}.{name}: must be >= {low}, got {getattr(t, name)}")
+    if not t.lr > 0:
+        raise ConfError(f"{where}.lr: must be > 0, got {t.lr}")
     return t
 
 

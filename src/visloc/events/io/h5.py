@@ -28,11 +28,28 @@ from visloc.events.io.common import EventFileError, scalar
 from visloc.events.io.hdf5 import LazyEvents, read_rows, require_dataset
 from visloc.events.stream import EventStream, EventStreamError
 from visloc.io.atomic import atomic_path
+from visloc.io.outputs import HDF5_MAGIC, check_file_output, has_magic
 
 FORMAT = "visloc-events"
 VERSION = 1
 _RESERVED = ("format", "format_version", "sensor_size", "origin_us")
 _FIELDS = {"t": np.int64, "x": np.uint16, "y": np.uint16, "p": np.int8}
+
+
+def is_event_file(path: Path) -> bool:
+    """Whether ``path`` is an HDF5 file with an ``events`` group (a visloc event file, of any record)."""
+    if not has_magic(path, HDF5_MAGIC):
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get("events"), h5py.Group)
+    except (OSError, ValueError):
+        return False
+
+
+def check_event_output(out: str | Path, option: str = "--out") -> None:
+    """``OutputError`` unless ``out`` is absent or a visloc event file (``--overwrite`` never replaces another kind)."""
+    check_file_output(out, "visloc event (HDF5)", is_event_file, option)
 
 
 class EventWriter:
