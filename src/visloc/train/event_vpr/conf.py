@@ -34,6 +34,8 @@ class ModelConf:
         netvlad_init: set NetVLAD's centroids and ``alpha`` by k-means of conv5 descriptors of training
             windows before the first step of a fresh run (NetVLAD's ``init_params``).
         init_windows: training windows whose conv5 maps feed that k-means.
+        bn_calibrate: first set BatchNorm's running statistics from those windows (``calibrate_batchnorm``), so
+            that the k-means fits the features training starts from.
         init_descriptors: at most this many local descriptors (512-D) drawn from those maps.
     """
 
@@ -43,6 +45,7 @@ class ModelConf:
     netvlad_init: bool = True
     init_windows: int = 64
     init_descriptors: int = 20_000
+    bn_calibrate: bool = True
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ without gradients.
 
 Before the first step of a fresh run (no ``last.ckpt``, no ``model.init``) ``setup`` sets NetVLAD's
 centroids by k-means of conv5 descriptors of ``model.init_windows`` training windows
-(``NetVLAD.init_from_descriptors``); every rank computes the same ones (same seed, same weights).
+(``NetVLAD.init_from_descriptors``), after setting BatchNorm's running statistics from the same windows
+(``model.bn_calibrate``); every rank computes the same ones (same seed, same weights).
 
 Optimiser: Adam (``train.lr``, ``train.weight_decay``), the core's linear warm-up per optimiser step.
 Scalars on global rank zero: ``train/{total,triplet,active,d_pos,d_neg}`` every ``train.log_every`` steps;
@@ -112,6 +113,8 @@ class EventVPRTrainModule(RecipeModule):
             raise RuntimeError("init_netvlad: no training data attached")
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(len(places), min(m.init_windows, len(places)), replace=False))
+        if m.bn_calibrate:
+            self.calibrate_batchnorm(rows)
         was_training = self.net.training
         self.net.eval()
         try:
@@ -128,6 +131,32 @@ class EventVPRTrainModule(RecipeModule):
         pool.init_from_descriptors(desc[np.sort(keep)], seed=seed)
         logger.info("NetVLAD: %d centroids from %d conv5 descriptors of %d windows, alpha %.3g",
                     pool.num_clusters, len(keep), len(rows), pool.alpha)
+
+    @torch.no_grad()
+    def calibrate_batchnorm(self, rows: np.ndarray) -> None:
+        """Set every BatchNorm's running statistics to the mean over the windows ``rows`` (cumulative average).
+
+        A fresh network's running statistics are 0 and 1, while training normalises by batch statistics: a
+        k-means of conv5 descriptors computed in eval mode with the initial statistics fits features that the
+        first steps replace (on the world's drives validation recall@1 fell from 0.68 to 0.34 in 30 steps
+        without this). Calibrated first, eval mode at the start is what training mode computes.
+        """
+        norms = [mod for mod in self.net.network.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [mod.momentum for mod in norms]
+        was_training = self.net.training
+        for mod in norms:
+            mod.reset_running_stats()
+            mod.momentum = None  # cumulative moving average over the calibration batches
+        self.net.train()
+        try:
+            for s in range(0, len(rows), self.conf.mining.batch_size):
+                dense = self.net.dense(self._store().many(rows[s:s + self.conf.mining.batch_size]))
+                self.net.network.features(dense)
+        finally:
+            for mod, momentum in zip(norms, momenta):
+                mod.momentum = momentum
+            self.net.train(was_training)
+        logger.info("BatchNorm: running statistics of %d layers from %d windows", len(norms), len(rows))
 
     # ------------------------------------------------------------------ Lightning hooks
 
