@@ -153,7 +153,7 @@ class EventVPRTrainModule(RecipeModule):
                 dense = self.net.dense(self._store().many(rows[s:s + self.conf.mining.batch_size]))
                 self.net.network.features(dense)
         finally:
-            for mod, momentum in zip(norms, momenta):
+            for mod, momentum in zip(norms, momenta, strict=True):
                 mod.momentum = momentum
             self.net.train(was_training)
         logger.info("BatchNorm: running statistics of %d layers from %d windows", len(norms), len(rows))
