@@ -1,6 +1,6 @@
 """Event-VPR against frame baselines on one event drive: recall@N per condition, side by side, as Markdown.
 
-Usage: python benchmarks/event_vpr_table.py DRIVE --model CKPT [--database NAME] [--frames hfnet-global,...]
+Usage: python benchmarks/event_vpr_table.py DRIVE [--model CKPT] [--database NAME] [--frames hfnet-global,...]
                                             [--netvlad-weights FILE] [--set stride_m=2 ...] [--vocab-images 100]
                                             [--out outputs/event_vpr.md] [--json outputs/event_vpr.json]
                                             [--device cpu]
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, evaluate, print and write the Markdown (and the JSON)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("drive", type=Path, help="event drive folder (visloc data world event-drive)")
-    ap.add_argument("--model", type=Path, required=True, help="visloc event-vpr checkpoint")
+    ap.add_argument("--model", type=Path, help="visloc event-vpr checkpoint (default: the shipped event-vpr-world)")
     ap.add_argument("--database", help="database traversal (default: the first day traversal)")
     ap.add_argument("--frames", default=",".join(METHODS), help="frame baselines, comma separated ('' for none)")
     ap.add_argument("--netvlad-weights", help="NetVLAD weights (*_struct.mat or pytorch-NetVlad checkpoint)")

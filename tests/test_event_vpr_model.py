@@ -171,8 +171,6 @@ def test_export_from_a_checkpoint_with_onnx_parity(tmp_path):
         expected = model.network(dense).numpy()
     (got,) = session.run(None, {"representation": dense.detach().numpy()})
     assert got.shape == (4, 32 * 512) and np.abs(got - expected).max() <= 1e-4
-    with pytest.raises(WeightsError, match="event-vpr: no weights; pass --weights FILE"):
-        export_registered("event-vpr", tmp_path / "none.onnx")
 
 
 def test_windows_module_trains_the_kernel_with_the_network():
@@ -203,3 +201,20 @@ def test_windows_module_with_a_voxel_grid_and_a_mismatch():
     with pytest.raises(ValueError, match=r"representation: est with 3 bins \(6 channels\) does not fit a network for "
                                          r"voxel-grid with 3 bins \(3 channels\)"):
         EventVPRWindows(REPRESENTATIONS.build("est", ["bins=3", "fit_steps=0"]), model.network)
+
+
+def test_the_shipped_model_loads_by_default_for_evaluation_and_export():
+    from visloc.export.models import EventVPRExportConf
+    from visloc.export.models import build_event_vpr as build_export
+    from visloc.models.event_vpr import SHIPPED
+    from visloc.pipelines.evaluate_event_vpr import load_event_vpr
+    from visloc.weights.checkpoint import load_model_record
+    from visloc.weights.records import resolve_weights
+
+    record = load_model_record(resolve_weights(SHIPPED), "event-vpr")  # sha256 checked against its record
+    assert record.state_dict["network.pool.centroids"].dtype == torch.float16  # halve_checkpoint: < 50 MB
+    model = load_event_vpr()
+    assert not model.training and model.conf.input_size == 128 and model.conf.representation == "voxel-grid"
+    expected = record.state_dict["network.pool.centroids"].float()
+    assert torch.equal(model.network.pool.centroids, expected)
+    assert torch.equal(build_export(EventVPRExportConf()).pool.centroids, expected)  # export's default too

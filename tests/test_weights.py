@@ -91,6 +91,40 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         save_model(tmp_path / "x.pt", "x", nn.Linear(2, 2))
 
 
+
+def test_halve_checkpoint_stores_float16_and_loads_into_the_float32_model(tmp_path):
+    from dataclasses import dataclass
+
+    from visloc.weights.checkpoint import halve_checkpoint
+
+    @dataclass(frozen=True)
+    class BnConf:
+        width: int = 3
+
+    class Bn(nn.Module):
+        def __init__(self, conf: BnConf) -> None:
+            super().__init__()
+            self.conf = conf
+            self.lin = nn.Linear(conf.width, 2)
+            self.bn = nn.BatchNorm1d(2)
+
+    torch.manual_seed(0)
+    net = Bn(BnConf())
+    net.bn.num_batches_tracked.fill_(7)
+    full = save_model(tmp_path / "full.pt", "bn", net, extras={"note": "x"})
+    half = halve_checkpoint(full, tmp_path / "half.pt", "bn")
+    rec = load_model_record(half, "bn")
+    assert rec.state_dict["lin.weight"].dtype == torch.float16
+    assert rec.state_dict["bn.num_batches_tracked"].dtype == torch.int64
+    assert rec.state_dict["bn.num_batches_tracked"].item() == 7 and rec.extras == {"note": "x"}
+    back = build_model(rec, BnConf, Bn)
+    assert back.lin.weight.dtype == torch.float32
+    assert torch.equal(back.lin.weight, net.lin.weight.half().float())
+    assert not torch.equal(back.lin.weight, net.lin.weight)  # rounded, so the comparison above means something
+    with pytest.raises(WeightsError, match="expected 'other'"):
+        halve_checkpoint(full, tmp_path / "x.pt", "other")
+    assert not (tmp_path / "x.pt").exists()
+
 def test_records_and_preprocessing():
     rgb = records.IMAGENET_RGB
     assert rgb.mean == (0.485, 0.456, 0.406) and rgb.std == (0.229, 0.224, 0.225)

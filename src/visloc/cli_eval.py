@@ -293,7 +293,8 @@ def eval_localization(gt: GtPosesOpt, pred: PredPosesOpt, log: LocLogOpt = None,
         typer.echo(f"report -> {out}")
 
 
-EvModelOpt = Annotated[Path, typer.Option("--model", help="A visloc event-vpr checkpoint.")]
+EvModelOpt = Annotated[Optional[Path], typer.Option("--model", help="A visloc event-vpr checkpoint (default: the "
+                                                                   "shipped event-vpr-world).")]
 EvDbOpt = Annotated[Path, typer.Option("--database", help="The database traversal: its folder ROOT/NAME in an "
                                                           "event drive (visloc data world event-drive).")]
 EvQueriesOpt = Annotated[list[Path], typer.Option("--queries", help="A query traversal ROOT/NAME2 of the same drive "
@@ -306,7 +307,7 @@ FrameSetOpt = Annotated[Optional[list[str]], typer.Option("--frame-set", help="F
 
 
 @eval_app.command("event-vpr")
-def eval_event_vpr(model: EvModelOpt, database: EvDbOpt, queries: EvQueriesOpt, set_: SetOpt = None,
+def eval_event_vpr(database: EvDbOpt, queries: EvQueriesOpt, model: EvModelOpt = None, set_: SetOpt = None,
                    radius: RadiusOpt = 25.0, n: NOpt = None, frames: FramesOpt = None, frame_set: FrameSetOpt = None,
                    vocab_images: Annotated[int, typer.Option(help="Most database frames a vlad-aliked vocabulary "
                                                                   "is learned from.")] = 100,

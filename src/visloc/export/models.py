@@ -178,8 +178,8 @@ class EventVPRShape:
 class EventVPRExportConf:
     """``event-vpr``: the network after the representation, from a visloc ``event-vpr`` checkpoint.
 
-    The checkpoint (``events.vpr``: representation + network) fixes its own architecture; ``model`` shapes
-    the random network only (``allow_random`` without weights).
+    The checkpoint (``events.vpr``: representation + network; None: the shipped ``event-vpr-world``) fixes its
+    own architecture; ``model`` shapes the random network only (``allow_random`` without weights).
     """
 
     weights: str | None = None
@@ -192,16 +192,15 @@ def build_event_vpr(conf: EventVPRExportConf) -> nn.Module:
     """The ``EventVPR`` network (the checkpoint's ``network.*`` weights), eval mode, CPU."""
     from visloc.models.event_vpr import EventVPR
     from visloc.weights.checkpoint import build_model, load_model_record
-    from visloc.weights.load import WeightsError
 
-    if conf.weights is not None:
-        record = load_model_record(conf.weights, "event-vpr")
+    if conf.weights is not None or not conf.allow_random:
+        from visloc.models.event_vpr import SHIPPED
+        from visloc.weights.records import resolve_weights
+
+        record = load_model_record(resolve_weights(SHIPPED, conf.weights), "event-vpr")
         prefix = "network."
         network = {k[len(prefix):]: v for k, v in record.state_dict.items() if k.startswith(prefix)}
         return build_model(dataclasses.replace(record, state_dict=network), EventVPRConf, EventVPR).cpu()
-    if not conf.allow_random:
-        raise WeightsError("event-vpr: no weights; pass --weights FILE (a visloc event-vpr checkpoint), or "
-                           "--allow-random for a random network")
     with torch.random.fork_rng(devices=[]):  # the same random network in every process
         torch.manual_seed(0)
         return EventVPR(conf.model).eval()

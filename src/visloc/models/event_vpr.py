@@ -44,6 +44,8 @@ ONNX_OUTPUT = "global_descriptor"
 DEPTH = 34
 FEATURE_DIM = 512  # ResNet-34's conv5 channels
 STRIDE = 32
+#: the shipped weights (``weights.records``): trained on the built-in world's event drives (docs/event_vpr.md)
+SHIPPED = "event-vpr-world"
 
 
 @dataclass(frozen=True)

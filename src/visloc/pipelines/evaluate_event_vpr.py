@@ -32,10 +32,11 @@ from visloc.eval.event_vpr import DescribedPlaces, RecallProtocol, RecallRow, ch
 from visloc.events.drive_dataset import EventDrive, EventTraversal, Places, PlaceWindows, read_event_drive
 from visloc.events.vpr import EventVPRWindows, build_event_vpr
 from visloc.io.atomic import atomic_write_text
-from visloc.models.event_vpr import EventVPRConf
+from visloc.models.event_vpr import SHIPPED, EventVPRConf
 from visloc.pipelines.common import pick_device
 from visloc.pipelines.frame_vpr import FrameMethod, build_frame_extractor, describe_frames, nearest_frames
 from visloc.weights.checkpoint import build_model, load_model_record
+from visloc.weights.records import resolve_weights
 
 logger = logging.getLogger(__name__)
 EVENTS = "events"
@@ -124,13 +125,17 @@ def resolve_traversals(database: str | Path, queries: Sequence[str | Path]) -> t
     return drive, db.resolve().name, tuple(names)
 
 
-def load_event_vpr(path: str | Path) -> EventVPRWindows:
+def load_event_vpr(path: str | Path | None = None) -> EventVPRWindows:
     """The ``event-vpr`` checkpoint ``path`` (``weights.checkpoint.save_model``), in eval mode.
+
+    Args:
+        path: a checkpoint; None: the shipped ``event-vpr-world`` (``SHIPPED``, sha256 checked).
 
     Raises:
         WeightsError: missing or corrupt file, another model, or a state dict that does not fit its conf.
     """
-    return build_model(load_model_record(path, "event-vpr"), EventVPRConf, lambda c: build_event_vpr(c))
+    p = resolve_weights(SHIPPED, path)
+    return build_model(load_model_record(p, "event-vpr"), EventVPRConf, lambda c: build_event_vpr(c))
 
 
 def _places(traversal: EventTraversal, windows: PlaceWindows) -> Places:
@@ -175,7 +180,7 @@ def _frame_rows(method: FrameMethod, drive: EventDrive, db: str, queries: Sequen
     return recall_rows(method.label, described[0], described[1:], protocol), record, None
 
 
-def evaluate_event_vpr(model: str | Path, database: str | Path, queries: Sequence[str | Path], *,
+def evaluate_event_vpr(model: str | Path | None, database: str | Path, queries: Sequence[str | Path], *,
                        windows: PlaceWindows | None = None, protocol: RecallProtocol | None = None,
                        frames: Sequence[FrameMethod] = (), batch_size: int = 8, vocab_images: int = 100,
                        work_dir: str | Path | None = None, device: str | None = None,
@@ -183,7 +188,7 @@ def evaluate_event_vpr(model: str | Path, database: str | Path, queries: Sequenc
     """Recall@N of the ``event-vpr`` checkpoint ``model`` and of the frame baselines (module docstring).
 
     Args:
-        model: a visloc ``event-vpr`` checkpoint.
+        model: a visloc ``event-vpr`` checkpoint; None: the shipped ``event-vpr-world``.
         database: the database traversal's folder (``ROOT/NAME`` of an event drive).
         queries: query traversal folders of the same drive, each different from ``database``.
         windows: places and windows (default ``PlaceWindows()``: every 2 m, the last 30,000 events).
@@ -202,6 +207,7 @@ def evaluate_event_vpr(model: str | Path, database: str | Path, queries: Sequenc
     if len(set(labels)) != len(labels):
         raise InputError(f"method labels must be distinct (and not chance or {EVENTS}), got {labels[1:]}")
     drive, db, qs = resolve_traversals(database, queries)
+    model = resolve_weights(SHIPPED, model)
     net = load_event_vpr(model).to(pick_device(device))
     places = {name: _places(drive[name], windows) for name in (db, *qs)}
     described = [DescribedPlaces(name, drive[name].condition, places[name].xy,

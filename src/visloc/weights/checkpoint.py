@@ -101,6 +101,24 @@ def load_model_record(path: str | Path, expected_model: str, what: str | None = 
     return ModelRecord(p, str(model), conf, state, extras)
 
 
+def halve_checkpoint(src: str | Path, dst: str | Path, expected_model: str) -> Path:
+    """Write ``src``'s checkpoint to ``dst`` with its floating tensors in float16 (half the file), atomically.
+
+    What a model ships as when its float32 file would pass the project's 50 MB limit. Integer buffers
+    (BatchNorm's ``num_batches_tracked``) stay as they are. ``build_model`` loads the result into the float32
+    model (``load_state_dict`` casts), which then computes with the float16-rounded weights.
+
+    Raises:
+        WeightsError: ``src`` is not a checkpoint of ``expected_model`` (``load_model_record``).
+    """
+    rec = load_model_record(src, expected_model)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in rec.state_dict.items()}
+    with atomic_path(dst) as tmp:
+        torch.save({"format": FORMAT, "model": rec.model, "conf": rec.conf, "state_dict": state,
+                    "extras": rec.extras}, tmp)
+    return Path(dst)
+
+
 def build_model(record: ModelRecord, conf_type: type[C], factory: Callable[[C], M]) -> M:
     """``factory(conf)`` with the record's weights loaded, in eval mode.
 

@@ -175,6 +175,14 @@ WEIGHTS: dict[str, WeightsRecord] = {
                                 "56dc6f8889b25f8aba7af815c22382c71a85c521302a404a0036658027fe9438",
                                 "visloc DELG (delg-r18) trained on the built-in world's train split (this project)",
                                 "Apache-2.0", home="visloc", preprocessing=DELG_RGB),
+    # Event-VPR (voxel grid 9 bins, 128 px, ResNet-34 + NetVLAD 32 x 512) trained from random initialisation on
+    # two train-split event drives of the built-in world by configs/event_vpr.yaml (docs/event_vpr.md), the
+    # step chosen by validation on a val-split drive, so the test split's drives are held out; float16 weights
+    # (weights.checkpoint.halve_checkpoint), not an image network
+    "event-vpr-world": WeightsRecord("event_vpr_world.pt",
+                                     "8b67f583964a54065ad3da05917e2528be935b40a933604c2d2c860374def6fd",
+                                     "visloc Event-VPR trained on the built-in world's event drives (this project)",
+                                     "Apache-2.0", home="visloc"),
 }
 
 #: pytorch-NetVlad (VGG16) was trained on RGB in [0, 1] with torchvision's ImageNet normalisation
