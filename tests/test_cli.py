@@ -107,7 +107,7 @@ def test_extract_errors(photo_dir, tmp_path):
     result = invoke("extract", photo_dir, "--out", tmp_path / "f.h5", "--conf", "sift", "--set", "max_kp=3")
     assert result.exit_code == 2 and "unknown key" in result.stderr
     result = invoke("extract", photo_dir, "--out", tmp_path / "f.h5", "--image-list", tmp_path / "no.txt")
-    assert result.exit_code == 2 and "image list not found" in result.stderr
+    assert result.exit_code == 2 and "image list file not found" in result.stderr
     assert not (tmp_path / "f.h5").exists()
 
 

@@ -274,7 +274,7 @@ def test_search_flags_reach_the_code(fake_pipeline):
     (["--rerank", -1], "--rerank: expected >= 0, got -1"),
     (["--rerank", 2], "--rerank needs --db-features"),
     (["--rerank", 2, "--db-features", "db.h5", "--rerank-model", "essential"],
-     "model: expected homography, fundamental or affine"),
+     "--rerank-model: expected one of homography, fundamental, affine, got 'essential'"),
     (["--rerank", 2, "--db-features", "db.h5", "--rerank-threshold", 0],
      "--rerank-threshold: expected a finite number > 0, got 0.0"),
     (["--rerank", 2, "--db-features", "db.h5", "--rerank-min-inliers", -3],

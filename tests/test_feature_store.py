@@ -281,3 +281,25 @@ def test_missing_image(tmp_path):
     with pytest.raises(FeatureStoreError, match=r"'a/b.jpg/keypoints'"):
         read_features(path, "a/b.jpg/keypoints")  # a dataset is not an image
     assert issubclass(FeatureStoreError, ValueError)
+
+
+def test_a_forged_shape_is_refused_before_any_allocation(tmp_path, monkeypatch):
+    """HDF5 declares a shape without storing its chunks: 2.7 kB may ask for 1 GiB (or any amount)."""
+    from visloc.io import shards
+
+    path = tmp_path / "forged.h5"
+    with h5py.File(path, "w") as fd:
+        grp = fd.create_group("a.jpg")
+        grp.create_dataset("keypoints", shape=(2**27, 2), dtype="f4", chunks=(1024, 2))  # 1 GiB, nothing stored
+        grp.create_dataset("descriptors", data=np.zeros((8, 5), np.float32))
+    assert path.stat().st_size < 10_000
+    with pytest.raises(FeatureStoreError, match=r"forged.h5: /a.jpg/keypoints declares shape \(134217728, 2\) float32 "
+                                                r"\(1024 MiB\) but the file stores 0 bytes of it"):
+        read_features(path, "a.jpg")
+    monkeypatch.setattr(shards, "SPARSE_CHECK_BYTES", 2**20)  # a stored dataset above the check reads as usual
+    write_features(tmp_path / "dense.h5", {"b.jpg": _feats(2000, 256)})  # 2 MB, stored
+    assert read_features(tmp_path / "dense.h5", "b.jpg")["descriptors"].shape == (2000, 256)
+    monkeypatch.setattr(shards, "MAX_ARRAY_BYTES", 2**20)
+    with pytest.raises(FeatureStoreError, match=r"declares shape \(134217728, 2\) float32 \(1.0 GiB\), more than one "
+                                                r"item may hold"):
+        read_features(path, "a.jpg")

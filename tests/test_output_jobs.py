@@ -225,6 +225,17 @@ OPTION_CASES = [
     (["extract", "I", "--out", "f.h5", "--batch-size", "0"], "--batch-size: expected an integer >= 1"),
     (["extract", "I", "--out", "f.h5", "--num-workers", "-1"], "--num-workers: expected an integer >= 0"),
     (["demo", "--out", "d", "--batch-size", "0"], "--batch-size: expected an integer >= 1"),
+    (["search", "--index", "x", "--features", "f", "--out", "p.txt", "--rerank-model", "planar"],
+     "--rerank-model: expected one of homography, fundamental, affine, got 'planar'"),
+    (["eval", "retrieval", "--gnd", "g.pkl", "--index", "x", "--features", "f", "--rerank-rule", "best"],
+     "--rerank-rule: expected one of min-inliers, delg, got 'best'"),
+    (["extract", "I", "--out", "f.h5", "--ray", "--shard-size", "0"], "--shard-size: expected an integer >= 1"),
+    (["extract", "I", "--out", "f.h5", "--ray", "--ray-cpus", "0"], "--ray-cpus: expected an integer >= 1"),
+    (["extract", "I", "--out", "f.h5", "--ray", "--gpus-per-task", "-1"],
+     "--gpus-per-task: expected a finite number >= 0, got -1.0"),
+    (["extract", "I", "--out", "f.h5", "--shard-size", "8"],
+     "--ray-cpus, --cpus-per-task, --gpus-per-task and --shard-size need --ray"),
+    (["extract", "I", "--out", "f.h5", "--image-list", "missing.txt"], "missing.txt: image list file not found"),
 ]
 
 

@@ -6,6 +6,7 @@ with code 2; any other exception is a bug, shown with its traceback, exit code 1
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -100,11 +101,14 @@ def extract(images: Annotated[Path, typer.Argument(help="Image folder (searched 
     """Extract features of every image below IMAGES into --out; resumes, skips bad images."""
     at_least({"--batch-size": batch_size, "--cpus-per-task": cpus_per_task, "--shard-size": shard_size})
     at_least({"--num-workers": num_workers}, 0)
+    at_least({"--ray-cpus": ray_cpus})
+    if not (math.isfinite(gpus_per_task) and gpus_per_task >= 0):
+        fail(f"--gpus-per-task: expected a finite number >= 0, got {gpus_per_task}")
     names = None
     if image_list is not None:
-        if not image_list.is_file():
-            fail(f"{image_list}: image list not found")
-        names = [ln.strip() for ln in image_list.read_text().splitlines() if ln.strip()]
+        from visloc.io.arrays import read_lines
+
+        names = run(read_lines, image_list, "image list")
     name, overrides = resolve_conf(conf, set_)
     shared = {"extractor": name, "overrides": overrides, "image_list": names, "as_half": as_half,
               "overwrite": overwrite, "device": device, "batch_size": batch_size}

@@ -10,6 +10,7 @@ body follows the same rule.
 from __future__ import annotations
 
 import math
+import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +34,16 @@ _CONTROL_FLOW = (typer.Exit, typer.Abort, typer.TyperException)
 
 
 def fail(message: str) -> NoReturn:
-    """Print ``error: message`` and exit with code 2."""
-    typer.echo(f"error: {message}", err=True)
+    """Print ``error: message`` on a line of its own and exit with code 2.
+
+    While a tqdm bar is open (an error raised inside a progress loop) the line goes through ``tqdm.write``,
+    which clears the bar first; otherwise the line would be glued to the bar's text.
+    """
+    bars = sys.modules.get("tqdm")
+    if bars is not None and getattr(bars.tqdm, "_instances", None):
+        bars.tqdm.write(f"error: {message}", file=sys.stderr)
+    else:
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
 
@@ -90,10 +99,16 @@ class BoundaryGroup(TyperGroup):
 def rerank_conf(top: int, db_features: Optional[Path], model: str, threshold: Optional[float], matcher: str,
                 matcher_overrides: Optional[list[str]], min_inliers: int, rule: str = "min-inliers") -> RerankConf:
     """The ``RerankConf`` of the ``--rerank*`` and ``--db-features`` options (exit 2 when they do not fit)."""
-    from visloc.retrieval.rerank import RerankConf
+    from typing import get_args
+
+    from visloc.retrieval.rerank import RerankConf, RerankModel, RerankRule
 
     if top < 0:
         fail(f"--rerank: expected >= 0, got {top}")
+    if model not in get_args(RerankModel):
+        fail(f"--rerank-model: expected one of {', '.join(get_args(RerankModel))}, got {model!r}")
+    if rule not in get_args(RerankRule):
+        fail(f"--rerank-rule: expected one of {', '.join(get_args(RerankRule))}, got {rule!r}")
     at_least({"--rerank-min-inliers": min_inliers}, 0)
     above({"--rerank-threshold": threshold})
     if top and db_features is None:

@@ -31,12 +31,18 @@ Cache = Annotated[Optional[Path], typer.Option(help="Prediction cache (default $
 Thr = Annotated[Optional[float], typer.Option(help="RANSAC inlier threshold in pixels.")]
 
 
-def _check_report(out: Optional[Path]) -> None:
-    """Before any work: a --out that exists is a text file (a JSON report), in a writable folder."""
+def _check_report(ctx: typer.Context, out: Optional[Path]) -> None:
+    """Before any work: a --out that exists is a text file (a JSON report), in a writable folder.
+
+    The command then holds the report's writer lock (``io.locks``) until it ends (click's context closes it):
+    a second job writing the same report fails at once.
+    """
     if out is not None:
+        from visloc.io.locks import output_lock
         from visloc.io.outputs import check_text_output
 
         run(check_text_output, out, "JSON report")
+        run(ctx.with_resource, output_lock(out))
 
 
 def _finish(report, columns, out: Optional[Path]) -> None:  # noqa: ANN001
@@ -50,13 +56,14 @@ def _finish(report, columns, out: Optional[Path]) -> None:  # noqa: ANN001
         typer.echo(f"report -> {out}")
 
 @eval_app.command("homography")
-def eval_homography(dataset: Annotated[str, typer.Option(help="synthetic (built in) or graf (opencv-doc).")]
+def eval_homography(ctx: typer.Context,
+                    dataset: Annotated[str, typer.Option(help="synthetic (built in) or graf (opencv-doc).")]
                     = "synthetic", extractor: Extr = "aliked-n16", matcher: Match = "lightglue",
                     set_extractor: SetE = None, set_matcher: SetM = None, resize_max: Resize = 640,
                     threshold: Thr = None, seed: Annotated[int, typer.Option(help="Synthetic pairs seed.")] = 0,
                     cache: Cache = None, out: Out = None, device: DeviceOpt = None) -> None:
     """Homography accuracy: corner-error AUC at 1/3/5 px, precision at 3 px."""
-    _check_report(out)
+    _check_report(ctx, out)
     from visloc.pipelines.evaluate import HOMOGRAPHY_COLUMNS, evaluate_homography
 
     if dataset not in ("synthetic", "graf"):
@@ -67,12 +74,13 @@ def eval_homography(dataset: Annotated[str, typer.Option(help="synthetic (built 
     _finish(report, HOMOGRAPHY_COLUMNS, out)
 
 @eval_app.command("pose")
-def eval_pose(extractor: Extr = "aliked-n16", matcher: Match = "lightglue", set_extractor: SetE = None,
+def eval_pose(ctx: typer.Context,
+              extractor: Extr = "aliked-n16", matcher: Match = "lightglue", set_extractor: SetE = None,
               set_matcher: SetM = None, resize_max: Resize = 640,
               step: Annotated[int, typer.Option(help="Frames between the two images of a pair.")] = 5,
               threshold: Thr = None, cache: Cache = None, out: Out = None, device: DeviceOpt = None) -> None:
     """Relative pose on ViSP Castle-simu: AUC at 5/10/20 degrees (visp-images-data)."""
-    _check_report(out)
+    _check_report(ctx, out)
     from visloc.pipelines.evaluate import POSE_COLUMNS, evaluate_pose
 
     method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
@@ -81,17 +89,19 @@ def eval_pose(extractor: Extr = "aliked-n16", matcher: Match = "lightglue", set_
     _finish(report, POSE_COLUMNS, out)
 
 @eval_app.command("stereo")
-def eval_stereo(extractor: Extr = "aliked-n16", matcher: Match = "lightglue", set_extractor: SetE = None,
+def eval_stereo(ctx: typer.Context,
+                extractor: Extr = "aliked-n16", matcher: Match = "lightglue", set_extractor: SetE = None,
                 set_matcher: SetM = None, resize_max: Resize = 640, cache: Cache = None,
                 out: Out = None, device: DeviceOpt = None) -> None:
     """Stereo end-point error on skimage's Middlebury motorcycle pair."""
-    _check_report(out)
+    _check_report(ctx, out)
     from visloc.pipelines.evaluate import STEREO_COLUMNS, evaluate_stereo
 
     method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
     _finish(run(evaluate_stereo, method, cache_dir=cache, device=device), STEREO_COLUMNS, out)
 
-def bench(extractors: Annotated[Optional[list[str]], typer.Option("--extractor", help="Extractors to time.")] = None,
+def bench(ctx: typer.Context,
+          extractors: Annotated[Optional[list[str]], typer.Option("--extractor", help="Extractors to time.")] = None,
           matchers: Annotated[Optional[list[str]], typer.Option("--matcher", help="name:extractor to time, "
                                                                  "e.g. lightglue:aliked-n16.")] = None,
           threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
@@ -104,12 +114,10 @@ def bench(extractors: Annotated[Optional[list[str]], typer.Option("--extractor",
     import json
 
     from visloc.io.atomic import atomic_write_text
-    from visloc.io.outputs import check_text_output
     from visloc.pipelines.bench import check_bench_args, format_results, machine_line, results_json, run_one
 
     run(check_bench_args, threads, runs, warmup, (width, height))
-    if out is not None:
-        run(check_text_output, out, "JSON report")
+    _check_report(ctx, out)
     extractors = extractors or ["sift", "orb", "aliked-n16", "disk"]
     matchers = matchers or ["nn-ratio:sift", "nn-mutual:orb", "lightglue:aliked-n16", "lightglue:disk"]
     results = []
@@ -189,7 +197,7 @@ def _check_retrieval_sources(gnd: Optional[Path], ranks: Optional[Path], scores:
 
 
 @eval_app.command("retrieval")
-def eval_retrieval(gnd: GndOpt = None, ranks: RanksOpt = None, scores: ScoresOpt = None,
+def eval_retrieval(ctx: typer.Context, gnd: GndOpt = None, ranks: RanksOpt = None, scores: ScoresOpt = None,
                    protocol: ProtocolOpt = "revisited", k: KappaOpt = None, out: Out = None, index: IndexOpt = None,
                    features: QFeatOpt = None, rerank: RerankOpt = 0, db_features: DbFeatOpt = None,
                    rerank_model: RerankModelOpt = "homography", rerank_matcher: RerankMatcherOpt = "nn-mutual",
@@ -206,10 +214,12 @@ def eval_retrieval(gnd: GndOpt = None, ranks: RanksOpt = None, scores: ScoresOpt
     end to end, --dataset: images of --root extracted with --extractor (queries cropped), searched, and
     with --rerank N re-ranked by DELG's geometric verification (Medium and Hard each without their junk).
     """
-    _check_report(out)
+    _check_report(ctx, out)
     from visloc.eval.retrieval import KAPPAS
 
     kappas = tuple(k) if k else KAPPAS
+    if rerank_rule not in (None, "min-inliers", "delg"):
+        fail(f"--rerank-rule: expected one of min-inliers, delg, got {rerank_rule!r}")
     if dataset is not None:
         bad = [f for f, v in (("--gnd", gnd), ("--ranks", ranks), ("--scores", scores), ("--index", index),
                               ("--features", features), ("--db-features", db_features)) if v is not None]
@@ -250,10 +260,11 @@ def _eval_ranking(gnd, ranks, scores, protocol, kappas, index, features, rerank,
 
 
 @eval_app.command("recall")
-def eval_recall(pred: PredOpt, db_utm: UtmOpt = None, query_utm: UtmOpt = None, db_names: NamesOpt = None,
+def eval_recall(ctx: typer.Context,
+                pred: PredOpt, db_utm: UtmOpt = None, query_utm: UtmOpt = None, db_names: NamesOpt = None,
                 query_names: NamesOpt = None, radius: RadiusOpt = 25.0, n: NOpt = None, out: Out = None) -> None:
     """Place recognition recall@N, positives within --radius metres; queries without one are left out."""
-    _check_report(out)
+    _check_report(ctx, out)
     from visloc.eval.place_recognition import RECALL_NS
     from visloc.pipelines.evaluate_retrieval import evaluate_recall
 
@@ -278,10 +289,11 @@ LocThrOpt = Annotated[Optional[str], typer.Option(help="Recall thresholds 'posit
 
 
 @eval_app.command("localization")
-def eval_localization(gt: GtPosesOpt, pred: PredPosesOpt, log: LocLogOpt = None, thresholds: LocThrOpt = None,
+def eval_localization(ctx: typer.Context,
+                      gt: GtPosesOpt, pred: PredPosesOpt, log: LocLogOpt = None, thresholds: LocThrOpt = None,
                       out: Out = None) -> None:
     """Localization accuracy: position / rotation errors, recall at thresholds, time per stage."""
-    _check_report(out)
+    _check_report(ctx, out)
     from visloc.eval.localization import DEFAULT_THRESHOLDS, evaluate_localization, parse_thresholds
 
     thr = run(parse_thresholds, thresholds) if thresholds is not None else DEFAULT_THRESHOLDS
@@ -307,7 +319,8 @@ FrameSetOpt = Annotated[Optional[list[str]], typer.Option("--frame-set", help="F
 
 
 @eval_app.command("event-vpr")
-def eval_event_vpr(database: EvDbOpt, queries: EvQueriesOpt, model: EvModelOpt = None, set_: SetOpt = None,
+def eval_event_vpr(ctx: typer.Context,
+                   database: EvDbOpt, queries: EvQueriesOpt, model: EvModelOpt = None, set_: SetOpt = None,
                    radius: RadiusOpt = 25.0, n: NOpt = None, frames: FramesOpt = None, frame_set: FrameSetOpt = None,
                    vocab_images: Annotated[int, typer.Option(help="Most database frames a vlad-aliked vocabulary "
                                                                   "is learned from.")] = 100,
@@ -322,7 +335,7 @@ def eval_event_vpr(database: EvDbOpt, queries: EvQueriesOpt, model: EvModelOpt =
     the rendered frame nearest each place through global extractors on the same places (a vlad-aliked vocabulary
     is learned from the database traversal's frames only; a method without its weights is skipped with a line).
     """
-    _check_report(out)
+    _check_report(ctx, out)
     from visloc.conf import apply_overrides
     from visloc.eval.event_vpr import RecallProtocol
     from visloc.eval.place_recognition import RECALL_NS

@@ -27,6 +27,7 @@ from visloc.errors import InputError
 from visloc.io.atomic import atomic_path, atomic_write_text
 from visloc.io.images import ImageError, read_image, resize_image
 from visloc.io.jobs import JobSummary
+from visloc.io.locks import output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ def select_bdd(
 ) -> JobSummary:
     """Copy the selected BDD100K frames at ``size`` px (longest side) to ``out``; see the module docstring.
 
+    One job writes ``out`` at a time (``io.locks.output_lock``: a second one raises ``OutputLockedError``).
+
     Args:
         labels: a BDD100K label JSON file or a folder of per-image label files.
         images: the folder holding the frames (e.g. ``bdd100k/images/100k/train``).
@@ -99,27 +102,28 @@ def select_bdd(
         raise DatasetError(f"{images}: BDD100K image folder not found")
     if size < 16:
         raise InputError(f"size must be >= 16, got {size}")
-    names, bad = select_frames(labels, times)
-    summary = JobSummary(out, failed=list(bad))
-    written = []
-    for name in names:
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            summary.failed.append((name, "name points outside the image folder"))
-            continue
-        dst = (out / name).with_suffix(".jpg")
-        if dst.is_file():
-            summary.already_done += 1
+    with output_lock(out):
+        names, bad = select_frames(labels, times)
+        summary = JobSummary(out, failed=list(bad))
+        written = []
+        for name in names:
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                summary.failed.append((name, "name points outside the image folder"))
+                continue
+            dst = (out / name).with_suffix(".jpg")
+            if dst.is_file():
+                summary.already_done += 1
+                written.append(dst.relative_to(out).as_posix())
+                continue
+            try:
+                img = resize_image(read_image(images / name), resize_max=size).image
+                _write_jpeg(dst, img)
+            except (ImageError, OSError) as e:
+                summary.failed.append((name, str(e).splitlines()[0]))
+                continue
+            summary.done += 1
             written.append(dst.relative_to(out).as_posix())
-            continue
-        try:
-            img = resize_image(read_image(images / name), resize_max=size).image
-            _write_jpeg(dst, img)
-        except (ImageError, OSError) as e:
-            summary.failed.append((name, str(e).splitlines()[0]))
-            continue
-        summary.done += 1
-        written.append(dst.relative_to(out).as_posix())
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "images.txt", "".join(f"{n}\n" for n in written))
-    logger.info("bdd: %d selected, %d written, %d skipped", len(names), summary.done, len(summary.failed))
-    return summary
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "images.txt", "".join(f"{n}\n" for n in written))
+        logger.info("bdd: %d selected, %d written, %d skipped", len(names), summary.done, len(summary.failed))
+        return summary

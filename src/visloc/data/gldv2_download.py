@@ -38,6 +38,7 @@ from visloc.data.errors import DatasetError
 from visloc.data.world import gldv2_layout as gl
 from visloc.io.checksums import ChecksumError, parse_md5_file
 from visloc.io.download import DownloadConf, DownloadError, download, part_path
+from visloc.io.locks import output_lock
 from visloc.io.safe_tar import UnsafeArchiveError
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ def _fetch_tar(index: int, folder: Path, conf: Gldv2DownloadConf, state: Downloa
 def download_gldv2(out: str | Path, conf: Gldv2DownloadConf | None = None, progress: bool = False) -> DownloadSummary:
     """Download (and extract) GLDv2's ``conf.split`` into ``out/<split>/`` (module docstring).
 
+    One job writes ``out/<split>/`` at a time (``io.locks.output_lock``: a second one raises ``OutputLockedError``).
+
     Args:
         out: the dataset folder (``out/train/`` is DELF's ``gldv2_dataset/train/``).
         conf: what to fetch.
@@ -150,34 +153,35 @@ def download_gldv2(out: str | Path, conf: Gldv2DownloadConf | None = None, progr
     conf = conf or Gldv2DownloadConf()
     folder = Path(out) / conf.split
     folder.mkdir(parents=True, exist_ok=True)
-    state = DownloadState(folder / STATE_FILE, "tars")
-    summary = DownloadSummary("gldv2 download", "tars", folder)
-    if conf.metadata:
-        for csv_name in METADATA[conf.split]:
-            try:
-                download(f"{conf.base_url.rstrip('/')}/metadata/{csv_name}", folder / csv_name, conf=conf.http)
-            except DownloadError as e:
-                summary.failed[csv_name] = str(e).splitlines()[0]
-    done = "extracted" if conf.extract else "verified"
-    before = {gl.tar_name(i) for i in conf.indices if state.status(gl.tar_name(i)) == done}
-    with TransferBars(len(conf.indices), f"gldv2 {conf.split}", enabled=progress) as bars, \
-            ThreadPoolExecutor(max_workers=conf.jobs) as pool:
-        def fetch(index: int) -> bool:
-            try:
-                return _fetch_tar(index, folder, conf, state, bars.add_bytes)
-            finally:
-                bars.file_done()
+    with output_lock(folder):
+        state = DownloadState(folder / STATE_FILE, "tars")
+        summary = DownloadSummary("gldv2 download", "tars", folder)
+        if conf.metadata:
+            for csv_name in METADATA[conf.split]:
+                try:
+                    download(f"{conf.base_url.rstrip('/')}/metadata/{csv_name}", folder / csv_name, conf=conf.http)
+                except DownloadError as e:
+                    summary.failed[csv_name] = str(e).splitlines()[0]
+        done = "extracted" if conf.extract else "verified"
+        before = {gl.tar_name(i) for i in conf.indices if state.status(gl.tar_name(i)) == done}
+        with TransferBars(len(conf.indices), f"gldv2 {conf.split}", enabled=progress) as bars, \
+                ThreadPoolExecutor(max_workers=conf.jobs) as pool:
+            def fetch(index: int) -> bool:
+                try:
+                    return _fetch_tar(index, folder, conf, state, bars.add_bytes)
+                finally:
+                    bars.file_done()
 
-        results = list(pool.map(fetch, conf.indices))
-    for index, ok in zip(conf.indices, results, strict=True):
-        name = gl.tar_name(index)
-        if not ok:
-            summary.failed[name] = state.entry(name).get("reason", "failed")
-        elif name in before:
-            summary.already_done.append(name)
-        else:
-            summary.done.append(name)
-    return summary
+            results = list(pool.map(fetch, conf.indices))
+        for index, ok in zip(conf.indices, results, strict=True):
+            name = gl.tar_name(index)
+            if not ok:
+                summary.failed[name] = state.entry(name).get("reason", "failed")
+            elif name in before:
+                summary.already_done.append(name)
+            else:
+                summary.done.append(name)
+        return summary
 
 
 __all__ = ["GLDV2_BASE_URL", "METADATA", "NUM_TARS", "STATE_FILE", "Gldv2DownloadConf", "download_gldv2",

@@ -39,6 +39,7 @@ from visloc.data.gldv2_index import (
 from visloc.data.gldv2_split import RELABELING_CSV, build_split, read_labels, write_relabeling
 from visloc.data.world.gldv2_layout import TRAIN_CLEAN_CSV, TRAIN_CSV, image_relpath, verify_md5
 from visloc.io.atomic import atomic_write_text
+from visloc.io.locks import output_lock
 
 logger = logging.getLogger(__name__)
 TAR_GLOB = "images_[0-9][0-9][0-9].tar"
@@ -127,39 +128,41 @@ def prepare_gldv2(root: str | Path, out: str | Path | None = None, conf: Gldv2Pr
     """Write the index of the GLDv2 folder ``root`` into ``out`` (default ``root``); see the module docstring.
 
     ``progress`` is called with each tar's name once scanned. ``DatasetError`` when the CSVs are missing or
-    malformed, or when no listed image is found at all.
+    malformed, or when no listed image is found at all; ``OutputLockedError`` when another job writes the
+    index in ``out`` (``io.locks.output_lock`` on its ``gldv2-index.csv``).
     """
     conf = conf or Gldv2PrepareConf()
     root = Path(root).resolve()
     out = Path(out) if out is not None else root
     if not (root / TRAIN_CSV).is_file() and not (root / TRAIN_CLEAN_CSV).is_file():
         raise DatasetError(f"{root}: neither {TRAIN_CSV} nor {TRAIN_CLEAN_CSV} found (a GLDv2 train folder?)")
-    labels = read_labels(root, conf.clean)
-    located, skipped = ({}, []) if conf.locate == "files" else _scan_tars(root, conf.verify_md5, progress)
-    locations: dict[str, tuple[str, str, int, int]] = {}
-    for image_id in labels:
-        rel = image_relpath(image_id)
-        if conf.locate != "tars" and (root / rel).is_file():
-            locations[image_id] = (rel, "", 0, (root / rel).stat().st_size)
-        elif image_id in located:
-            tar, offset, size = located[image_id]
-            locations[image_id] = ("", tar, offset, size)
-    missing = tuple(sorted(set(labels) - set(locations)))
-    present = {i: lid for i, lid in labels.items() if i in locations}
-    if not present:
-        raise DatasetError(f"{root}: none of the {len(labels)} listed images was found "
-                           f"({'extracted' if conf.locate == 'files' else 'extracted or in ' + TAR_GLOB})")
-    split = build_split(present, conf.val_fraction, conf.seed)
-    parts: tuple[tuple[Literal["train", "val"], Sequence[tuple[str, int]]], ...] = (
-        ("train", split.train), ("val", split.val))
-    entries = [IndexEntry(i, label, present[i], name, *locations[i]) for name, items in parts for i, label in items]
-    out.mkdir(parents=True, exist_ok=True)
-    write_index(out / INDEX_CSV, entries)
-    write_relabeling(out / RELABELING_CSV, split.old_labels)
-    atomic_write_text(out / MISSING_TXT, "".join(f"{i}\n" for i in missing))
-    summary = PrepareSummary(out, split.num_classes, len(split.train), len(split.val),
-                             sum(1 for e in entries if e.tar), missing, tuple(skipped))
-    write_record(out / INDEX_JSON, {"root": str(root), "conf": asdict(conf), "num_classes": summary.num_classes,
-                                    "train": summary.train, "val": summary.val, "from_tars": summary.from_tars,
-                                    "missing": len(missing), "skipped_tars": [list(s) for s in skipped]})
-    return summary
+    with output_lock(out / INDEX_CSV):
+        labels = read_labels(root, conf.clean)
+        located, skipped = ({}, []) if conf.locate == "files" else _scan_tars(root, conf.verify_md5, progress)
+        locations: dict[str, tuple[str, str, int, int]] = {}
+        for image_id in labels:
+            rel = image_relpath(image_id)
+            if conf.locate != "tars" and (root / rel).is_file():
+                locations[image_id] = (rel, "", 0, (root / rel).stat().st_size)
+            elif image_id in located:
+                tar, offset, size = located[image_id]
+                locations[image_id] = ("", tar, offset, size)
+        missing = tuple(sorted(set(labels) - set(locations)))
+        present = {i: lid for i, lid in labels.items() if i in locations}
+        if not present:
+            raise DatasetError(f"{root}: none of the {len(labels)} listed images was found "
+                               f"({'extracted' if conf.locate == 'files' else 'extracted or in ' + TAR_GLOB})")
+        split = build_split(present, conf.val_fraction, conf.seed)
+        parts: tuple[tuple[Literal["train", "val"], Sequence[tuple[str, int]]], ...] = (
+            ("train", split.train), ("val", split.val))
+        entries = [IndexEntry(i, label, present[i], name, *locations[i]) for name, items in parts for i, label in items]
+        out.mkdir(parents=True, exist_ok=True)
+        write_index(out / INDEX_CSV, entries)
+        write_relabeling(out / RELABELING_CSV, split.old_labels)
+        atomic_write_text(out / MISSING_TXT, "".join(f"{i}\n" for i in missing))
+        summary = PrepareSummary(out, split.num_classes, len(split.train), len(split.val),
+                                 sum(1 for e in entries if e.tar), missing, tuple(skipped))
+        write_record(out / INDEX_JSON, {"root": str(root), "conf": asdict(conf), "num_classes": summary.num_classes,
+                                        "train": summary.train, "val": summary.val, "from_tars": summary.from_tars,
+                                        "missing": len(missing), "skipped_tars": [list(s) for s in skipped]})
+        return summary

@@ -47,6 +47,7 @@ from visloc.data.revisitop_layout import (
 )
 from visloc.io.atomic import atomic_write_text
 from visloc.io.download import DownloadConf, DownloadError, download, part_path
+from visloc.io.locks import output_lock
 from visloc.io.safe_tar import UnsafeArchiveError, extract_tar
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,8 @@ def download_revisitop(out: str | Path, conf: RevisitopDownloadConf | None = Non
                        progress: bool = False) -> DownloadSummary:
     """Download, check and extract ``conf.dataset`` into ``out/<dataset>/`` (module docstring).
 
+    One job writes ``out/<dataset>/`` at a time (``io.locks.output_lock``: a second raises ``OutputLockedError``).
+
     Args:
         out: the datasets folder (upstream's ``data/datasets/``): ``out/roxford5k/jpg/``,
             ``out/roxford5k/gnd_roxford5k.pkl``...
@@ -192,29 +195,30 @@ def download_revisitop(out: str | Path, conf: RevisitopDownloadConf | None = Non
     source = conf.source
     folder = Path(out) / source.name
     folder.mkdir(parents=True, exist_ok=True)
-    summary = DownloadSummary(f"revisitop download {source.name}", "archives", folder)
-    try:
-        names = _fetch_list(folder, conf)
-    except (DownloadError, DatasetError) as e:
-        summary.failed[source.list_name] = f"{_first_line(e)} (no archive fetched: none could be checked)"
+    with output_lock(folder):
+        summary = DownloadSummary(f"revisitop download {source.name}", "archives", folder)
+        try:
+            names = _fetch_list(folder, conf)
+        except (DownloadError, DatasetError) as e:
+            summary.failed[source.list_name] = f"{_first_line(e)} (no archive fetched: none could be checked)"
+            return summary
+        listed = frozenset(names)
+        state = DownloadState(folder / STATE_FILE, "archives")
+        _recheck(folder, state, conf)
+        before = {a for a in source.archives if state.status(a) == "extracted"}
+        with TransferBars(len(source.archives), source.name, enabled=progress) as bars, \
+                ThreadPoolExecutor(max_workers=conf.jobs) as pool:
+            results = list(pool.map(lambda a: _fetch_archive(a, folder, conf, state, listed, bars), source.archives))
+        for archive, ok in zip(source.archives, results, strict=True):
+            if not ok:
+                summary.failed[archive] = str(state.entry(archive).get("reason", "failed"))
+            else:
+                (summary.already_done if archive in before else summary.done).append(archive)
+        missing = missing_images(folder / "jpg", names)
+        summary.notes.append(f"{len(names) - len(missing)} of the {len(names)} images of {source.list_name} in jpg/")
+        if missing and summary.ok:
+            summary.failed[source.list_name] = describe_missing(missing, len(names), source.list_name)
         return summary
-    listed = frozenset(names)
-    state = DownloadState(folder / STATE_FILE, "archives")
-    _recheck(folder, state, conf)
-    before = {a for a in source.archives if state.status(a) == "extracted"}
-    with TransferBars(len(source.archives), source.name, enabled=progress) as bars, \
-            ThreadPoolExecutor(max_workers=conf.jobs) as pool:
-        results = list(pool.map(lambda a: _fetch_archive(a, folder, conf, state, listed, bars), source.archives))
-    for archive, ok in zip(source.archives, results, strict=True):
-        if not ok:
-            summary.failed[archive] = str(state.entry(archive).get("reason", "failed"))
-        else:
-            (summary.already_done if archive in before else summary.done).append(archive)
-    missing = missing_images(folder / "jpg", names)
-    summary.notes.append(f"{len(names) - len(missing)} of the {len(names)} images of {source.list_name} in jpg/")
-    if missing and summary.ok:
-        summary.failed[source.list_name] = describe_missing(missing, len(names), source.list_name)
-    return summary
 
 
 __all__ = ["PROVIDED_DIR", "STATE_FILE", "RevisitopDownloadConf", "download_revisitop"]

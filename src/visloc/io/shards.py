@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -124,15 +125,32 @@ def get_item(fd: h5py.File, name: str, error: type[Exception]) -> h5py.Group | h
     return None
 
 
+#: the most one item's dataset may take in memory (one image's features are some MB, at most a few hundred)
+MAX_ARRAY_BYTES = 2 << 30
+#: a dataset this large must have at least 1/RATIO of its bytes stored: HDF5 declares a shape without writing
+#: its chunks (they read back as the fill value), so a small forged file can ask for any amount of memory
+SPARSE_CHECK_BYTES, SPARSE_RATIO = 64 << 20, 1024
+
+
 def read_array(grp: h5py.Group, key: str, error: type[Exception], where: str | Path) -> np.ndarray:
     """Dataset ``grp[key]`` read into memory; ``error`` naming ``where`` (the file) if it is not a dataset.
 
     h5py types ``grp[key]`` as a group, dataset or named datatype; a malformed file can hold any of them.
+    The declared size is checked before reading: above ``MAX_ARRAY_BYTES``, or above ``SPARSE_CHECK_BYTES``
+    with less than 1/``SPARSE_RATIO`` of it stored in the file, is ``error`` (a forged or damaged file),
+    never an allocation of what the shape field asks.
     """
     obj = grp.get(key)
     if not isinstance(obj, h5py.Dataset):
         found = "missing" if obj is None else f"a {type(obj).__name__}, not a dataset"
         raise error(f"{where}: {grp.name}/{key} is {found} (malformed file)")
+    declared = math.prod(obj.shape or ()) * obj.dtype.itemsize  # shape None: an empty (null) dataspace
+    if declared > MAX_ARRAY_BYTES:
+        raise error(f"{where}: {grp.name}/{key} declares shape {obj.shape} {obj.dtype} ({declared / 2**30:.1f} GiB), "
+                    f"more than one item may hold ({MAX_ARRAY_BYTES / 2**30:.0f} GiB; a forged or damaged file)")
+    if declared > SPARSE_CHECK_BYTES and obj.id.get_storage_size() * SPARSE_RATIO < declared:
+        raise error(f"{where}: {grp.name}/{key} declares shape {obj.shape} {obj.dtype} ({declared / 2**20:.0f} MiB) "
+                    f"but the file stores {obj.id.get_storage_size()} bytes of it (a forged or damaged file)")
     return np.asarray(obj[()])
 
 

@@ -11,8 +11,10 @@ checkpoints, TensorBoard), resume and the rank-zero preparation. A run folder ho
 
 Order of one run, on every process::
 
+    run folder claimed            the launching process only: its lock, for the whole run
     Trainer built                 ranks known (torchrun / SLURM env, or Lightning's own launcher)
     recipe.module(conf, run_dir)  the trainable network; must not read what prepare() writes
+    resume checked, conf.yaml     global rank zero: checkpoints of this recipe and network, or none
     trainer.fit:
       recipe.prepare(...)         global rank zero only; the other ranks wait at a barrier
       recipe.data(...)            every rank, after the barrier (Lightning's datamodule setup)
@@ -24,7 +26,9 @@ Order of one run, on every process::
 The barrier is Lightning's own ``prepare_data`` protocol (``prepare_data_per_node=False``: one
 process in the whole job prepares, so the run folder must be on a filesystem every node sees).
 
-Starting a run in a folder that has ``checkpoints/last.ckpt`` resumes from it (weights, optimiser,
+One job writes a run folder at a time, and a folder's checkpoints resume only a run of the same recipe
+and network (``train.run_folder``: one line otherwise, before any work). Starting a run in a folder that
+has ``checkpoints/last.ckpt`` resumes from it (weights, optimiser,
 scheduler, step), so a crashed run continues with the same command, and a finished one continues
 with a higher ``train.max_steps``. Multi-process: ``train.devices=N`` (Lightning launches DDP), or
 ``torchrun --nproc_per_node N ...`` (devices and nodes are then read from torchrun's environment).
@@ -50,6 +54,7 @@ from torch.utils.data import DataLoader
 
 from visloc.conf import ConfError, conf_to_dict
 from visloc.io.atomic import atomic_write_text
+from visloc.train.run_folder import check_resume, claim_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -260,13 +265,14 @@ def train(recipe: Any, conf: Any, progress: bool = True, callbacks: Sequence[L.C
         raise TypeError(f"recipe {recipe.name!r}: expected a {recipe.Conf.__name__}, got {type(conf).__name__}")
     t: OptimConf = conf.train
     run_dir = Path(conf.run_dir)
-    with cpu_threads(t.threads):
+    with claim_run_folder(run_dir), cpu_threads(t.threads):
         L.seed_everything(t.seed, workers=True, verbose=False)
         trainer = build_trainer(t, run_dir, progress, callbacks)
+        module = recipe.module(conf, run_dir)
         if trainer.is_global_zero:
+            check_resume(run_dir, recipe.name, module)
             run_dir.mkdir(parents=True, exist_ok=True)
             write_conf_record(run_dir, recipe.name, conf)
-        module = recipe.module(conf, run_dir)
         last = run_dir / "checkpoints" / "last.ckpt"
         resumed = last if last.is_file() else None
         if resumed:

@@ -69,13 +69,18 @@ def generator_conf(kind: str, seed: int | None = None, overrides: Sequence[str] 
 
 def run_generator(kind: str, out: str | Path, *, split: str, seed: int | None = None,
                   overrides: Sequence[str] = (), progress: bool = True) -> Any:
-    """Generate the ``kind`` dataset of ``split`` into ``out``; returns the generator's files record."""
+    """Generate the ``kind`` dataset of ``split`` into ``out``; returns the generator's files record.
+
+    ``OutputLockedError`` when another job writes ``out`` (``io.locks.output_lock``).
+    """
     from visloc.data.world.base import check_split
+    from visloc.io.locks import output_lock
 
     split_ = check_split(split)
     conf = generator_conf(kind, seed, overrides)
     _, function = get_generator(kind)
-    return function(conf, Path(out), split=split_, progress=progress)
+    with output_lock(out):  # one writer per dataset folder (io.locks): a second job fails at once
+        return function(conf, Path(out), split=split_, progress=progress)
 
 
 __all__ = ["GENERATORS", "GeneratorEntry", "generator_conf", "generator_names", "get_generator", "run_generator"]
