@@ -236,6 +236,9 @@ OPTION_CASES = [
     (["extract", "I", "--out", "f.h5", "--shard-size", "8"],
      "--ray-cpus, --cpus-per-task, --gpus-per-task and --shard-size need --ray"),
     (["extract", "I", "--out", "f.h5", "--image-list", "missing.txt"], "missing.txt: image list file not found"),
+    (["eval", "pose", "--threshold", "-1"], "--threshold: expected a finite number > 0, got -1.0"),
+    (["eval", "pose", "--step", "0"], "--step: expected an integer >= 1, got 0"),
+    (["eval", "stereo", "--resize-max", "-5"], "--resize-max: expected an integer >= 0, got -5"),
 ]
 
 

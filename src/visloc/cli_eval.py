@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from visloc.cli_common import DeviceOpt, SetOpt, SetRerankMatcher, fail, rerank_conf, run
+from visloc.cli_common import DeviceOpt, SetOpt, SetRerankMatcher, above, at_least, fail, rerank_conf, run
 
 eval_app = typer.Typer(help="Evaluate a pipeline on real ground truth (two stages: cache, then metrics).",
                        no_args_is_help=True)
@@ -16,6 +16,7 @@ def _method(extractor: str, matcher: str, set_extractor: Optional[list[str]], se
     from visloc.eval.predictions import Method
     from visloc.registry import MATCHERS
 
+    at_least({"--resize-max": resize_max}, 0)
     image_matcher = run(MATCHERS.kind_of, matcher) == "image"  # takes images: no extractor slot
     return Method(None if image_matcher else extractor, matcher, tuple(set_extractor or ()),
                   tuple(set_matcher or ()), resize_max if resize_max > 0 else None)
@@ -68,6 +69,7 @@ def eval_homography(ctx: typer.Context,
 
     if dataset not in ("synthetic", "graf"):
         fail(f"--dataset: {dataset!r} is not one of synthetic, graf")
+    above({"--threshold": threshold})
     method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
     report = run(evaluate_homography, method, dataset=dataset,
                  threshold=threshold if threshold is not None else 3.0, cache_dir=cache, device=device, seed=seed)
@@ -83,6 +85,8 @@ def eval_pose(ctx: typer.Context,
     _check_report(ctx, out)
     from visloc.pipelines.evaluate import POSE_COLUMNS, evaluate_pose
 
+    above({"--threshold": threshold})
+    at_least({"--step": step})
     method = _method(extractor, matcher, set_extractor, set_matcher, resize_max)
     report = run(evaluate_pose, method, dataset="castle", step=step,
                  threshold=threshold if threshold is not None else 1.0, cache_dir=cache, device=device)
