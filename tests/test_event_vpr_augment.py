@@ -66,9 +66,9 @@ def test_a_query_and_its_positive_and_negatives_are_mirrored_together():
 
 
 @pytest.mark.parametrize(("section", "message"), [
-    ({"augment": {"mirror_p": 1.5}}, r"augment.mirror_p: expected in \[0, 1\], got 1.5"),
-    ({"augment": {"shift_px": -1}}, r"augment.shift_px: expected >= 0 pixels, got -1"),
-    ({"augment": {"keep_min": 0.0}}, r"augment.keep_min: expected in \(0, 1\], got 0.0"),
+    ({"augment": {"mirror_p": 1.5}}, r"AugmentConf.mirror_p: expected a value in \[0, 1\], got 1.5"),
+    ({"augment": {"shift_px": -1}}, r"AugmentConf.shift_px: expected >= 0, got -1"),
+    ({"augment": {"keep_min": 0.0}}, r"AugmentConf.keep_min: expected > 0, got 0.0"),
     ({"val": {"select": "recall@20"}}, r"val.select: expected one of \['recall@1', 'recall@5', 'recall@10'\]"),
 ])
 def test_augment_and_select_conf_errors(section, message):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from visloc.conf import ConfError
+from visloc import conf_ranges
 from visloc.events.stream import EventStream
 
 
@@ -46,12 +46,9 @@ class AugmentConf:
     keep_min: float = 0.7
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.mirror_p <= 1.0:
-            raise ConfError(f"augment.mirror_p: expected in [0, 1], got {self.mirror_p}")
-        if self.shift_px < 0:
-            raise ConfError(f"augment.shift_px: expected >= 0 pixels, got {self.shift_px}")
-        if not 0.0 < self.keep_min <= 1.0:
-            raise ConfError(f"augment.keep_min: expected in (0, 1], got {self.keep_min}")
+        conf_ranges.between(self, 0.0, 1.0, "mirror_p", "keep_min")
+        conf_ranges.at_least(self, 0, "shift_px")
+        conf_ranges.above(self, 0.0, "keep_min")
 
 
 def transform_window(events: EventStream, mirror: bool = False, dx: int = 0, dy: int = 0, keep: float = 1.0,
