@@ -135,6 +135,20 @@ def test_parse_method_retrieval_depth_and_vlad_xfeat_methods():
         DemoMethod("sift", "nn-ratio", num_retrieved=0)
 
 
+def test_parse_method_labelled_xfeat_subpixel_methods():
+    for n in (1024, 1536, 2048):
+        m = parse_method(f"xfeat-sub{n}@k3")
+        assert (m.extractor, m.matcher, m.num_retrieved) == ("vlad-xfeat", "lighterglue", 3)
+        assert m.extractor_overrides == {"max_num_keypoints": n, "subpixel": True}
+        assert m.name == f"xfeat-sub{n}@k3" and parse_method(m.name) == m
+        assert parse_method(f" xfeat-sub{n} ").num_retrieved is None
+    with pytest.raises(ValueError, match="xfeat-sub1024"):  # the known labels are listed
+        parse_method("xfeat-sub999")
+    for bad in ("a+b", "", "x@k3", "a b"):
+        with pytest.raises(ValueError, match="label"):
+            DemoMethod("vlad-xfeat", "lighterglue", label=bad)
+
+
 def test_run_demo_refuses_no_or_repeated_methods(tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         run_demo(tmp_path, methods=())
