@@ -191,6 +191,12 @@ def test_demo_cli_flags_reach_the_code(fake_pipeline, tmp_path):
     assert (fast.name, fast.num_retrieved, fast.extractor_overrides) == ("vlad-xfeat+nn-mutual@k2", 2,
                                                                          {"max_num_keypoints": 1024})
 
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--method", "xfeat-sub1536@k3"])
+    assert result.exit_code == 2
+    (sub,) = calls[-1]["methods"]  # a labelled variant: its settings and the @kN
+    assert (sub.name, sub.extractor, sub.num_retrieved, sub.extractor_overrides) == (
+        "xfeat-sub1536@k3", "vlad-xfeat", 3, {"max_num_keypoints": 1536, "subpixel": True})
+
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--extractor", "sift"])  # one method
     assert result.exit_code == 2
     assert [(m.extractor, m.matcher) for m in calls[-1]["methods"]] == [("sift", "nn-mutual")]
