@@ -9,8 +9,8 @@ dense map. The samplers keep the reference's coordinate normalisation (``x / (W 
 ``align_corners=False``): it is what the weights were trained and evaluated with. Keypoints are pixels
 of the resized image mapped back to the input exactly (pixel-centre-at-0; the reference multiplies by
 the scale ratio, a difference of at most ``(ratio - 1) / 2`` px). ``subpixel`` (off by default, as in the
-reference) moves each keypoint by under half a pixel to the peak of its log-heatmap: XFeat's own keypoints
-sit on integer pixels, which on the demo left its poses less precise than ALIKED's (README, issue 15).
+reference) moves each keypoint by under half a pixel to the peak of its log-heatmap (XFeat's own keypoints
+sit on integer pixels); on a third of the demo it put one more of 12 queries within 0.25 m, 2° (README, issue 15).
 
 ``xfeat_postprocess`` is shared with ``xfeat-onnx`` (``features.xfeat_onnx``), so both give the same
 keypoints from the same network outputs.
