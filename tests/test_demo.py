@@ -135,6 +135,20 @@ def test_parse_method_retrieval_depth_and_vlad_xfeat_methods():
         DemoMethod("sift", "nn-ratio", num_retrieved=0)
 
 
+def test_parse_method_labelled_xfeat_subpixel_methods():
+    for n in (1024, 1536, 2048):
+        m = parse_method(f"xfeat-sub{n}@k3")
+        assert (m.extractor, m.matcher, m.num_retrieved) == ("vlad-xfeat", "lighterglue", 3)
+        assert m.extractor_overrides == {"max_num_keypoints": n, "subpixel": True}
+        assert m.name == f"xfeat-sub{n}@k3" and parse_method(m.name) == m
+        assert parse_method(f" xfeat-sub{n} ").num_retrieved is None
+    with pytest.raises(ValueError, match="xfeat-sub1024"):  # the known labels are listed
+        parse_method("xfeat-sub999")
+    for bad in ("a+b", "", "x@k3", "a b"):
+        with pytest.raises(ValueError, match="label"):
+            DemoMethod("vlad-xfeat", "lighterglue", label=bad)
+
+
 def test_run_demo_refuses_no_or_repeated_methods(tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         run_demo(tmp_path, methods=())
@@ -176,6 +190,12 @@ def test_demo_cli_flags_reach_the_code(fake_pipeline, tmp_path):
     (fast,) = calls[-1]["methods"]  # @kN: the method's own retrieval depth, the others keep --top-k
     assert (fast.name, fast.num_retrieved, fast.extractor_overrides) == ("vlad-xfeat+nn-mutual@k2", 2,
                                                                          {"max_num_keypoints": 1024})
+
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--method", "xfeat-sub1536@k3"])
+    assert result.exit_code == 2
+    (sub,) = calls[-1]["methods"]  # a labelled variant: its settings and the @kN
+    assert (sub.name, sub.extractor, sub.num_retrieved, sub.extractor_overrides) == (
+        "xfeat-sub1536@k3", "vlad-xfeat", 3, {"max_num_keypoints": 1536, "subpixel": True})
 
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--extractor", "sift"])  # one method
     assert result.exit_code == 2

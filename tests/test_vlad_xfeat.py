@@ -56,6 +56,16 @@ def test_local_features_are_xfeats_and_global_is_their_vlad(astronaut_320, tmp_p
     assert EXTRACTORS.capabilities("vlad-xfeat").descriptor == EXTRACTORS.capabilities("xfeat").descriptor
 
 
+def test_subpixel_reaches_the_local_extractor(astronaut_320, tmp_path):
+    sub = extract_image(EXTRACTORS.build("xfeat", ["max_num_keypoints=256", "subpixel=true"]), astronaut_320)
+    save_vocabulary(tmp_path / "v.pt", np.eye(8, 64, dtype=np.float32), {}, {})
+    ex = EXTRACTORS.build("vlad-xfeat", ["max_num_keypoints=256", "subpixel=true", f"vocabulary={tmp_path / 'v.pt'}",
+                                         "num_clusters=8"])
+    got = extract_image(ex, astronaut_320)
+    torch.testing.assert_close(got.keypoints, sub.keypoints, atol=0, rtol=0)
+    assert not torch.equal(got.keypoints, got.keypoints.round())  # refined off the integer pixels
+
+
 def test_without_a_vocabulary_one_line_error(astronaut_320):
     ex = EXTRACTORS.build("vlad-xfeat")  # builds, so that it can be listed and configured
     with pytest.raises(VocabularyError) as err:

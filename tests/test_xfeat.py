@@ -20,7 +20,7 @@ import torch
 
 from visloc.errors import InputError
 from visloc.features.api import extract_image, image_to_tensor
-from visloc.features.xfeat import XFeat, XFeatConf
+from visloc.features.xfeat import XFeat, XFeatConf, subpixel_offsets
 from visloc.geometry.transforms import warp_points
 from visloc.matching.image.xfeat_star import XFeatStar, XFeatStarConf
 from visloc.matching.lightglue import LighterGlueConf, LightGlue, LightGlueConf
@@ -99,6 +99,27 @@ def test_outputs_shapes_dtypes_and_determinism(build_extractor, graf):
     assert torch.equal(a.keypoints, a.keypoints.round())
     raster = a.keypoints[:, 1] * 800 + a.keypoints[:, 0]
     assert (raster[1:] > raster[:-1]).all()
+
+
+def test_subpixel_offsets_find_a_gaussian_peak():
+    yy, xx = torch.meshgrid(torch.arange(20.0), torch.arange(30.0), indexing="ij")
+    heat = torch.exp(-((xx - 10.3) ** 2 + (yy - 5.8) ** 2) / 2)[None, None]  # a parabola in log: exact
+    flat = torch.full_like(heat, 0.2)
+    off = subpixel_offsets(torch.cat([heat, flat]), torch.tensor([[[10, 6], [0, 0]], [[4, 4], [29, 19]]]))
+    torch.testing.assert_close(off[0, 0], torch.tensor([0.3, -0.2]), atol=1e-4, rtol=0)
+    assert torch.equal(off[1], torch.zeros(2, 2))  # no maximum to fit: integer pixels kept
+    far = subpixel_offsets(heat, torch.tensor([[[13, 6]]]))  # on the slope: at most half a pixel
+    assert float(far[0, 0, 0]) == -0.5
+
+
+def test_subpixel_keypoints_move_less_than_half_a_pixel(build_extractor, graf):
+    whole = extract_image(build_extractor("xfeat", ["max_num_keypoints=1000"]), graf[0], resize_max=None)
+    sub = extract_image(build_extractor("xfeat", ["max_num_keypoints=1000", "subpixel=true"]), graf[0],
+                        resize_max=None)
+    assert torch.equal(sub.scores, whole.scores) and torch.equal(sub.descriptors, whole.descriptors)
+    moved = (sub.keypoints - whole.keypoints).abs()
+    assert float(moved.max()) <= 0.5 and float((moved > 0.01).float().mean()) > 0.5
+    assert float(sub.keypoints.min()) >= 0 and (sub.keypoints <= torch.tensor([799.0, 639.0])).all()
 
 
 def test_threshold_and_size_checks(build_extractor, graf):

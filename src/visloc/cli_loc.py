@@ -109,7 +109,10 @@ MethodOpt = Annotated[Optional[list[str]], typer.Option("--method", help="EXTRAC
                                                                          "default hfnet+nn-mutual and "
                                                                          "sift+nn-ratio); EXTRACTOR+MATCHER@kN "
                                                                          "retrieves N images per query for that "
-                                                                         "method (else --top-k).")]
+                                                                         "method (else --top-k); or a known "
+                                                                         "variant: xfeat-sub1024, xfeat-sub1536, "
+                                                                         "xfeat-sub2048 (vlad-xfeat + LighterGlue, "
+                                                                         "N sub-pixel keypoints).")]
 DemoExtractor = Annotated[Optional[str], typer.Option(help="One method's extractor (registered or YAML; with "
                                                            "--matcher, instead of --method).")]
 DemoMatcher = Annotated[Optional[str], typer.Option(help="One method's matcher (default nn-mutual with --extractor).")]

@@ -60,7 +60,8 @@ class VLADSpec:
 ALIKED_SPEC = VLADSpec("vlad-aliked", "aliked-n16", ("max_num_keypoints", "detection_threshold", "resize_max",
                                                    "resize_to"), 128, "aliked-128", "aliked-n16", "aliked")
 XFEAT_SPEC = VLADSpec("vlad-xfeat", "xfeat", ("max_num_keypoints", "detection_threshold", "nms_window", "weights",
-                                              "resize_max", "resize_to"), 64, XFEAT_FAMILY, "xfeat", "xfeat")
+                                              "resize_max", "resize_to", "subpixel"), 64, XFEAT_FAMILY, "xfeat",
+                      "xfeat")
 #: every VLAD extractor's spec by its registered name
 SPECS: dict[str, VLADSpec] = {s.name: s for s in (ALIKED_SPEC, XFEAT_SPEC)}
 
@@ -110,6 +111,7 @@ class VLADXFeatConf:
     weights: str | None = None
     resize_max: int | None = 1024
     resize_to: tuple[int, ...] | None = None
+    subpixel: bool = False
     vocabulary: str | None = None
     num_clusters: int = 64  # checked against the vocabulary file
     power_norm: bool = True  # signed square root after intra-normalisation

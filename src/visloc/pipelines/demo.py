@@ -65,6 +65,8 @@ class DemoMethod:
         num_pairs: database neighbours (from the known poses) matched per database image.
         num_retrieved: database images retrieved per query, for this method only (None: the demo localizer's,
             ``--top-k``); the images of the places tried are what a query is matched with, so fewer is faster.
+        label: the method's name instead of ``extractor+matcher`` (a known variant with its own settings,
+            e.g. ``xfeat-sub1024``), without ``+``.
     """
 
     extractor: str
@@ -74,19 +76,22 @@ class DemoMethod:
     retrieval: str = "hfnet-global"
     num_pairs: int = 5
     num_retrieved: int | None = None
+    label: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_retrieved is not None and self.num_retrieved < 1:
             raise InputError(f"num_retrieved: expected >= 1 (or none), got {self.num_retrieved}")
+        if self.label is not None and (not self.label.strip() or any(c in self.label for c in "+@/ ")):
+            raise InputError(f"label: expected a name without '+', '@', '/' or spaces, got {self.label!r}")
 
     @property
     def name(self) -> str:
-        """``extractor+matcher`` (a YAML file by its stem; ``@kN``: its own ``num_retrieved``): folder and label."""
+        """``extractor+matcher`` or ``label`` (YAML files by stem; ``@kN``: own ``num_retrieved``): folder, label."""
         def stem(s: str) -> str:
             return Path(s).stem if s.endswith((".yaml", ".yml")) else s
 
         top = "" if self.num_retrieved is None else f"@k{self.num_retrieved}"
-        return f"{stem(self.extractor)}+{stem(self.matcher)}{top}"
+        return f"{self.label or f'{stem(self.extractor)}+{stem(self.matcher)}'}{top}"
 
     def localizer(self, default: LocalizerConf) -> LocalizerConf:
         """``default`` with this method's ``num_retrieved``."""
@@ -103,26 +108,33 @@ DEFAULT_METHODS: tuple[DemoMethod, ...] = (
 )
 #: other methods ``--method`` names with their own settings: the project's default pipeline (ALIKED + LightGlue,
 #: VLAD of ALIKED retrieving), XFeat (1024 keypoints) + LighterGlue with the same retrieval, and XFeat (1024)
-#: retrieving by the VLAD of its own descriptors (``vlad-xfeat``: one network per query) + LighterGlue or mutual NN
+#: retrieving by the VLAD of its own descriptors (``vlad-xfeat``: one network per query) + LighterGlue or mutual NN;
+#: ``xfeat-subN``: ``vlad-xfeat`` + LighterGlue with N keypoints refined to sub-pixel (``XFeatConf.subpixel``)
 KNOWN_METHODS: tuple[DemoMethod, ...] = (
     *DEFAULT_METHODS,
     DemoMethod("vlad-aliked", "lightglue"),
     DemoMethod("xfeat", "lighterglue", {"max_num_keypoints": 1024}, retrieval="vlad-aliked"),
     DemoMethod("vlad-xfeat", "lighterglue", {"max_num_keypoints": 1024}),
     DemoMethod("vlad-xfeat", "nn-mutual", {"max_num_keypoints": 1024}),
+    *(DemoMethod("vlad-xfeat", "lighterglue", {"max_num_keypoints": n, "subpixel": True}, label=f"xfeat-sub{n}")
+      for n in (1024, 1536, 2048)),
 )
 
 
 def parse_method(text: str) -> DemoMethod:
-    """``"EXTRACTOR+MATCHER[@kN]"`` (e.g. ``hfnet+nn-mutual``, ``vlad-xfeat+lighterglue@k3``) as a :class:`DemoMethod`.
+    """``"EXTRACTOR+MATCHER[@kN]"`` or a known ``"LABEL[@kN]"`` (``xfeat-sub1024@k3``) as a :class:`DemoMethod`.
+
+    E.g. ``hfnet+nn-mutual``, ``vlad-xfeat+lighterglue@k3``.
 
     A known method's own settings (:data:`KNOWN_METHODS`: its number of keypoints, its retrieval) come with its
     name; ``@kN`` retrieves ``N`` database images per query for this method (its ``num_retrieved``).
     """
     body, at, top = text.partition("@")
+    labelled = next((m for m in KNOWN_METHODS if m.label is not None and m.label == body.strip()), None)
     extractor, sep, matcher = body.partition("+")
-    if not sep or not extractor.strip() or not matcher.strip() or "+" in matcher:
-        raise InputError(f"method: expected EXTRACTOR+MATCHER (e.g. hfnet+nn-mutual), got {text!r}")
+    if labelled is None and (not sep or not extractor.strip() or not matcher.strip() or "+" in matcher):
+        raise InputError(f"method: expected EXTRACTOR+MATCHER (e.g. hfnet+nn-mutual) or one of "
+                         f"{', '.join(m.label for m in KNOWN_METHODS if m.label)}, got {text!r}")
     num_retrieved = None
     if at:
         digits = top.strip()[1:] if top.strip().startswith("k") else ""
@@ -130,8 +142,8 @@ def parse_method(text: str) -> DemoMethod:
             raise InputError(f"method: expected EXTRACTOR+MATCHER@kN with N >= 1 (e.g. xfeat+nn-mutual@k3), "
                              f"got {text!r}")
         num_retrieved = int(digits)
-    method = DemoMethod(extractor.strip(), matcher.strip())
-    known = next((m for m in KNOWN_METHODS if m.name == method.name), method)
+    method = labelled or DemoMethod(extractor.strip(), matcher.strip())
+    known = method if labelled else next((m for m in KNOWN_METHODS if m.name == method.name), method)
     return dataclasses.replace(known, num_retrieved=num_retrieved) if at else known
 
 
