@@ -13,7 +13,7 @@ the extractor still builds (so that it can be listed and configured), and ``forw
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -22,6 +22,7 @@ from visloc import conf_ranges as ranges
 from visloc.errors import InputError
 from visloc.features.base import EXTRACTORS, Extractor
 from visloc.features.xfeat import FAMILY as XFEAT_FAMILY
+from visloc.features.xfeat import XFeatConf
 from visloc.models.xfeat import DIVISOR as XFEAT_DIVISOR
 from visloc.registry import Capabilities
 from visloc.retrieval.vlad import VocabularyError, load_vocabulary, vlad
@@ -59,8 +60,7 @@ class VLADSpec:
 
 ALIKED_SPEC = VLADSpec("vlad-aliked", "aliked-n16", ("max_num_keypoints", "detection_threshold", "resize_max",
                                                    "resize_to"), 128, "aliked-128", "aliked-n16", "aliked")
-XFEAT_SPEC = VLADSpec("vlad-xfeat", "xfeat", ("max_num_keypoints", "detection_threshold", "nms_window", "weights",
-                                              "resize_max", "resize_to", "subpixel"), 64, XFEAT_FAMILY, "xfeat",
+XFEAT_SPEC = VLADSpec("vlad-xfeat", "xfeat", tuple(f.name for f in fields(XFeatConf)), 64, XFEAT_FAMILY, "xfeat",
                       "xfeat")
 #: every VLAD extractor's spec by its registered name
 SPECS: dict[str, VLADSpec] = {s.name: s for s in (ALIKED_SPEC, XFEAT_SPEC)}
@@ -102,26 +102,16 @@ class VLADALIKEDConf:
 
 
 @dataclass(frozen=True)
-class VLADXFeatConf:
-    """XFeat's fields (``features.xfeat.XFeatConf``), and the VLAD vocabulary of 64-d XFeat descriptors."""
+class VLADXFeatConf(XFeatConf):
+    """XFeat's fields (inherited from ``features.xfeat.XFeatConf``), and the VLAD vocabulary of its 64-d descriptors."""
 
-    max_num_keypoints: int = 4096
-    detection_threshold: float = 0.05
-    nms_window: int = 5
-    weights: str | None = None
-    resize_max: int | None = 1024
-    resize_to: tuple[int, ...] | None = None
-    subpixel: bool = False
     vocabulary: str | None = None
     num_clusters: int = 64  # checked against the vocabulary file
     power_norm: bool = True  # signed square root after intra-normalisation
 
     def __post_init__(self) -> None:
-        ranges.keypoint_budget(self, unlimited=False)
-        ranges.between(self, 0, 1, "detection_threshold")
-        ranges.odd_window(self, "nms_window")
+        super().__post_init__()
         _check_vlad_fields(self)
-        ranges.image_size(self)
 
 
 class VLADExtractor(Extractor):
