@@ -1,11 +1,18 @@
 """Held-out accuracy of Coarse LoFTR beside ALIKED + LightGlue and SIFT, time per pair beside it: ONE README table.
 
 Usage: python benchmarks/loftr_eval.py --weights FILE [--pairs-dir /work/data/pairs_test] [--pairs N]
-                                       [--out outputs/loftr_eval] [--cache DIR] [--quick] [--allow-random]
+                                       [--rows default xfeat] [--out outputs/loftr_eval] [--cache DIR]
+                                       [--quick] [--allow-random]
 
-Rows: ``loftr-coarse`` (torch, ``--weights``), ``loftr-coarse-onnx`` (the same weights exported at 640x480 when
-the matcher is built), ``detector-pair`` with its defaults (ALIKED-n16 + LightGlue) and ``sift+nn-ratio``, all
-at ``resize_max`` 640 (``visloc.eval.predictions.Method``; predictions cached as ``visloc eval`` caches them).
+Rows, in groups chosen by ``--rows`` (default: ``default`` alone), all at ``resize_max`` 640
+(``visloc.eval.predictions.Method``; predictions cached as ``visloc eval`` caches them):
+
+- ``default``: ``loftr-coarse`` (torch, ``--weights``), ``loftr-coarse-onnx`` (the same weights exported at
+  640x480 when the matcher is built), ``detector-pair`` with its defaults (ALIKED-n16 + LightGlue) and
+  ``sift+nn-ratio``;
+- ``xfeat``: the XFeat rows of the two-view suites (``configs/benchmarks/two_view.yaml``): ``xfeat+nn-mutual``,
+  ``xfeat+lighterglue`` (sparse, XFeat's default 4096 keypoints) and ``xfeat-star`` (XFeat*, the semi-dense image
+  matcher, like ``loftr-coarse`` a method without an extractor).
 Columns:
 
 - Castle-simu: relative-pose AUC@5/10/20 deg, the 35 pairs 5 frames apart (``pipelines.evaluate.evaluate_pose``,
@@ -58,9 +65,12 @@ BINS = ("easy", "medium", "hard")
 GRAF_OK_PX = 5.0
 
 
+ROW_GROUPS = ("default", "xfeat")
+
+
 def methods(weights: str | None, preset: str, resize_max: int, onnx_size: tuple[int, int] | None) -> list[
         tuple[str, Method]]:
-    """(row name, method) of the table."""
+    """(row name, method) of the ``default`` rows."""
     # a random network's confidences rarely pass 0.2: threshold 0 keeps its mutual nearest neighbours
     coarse = (f"weights={weights}",) if weights else ("allow_random=true", f"preset={preset}", "match.threshold=0.0")
     onnx = coarse + ((f"size=[{onnx_size[0]}, {onnx_size[1]}]",) if onnx_size else ())
@@ -68,6 +78,29 @@ def methods(weights: str | None, preset: str, resize_max: int, onnx_size: tuple[
             ("loftr-coarse-onnx (onnxruntime)", Method(None, "loftr-coarse-onnx", (), onnx, resize_max)),
             ("aliked-n16+lightglue (detector-pair)", Method(None, "detector-pair", (), (), resize_max)),
             ("sift+nn-ratio", Method("sift", "nn-ratio", (), (), resize_max))]
+
+
+def xfeat_methods(resize_max: int) -> list[tuple[str, Method]]:
+    """(row name, method) of the ``xfeat`` rows: sparse XFeat with two matchers, and XFeat* (an image matcher)."""
+    return [("xfeat+nn-mutual", Method("xfeat", "nn-mutual", (), (), resize_max)),
+            ("xfeat+lighterglue", Method("xfeat", "lighterglue", (), (), resize_max)),
+            ("xfeat-star", Method(None, "xfeat-star", (), (), resize_max))]
+
+
+def selected_methods(groups: Sequence[str], weights: str | None, preset: str, resize_max: int,
+                     onnx_size: tuple[int, int] | None) -> list[tuple[str, Method]]:
+    """The rows of ``groups`` (names of ``ROW_GROUPS``), in the order given.
+
+    Raises:
+        ValueError: a group that is not in ``ROW_GROUPS``, or one given twice.
+    """
+    unknown = [g for g in groups if g not in ROW_GROUPS]
+    if unknown or len(set(groups)) != len(groups) or not groups:
+        raise ValueError(f"rows: expected distinct groups among {', '.join(ROW_GROUPS)}, got {list(groups)}")
+    rows: list[tuple[str, Method]] = []
+    for group in groups:
+        rows += methods(weights, preset, resize_max, onnx_size) if group == "default" else xfeat_methods(resize_max)
+    return rows
 
 
 def select_pairs(rows: list[PairInfo], n: int | None) -> list[PairInfo]:
@@ -173,10 +206,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="default outputs/loftr_eval (quick: temporary)")
     parser.add_argument("--cache", type=Path, default=None, help="prediction cache (default OUT/cache)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the time column's)")
+    parser.add_argument("--rows", nargs="+", default=["default"], choices=ROW_GROUPS,
+                        help="row groups, in table order (module docstring)")
     parser.add_argument("--quick", action="store_true", help="3 + 3 pairs at 160 px, in seconds")
     args = parser.parse_args(argv)
+    if len(set(args.rows)) != len(args.rows):
+        parser.error(f"--rows: a group given twice: {' '.join(args.rows)}")
     torch.set_num_threads(args.threads)
-    if args.weights is None and not (args.allow_random or args.quick):
+    if args.weights is None and "default" in args.rows and not (args.allow_random or args.quick):
         parser.error("give --weights FILE (a loftr-coarse checkpoint), or --allow-random for a pipeline check")
     resize, onnx_size, step = (160, (160, 128), 37) if args.quick else (640, None, 5)
     rows = select_pairs(read_info(args.pairs_dir / "pairs_info.csv"), 3 if args.quick else args.pairs)
@@ -184,12 +221,13 @@ def main(argv: list[str] | None = None) -> None:
         out = args.out or (Path(tmp) if args.quick else Path("outputs/loftr_eval"))
         cache = args.cache or out / "cache"
         results = []
-        for name, method in methods(args.weights, args.preset, resize, onnx_size):
+        for name, method in selected_methods(args.rows, args.weights, args.preset, resize, onnx_size):
             results.append((name, evaluate_method(method, args.pairs_dir, rows, cache, step)))
             print(name, json.dumps({k: results[-1][1]["world"]["all"].get(k) for k in ("auc@5.0", "mean_num_matches")}),
                   file=sys.stderr, flush=True)
         counts = {b: sum(r.bin == b for r in rows) for b in BINS}
-        weights = args.weights or f"random {args.preset} network (accuracy meaningless)"
+        weights = args.weights or (f"random {args.preset} network (accuracy meaningless)" if "default" in args.rows
+                                   else "none (no loftr-coarse row)")
         text = (f"Coarse LoFTR weights: {weights}. World pairs: {args.pairs_dir} ({len(rows)}: "
                 + ", ".join(f"{b} {c}" for b, c in counts.items()) + f"); Castle step {step}; resize_max {resize}.\n\n"
                 + table(results))

@@ -118,3 +118,25 @@ def test_loftr_eval_quick(tmp_path, world_pairs):
     data = json.loads((out / "loftr_eval.json").read_text())
     assert data["pairs"] == 3 and data["bins"] == {"easy": 1, "medium": 1, "hard": 1}
     assert (out / "loftr_eval.md").read_text().strip().endswith(text.strip().splitlines()[-1])
+
+
+def test_loftr_eval_row_groups():
+    names = [n for n, _ in loftr_eval.selected_methods(["xfeat", "default"], None, "s", 640, None)]
+    assert names == ["xfeat+nn-mutual", "xfeat+lighterglue", "xfeat-star", "loftr-coarse (torch)",
+                     "loftr-coarse-onnx (onnxruntime)", "aliked-n16+lightglue (detector-pair)", "sift+nn-ratio"]
+    xfeat = dict(loftr_eval.xfeat_methods(640))
+    assert xfeat["xfeat-star"].extractor is None and xfeat["xfeat-star"].image_matcher
+    assert [xfeat[n].extractor for n in ("xfeat+nn-mutual", "xfeat+lighterglue")] == ["xfeat", "xfeat"]
+    for bad in ([], ["xfeat", "xfeat"], ["alike"]):
+        with pytest.raises(ValueError, match="distinct groups"):
+            loftr_eval.selected_methods(bad, None, "s", 640, None)
+
+
+def test_loftr_eval_quick_xfeat_rows(tmp_path, world_pairs):
+    out = tmp_path / "out"
+    text = run_quick("loftr_eval.py", tmp_path, "--pairs-dir", str(world_pairs), "--out", str(out), "--rows", "xfeat")
+    rows = table_with(text, "Castle AUC@5/10/20")
+    assert [r["method"] for r in rows] == ["xfeat+nn-mutual", "xfeat+lighterglue", "xfeat-star"]
+    for r in rows:
+        assert float(r["matches"]) > 0 and math.isfinite(float(r["graf corner px"])), r
+    assert "no loftr-coarse row" in text

@@ -232,9 +232,45 @@ def test_localize_castle_quick(tmp_path):
     rows = table_with(text, "failed")
     assert [r["method"] for r in rows] == ["vlad-aliked + lightglue"]
     assert int(rows[0]["failed"]) == 0 and float(rows[0]["50 mm, 10 deg"]) == 100.0  # measured: 2/2 within 2.5 mm
-    assert {r["stage"] for r in table_with(text, "mean ms / query")} == {"global", "local", "matching", "pnp"}
+    times = table_with(text, "map points")
+    assert list(times[0]) == ["method", "global ms / query", "local ms / query", "matching ms / query",
+                              "pnp ms / query", "map images", "map points", "map s"]
+    assert times[0]["map images"] == "5"
     data = json.loads(out.read_text())
-    assert data["map"]["images"] == 5 and data["failed"] == []
+    assert data["queries"] == 2 and len(data["rows"]) == 1
+    assert data["rows"][0]["map"]["images"] == 5 and data["rows"][0]["failed"] == []
+    assert data["rows"][0]["retrieval"] == "vlad-aliked"
+
+
+def test_localize_castle_quick_xfeat_rows(tmp_path):
+    """``--rows``: several methods in one run, XFeat retrieving with its own VLAD or with ALIKED's."""
+    from visloc.data.castle import CASTLE_ROOT
+
+    if not CASTLE_ROOT.is_dir():
+        pytest.skip(f"{CASTLE_ROOT} missing (apt-get install visp-images-data)")
+    out = tmp_path / "castle.json"
+    text = run_quick("localize_castle.py", tmp_path, "--out", str(out),
+                     "--rows", "vlad-xfeat+lighterglue", "xfeat+lighterglue@vlad-aliked")
+    rows = table_with(text, "failed")
+    assert [r["method"] for r in rows] == ["vlad-xfeat + lighterglue", "xfeat + lighterglue (vlad-aliked retrieval)"]
+    assert all(int(r["failed"]) == 0 for r in rows)
+    data = json.loads(out.read_text())
+    assert [r["retrieval"] for r in data["rows"]] == ["vlad-xfeat", "vlad-aliked"]
+    assert all(r["map"]["images"] == 5 for r in data["rows"])
+
+
+def test_localize_castle_rows_parse():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("visloc_benchmarks_localize_castle", BENCH / "localize_castle.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    assert module.Row.parse("xfeat+lighterglue@vlad-aliked") == module.Row("xfeat", "lighterglue", "vlad-aliked")
+    assert module.Row.parse("vlad-aliked+lightglue") == module.Row("vlad-aliked", "lightglue", "vlad-aliked")
+    for bad in ("xfeat", "xfeat+", "+lightglue", "xfeat+lighterglue@", "a+b+c"):
+        with pytest.raises(ValueError, match="EXTRACTOR"):
+            module.Row.parse(bad)
 
 
 def _bench_config():
