@@ -232,7 +232,7 @@ def test_short_cpu_run_learns_on_eight_world_pairs(tmp_path):
     root = tmp_path / "world"
     conf = _conf(tmp_path / "run", root, data={"size": [320, 240]}, generate={"train_pairs": 8},
                  val={"root": str(root / "pairs_train"), "every": 40},
-                 train={"max_steps": 80, "batch_size": 4, "lr": 3e-3, "warmup_steps": 10, "log_every": 10})
+                 train={"max_steps": 120, "batch_size": 4, "lr": 3e-3, "warmup_steps": 10, "log_every": 10})
     result = train(RECIPE, conf, progress=False)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -241,9 +241,11 @@ def test_short_cpu_run_learns_on_eight_world_pairs(tmp_path):
     loss = [e.value for e in events.Scalars("train/total")]
     precision = [e.value for e in events.Scalars("val/precision")]
     hist = result.module.val_history
-    assert [h["step"] for h in hist] == [0.0, 40.0, 80.0]
+    assert [h["step"] for h in hist] == [0.0, 40.0, 80.0, 120.0]
     assert precision == pytest.approx([h["precision"] for h in hist], nan_ok=True)  # logged to TensorBoard
-    # measured: loss 3.45 -> 1.03; precision 0 -> 0.80 (@1 cell 0.93); matches per pair 0.25 -> 37; recall 0 -> 0.35
+    # measured (120 steps, 2026-12-07): loss 3.45 -> 0.98; precision 0 -> 0.80 (@1 cell 0.90); matches per pair
+    # 0.25 -> 38; recall 0 -> 0.36. With 80 steps, on the packages a fresh install resolves today, it ended at
+    # 9.5 matches per pair and recall 0.06, below the floors (the same at the commit before: not a code change)
     assert loss[-1] < 0.6 * loss[0]
     start, end = hist[0], hist[-1]
 

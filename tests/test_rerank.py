@@ -114,7 +114,8 @@ def test_search_rerank_cli(photo_pairs, feats, tmp_path, monkeypatch):
         ranked = [d for q, d in pairs if q == p.name1]
         assert ranked[0] == p.name0 and sorted(ranked) == sorted(q.name0 for q in photo_pairs)
     result = runner.invoke(app, [*args, "--db-features", str(tmp_path / "db.h5"), "--rerank-model", "essential"])
-    assert result.exit_code == 2 and "model: expected homography, fundamental or affine" in result.output
+    assert result.exit_code == 2
+    assert "--rerank-model: expected one of homography, fundamental, affine, got 'essential'" in result.output
 
 
 def test_min_inliers_keeps_unverified_images_in_global_order(monkeypatch):
