@@ -22,7 +22,7 @@ written atomically at every change: a re-run skips what is done and retries what
 each failure; it is ``ok`` only when nothing failed.
 
 Upstream's script runs ``wget`` and ``tar`` unchecked for Oxford / Paris, and retries the 1M archives forever
-with ``urlretrieve`` (no resume), extracting each without a check.
+without resuming a part, extracting each without a check.
 """
 
 from __future__ import annotations
